@@ -1,0 +1,60 @@
+//! The connectors' one error type.
+
+use oxflow_runtime::RuntimeError;
+
+/// Result with [`ConnectorError`].
+pub type Result<T, E = ConnectorError> = std::result::Result<T, E>;
+
+/// What can go wrong in a source or sink.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    /// A record could not be parsed; says which file and line.
+    #[error("{path}:{line}: {reason}")]
+    BadRecord {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A connector setting is invalid.
+    #[error("invalid {connector} config: {reason}")]
+    Config {
+        /// Which connector.
+        connector: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done (with the path).
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Arrow failed (schema inference, encoding).
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+impl ConnectorError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ConnectorError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<ConnectorError> for RuntimeError {
+    fn from(e: ConnectorError) -> Self {
+        match e {
+            ConnectorError::Io { context, source } => RuntimeError::Io { context, source },
+            ConnectorError::Arrow(a) => RuntimeError::Arrow(a),
+            ConnectorError::BadRecord { .. } => RuntimeError::BadInput(e.to_string()),
+            ConnectorError::Config { .. } => RuntimeError::InvalidJob(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! JSON-lines and CSV file sources: one record per line, schema given or inferred.
+//!
+//! Lines are decoded a batch at a time with arrow-json / arrow-csv. When a batch fails, it is
+//! decoded again line by line to find the culprit, so an error always names the file and the
+//! line; with the `Skip` policy bad lines are counted and left out, and every good line
+//! before and after them is kept.
+
+use crate::error::{ConnectorError, Result};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use oxflow_runtime::metrics::Counter;
+use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
+use oxflow_runtime::SubtaskInfo;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How lines are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// One JSON object per line.
+    JsonLines,
+    /// Comma (or other) separated values, one record per line.
+    Csv {
+        /// Whether the first line of each file names the columns.
+        has_header: bool,
+        /// The separator byte.
+        delimiter: u8,
+    },
+}
+
+/// What to do with a line that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BadRecordPolicy {
+    /// Fail the job with the file and line.
+    #[default]
+    Fail,
+    /// Count the line and go on.
+    Skip,
+}
+
+/// Reads JSON-lines or CSV files; files are spread round-robin over splits.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    paths: Vec<PathBuf>,
+    format: FileFormat,
+    schema: SchemaRef,
+    batch_size: usize,
+    policy: BadRecordPolicy,
+    bad_records: Counter,
+}
+
+impl FileSource {
+    /// A source over `paths`; with no schema it is inferred from the first file (up to
+    /// 1000 records).
+    pub fn try_new(
+        paths: Vec<PathBuf>,
+        format: FileFormat,
+        schema: Option<SchemaRef>,
+    ) -> Result<Self> {
+        let first = paths.first().ok_or_else(|| ConnectorError::Config {
+            connector: "file",
+            reason: "no input file given".into(),
+        })?;
+        for p in &paths {
+            if !p.is_file() {
+                return Err(ConnectorError::Config {
+                    connector: "file",
+                    reason: format!("{} is not a readable file", p.display()),
+                });
+            }
+        }
+        let schema = match schema {
+            Some(s) => s,
+            None => Arc::new(infer_schema(first, format)?),
+        };
+        Ok(FileSource {
+            paths,
+            format,
+            schema,
+            batch_size: 8192,
+            policy: BadRecordPolicy::Fail,
+            bad_records: Counter::default(),
+        })
+    }
+
+    /// Sets the policy for lines that do not parse.
+    pub fn with_bad_records(mut self, policy: BadRecordPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the number of lines per batch.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Lines skipped as bad so far.
+    pub fn bad_records(&self) -> Counter {
+        self.bad_records.clone()
+    }
+}
+
+fn infer_schema(
+    path: &PathBuf,
+    format: FileFormat,
+) -> Result<datafusion::arrow::datatypes::Schema> {
+    let file = File::open(path)
+        .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), e))?;
+    let reader = BufReader::new(file);
+    let inferred = match format {
+        FileFormat::JsonLines => {
+            datafusion::arrow::json::reader::infer_json_schema(reader, Some(1000)).map(|(s, _)| s)
+        }
+        FileFormat::Csv {
+            has_header,
+            delimiter,
+        } => datafusion::arrow::csv::reader::Format::default()
+            .with_header(has_header)
+            .with_delimiter(delimiter)
+            .infer_schema(reader, Some(1000))
+            .map(|(s, _)| s),
+    };
+    inferred.map_err(|e| ConnectorError::BadRecord {
+        path: path.display().to_string(),
+        line: 0,
+        reason: format!("cannot infer a schema: {e}"),
+    })
+}
+
+enum Decoder {
+    Json(datafusion::arrow::json::reader::Decoder),
+    Csv(datafusion::arrow::csv::reader::Decoder),
+}
+
+impl Decoder {
+    fn new(format: FileFormat, schema: &SchemaRef, batch_size: usize) -> Result<Self, ArrowError> {
+        Ok(match format {
+            FileFormat::JsonLines => Decoder::Json(
+                datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+                    .with_batch_size(batch_size)
+                    .build_decoder()?,
+            ),
+            FileFormat::Csv { delimiter, .. } => Decoder::Csv(
+                datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
+                    .with_header(false)
+                    .with_delimiter(delimiter)
+                    .with_batch_size(batch_size)
+                    .build_decoder(),
+            ),
+        })
+    }
+
+    /// Decodes whole lines into one batch.
+    fn decode_all(&mut self, bytes: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let used = match self {
+                Decoder::Json(d) => d.decode(rest)?,
+                Decoder::Csv(d) => d.decode(rest)?,
+            };
+            if used == 0 {
+                break;
+            }
+            rest = &rest[used..];
+        }
+        match self {
+            Decoder::Json(d) => d.flush(),
+            Decoder::Csv(d) => d.flush(),
+        }
+    }
+}
+
+impl Source for FileSource {
+    fn name(&self) -> String {
+        "file".into()
+    }
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
+        let files = self
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % split.parallelism == split.index)
+            .map(|(_, p)| p.clone())
+            .collect();
+        Ok(Box::new(FileReader {
+            source: self.clone(),
+            files,
+            current: None,
+        }))
+    }
+}
+
+struct OpenFile {
+    path: String,
+    reader: BufReader<File>,
+    line: u64,
+}
+
+struct FileReader {
+    source: FileSource,
+    files: std::collections::VecDeque<PathBuf>,
+    current: Option<OpenFile>,
+}
+
+impl FileReader {
+    fn open_next(&mut self) -> Result<bool> {
+        let Some(path) = self.files.pop_front() else {
+            return Ok(false);
+        };
+        let file = File::open(&path)
+            .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), e))?;
+        let mut open = OpenFile {
+            path: path.display().to_string(),
+            reader: BufReader::new(file),
+            line: 0,
+        };
+        if let FileFormat::Csv {
+            has_header: true, ..
+        } = self.source.format
+        {
+            let mut header = String::new();
+            open.reader
+                .read_line(&mut header)
+                .map_err(|e| ConnectorError::io(format!("reading {}", open.path), e))?;
+            open.line = 1;
+        }
+        self.current = Some(open);
+        Ok(true)
+    }
+
+    /// Reads up to a batch of non-empty lines: their bytes and line numbers.
+    fn read_lines(&mut self) -> Result<Option<(Vec<u8>, Vec<(u64, usize, usize)>)>> {
+        loop {
+            if self.current.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let f = self.current.as_mut().expect("opened above");
+            let mut bytes = Vec::new();
+            let mut lines = Vec::new();
+            while lines.len() < self.source.batch_size {
+                let start = bytes.len();
+                let n = f.reader.read_until(b'\n', &mut bytes).map_err(|e| {
+                    ConnectorError::io(format!("reading {} at line {}", f.path, f.line + 1), e)
+                })?;
+                if n == 0 {
+                    break;
+                }
+                f.line += 1;
+                if bytes[start..].iter().all(|b| b.is_ascii_whitespace()) {
+                    bytes.truncate(start);
+                    continue;
+                }
+                if bytes.last() != Some(&b'\n') {
+                    bytes.push(b'\n');
+                }
+                lines.push((f.line, start, bytes.len()));
+            }
+            if lines.is_empty() {
+                self.current = None;
+                continue;
+            }
+            return Ok(Some((bytes, lines)));
+        }
+    }
+
+    fn decoder(&self) -> Result<Decoder> {
+        Ok(Decoder::new(
+            self.source.format,
+            &self.source.schema,
+            self.source.batch_size,
+        )?)
+    }
+
+    /// The slow path after a batch failed: line by line, to name (or skip) the bad ones.
+    fn decode_lines(&mut self, bytes: &[u8], lines: &[(u64, usize, usize)]) -> Result<RecordBatch> {
+        let path = self
+            .current
+            .as_ref()
+            .map(|f| f.path.clone())
+            .unwrap_or_default();
+        let mut good = Vec::new();
+        for &(line, start, end) in lines {
+            match self.decoder()?.decode_all(&bytes[start..end]) {
+                Ok(Some(b)) => good.push(b),
+                Ok(None) => {}
+                Err(e) => match self.source.policy {
+                    BadRecordPolicy::Fail => {
+                        return Err(ConnectorError::BadRecord {
+                            path,
+                            line,
+                            reason: e.to_string(),
+                        })
+                    }
+                    BadRecordPolicy::Skip => {
+                        tracing::warn!(path = %path, line, error = %e, "skipping a bad record");
+                        self.source.bad_records.add(1);
+                    }
+                },
+            }
+        }
+        Ok(concat_batches(&self.source.schema, &good)?)
+    }
+}
+
+impl SourceReader for FileReader {
+    fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
+        let Some((bytes, lines)) = self.read_lines()? else {
+            return Ok(SourcePoll::Finished);
+        };
+        let batch = match self.decoder()?.decode_all(&bytes) {
+            Ok(Some(b)) if b.num_rows() == lines.len() => b,
+            _ => self.decode_lines(&bytes, &lines)?,
+        };
+        Ok(SourcePoll::Batch(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::io::Write;
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        p
+    }
+
+    fn read(source: &FileSource) -> oxflow_runtime::Result<usize> {
+        let mut r = source.create_reader(SubtaskInfo {
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+        })?;
+        let mut rows = 0;
+        while let SourcePoll::Batch(b) = r.poll_next()? {
+            rows += b.num_rows();
+        }
+        Ok(rows)
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, true),
+        ]))
+    }
+
+    #[test]
+    fn bad_json_line_is_named_by_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            "in.jsonl",
+            "{\"a\":1,\"b\":\"x\"}\n\n{\"a\":\"nope\"}\n{\"a\":3}\n",
+        );
+        let s =
+            FileSource::try_new(vec![p.clone()], FileFormat::JsonLines, Some(schema())).unwrap();
+        let err = read(&s).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}:3:", p.display())), "{err}");
+        let s = s.with_bad_records(BadRecordPolicy::Skip);
+        assert_eq!(
+            read(&s).unwrap(),
+            2,
+            "the good lines around the bad one are kept"
+        );
+        assert_eq!(s.bad_records().get(), 1);
+    }
+
+    #[test]
+    fn truncated_json_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "in.jsonl", "{\"a\":1}\n{\"a\":");
+        let s = FileSource::try_new(vec![p], FileFormat::JsonLines, Some(schema())).unwrap();
+        assert!(read(&s).unwrap_err().to_string().contains(":2:"));
+    }
+
+    #[test]
+    fn csv_with_header_and_inferred_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "in.csv", "a,b\n1,x\n2,y\nthree,z\n");
+        let s = FileSource::try_new(
+            vec![p.clone()],
+            FileFormat::Csv {
+                has_header: true,
+                delimiter: b',',
+            },
+            Some(schema()),
+        )
+        .unwrap();
+        let err = read(&s).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}:4:", p.display())), "{err}");
+        let p2 = write(&dir, "ok.csv", "a,b\n1,x\n2,y\n");
+        let s = FileSource::try_new(
+            vec![p2],
+            FileFormat::Csv {
+                has_header: true,
+                delimiter: b',',
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.schema().field(0).data_type(), &DataType::Int64);
+        assert_eq!(read(&s).unwrap(), 2);
+    }
+
+    #[test]
+    fn missing_file_is_a_config_error() {
+        let err = FileSource::try_new(
+            vec!["/nonexistent/x.jsonl".into()],
+            FileFormat::JsonLines,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/nonexistent/x.jsonl is not a readable file"),
+            "{err}"
+        );
+    }
+}

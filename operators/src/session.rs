@@ -1,0 +1,385 @@
+//! Session windows: per key, records closer than the gap form one window `[first, last + gap)`.
+//!
+//! Sessions merge as records arrive, so their aggregates cannot be updated in place the way
+//! fixed windows are. Each open session keeps references to its rows (batch, row) instead;
+//! when it closes, its rows are gathered with one `interleave` per column and aggregated in
+//! one vectorized pass. A batch is freed when no open session refers to it any more.
+
+use crate::aggregate::{AggregateInputs, Aggregates, Groups};
+use crate::error::Result;
+use crate::window::LateSide;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, SortField};
+use oxflow_runtime::watermark::event_times;
+use oxflow_runtime::{EventTime, Operator, Output};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) struct SessionConfig {
+    pub gap: i64,
+    pub lateness: i64,
+    pub time_column: String,
+    pub key_indices: Vec<usize>,
+    pub key_schema: SchemaRef,
+    pub aggregates: Aggregates,
+    pub output: SchemaRef,
+}
+
+struct Session {
+    start: EventTime,
+    last: EventTime,
+    rows: Vec<(u32, u32)>,
+}
+
+/// Columns of a batch kept while open sessions refer to its rows.
+struct Pending {
+    columns: Vec<ArrayRef>,
+    live: usize,
+}
+
+pub(crate) struct SessionWindows {
+    cfg: SessionConfig,
+    late: LateSide,
+    converter: RowConverter,
+    sessions: HashMap<Box<[u8]>, Vec<Session>>,
+    pending: HashMap<u32, Pending>,
+    next_batch: u32,
+    watermark: EventTime,
+    /// No session closes before the watermark reaches this (a lower bound).
+    next_fire: EventTime,
+    /// Per aggregate: number of arguments and whether it has a filter.
+    layout: Vec<(usize, bool)>,
+}
+
+impl SessionWindows {
+    pub(crate) fn new(cfg: SessionConfig, late: LateSide) -> Result<Self> {
+        let converter = RowConverter::new(
+            cfg.key_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(SessionWindows {
+            cfg,
+            late,
+            converter,
+            sessions: HashMap::new(),
+            pending: HashMap::new(),
+            next_batch: 0,
+            watermark: EventTime::MIN,
+            next_fire: EventTime::MAX,
+            layout: Vec::new(),
+        })
+    }
+
+    fn fire(&mut self, up_to: EventTime, out: &mut Output) -> Result<()> {
+        if up_to < self.next_fire {
+            return Ok(());
+        }
+        let mut closed: Vec<Session> = Vec::new();
+        let mut next_fire = EventTime::MAX;
+        let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
+        self.sessions.retain(|_, sessions| {
+            let mut i = 0;
+            while i < sessions.len() {
+                let fire = sessions[i].last + gap - 1 + lateness;
+                if fire <= up_to {
+                    closed.push(sessions.remove(i));
+                } else {
+                    next_fire = next_fire.min(fire);
+                    i += 1;
+                }
+            }
+            !sessions.is_empty()
+        });
+        self.next_fire = next_fire;
+        if closed.is_empty() {
+            return Ok(());
+        }
+
+        // Gather the rows of every closed session, session by session.
+        let mut batch_slots: HashMap<u32, usize> = HashMap::new();
+        let mut batch_ids: Vec<u32> = Vec::new();
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        let mut group_indices: Vec<usize> = Vec::new();
+        let mut first_rows: Vec<u32> = Vec::with_capacity(closed.len());
+        for (g, session) in closed.iter().enumerate() {
+            first_rows.push(pairs.len() as u32);
+            for &(b, r) in &session.rows {
+                let slot = *batch_slots.entry(b).or_insert_with(|| {
+                    batch_ids.push(b);
+                    batch_ids.len() - 1
+                });
+                pairs.push((slot, r as usize));
+                group_indices.push(g);
+            }
+        }
+        let width = self.pending[&batch_ids[0]].columns.len();
+        let mut gathered = Vec::with_capacity(width);
+        for c in 0..width {
+            let arrays: Vec<&dyn Array> = batch_ids
+                .iter()
+                .map(|b| self.pending[b].columns[c].as_ref())
+                .collect();
+            gathered.push(interleave(&arrays, &pairs)?);
+        }
+        for session in &closed {
+            for &(b, _) in &session.rows {
+                let p = self
+                    .pending
+                    .get_mut(&b)
+                    .expect("referenced batches are kept");
+                p.live -= 1;
+                if p.live == 0 {
+                    self.pending.remove(&b);
+                }
+            }
+        }
+
+        let n_keys = self.cfg.key_indices.len();
+        let inputs = self.rebuild_inputs(&gathered[n_keys..]);
+        let mut groups = Groups::try_new(
+            &Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+            &self.cfg.aggregates,
+        )?;
+        groups.update_with_indices(group_indices, closed.len(), &inputs)?;
+        let (_, aggregates) = groups.finish()?;
+        let first = UInt32Array::from(first_rows);
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                closed.iter().map(|s| s.start),
+            )),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                closed.iter().map(|s| s.last + self.cfg.gap),
+            )),
+        ];
+        for key in &gathered[..n_keys] {
+            columns.push(take(key.as_ref(), &first, None)?);
+        }
+        columns.extend(aggregates);
+        out.emit(RecordBatch::try_new(self.cfg.output.clone(), columns)?);
+        Ok(())
+    }
+
+    fn rebuild_inputs(&self, columns: &[ArrayRef]) -> AggregateInputs {
+        let mut it = columns.iter();
+        self.layout
+            .iter()
+            .map(|&(n_args, has_filter)| {
+                let args: Vec<ArrayRef> = it.by_ref().take(n_args).cloned().collect();
+                let filter = has_filter.then(|| {
+                    it.next()
+                        .expect("layout matches")
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .expect("filters are boolean")
+                        .clone()
+                });
+                (args, filter)
+            })
+            .collect()
+    }
+}
+
+impl Operator for SessionWindows {
+    fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
+        let n = batch.num_rows();
+        let times = event_times(&batch, &self.cfg.time_column)?.to_vec();
+        let keys: Vec<ArrayRef> = self
+            .cfg
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let rows = self
+            .converter
+            .convert_columns(&keys)
+            .map_err(crate::OperatorError::from)?;
+        let inputs = self.cfg.aggregates.evaluate_inputs(&batch)?;
+        let id = self.next_batch;
+        self.next_batch = self.next_batch.wrapping_add(1);
+        let (gap, lateness, watermark) = (self.cfg.gap, self.cfg.lateness, self.watermark);
+
+        let mut late = vec![false; n];
+        let mut live = 0;
+        let mut next_fire = self.next_fire;
+        for (i, &t) in times.iter().enumerate() {
+            // Without key columns every record has the one, empty key.
+            let key: &[u8] = if keys.is_empty() {
+                &[]
+            } else {
+                rows.row(i).data()
+            };
+            let sessions = match self.sessions.get_mut(key) {
+                Some(s) => s,
+                None => self.sessions.entry(key.into()).or_default(),
+            };
+            // Sessions are disjoint and sorted; the new record's [t, t + gap) may bridge several.
+            let overlapping: Vec<usize> = (0..sessions.len())
+                .filter(|&j| sessions[j].start < t + gap && t < sessions[j].last + gap)
+                .collect();
+            if overlapping.is_empty() {
+                if watermark != EventTime::MIN && t + gap - 1 + lateness <= watermark {
+                    late[i] = true;
+                    continue;
+                }
+                let at = sessions.partition_point(|s| s.start < t);
+                sessions.insert(
+                    at,
+                    Session {
+                        start: t,
+                        last: t,
+                        rows: vec![(id, i as u32)],
+                    },
+                );
+                next_fire = next_fire.min(t + gap - 1 + lateness);
+            } else {
+                let first = overlapping[0];
+                for &j in overlapping[1..].iter().rev() {
+                    let merged = sessions.remove(j);
+                    let s = &mut sessions[first];
+                    s.start = s.start.min(merged.start);
+                    s.last = s.last.max(merged.last);
+                    s.rows.extend(merged.rows);
+                }
+                let s = &mut sessions[first];
+                s.start = s.start.min(t);
+                s.last = s.last.max(t);
+                s.rows.push((id, i as u32));
+            }
+            live += 1;
+        }
+        self.next_fire = next_fire;
+        if self.sessions.values().any(|s| s.is_empty()) {
+            self.sessions.retain(|_, s| !s.is_empty());
+        }
+        if live > 0 {
+            let mut columns = keys;
+            self.layout.clear();
+            for (args, filter) in inputs {
+                self.layout.push((args.len(), filter.is_some()));
+                columns.extend(args);
+                if let Some(f) = filter {
+                    columns.push(Arc::new(f));
+                }
+            }
+            self.pending.insert(id, Pending { columns, live });
+        }
+        self.late.split(batch, &late)?;
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output,
+    ) -> oxflow_runtime::Result<()> {
+        self.watermark = watermark;
+        Ok(self.fire(watermark, out)?)
+    }
+
+    fn on_end_of_input(&mut self, out: &mut Output) -> oxflow_runtime::Result<()> {
+        self.next_fire = EventTime::MIN;
+        self.fire(EventTime::MAX - self.cfg.gap - self.cfg.lateness, out)?;
+        Ok(self.late.finish()?)
+    }
+}
+
+#[cfg(test)]
+impl SessionWindows {
+    fn open_sessions(&self) -> usize {
+        self.sessions.values().map(|s| s.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::{LateRecords, WindowAggregate, WindowSettings, WindowSpec};
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::functions_aggregate::expr_fn::count;
+    use datafusion::prelude::col;
+    use oxflow_runtime::{OperatorFactory, SubtaskInfo};
+    use std::time::Duration;
+
+    #[test]
+    fn a_record_bridging_two_sessions_merges_them_and_frees_batches() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("t", DataType::Int64, false),
+        ]));
+        let factory = WindowAggregate::try_new(
+            WindowSettings {
+                keys: vec!["k".into()],
+                window: WindowSpec::session(Duration::from_millis(10)),
+                time_column: Some("t".into()),
+                allowed_lateness: Duration::ZERO,
+                late: LateRecords::Drop,
+            },
+            &[count(col("t")).alias("n")],
+            schema.clone(),
+        )
+        .unwrap();
+        let batch = |k: Vec<i64>, t: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(k)), Arc::new(Int64Array::from(t))],
+            )
+            .unwrap()
+        };
+        let cfg = SessionConfig {
+            gap: 10,
+            lateness: 0,
+            time_column: "t".into(),
+            key_indices: vec![0],
+            key_schema: Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)])),
+            aggregates: crate::aggregate::Aggregates::try_new(
+                &[count(col("t")).alias("n")],
+                &schema,
+            )
+            .unwrap(),
+            output: factory.output_schema(),
+        };
+        let late = LateSide::try_new(
+            &LateRecords::Drop,
+            Default::default(),
+            SubtaskInfo {
+                index: 0,
+                parallelism: 1,
+                max_parallelism: 128,
+            },
+            schema.clone(),
+        )
+        .unwrap();
+        let mut s = SessionWindows::new(cfg, late).unwrap();
+        let mut out = Output::default();
+        s.on_batch(batch(vec![1, 1, 2], vec![0, 15, 0]), &mut out)
+            .unwrap();
+        assert_eq!(s.open_sessions(), 3);
+        s.on_batch(batch(vec![1], vec![8]), &mut out).unwrap();
+        assert_eq!(
+            s.open_sessions(),
+            2,
+            "8 bridges [0, 10) and [15, 25) for key 1"
+        );
+        s.on_watermark(20, &mut out).unwrap();
+        let fired: Vec<RecordBatch> = out.drain().collect();
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].num_rows(), 1, "key 2's session [0, 10) closed");
+        s.on_end_of_input(&mut out).unwrap();
+        let last: Vec<RecordBatch> = out.drain().collect();
+        let n = last[0]
+            .column(3)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(n.values(), &[3]);
+        assert!(s.pending.is_empty());
+    }
+}

@@ -1,0 +1,328 @@
+//! The top rows of each key in each window, ties included (Nexmark's "highest bid" and
+//! "hot items"; Flink's window Top-N).
+//!
+//! State is incremental: each batch is reduced to its own top rows before it is kept, and
+//! the kept rows are reduced again when they outgrow the last reduction, so a window holds
+//! little more than its answer whatever its input.
+
+use crate::error::{column_index, Result};
+use crate::window::{
+    key_fields, late_flags, window_bound, window_field, window_fired, Assigner, LateSide,
+    WindowSettings, WindowSpec, WINDOW_END, WINDOW_START,
+};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{
+    concat_batches, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
+};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use oxflow_runtime::metrics::Counter;
+use oxflow_runtime::{EventTime, Operator, OperatorFactory, Output, SubtaskInfo};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Keeps, per key and window, the rows with the `n` highest values of a column, ties
+/// included. Output: `window_start, window_end` then the input's columns (for an inherited
+/// window, the input's columns as they are).
+#[derive(Clone)]
+pub struct WindowTopN {
+    settings: WindowSettings,
+    input: SchemaRef,
+    output: SchemaRef,
+    key_indices: Vec<usize>,
+    order_index: usize,
+    n: usize,
+    late_records: Counter,
+}
+
+impl WindowTopN {
+    /// Plans the operator over `input`.
+    pub fn try_new(
+        settings: WindowSettings,
+        order_by: &str,
+        n: usize,
+        input: SchemaRef,
+    ) -> Result<Self> {
+        if n == 0 {
+            return Err(crate::OperatorError::InvalidWindow(
+                "top-n needs n >= 1".into(),
+            ));
+        }
+        if let WindowSpec::Session { .. } = settings.window {
+            return Err(crate::OperatorError::InvalidWindow(
+                "top-n over session windows is not supported; use tumbling, hopping or inherited windows".into(),
+            ));
+        }
+        Assigner::try_new(&settings.window, settings.time_column.as_deref(), &input)?;
+        let (key_indices, _) = key_fields(&input, &settings.effective_keys(), "key_by")?;
+        let order_index = column_index(&input, order_by, "top-n order")?;
+        let output = if settings.window == WindowSpec::Inherited {
+            input.clone()
+        } else {
+            let mut fields = vec![window_field(WINDOW_START), window_field(WINDOW_END)];
+            fields.extend(input.fields().iter().map(|f| f.as_ref().clone()));
+            Arc::new(Schema::new(fields))
+        };
+        Ok(WindowTopN {
+            settings,
+            input,
+            output,
+            key_indices,
+            order_index,
+            n,
+            late_records: Counter::default(),
+        })
+    }
+}
+
+impl OperatorFactory for WindowTopN {
+    fn name(&self) -> String {
+        "window-top-n".into()
+    }
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+    fn counters(&self) -> Vec<(String, Counter)> {
+        vec![("late_records".into(), self.late_records.clone())]
+    }
+    fn create(&self, subtask: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn Operator>> {
+        let sort_field = |i: usize| SortField::new(self.input.field(i).data_type().clone());
+        Ok(Box::new(TopNOperator {
+            assigner: Assigner::try_new(
+                &self.settings.window,
+                self.settings.time_column.as_deref(),
+                &self.input,
+            )?,
+            reducer: TopNReducer {
+                key_indices: self.key_indices.clone(),
+                order_index: self.order_index,
+                n: self.n,
+                keys: RowConverter::new(self.key_indices.iter().map(|&i| sort_field(i)).collect())
+                    .map_err(crate::OperatorError::from)?,
+                order: RowConverter::new(vec![sort_field(self.order_index)])
+                    .map_err(crate::OperatorError::from)?,
+            },
+            inherited: self.settings.window == WindowSpec::Inherited,
+            input: self.input.clone(),
+            output: self.output.clone(),
+            lateness: self.settings.allowed_lateness.as_millis() as i64,
+            watermark: EventTime::MIN,
+            windows: BTreeMap::new(),
+            late: LateSide::try_new(
+                &self.settings.late,
+                self.late_records.clone(),
+                subtask,
+                self.input.clone(),
+            )?,
+        }))
+    }
+}
+
+/// Reduces a batch to the top rows of each key.
+struct TopNReducer {
+    key_indices: Vec<usize>,
+    order_index: usize,
+    n: usize,
+    keys: RowConverter,
+    order: RowConverter,
+}
+
+impl TopNReducer {
+    fn reduce(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        if batch.num_rows() == 0 {
+            return Ok(batch.clone());
+        }
+        let keys: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let order = batch.column(self.order_index).clone();
+        let mut sort: Vec<SortColumn> = keys
+            .iter()
+            .map(|k| SortColumn {
+                values: k.clone(),
+                options: None,
+            })
+            .collect();
+        sort.push(SortColumn {
+            values: order.clone(),
+            options: Some(SortOptions {
+                descending: true,
+                nulls_first: false,
+            }),
+        });
+        let sorted = lexsort_to_indices(&sort, None)?;
+        let key_rows = self.keys.convert_columns(&keys)?;
+        let order_rows = self.order.convert_columns(&[order.clone()])?;
+        let mut keep = Vec::new();
+        let mut run_start: Option<u32> = None;
+        let mut in_run = 0;
+        let mut threshold: Option<u32> = None;
+        for &i in sorted.values() {
+            let row = i as usize;
+            // Without key columns the whole batch is one key (a RowConverter of no columns has no rows).
+            let same_key = run_start.is_some_and(|s| {
+                self.key_indices.is_empty() || key_rows.row(s as usize) == key_rows.row(row)
+            });
+            if !same_key {
+                run_start = Some(i);
+                in_run = 0;
+                threshold = None;
+            }
+            if order.is_null(row) {
+                continue;
+            }
+            in_run += 1;
+            if in_run <= self.n {
+                keep.push(i);
+                threshold = Some(i);
+            } else if threshold.is_some_and(|t| order_rows.row(t as usize) == order_rows.row(row)) {
+                keep.push(i);
+            }
+        }
+        keep.sort_unstable();
+        Ok(take_record_batch(batch, &UInt32Array::from(keep))?)
+    }
+}
+
+use datafusion::arrow::array::Array;
+
+struct Candidates {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    reduce_at: usize,
+}
+
+struct TopNOperator {
+    assigner: Assigner,
+    reducer: TopNReducer,
+    inherited: bool,
+    input: SchemaRef,
+    output: SchemaRef,
+    lateness: i64,
+    watermark: EventTime,
+    windows: BTreeMap<(EventTime, EventTime), Candidates>,
+    late: LateSide,
+}
+
+impl TopNOperator {
+    fn fire(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
+        while let Some(entry) = self.windows.first_entry() {
+            let (end, start) = *entry.key();
+            if up_to.is_some_and(|w| end - 1 + self.lateness > w) {
+                break;
+            }
+            let c = entry.remove();
+            let top = self
+                .reducer
+                .reduce(&concat_batches(&self.input, &c.batches)?)?;
+            if self.inherited {
+                out.emit(top);
+            } else {
+                let n = top.num_rows();
+                let mut columns = vec![window_bound(start, n), window_bound(end, n)];
+                columns.extend(top.columns().iter().cloned());
+                out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Operator for TopNOperator {
+    fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
+        let late = late_flags(
+            &self.assigner.last_ends(&batch)?,
+            self.lateness,
+            self.watermark,
+        );
+        let batch = self.late.split(batch, &late)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        for rows in self.assigner.assign(&batch)? {
+            if window_fired(rows.end, self.lateness, self.watermark) {
+                continue;
+            }
+            let part = match &rows.indices {
+                None => batch.clone(),
+                Some(i) => take_record_batch(&batch, i)?,
+            };
+            let top = self.reducer.reduce(&part)?;
+            let c = self
+                .windows
+                .entry((rows.end, rows.start))
+                .or_insert_with(|| Candidates {
+                    batches: Vec::new(),
+                    rows: 0,
+                    reduce_at: 1024,
+                });
+            c.rows += top.num_rows();
+            c.batches.push(top);
+            if c.rows > c.reduce_at {
+                let reduced = self
+                    .reducer
+                    .reduce(&concat_batches(&self.input, &c.batches)?)?;
+                c.rows = reduced.num_rows();
+                c.reduce_at = (2 * c.rows).max(1024);
+                c.batches = vec![reduced];
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output,
+    ) -> oxflow_runtime::Result<()> {
+        self.watermark = watermark;
+        Ok(self.fire(Some(watermark), out)?)
+    }
+
+    fn on_end_of_input(&mut self, out: &mut Output) -> oxflow_runtime::Result<()> {
+        self.fire(None, out)?;
+        Ok(self.late.finish()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn keeps_ties_per_key() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1, 1, 2, 2, 1])),
+                Arc::new(Int64Array::from(vec![
+                    Some(5),
+                    Some(7),
+                    Some(7),
+                    Some(1),
+                    None,
+                    Some(3),
+                ])),
+            ],
+        )
+        .unwrap();
+        let r = TopNReducer {
+            key_indices: vec![0],
+            order_index: 1,
+            n: 1,
+            keys: RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap(),
+            order: RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap(),
+        };
+        let top = r.reduce(&batch).unwrap();
+        let v = top.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(v.iter().collect::<Vec<_>>(), [Some(7), Some(7), Some(1)]);
+    }
+}

@@ -1,0 +1,645 @@
+//! Event-time windows: their definitions, how rows are assigned to them, late records, and
+//! the window aggregate over tumbling, hopping and inherited windows (sessions live in
+//! [`crate::session`]).
+//!
+//! Timing follows Flink: a window `[start, end)` fires when the watermark reaches
+//! `end - 1 + allowed_lateness`, once, with its final result (Kafka Streams' "suppress until
+//! window closes"). A record whose every window has fired is late: it is counted and goes to
+//! the late side output, or is dropped.
+
+use crate::aggregate::{take_inputs, Aggregates, Groups};
+use crate::error::{column_index, OperatorError, Result};
+use datafusion::arrow::array::{
+    Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{take, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::logical_expr::Expr;
+use oxflow_runtime::metrics::Counter;
+use oxflow_runtime::sink::{SinkRef, SinkWriter};
+use oxflow_runtime::watermark::event_times;
+use oxflow_runtime::{EventTime, Operator, OperatorFactory, Output, SubtaskInfo};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name of the window start column every window operator emits.
+pub const WINDOW_START: &str = "window_start";
+/// The name of the window end column every window operator emits.
+pub const WINDOW_END: &str = "window_end";
+
+/// Which windows a record belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows `[k*size, (k+1)*size)`.
+    Tumbling {
+        /// Window length.
+        size: Duration,
+    },
+    /// Fixed windows of `size` starting every `slide`: `[k*slide, k*slide + size)`.
+    Hopping {
+        /// Window length.
+        size: Duration,
+        /// Distance between window starts.
+        slide: Duration,
+    },
+    /// Per key, records closer than `gap` to each other form one session
+    /// `[first, last + gap)`.
+    Session {
+        /// Inactivity that closes a session.
+        gap: Duration,
+    },
+    /// The windows of an upstream window operator: rows carry `window_start` and
+    /// `window_end`, and are grouped by them (cascading windows, as in Flink SQL).
+    Inherited,
+}
+
+impl WindowSpec {
+    /// Tumbling windows of `size`.
+    pub fn tumbling(size: Duration) -> Self {
+        WindowSpec::Tumbling { size }
+    }
+    /// Hopping windows of `size` every `slide`.
+    pub fn hopping(size: Duration, slide: Duration) -> Self {
+        WindowSpec::Hopping { size, slide }
+    }
+    /// Session windows closing after `gap` of inactivity.
+    pub fn session(gap: Duration) -> Self {
+        WindowSpec::Session { gap }
+    }
+
+    /// Checks sizes: whole, positive milliseconds.
+    pub fn validate(&self) -> Result<()> {
+        let check = |what: &str, d: &Duration| {
+            if d.as_millis() == 0 || d.as_nanos() % 1_000_000 != 0 {
+                Err(OperatorError::InvalidWindow(format!(
+                    "{what} must be a positive whole number of milliseconds, got {d:?}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            WindowSpec::Tumbling { size } => check("tumbling window size", size),
+            WindowSpec::Hopping { size, slide } => {
+                check("hopping window size", size)?;
+                check("hopping window slide", slide)?;
+                if slide > size {
+                    return Err(OperatorError::InvalidWindow(format!(
+                        "hopping window slide {slide:?} is longer than its size {size:?}: records between windows would be lost"
+                    )));
+                }
+                Ok(())
+            }
+            WindowSpec::Session { gap } => check("session gap", gap),
+            WindowSpec::Inherited => Ok(()),
+        }
+    }
+}
+
+/// What happens to records later than the allowed lateness.
+#[derive(Clone, Default)]
+pub enum LateRecords {
+    /// Counted and dropped.
+    #[default]
+    Drop,
+    /// Counted and written to this sink (a side output), with the input's columns.
+    SideOutput(SinkRef),
+}
+
+/// Counts late records and sends them to the side output.
+pub(crate) struct LateSide {
+    counter: Counter,
+    writer: Option<Box<dyn SinkWriter>>,
+}
+
+impl LateSide {
+    pub(crate) fn try_new(
+        late: &LateRecords,
+        counter: Counter,
+        subtask: SubtaskInfo,
+        schema: SchemaRef,
+    ) -> oxflow_runtime::Result<Self> {
+        let writer = match late {
+            LateRecords::Drop => None,
+            LateRecords::SideOutput(sink) => Some(sink.create_writer(subtask, schema)?),
+        };
+        Ok(LateSide { counter, writer })
+    }
+
+    /// Splits `batch` by `late` (row flags): sends the late rows away, returns the others.
+    pub(crate) fn split(&mut self, batch: RecordBatch, late: &[bool]) -> Result<RecordBatch> {
+        let n_late = late.iter().filter(|&&l| l).count();
+        if n_late == 0 {
+            return Ok(batch);
+        }
+        self.counter.add(n_late as u64);
+        let (late_rows, on_time): (Vec<u32>, Vec<u32>) =
+            (0..batch.num_rows() as u32).partition(|&i| late[i as usize]);
+        if let Some(writer) = &mut self.writer {
+            writer.write(&take_record_batch(&batch, &UInt32Array::from(late_rows))?)?;
+        }
+        Ok(take_record_batch(&batch, &UInt32Array::from(on_time))?)
+    }
+
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if let Some(writer) = &mut self.writer {
+            writer.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of a batch that fall into one window.
+pub(crate) struct WindowRows {
+    pub start: EventTime,
+    pub end: EventTime,
+    /// `None`: every row of the batch.
+    pub indices: Option<UInt32Array>,
+}
+
+impl WindowRows {
+    pub(crate) fn take(&self, array: &ArrayRef) -> Result<ArrayRef> {
+        match &self.indices {
+            None => Ok(array.clone()),
+            Some(i) => Ok(take(array.as_ref(), i, None)?),
+        }
+    }
+}
+
+/// Assigns rows to fixed windows (tumbling, hopping) or to the windows they carry.
+#[derive(Debug, Clone)]
+pub(crate) enum Assigner {
+    Fixed {
+        time_column: String,
+        size: i64,
+        slide: i64,
+    },
+    Inherited {
+        start: usize,
+        end: usize,
+    },
+}
+
+fn window_column(schema: &Schema, name: &str) -> Result<usize> {
+    let i = column_index(schema, name, "inherited window")?;
+    match schema.field(i).data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 => Ok(i),
+        other => Err(OperatorError::InvalidWindow(format!(
+            "column `{name}` has type {other}; an inherited window needs Timestamp(Millisecond)"
+        ))),
+    }
+}
+
+impl Assigner {
+    pub(crate) fn try_new(
+        spec: &WindowSpec,
+        time_column: Option<&str>,
+        input: &Schema,
+    ) -> Result<Self> {
+        spec.validate()?;
+        let time = || {
+            let t = time_column.ok_or_else(|| {
+                OperatorError::InvalidWindow(
+                    "an event-time window needs the stream's event-time column; set it on the source".into(),
+                )
+            })?;
+            column_index(input, t, "window")?;
+            Ok::<_, OperatorError>(t.to_string())
+        };
+        Ok(match spec {
+            WindowSpec::Tumbling { size } => Assigner::Fixed {
+                time_column: time()?,
+                size: size.as_millis() as i64,
+                slide: size.as_millis() as i64,
+            },
+            WindowSpec::Hopping { size, slide } => Assigner::Fixed {
+                time_column: time()?,
+                size: size.as_millis() as i64,
+                slide: slide.as_millis() as i64,
+            },
+            WindowSpec::Inherited => Assigner::Inherited {
+                start: window_column(input, WINDOW_START)?,
+                end: window_column(input, WINDOW_END)?,
+            },
+            WindowSpec::Session { .. } => {
+                return Err(OperatorError::InvalidWindow(
+                    "session windows are assigned per key by the session operator".into(),
+                ))
+            }
+        })
+    }
+
+    /// For each row, the end of the last window it belongs to: past `end - 1 + lateness`, the
+    /// row is late.
+    pub(crate) fn last_ends(&self, batch: &RecordBatch) -> Result<Vec<EventTime>> {
+        Ok(match self {
+            Assigner::Fixed {
+                time_column,
+                size,
+                slide,
+            } => event_times(batch, time_column)?
+                .iter()
+                .map(|&t| t - t.rem_euclid(*slide) + size)
+                .collect(),
+            Assigner::Inherited { end, .. } => column_values(batch, *end)?.to_vec(),
+        })
+    }
+
+    /// Groups the rows of `batch` by window.
+    pub(crate) fn assign(&self, batch: &RecordBatch) -> Result<Vec<WindowRows>> {
+        let mut by_window: BTreeMap<(EventTime, EventTime), Vec<u32>> = BTreeMap::new();
+        let n = batch.num_rows();
+        match self {
+            Assigner::Fixed {
+                time_column,
+                size,
+                slide,
+            } => {
+                let times = event_times(batch, time_column)?;
+                let windows_per_row = (size + slide - 1) / slide;
+                for j in 0..windows_per_row {
+                    let start_of = |t: i64| t - t.rem_euclid(*slide) - j * slide;
+                    let Some(&first) = times.first() else { break };
+                    let s0 = start_of(first);
+                    // The common case: a whole in-order batch inside one window, no copy.
+                    if times.iter().all(|&t| start_of(t) == s0 && s0 + size > t) {
+                        by_window.insert((s0 + size, s0), Vec::new());
+                        continue;
+                    }
+                    for (i, &t) in times.iter().enumerate() {
+                        let s = start_of(t);
+                        if s + size > t {
+                            by_window.entry((s + size, s)).or_default().push(i as u32);
+                        }
+                    }
+                }
+            }
+            Assigner::Inherited { start, end } => {
+                let starts = column_values(batch, *start)?;
+                let ends = column_values(batch, *end)?;
+                for i in 0..n {
+                    by_window
+                        .entry((ends[i], starts[i]))
+                        .or_default()
+                        .push(i as u32);
+                }
+            }
+        }
+        Ok(by_window
+            .into_iter()
+            .map(|((end, start), rows)| WindowRows {
+                start,
+                end,
+                // An empty list marks the fast path above: every row.
+                indices: (!rows.is_empty() && rows.len() != n).then(|| UInt32Array::from(rows)),
+            })
+            .collect())
+    }
+}
+
+/// The non-null i64 values of column `i` (Int64 or Timestamp(ms)).
+pub(crate) fn column_values(batch: &RecordBatch, i: usize) -> Result<&[i64]> {
+    let name = batch.schema().field(i).name().clone();
+    Ok(event_times(batch, &name)?)
+}
+
+/// The field of a window bound column.
+pub(crate) fn window_field(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    )
+}
+
+/// A column repeating `value` `n` times, as a window bound.
+pub(crate) fn window_bound(value: EventTime, n: usize) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(vec![value; n]))
+}
+
+/// Resolves key columns, with errors naming what exists.
+pub(crate) fn key_fields(
+    input: &Schema,
+    keys: &[String],
+    context: &str,
+) -> Result<(Vec<usize>, SchemaRef)> {
+    let indices = keys
+        .iter()
+        .map(|k| column_index(input, k, context))
+        .collect::<Result<Vec<_>>>()?;
+    let schema = Arc::new(Schema::new(
+        indices
+            .iter()
+            .map(|&i| input.field(i).clone())
+            .collect::<Vec<_>>(),
+    ));
+    Ok((indices, schema))
+}
+
+/// Settings shared by every window operator.
+#[derive(Clone)]
+pub struct WindowSettings {
+    /// Key columns (empty: one global key).
+    pub keys: Vec<String>,
+    /// The window kind.
+    pub window: WindowSpec,
+    /// The event-time column (not needed for inherited windows).
+    pub time_column: Option<String>,
+    /// How long after a window's end records are still accepted.
+    pub allowed_lateness: Duration,
+    /// Where later records go.
+    pub late: LateRecords,
+}
+
+impl WindowSettings {
+    /// Keys for an inherited window exclude the window bounds (they are always emitted).
+    pub(crate) fn effective_keys(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|k| {
+                !(self.window == WindowSpec::Inherited && (*k == WINDOW_START || *k == WINDOW_END))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Aggregates keyed records per window: `window_start, window_end, keys.., aggregates..`.
+#[derive(Clone)]
+pub struct WindowAggregate {
+    settings: WindowSettings,
+    input: SchemaRef,
+    key_indices: Vec<usize>,
+    key_schema: SchemaRef,
+    aggregates: Aggregates,
+    output: SchemaRef,
+    late_records: Counter,
+}
+
+impl WindowAggregate {
+    /// Plans the aggregate over `input`.
+    pub fn try_new(
+        settings: WindowSettings,
+        aggregates: &[Expr],
+        input: SchemaRef,
+    ) -> Result<Self> {
+        settings.window.validate()?;
+        if let WindowSpec::Session { .. } = settings.window {
+            // Checked here so that the error names the column, not the session operator.
+            settings
+                .time_column
+                .as_deref()
+                .map(|t| column_index(&input, t, "window"))
+                .transpose()?;
+        }
+        let (key_indices, key_schema) = key_fields(&input, &settings.effective_keys(), "key_by")?;
+        let aggregates = Aggregates::try_new(aggregates, &input)?;
+        let mut fields = vec![window_field(WINDOW_START), window_field(WINDOW_END)];
+        fields.extend(key_schema.fields().iter().map(|f| f.as_ref().clone()));
+        fields.extend(aggregates.fields().iter().map(|f| f.as_ref().clone()));
+        let output = Arc::new(Schema::new(fields));
+        let op = WindowAggregate {
+            settings,
+            input,
+            key_indices,
+            key_schema,
+            aggregates,
+            output,
+            late_records: Counter::default(),
+        };
+        // Build one operator now so that a bad window fails when the pipeline is built.
+        op.assigner_or_session()?;
+        Ok(op)
+    }
+
+    fn assigner_or_session(&self) -> Result<Option<Assigner>> {
+        match &self.settings.window {
+            WindowSpec::Session { .. } => {
+                if self.settings.time_column.is_none() {
+                    return Err(OperatorError::InvalidWindow(
+                        "a session window needs the stream's event-time column; set it on the source".into(),
+                    ));
+                }
+                Ok(None)
+            }
+            spec => Ok(Some(Assigner::try_new(
+                spec,
+                self.settings.time_column.as_deref(),
+                &self.input,
+            )?)),
+        }
+    }
+}
+
+impl OperatorFactory for WindowAggregate {
+    fn name(&self) -> String {
+        "window-aggregate".into()
+    }
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+    fn counters(&self) -> Vec<(String, Counter)> {
+        vec![("late_records".into(), self.late_records.clone())]
+    }
+    fn create(&self, subtask: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn Operator>> {
+        let late = LateSide::try_new(
+            &self.settings.late,
+            self.late_records.clone(),
+            subtask,
+            self.input.clone(),
+        )?;
+        let lateness = self.settings.allowed_lateness.as_millis() as i64;
+        Ok(match (self.assigner_or_session()?, &self.settings.window) {
+            (Some(assigner), _) => Box::new(FixedWindows {
+                assigner,
+                key_indices: self.key_indices.clone(),
+                key_schema: self.key_schema.clone(),
+                aggregates: self.aggregates.clone(),
+                output: self.output.clone(),
+                lateness,
+                watermark: EventTime::MIN,
+                windows: BTreeMap::new(),
+                late,
+            }),
+            (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
+                crate::session::SessionConfig {
+                    gap: gap.as_millis() as i64,
+                    lateness,
+                    time_column: self
+                        .settings
+                        .time_column
+                        .clone()
+                        .expect("checked when built"),
+                    key_indices: self.key_indices.clone(),
+                    key_schema: self.key_schema.clone(),
+                    aggregates: self.aggregates.clone(),
+                    output: self.output.clone(),
+                },
+                late,
+            )?),
+            (None, _) => unreachable!("only session windows have no assigner"),
+        })
+    }
+}
+
+/// Window aggregate over tumbling, hopping or inherited windows: the groups of each open
+/// window, fired in order of window end.
+struct FixedWindows {
+    assigner: Assigner,
+    key_indices: Vec<usize>,
+    key_schema: SchemaRef,
+    aggregates: Aggregates,
+    output: SchemaRef,
+    lateness: i64,
+    watermark: EventTime,
+    windows: BTreeMap<(EventTime, EventTime), Groups>,
+    late: LateSide,
+}
+
+impl FixedWindows {
+    fn fire(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
+        while let Some(entry) = self.windows.first_entry() {
+            let (end, start) = *entry.key();
+            if let Some(w) = up_to {
+                if end - 1 + self.lateness > w {
+                    break;
+                }
+            }
+            let (keys, aggregates) = entry.remove().finish()?;
+            let n = aggregates.first().map(|a| a.len()).unwrap_or(0);
+            let mut columns = vec![window_bound(start, n), window_bound(end, n)];
+            columns.extend(keys);
+            columns.extend(aggregates);
+            out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+        }
+        Ok(())
+    }
+}
+
+/// Whether the window ending at `end` has fired at `watermark`.
+#[inline]
+pub(crate) fn window_fired(end: EventTime, lateness: i64, watermark: EventTime) -> bool {
+    watermark != EventTime::MIN && end - 1 + lateness <= watermark
+}
+
+/// Flags rows whose last window has already fired.
+pub(crate) fn late_flags(
+    last_ends: &[EventTime],
+    lateness: i64,
+    watermark: EventTime,
+) -> Vec<bool> {
+    last_ends
+        .iter()
+        .map(|&end| window_fired(end, lateness, watermark))
+        .collect()
+}
+
+impl Operator for FixedWindows {
+    fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
+        let late = late_flags(
+            &self.assigner.last_ends(&batch)?,
+            self.lateness,
+            self.watermark,
+        );
+        let batch = self.late.split(batch, &late)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let inputs = self.aggregates.evaluate_inputs(&batch)?;
+        for rows in self.assigner.assign(&batch)? {
+            // A hopping record may still belong to later windows while earlier ones have fired.
+            if window_fired(rows.end, self.lateness, self.watermark) {
+                continue;
+            }
+            let groups = match self.windows.entry((rows.end, rows.start)) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Groups::try_new(&self.key_schema, &self.aggregates)?)
+                }
+            };
+            match &rows.indices {
+                None => groups.update(&keys, &inputs, batch.num_rows())?,
+                Some(indices) => {
+                    let keys = keys
+                        .iter()
+                        .map(|k| rows.take(k))
+                        .collect::<Result<Vec<_>>>()?;
+                    groups.update(&keys, &take_inputs(&inputs, indices)?, indices.len())?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output,
+    ) -> oxflow_runtime::Result<()> {
+        self.watermark = watermark;
+        Ok(self.fire(Some(watermark), out)?)
+    }
+
+    fn on_end_of_input(&mut self, out: &mut Output) -> oxflow_runtime::Result<()> {
+        self.fire(None, out)?;
+        Ok(self.late.finish()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_windows_are_explained() {
+        let e = WindowSpec::tumbling(Duration::ZERO)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tumbling window size must be a positive"), "{e}");
+        let e = WindowSpec::hopping(Duration::from_secs(1), Duration::from_secs(2))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("slide"), "{e}");
+        let e = WindowSpec::session(Duration::from_micros(1500))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole number of milliseconds"), "{e}");
+    }
+
+    #[test]
+    fn hopping_assigns_each_row_to_size_over_slide_windows() {
+        let schema = Arc::new(Schema::new(vec![Field::new("t", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                0, 2500, -1,
+            ]))],
+        )
+        .unwrap();
+        let a = Assigner::try_new(
+            &WindowSpec::hopping(Duration::from_secs(10), Duration::from_secs(2)),
+            Some("t"),
+            &schema,
+        )
+        .unwrap();
+        let windows = a.assign(&batch).unwrap();
+        let total: usize = windows
+            .iter()
+            .map(|w| w.indices.as_ref().map_or(3, |i| i.len()))
+            .sum();
+        assert_eq!(total, 15);
+        assert!(windows.iter().any(|w| w.start == -10000 && w.end == 0));
+        assert!(windows
+            .iter()
+            .all(|w| w.end - w.start == 10000 && w.start % 2000 == 0));
+    }
+}

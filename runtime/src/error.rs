@@ -1,0 +1,78 @@
+//! The runtime's one error type.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+
+/// Result with [`RuntimeError`].
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// What can go wrong while building or running a job.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// An Arrow kernel failed (usually a schema or type mismatch in user data).
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    /// A DataFusion expression or aggregate failed to plan or evaluate.
+    #[error("datafusion: {0}")]
+    DataFusion(Box<DataFusionError>),
+    /// Reading or writing a file, or spawning a thread, failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, e.g. the path.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The job graph or one of its settings is invalid; the message names the stage.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// Input data was malformed; the message says where (file, line, column).
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// An operator, source or sink failed while running; `task` names the subtask.
+    #[error("task {task} failed: {source}")]
+    Task {
+        /// Name of the failed subtask, e.g. `window-aggregate[1/2]`.
+        task: String,
+        /// The error it returned.
+        source: Box<RuntimeError>,
+    },
+    /// A subtask panicked; this is a bug in user code or in Oxflow.
+    #[error("task {task} panicked: {message}")]
+    Panic {
+        /// Name of the subtask.
+        task: String,
+        /// The panic payload, if it was a string.
+        message: String,
+    },
+    /// Another task failed first and this one was cancelled.
+    #[error("job cancelled")]
+    Cancelled,
+}
+
+impl From<DataFusionError> for RuntimeError {
+    fn from(e: DataFusionError) -> Self {
+        RuntimeError::DataFusion(Box::new(e))
+    }
+}
+
+impl RuntimeError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_stays_small() {
+        // Errors travel through every `Result` on the hot path; keep them pointer-sized-ish.
+        assert!(std::mem::size_of::<RuntimeError>() <= 56);
+    }
+}

@@ -1,0 +1,82 @@
+//! The one operator contract every transformation implements.
+
+use crate::error::Result;
+use crate::message::EventTime;
+use crate::metrics::Counter;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::Arc;
+
+/// Where a subtask sits in its stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubtaskInfo {
+    /// Index of this subtask, `0..parallelism`.
+    pub index: usize,
+    /// Number of subtasks of the stage.
+    pub parallelism: usize,
+    /// Number of key groups of the job (the most a keyed stage can be split into).
+    pub max_parallelism: usize,
+}
+
+/// Batches an operator emits while handling one message.
+#[derive(Debug, Default)]
+pub struct Output {
+    batches: Vec<RecordBatch>,
+}
+
+impl Output {
+    /// Emits a batch downstream. Empty batches are dropped here so operators need not check.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.batches.push(batch);
+        }
+    }
+    /// Takes what was emitted so far.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, RecordBatch> {
+        self.batches.drain(..)
+    }
+    /// Whether nothing was emitted.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
+
+/// A transformation of a stream, run by one subtask.
+///
+/// The runtime calls these in stream order; watermarks and end of input are forwarded by the
+/// runtime after the operator has handled them, so an operator only emits data.
+pub trait Operator: Send {
+    /// Handles one batch of input.
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Output) -> Result<()>;
+
+    /// Event time has advanced to `watermark` (the minimum over this subtask's inputs); fire
+    /// whatever it completes. The default does nothing: stateless operators ignore time.
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) -> Result<()> {
+        let _ = (watermark, out);
+        Ok(())
+    }
+
+    /// All inputs have ended: flush every pending result (bounded jobs end here).
+    fn on_end_of_input(&mut self, out: &mut Output) -> Result<()> {
+        let _ = out;
+        Ok(())
+    }
+}
+
+/// Builds the operator of each subtask of a stage, and says what it outputs.
+pub trait OperatorFactory: Send + Sync {
+    /// A short name for logs and metrics, e.g. `filter`.
+    fn name(&self) -> String;
+    /// The schema of the batches the operator emits.
+    fn output_schema(&self) -> SchemaRef;
+    /// Creates the operator for one subtask.
+    fn create(&self, subtask: SubtaskInfo) -> Result<Box<dyn Operator>>;
+    /// Counters the operator keeps besides records in and out (e.g. late records), shared
+    /// by all its subtasks.
+    fn counters(&self) -> Vec<(String, Counter)> {
+        Vec::new()
+    }
+}
+
+/// Shared handle to an operator factory.
+pub type OperatorFactoryRef = Arc<dyn OperatorFactory>;

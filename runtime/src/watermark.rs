@@ -1,0 +1,357 @@
+//! Event-time watermarks: how a source split generates them, and how a task with several
+//! inputs combines them (the minimum over its live inputs).
+
+use crate::error::{Result, RuntimeError};
+use crate::message::{EventTime, Message};
+use datafusion::arrow::array::{Array, Int64Array, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use std::time::Duration;
+
+/// How a source derives watermarks from its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkStrategy {
+    /// The event-time column: `Timestamp(Millisecond)` or `Int64` milliseconds.
+    pub time_column: String,
+    /// Bounded out-of-orderness: records up to this much older than the newest one seen are
+    /// still on time. The watermark is `max_event_time - delay - 1` (as in Flink).
+    pub max_out_of_orderness: Duration,
+    /// A split with no data for this long is marked idle and stops holding back the
+    /// watermark downstream. `None`: never idle.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl WatermarkStrategy {
+    /// Bounded out-of-orderness on `time_column`, never idle.
+    pub fn bounded(time_column: impl Into<String>, max_out_of_orderness: Duration) -> Self {
+        WatermarkStrategy {
+            time_column: time_column.into(),
+            max_out_of_orderness,
+            idle_timeout: None,
+        }
+    }
+    /// Marks a split idle after `timeout` without data.
+    pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+}
+
+/// The event times of `column` in `batch`, checked to be non-null milliseconds.
+pub fn event_times<'a>(batch: &'a RecordBatch, column: &str) -> Result<&'a [i64]> {
+    let array = batch.column_by_name(column).ok_or_else(|| {
+        RuntimeError::InvalidJob(format!(
+            "event-time column `{column}` not found; columns are {:?}",
+            batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        ))
+    })?;
+    if array.null_count() > 0 {
+        let row = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0);
+        return Err(RuntimeError::BadInput(format!(
+            "event-time column `{column}` is null at row {row} of a batch"
+        )));
+    }
+    match array.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => Ok(array
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("type checked above")
+            .values()),
+        DataType::Int64 => Ok(array
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("type checked above")
+            .values()),
+        other => Err(RuntimeError::InvalidJob(format!(
+            "event-time column `{column}` has type {other}; expected Timestamp(Millisecond) or Int64"
+        ))),
+    }
+}
+
+/// Generates the watermarks of one source split.
+///
+/// The watermark is tracked per record, not per batch: when a record arrives that is already
+/// behind the watermark implied by the records before it, the batch is cut there and that
+/// watermark is emitted first. So whether a record is late depends only on the order of
+/// records in the split, never on how they were batched.
+#[derive(Debug)]
+pub struct WatermarkGenerator {
+    strategy: WatermarkStrategy,
+    delay: i64,
+    max_event_time: EventTime,
+    emitted: EventTime,
+}
+
+impl WatermarkGenerator {
+    /// A generator that has seen nothing yet.
+    pub fn new(strategy: WatermarkStrategy) -> Self {
+        let delay = strategy.max_out_of_orderness.as_millis() as i64;
+        WatermarkGenerator {
+            strategy,
+            delay,
+            max_event_time: EventTime::MIN,
+            emitted: EventTime::MIN,
+        }
+    }
+
+    fn watermark(&self) -> EventTime {
+        self.max_event_time
+            .saturating_sub(self.delay)
+            .saturating_sub(1)
+    }
+
+    /// Turns a batch into the messages to send: the batch (possibly cut in pieces) with the
+    /// watermarks it implies.
+    pub fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        let times = event_times(&batch, &self.strategy.time_column)?;
+        let mut start = 0;
+        for (i, &t) in times.iter().enumerate() {
+            let before = self.watermark();
+            if t <= before && before > self.emitted {
+                if i > start {
+                    out.push(Message::Data(batch.slice(start, i - start)));
+                }
+                out.push(Message::Watermark(before));
+                self.emitted = before;
+                start = i;
+            }
+            self.max_event_time = self.max_event_time.max(t);
+        }
+        if start == 0 {
+            out.push(Message::Data(batch));
+        } else if start < times.len() {
+            out.push(Message::Data(batch.slice(start, times.len() - start)));
+        }
+        let wm = self.watermark();
+        if wm > self.emitted {
+            out.push(Message::Watermark(wm));
+            self.emitted = wm;
+        }
+        Ok(())
+    }
+}
+
+/// Combines the watermarks of a task's inputs: the minimum over inputs that are neither idle
+/// nor finished, never moving backwards.
+#[derive(Debug)]
+pub struct InputWatermarks {
+    watermarks: Vec<EventTime>,
+    idle: Vec<bool>,
+    ended: Vec<bool>,
+    current: EventTime,
+    all_idle: bool,
+}
+
+/// What a task should forward after an input's control message.
+#[derive(Debug, PartialEq, Eq, Default)]
+pub struct WatermarkUpdate {
+    /// The combined watermark advanced to this.
+    pub advanced: Option<EventTime>,
+    /// Every live input is now idle: the task is idle too (sent after `advanced`).
+    pub idle: bool,
+}
+
+#[cfg(test)]
+impl WatermarkUpdate {
+    fn advanced(w: EventTime) -> Self {
+        WatermarkUpdate {
+            advanced: Some(w),
+            idle: false,
+        }
+    }
+}
+
+impl InputWatermarks {
+    /// Tracks `inputs` inputs, none seen yet.
+    pub fn new(inputs: usize) -> Self {
+        InputWatermarks {
+            watermarks: vec![EventTime::MIN; inputs],
+            idle: vec![false; inputs],
+            ended: vec![false; inputs],
+            current: EventTime::MIN,
+            all_idle: false,
+        }
+    }
+
+    /// The combined watermark so far.
+    pub fn current(&self) -> EventTime {
+        self.current
+    }
+
+    /// Whether every input has ended.
+    pub fn all_ended(&self) -> bool {
+        self.ended.iter().all(|&e| e)
+    }
+
+    /// Input `i` sent data: it is active again.
+    pub fn on_data(&mut self, i: usize) {
+        self.idle[i] = false;
+        self.all_idle = false;
+    }
+
+    /// Input `i` sent a watermark.
+    pub fn on_watermark(&mut self, i: usize, wm: EventTime) -> WatermarkUpdate {
+        self.watermarks[i] = self.watermarks[i].max(wm);
+        self.idle[i] = false;
+        self.recompute()
+    }
+
+    /// Input `i` went idle.
+    pub fn on_idle(&mut self, i: usize) -> WatermarkUpdate {
+        self.idle[i] = true;
+        self.recompute()
+    }
+
+    /// Input `i` ended.
+    pub fn on_end(&mut self, i: usize) -> WatermarkUpdate {
+        self.ended[i] = true;
+        self.recompute()
+    }
+
+    fn recompute(&mut self) -> WatermarkUpdate {
+        let live: Vec<usize> = (0..self.watermarks.len())
+            .filter(|&i| !self.ended[i])
+            .collect();
+        let active = live
+            .iter()
+            .filter(|&&i| !self.idle[i])
+            .map(|&i| self.watermarks[i])
+            .min();
+        let mut update = WatermarkUpdate::default();
+        let target = match active {
+            Some(min) => {
+                self.all_idle = false;
+                min
+            }
+            None => {
+                // Every live input is idle (or all ended): as Flink does, let event time
+                // advance to the furthest any input has reached, then go idle.
+                if !live.is_empty() && !self.all_idle {
+                    self.all_idle = true;
+                    update.idle = true;
+                }
+                live.iter()
+                    .map(|&i| self.watermarks[i])
+                    .max()
+                    .unwrap_or(EventTime::MIN)
+            }
+        };
+        if target > self.current {
+            self.current = target;
+            update.advanced = Some(target);
+        }
+        update
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    fn batch(ts: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("t", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(ts.to_vec()))]).unwrap()
+    }
+
+    fn run(batches: &[&[i64]]) -> Vec<String> {
+        let mut g =
+            WatermarkGenerator::new(WatermarkStrategy::bounded("t", Duration::from_millis(10)));
+        let mut out = vec![];
+        for b in batches {
+            g.on_batch(batch(b), &mut out).unwrap();
+        }
+        out.iter()
+            .map(|m| match m {
+                Message::Data(b) => format!("data{:?}", event_times(b, "t").unwrap()),
+                Message::Watermark(w) => format!("wm{w}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn watermark_is_max_minus_delay_minus_one() {
+        assert_eq!(run(&[&[100, 105, 103]]), ["data[100, 105, 103]", "wm94"]);
+    }
+
+    #[test]
+    fn batch_is_cut_before_a_record_beyond_the_bound() {
+        // 50 is 60 ms behind 110: the watermark 99 must precede it whatever the batching.
+        let one = run(&[&[100, 110, 50, 111]]);
+        assert_eq!(one, ["data[100, 110]", "wm99", "data[50, 111]", "wm100"]);
+        let split = run(&[&[100], &[110], &[50], &[111]]);
+        let wms = |v: &[String]| {
+            v.iter()
+                .filter(|s| s.starts_with("wm"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // Per-record batching emits more watermarks, but the one right before 50 is the same.
+        let pos = split.iter().position(|s| s == "data[50]").unwrap();
+        assert_eq!(split[pos - 1], "wm99");
+        assert!(wms(&split).contains(&"wm100".to_string()));
+    }
+
+    #[test]
+    fn null_event_time_is_an_error_naming_the_column() {
+        let schema = Arc::new(Schema::new(vec![Field::new("t", DataType::Int64, true)]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        let err = event_times(&b, "t").unwrap_err().to_string();
+        assert!(err.contains("`t` is null at row 1"), "{err}");
+        assert!(event_times(&b, "nope")
+            .unwrap_err()
+            .to_string()
+            .contains("`nope` not found"));
+    }
+
+    #[test]
+    fn min_over_live_inputs() {
+        let none = WatermarkUpdate::default();
+        let idle = |advanced| WatermarkUpdate {
+            advanced,
+            idle: true,
+        };
+        let mut w = InputWatermarks::new(2);
+        assert_eq!(w.on_watermark(0, 10), none);
+        assert_eq!(w.on_watermark(1, 5), WatermarkUpdate::advanced(5));
+        assert_eq!(w.on_watermark(1, 20), WatermarkUpdate::advanced(10));
+        // An idle input stops holding back the minimum...
+        assert_eq!(w.on_watermark(0, 15), WatermarkUpdate::advanced(15));
+        assert_eq!(w.on_idle(0), WatermarkUpdate::advanced(20));
+        // ...and all idle means idle downstream.
+        assert_eq!(w.on_idle(1), idle(None));
+        // Coming back never moves the watermark backwards.
+        assert_eq!(w.on_watermark(0, 16), none);
+        assert_eq!(w.current(), 20);
+        assert_eq!(w.on_end(0), idle(None));
+        assert_eq!(w.on_end(1), none);
+        assert!(w.all_ended());
+    }
+
+    #[test]
+    fn all_idle_advances_to_the_furthest_input() {
+        // Input 0 went idle first, while input 1 had no watermark yet: when 1 goes idle
+        // too, event time reaches what input 0 had seen (Flink's StatusWatermarkValve).
+        let mut w = InputWatermarks::new(2);
+        assert_eq!(w.on_watermark(0, 249), WatermarkUpdate::default());
+        assert_eq!(w.on_idle(0), WatermarkUpdate::default());
+        assert_eq!(
+            w.on_idle(1),
+            WatermarkUpdate {
+                advanced: Some(249),
+                idle: true
+            }
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! The facade's one error type: what went wrong building or running a pipeline.
+
+use oxflow_connectors::ConnectorError;
+use oxflow_operators::OperatorError;
+use oxflow_runtime::RuntimeError;
+
+/// Result with [`OxflowError`].
+pub type Result<T, E = OxflowError> = std::result::Result<T, E>;
+
+/// An error from any layer of Oxflow.
+#[derive(Debug, thiserror::Error)]
+pub enum OxflowError {
+    /// The pipeline is built wrongly (the message says which call).
+    #[error("invalid pipeline: {0}")]
+    InvalidPipeline(String),
+    /// An operator could not be planned.
+    #[error(transparent)]
+    Operator(Box<OperatorError>),
+    /// A source or sink could not be set up.
+    #[error(transparent)]
+    Connector(Box<ConnectorError>),
+    /// The job failed while running.
+    #[error(transparent)]
+    Runtime(Box<RuntimeError>),
+}
+
+impl From<OperatorError> for OxflowError {
+    fn from(e: OperatorError) -> Self {
+        OxflowError::Operator(Box::new(e))
+    }
+}
+impl From<ConnectorError> for OxflowError {
+    fn from(e: ConnectorError) -> Self {
+        OxflowError::Connector(Box::new(e))
+    }
+}
+impl From<RuntimeError> for OxflowError {
+    fn from(e: RuntimeError) -> Self {
+        OxflowError::Runtime(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_stays_small() {
+        assert!(std::mem::size_of::<super::OxflowError>() <= 32);
+    }
+}

@@ -1,0 +1,401 @@
+//! The pipeline builder: `source -> filter/select/map -> key_by -> window -> aggregate -> sink`.
+//!
+//! Each call adds an operator to the current stage (chained, same thread) or, at `key_by`
+//! and `rebalance`, starts a new stage behind an exchange. Everything that can be checked is
+//! checked when the call is made, so a bad column or expression fails at build time with its
+//! name, not when the first batch arrives.
+
+use crate::error::{OxflowError, Result};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::Expr;
+use oxflow_operators::map::{Filter, MapBatches, MapRows, Project, TypedRow};
+use oxflow_operators::topn::WindowTopN;
+use oxflow_operators::window::{WindowAggregate, WindowSettings};
+use oxflow_operators::{LateRecords, WindowSpec};
+use oxflow_runtime::clock::{Clock, SystemClock};
+use oxflow_runtime::exchange::{Partitioning, DEFAULT_MAX_PARALLELISM};
+use oxflow_runtime::executor::{execute, CancelHandle, JobReport};
+use oxflow_runtime::graph::{JobGraph, Stage, StageInput};
+use oxflow_runtime::metrics::JobMetrics;
+use oxflow_runtime::operator::{OperatorFactory, OperatorFactoryRef};
+use oxflow_runtime::sink::Sink;
+use oxflow_runtime::source::Source;
+use oxflow_runtime::watermark::WatermarkStrategy;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Job-wide settings, and the start of every pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    parallelism: usize,
+    max_parallelism: usize,
+    channel_capacity: usize,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline {
+            parallelism: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+            channel_capacity: 16,
+        }
+    }
+}
+
+impl Pipeline {
+    /// A pipeline with one subtask per core and 128 key groups.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Subtasks per stage (unless a stage sets its own).
+    pub fn with_parallelism(mut self, parallelism: usize) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+    /// Number of key groups: the most subtasks a keyed stage can ever have.
+    pub fn with_max_parallelism(mut self, max_parallelism: usize) -> Self {
+        self.max_parallelism = max_parallelism;
+        self
+    }
+    /// Batches buffered between two subtasks before the sender waits (backpressure).
+    pub fn with_channel_capacity(mut self, batches: usize) -> Self {
+        self.channel_capacity = batches;
+        self
+    }
+
+    /// Starts the stream at `source`.
+    pub fn source(self, source: impl Source + 'static) -> Stream {
+        let schema = source.schema();
+        let name = source.name();
+        Stream {
+            stages: vec![Stage {
+                name: format!("source-{name}"),
+                parallelism: self.parallelism,
+                input: StageInput::Source {
+                    source: Arc::new(source),
+                    watermarks: None,
+                },
+                operators: Vec::new(),
+                sink: None,
+            }],
+            pipeline: self,
+            schema,
+            time_column: None,
+        }
+    }
+}
+
+/// A stream under construction: the stages so far and the schema they emit.
+pub struct Stream {
+    pipeline: Pipeline,
+    stages: Vec<Stage>,
+    schema: SchemaRef,
+    time_column: Option<String>,
+}
+
+fn invalid<T>(message: impl Into<String>) -> Result<T> {
+    Err(OxflowError::InvalidPipeline(message.into()))
+}
+
+impl Stream {
+    /// The schema of the stream at this point.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Derives event time and watermarks from the source's records; call right after
+    /// `source`.
+    pub fn with_watermarks(mut self, strategy: WatermarkStrategy) -> Result<Self> {
+        if self.stages.len() != 1 || !self.stages[0].operators.is_empty() {
+            return invalid("with_watermarks must come right after source");
+        }
+        if self.schema.index_of(&strategy.time_column).is_err() {
+            return invalid(format!(
+                "event-time column `{}` not found in the source's columns {:?}",
+                strategy.time_column,
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+            ));
+        }
+        self.time_column = Some(strategy.time_column.clone());
+        if let StageInput::Source { watermarks, .. } = &mut self.stages[0].input {
+            *watermarks = Some(strategy);
+        }
+        Ok(self)
+    }
+
+    /// Sets the parallelism of the current stage (the source's, or the one after the last
+    /// exchange).
+    pub fn with_parallelism(mut self, parallelism: usize) -> Self {
+        self.stages
+            .last_mut()
+            .expect("a stream has a stage")
+            .parallelism = parallelism;
+        self
+    }
+
+    fn push(mut self, op: OperatorFactoryRef) -> Self {
+        self.schema = op.output_schema();
+        self.stages
+            .last_mut()
+            .expect("a stream has a stage")
+            .operators
+            .push(op);
+        self
+    }
+
+    fn exchange(mut self, name: &str, partitioning: Partitioning, parallelism: usize) -> Self {
+        self.stages.push(Stage {
+            name: name.to_string(),
+            parallelism,
+            input: StageInput::Exchange(partitioning),
+            operators: Vec::new(),
+            sink: None,
+        });
+        self
+    }
+
+    /// Keeps records for which `predicate` is true.
+    pub fn filter(self, predicate: Expr) -> Result<Self> {
+        let op = Filter::try_new(&predicate, self.schema.clone())?;
+        Ok(self.push(Arc::new(op)))
+    }
+
+    /// Replaces the columns by `exprs` (map and project): `[col("a"), (col("b") * lit(2)).alias("b2")]`.
+    pub fn select(self, exprs: impl IntoIterator<Item = Expr>) -> Result<Self> {
+        let exprs: Vec<Expr> = exprs.into_iter().collect();
+        let op = Project::try_new(&exprs, self.schema.clone())?;
+        let time_kept = self
+            .time_column
+            .as_ref()
+            .is_some_and(|t| op.output_schema().index_of(t).is_ok());
+        let mut s = self.push(Arc::new(op));
+        if !time_kept {
+            s.time_column = None;
+        }
+        Ok(s)
+    }
+
+    /// Applies `f` to every batch; it must return batches of `output` schema.
+    pub fn map_batches(
+        self,
+        name: &str,
+        output: SchemaRef,
+        f: impl Fn(RecordBatch) -> oxflow_operators::Result<RecordBatch> + Send + Sync + 'static,
+    ) -> Self {
+        self.push(Arc::new(MapBatches::new(name, output, Arc::new(f))))
+    }
+
+    /// Applies `f` to every row as a typed struct; each input row gives zero or more outputs.
+    pub fn flat_map_rows<I: TypedRow, O: TypedRow>(
+        self,
+        name: &str,
+        f: impl Fn(I) -> Vec<O> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let input = I::schema();
+        for field in input.fields() {
+            if self.schema.index_of(field.name()).is_err() {
+                return invalid(format!(
+                    "flat_map_rows `{name}`: the row type reads column `{}`, which the stream does not have",
+                    field.name()
+                ));
+            }
+        }
+        Ok(self.push(Arc::new(MapRows::<I, O>::new(name, Arc::new(f)))))
+    }
+
+    /// Spreads batches round-robin over a new stage of `parallelism` subtasks.
+    pub fn rebalance(self, parallelism: usize) -> Self {
+        self.exchange("rebalance", Partitioning::Rebalance, parallelism)
+    }
+
+    /// Partitions the stream by key columns: records with equal keys meet in one subtask.
+    pub fn key_by<S: Into<String>>(self, keys: impl IntoIterator<Item = S>) -> KeyedStream {
+        KeyedStream {
+            stream: self,
+            keys: keys.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Windows over the whole stream (no key): computed by one subtask, after a local
+    /// pre-aggregation where the operator allows it.
+    pub fn window_all(self, window: WindowSpec) -> WindowedStream {
+        WindowedStream::new(self, Vec::new(), window)
+    }
+
+    /// Ends the stream in `sink`, giving a job ready to run.
+    pub fn sink(mut self, sink: impl Sink + 'static) -> Result<Job> {
+        self.stages.last_mut().expect("a stream has a stage").sink = Some(Arc::new(sink));
+        let graph = JobGraph {
+            stages: self.stages,
+            max_parallelism: self.pipeline.max_parallelism,
+            channel_capacity: self.pipeline.channel_capacity,
+        };
+        graph.validate()?;
+        Ok(Job {
+            graph,
+            metrics: JobMetrics::default(),
+            cancel: CancelHandle::default(),
+            clock: Arc::new(SystemClock::new()),
+        })
+    }
+}
+
+/// A stream partitioned by key.
+pub struct KeyedStream {
+    stream: Stream,
+    keys: Vec<String>,
+}
+
+impl KeyedStream {
+    /// Groups the keyed records into event-time windows.
+    pub fn window(self, window: WindowSpec) -> WindowedStream {
+        WindowedStream::new(self.stream, self.keys, window)
+    }
+}
+
+/// A keyed (or global) stream in windows, waiting for what to compute per window.
+pub struct WindowedStream {
+    stream: Stream,
+    settings: WindowSettings,
+}
+
+impl WindowedStream {
+    fn new(stream: Stream, keys: Vec<String>, window: WindowSpec) -> Self {
+        let time_column = stream.time_column.clone();
+        WindowedStream {
+            stream,
+            settings: WindowSettings {
+                keys,
+                window,
+                time_column,
+                allowed_lateness: Duration::ZERO,
+                late: LateRecords::Drop,
+            },
+        }
+    }
+
+    /// Accepts records up to `lateness` after a window's end (the window fires then).
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.settings.allowed_lateness = lateness;
+        self
+    }
+
+    /// Where records later than the allowed lateness go (they are always counted).
+    pub fn late_records(mut self, late: LateRecords) -> Self {
+        self.settings.late = late;
+        self
+    }
+
+    fn keyed_stage(self) -> Result<(Stream, WindowSettings)> {
+        let WindowedStream { stream, settings } = self;
+        for k in &settings.keys {
+            if stream.schema.index_of(k).is_err() {
+                return invalid(format!(
+                    "key_by: column `{k}` not found; available columns: {:?}",
+                    stream
+                        .schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        let parallelism = stream.pipeline.parallelism;
+        let stream = if settings.keys.is_empty() {
+            stream.exchange("window-all", Partitioning::Rebalance, 1)
+        } else {
+            stream.exchange(
+                "keyed",
+                Partitioning::Hash(settings.keys.clone()),
+                parallelism,
+            )
+        };
+        Ok((stream, settings))
+    }
+
+    /// Computes aggregates (`count(col("x")).alias("n")`, any DataFusion aggregate) per key and
+    /// window. Output: `window_start, window_end, keys.., aggregates..`.
+    pub fn aggregate(self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Stream> {
+        let aggregates: Vec<Expr> = aggregates.into_iter().collect();
+        let (stream, settings) = self.keyed_stage()?;
+        let op = WindowAggregate::try_new(settings, &aggregates, stream.schema.clone())?;
+        let mut s = stream.push(Arc::new(op));
+        s.time_column = None;
+        Ok(s)
+    }
+
+    /// Keeps, per key and window, the rows with the `n` largest `order_by` values, ties
+    /// included. Output: `window_start, window_end` and the input columns.
+    pub fn top_n(self, order_by: &str, n: usize) -> Result<Stream> {
+        if self.settings.keys.is_empty() && self.settings.window != WindowSpec::Inherited {
+            // Two phases: each upstream subtask keeps its local top rows per window, one
+            // subtask merges them when the same watermark reaches it.
+            let WindowedStream { stream, settings } = self;
+            let local = WindowTopN::try_new(settings.clone(), order_by, n, stream.schema.clone())?;
+            let stream =
+                stream
+                    .push(Arc::new(local))
+                    .exchange("window-all", Partitioning::Rebalance, 1);
+            let global_settings = WindowSettings {
+                window: WindowSpec::Inherited,
+                late: LateRecords::Drop,
+                ..settings
+            };
+            let global = WindowTopN::try_new(global_settings, order_by, n, stream.schema.clone())?;
+            let mut s = stream.push(Arc::new(global));
+            s.time_column = None;
+            return Ok(s);
+        }
+        let (stream, settings) = self.keyed_stage()?;
+        let op = WindowTopN::try_new(settings, order_by, n, stream.schema.clone())?;
+        let mut s = stream.push(Arc::new(op));
+        s.time_column = None;
+        Ok(s)
+    }
+}
+
+/// A complete pipeline, ready to run.
+pub struct Job {
+    graph: JobGraph,
+    metrics: JobMetrics,
+    cancel: CancelHandle,
+    clock: Arc<dyn Clock>,
+}
+
+impl Job {
+    /// The job's counters (records in/out per stage, late records, backpressure), live.
+    pub fn metrics(&self) -> JobMetrics {
+        self.metrics.clone()
+    }
+
+    /// A handle that stops the running job.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// Uses `clock` for idleness timeouts (a manual clock in tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Runs the job on the calling thread until its sources end (forever if unbounded).
+    pub fn execute_blocking(self) -> Result<JobReport> {
+        Ok(execute(self.graph, self.metrics, self.clock, self.cancel)?)
+    }
+
+    /// Runs the job without blocking the async runtime; resolves when its sources end.
+    pub async fn execute(self) -> Result<JobReport> {
+        tokio::task::spawn_blocking(move || self.execute_blocking())
+            .await
+            .map_err(|e| OxflowError::InvalidPipeline(format!("the job's thread failed: {e}")))?
+    }
+}

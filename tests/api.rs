@@ -1,0 +1,325 @@
+//! The pipeline API as a user meets it: errors at build time that name what is wrong, bad
+//! input records, late records, idle sources, typed rows.
+
+mod common;
+
+use common::*;
+use oxflow::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+use oxflow::connectors::memory::MemorySource;
+use oxflow::prelude::*;
+use oxflow::runtime::clock::ManualClock;
+use oxflow::runtime::source::{Source, SourcePoll, SourceReader};
+use oxflow::runtime::SubtaskInfo;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn kv(keys: Vec<i64>, times: Vec<i64>) -> RecordBatch {
+    let n = keys.len() as i64;
+    RecordBatch::try_new(
+        kv_schema(),
+        vec![
+            Arc::new(Int64Array::from(keys)),
+            Arc::new(TimestampMillisecondArray::from(times)),
+            Arc::new(Int64Array::from((0..n).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap()
+}
+
+fn kv_stream(batch: RecordBatch) -> Stream {
+    Pipeline::new()
+        .with_parallelism(2)
+        .source(MemorySource::try_new(kv_schema(), &[batch], 10).unwrap())
+        .with_parallelism(1)
+        .with_watermarks(WatermarkStrategy::bounded("ts", Duration::ZERO))
+        .unwrap()
+}
+
+fn err_text<T>(r: oxflow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_bad_expression_or_column_is_named_at_build_time() {
+    let e = err_text(kv_stream(kv(vec![1], vec![1])).filter(col("nope").gt(lit(1))));
+    assert!(
+        e.contains("column `nope` not found") && e.contains("key, ts, value"),
+        "{e}"
+    );
+    let e = err_text(kv_stream(kv(vec![1], vec![1])).filter(col("value") + lit(1)));
+    assert!(e.contains("needs a boolean expression"), "{e}");
+    let e = err_text(
+        kv_stream(kv(vec![1], vec![1]))
+            .key_by(["k"])
+            .window(WindowSpec::tumbling(Duration::from_secs(1)))
+            .aggregate([count(col("value"))]),
+    );
+    assert!(e.contains("column `k` not found"), "{e}");
+    let e = err_text(
+        kv_stream(kv(vec![1], vec![1]))
+            .key_by(["key"])
+            .window(WindowSpec::tumbling(Duration::from_secs(1)))
+            .aggregate([sum(col("valu"))]),
+    );
+    assert!(e.contains("column `valu` not found"), "{e}");
+    let e = err_text(
+        kv_stream(kv(vec![1], vec![1]))
+            .key_by(["key"])
+            .window(WindowSpec::tumbling(Duration::ZERO))
+            .aggregate([count(col("value"))]),
+    );
+    assert!(
+        e.contains("invalid window: tumbling window size must be a positive"),
+        "{e}"
+    );
+    let e = err_text(
+        kv_stream(kv(vec![1], vec![1]))
+            .key_by(["key"])
+            .window(WindowSpec::tumbling(Duration::from_secs(1)))
+            .aggregate([col("value")]),
+    );
+    assert!(e.contains("not an aggregate function"), "{e}");
+    let e = err_text(
+        Pipeline::new()
+            .source(MemorySource::try_new(kv_schema(), &[kv(vec![1], vec![1])], 10).unwrap())
+            .with_watermarks(WatermarkStrategy::bounded("time", Duration::ZERO)),
+    );
+    assert!(e.contains("event-time column `time` not found"), "{e}");
+}
+
+#[test]
+fn late_records_go_to_the_side_output_and_are_counted() {
+    // Window [0, 100) fires at watermark 99, reached after ts 100; then 5 and 50 are late.
+    let late = CollectSink::new();
+    let out = CollectSink::new();
+    let job = kv_stream(kv(vec![1, 1, 1, 1, 1], vec![10, 100, 5, 150, 50]))
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(Duration::from_millis(100)))
+        .late_records(LateRecords::SideOutput(Arc::new(late.clone())))
+        .aggregate([count(col("value")).alias("n")])
+        .unwrap()
+        .sink(out.clone())
+        .unwrap();
+    let metrics = job.metrics();
+    job.execute_blocking().unwrap();
+    let late_rows: usize = late.batches().iter().map(|b| b.num_rows()).sum();
+    assert_eq!(late_rows, 2);
+    let counted: u64 = metrics
+        .snapshot()
+        .iter()
+        .filter(|(n, _)| n.ends_with("late_records"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(counted, 2);
+    #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
+    struct Row {
+        window_start: i64,
+        window_end: i64,
+        key: i64,
+        n: i64,
+    }
+    assert_eq!(
+        sorted_rows::<Row>(&out.batches()),
+        vec![
+            Row {
+                window_start: 0,
+                window_end: 100,
+                key: 1,
+                n: 1
+            },
+            Row {
+                window_start: 100,
+                window_end: 200,
+                key: 1,
+                n: 2
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_malformed_json_line_fails_the_job_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bids.jsonl");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "{{\"key\": 1, \"ts\": 5, \"value\": 1}}").unwrap();
+    writeln!(f, "{{\"key\": 1, \"ts\": 6, \"value\": \"oops\"}}").unwrap();
+    writeln!(f, "{{\"key\": 2, \"ts\": 7, \"value\": 3}}").unwrap();
+    drop(f);
+    let run = |policy| {
+        let out = CollectSink::new();
+        let source =
+            FileSource::try_new(vec![path.clone()], FileFormat::JsonLines, Some(kv_schema()))
+                .unwrap()
+                .with_bad_records(policy);
+        let result = Pipeline::new()
+            .with_parallelism(1)
+            .source(source)
+            .filter(col("value").gt_eq(lit(0)))
+            .unwrap()
+            .sink(out.clone())
+            .unwrap()
+            .execute_blocking();
+        (
+            result,
+            out.batches().iter().map(|b| b.num_rows()).sum::<usize>(),
+        )
+    };
+    let (result, _) = run(BadRecordPolicy::Fail);
+    let e = result.unwrap_err().to_string();
+    assert!(e.contains(&format!("{}:2:", path.display())), "{e}");
+    let (result, rows) = run(BadRecordPolicy::Skip);
+    result.unwrap();
+    assert_eq!(rows, 2, "the lines around the bad one are kept");
+}
+
+/// A split that yields its batches, then waits forever (an unbounded source gone quiet).
+struct QuietAfter {
+    batches: Vec<RecordBatch>,
+}
+struct QuietReader {
+    batches: Vec<RecordBatch>,
+}
+impl Source for QuietAfter {
+    fn name(&self) -> String {
+        "quiet".into()
+    }
+    fn schema(&self) -> oxflow::arrow::datatypes::SchemaRef {
+        kv_schema()
+    }
+    fn create_reader(&self, split: SubtaskInfo) -> oxflow::runtime::Result<Box<dyn SourceReader>> {
+        let batches = if split.index == 0 {
+            self.batches.clone()
+        } else {
+            vec![]
+        };
+        Ok(Box::new(QuietReader { batches }))
+    }
+}
+impl SourceReader for QuietReader {
+    fn poll_next(&mut self) -> oxflow::runtime::Result<SourcePoll> {
+        Ok(match self.batches.pop() {
+            Some(b) => SourcePoll::Batch(b),
+            None => SourcePoll::Pending(Duration::from_millis(10)),
+        })
+    }
+}
+
+fn run_until_output(idle: Option<Duration>, polls: usize) -> usize {
+    let out = CollectSink::new();
+    let mut strategy = WatermarkStrategy::bounded("ts", Duration::ZERO);
+    if let Some(t) = idle {
+        strategy = strategy.with_idle_timeout(t);
+    }
+    let job = Pipeline::new()
+        .with_parallelism(2)
+        .source(QuietAfter {
+            batches: vec![kv(vec![1, 2], vec![10, 250])],
+        })
+        .with_watermarks(strategy)
+        .unwrap()
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(Duration::from_millis(100)))
+        .aggregate([count(col("value")).alias("n")])
+        .unwrap()
+        .sink(out.clone())
+        .unwrap()
+        .with_clock(Arc::new(ManualClock::new()));
+    let cancel = job.cancel_handle();
+    let running = std::thread::spawn(move || job.execute_blocking());
+    // The manual clock runs as fast as the sources poll, so idleness comes within a few
+    // polls; give the threads a bounded number of chances (up to 10 s) to deliver.
+    for _ in 0..polls {
+        if !out.batches().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cancel.cancel();
+    assert!(
+        running.join().unwrap().is_err(),
+        "a cancelled job reports it was cancelled"
+    );
+    out.batches().iter().map(|b| b.num_rows()).sum()
+}
+
+#[test]
+fn an_idle_split_stops_holding_back_the_watermark() {
+    assert_eq!(
+        run_until_output(Some(Duration::from_millis(100)), 2000),
+        1,
+        "window [0,100) of key 1 fires"
+    );
+}
+
+#[test]
+fn without_idleness_a_quiet_split_holds_back_every_window() {
+    assert_eq!(run_until_output(None, 100), 0);
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reading {
+    key: i64,
+    ts: i64,
+    value: i64,
+}
+impl TypedRow for Reading {
+    fn schema() -> oxflow::arrow::datatypes::SchemaRef {
+        kv_schema()
+    }
+}
+
+#[test]
+fn typed_rows_flow_through_a_closure() {
+    let out = CollectSink::new();
+    kv_stream(kv(vec![1, 2, 3], vec![1, 2, 3]))
+        .flat_map_rows("double-odd", |r: Reading| {
+            if r.key % 2 == 1 {
+                vec![Reading {
+                    value: r.value * 10,
+                    ..r
+                }]
+            } else {
+                vec![]
+            }
+        })
+        .unwrap()
+        .sink(out.clone())
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
+    struct Row {
+        key: i64,
+        ts: i64,
+        value: i64,
+    }
+    assert_eq!(
+        sorted_rows::<Row>(&out.batches()),
+        vec![
+            Row {
+                key: 1,
+                ts: 1,
+                value: 0
+            },
+            Row {
+                key: 3,
+                ts: 3,
+                value: 20
+            }
+        ]
+    );
+}
+
+#[test]
+fn public_types_are_send() {
+    fn send<T: Send>() {}
+    send::<Job>();
+    send::<Stream>();
+    send::<oxflow::OxflowError>();
+}

@@ -1,0 +1,186 @@
+//! Helpers shared by the integration tests: running a pipeline into a collector, and a naive
+//! reference implementation of event-time windows (one row at a time, obvious code).
+
+#![allow(dead_code)]
+
+use oxflow::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use oxflow::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use oxflow::operators::map::batch_to_rows;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Batch sizes the issue asks every result to be independent of.
+pub const BATCH_SIZES: [usize; 7] = [1, 2, 7, 49, 50, 51, 100];
+
+/// Decodes every output batch into rows and sorts them (output order is not part of the contract).
+pub fn sorted_rows<T: DeserializeOwned + PartialOrd>(batches: &[RecordBatch]) -> Vec<T> {
+    let mut rows: Vec<T> = batches
+        .iter()
+        .flat_map(|b| batch_to_rows::<T>(b).unwrap())
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).expect("no NaN in test data"));
+    rows
+}
+
+/// A window kind of the reference implementation.
+#[derive(Debug, Clone, Copy)]
+pub enum RefWindow {
+    Tumbling(i64),
+    Hopping(i64, i64),
+    Session(i64),
+}
+
+/// What the reference fires: a window of one key with the indices of its rows.
+#[derive(Debug, Clone)]
+pub struct Fired {
+    pub start: i64,
+    pub end: i64,
+    pub key: i64,
+    pub rows: Vec<usize>,
+}
+
+/// Naive event-time windows: rows in order, the watermark before row i is
+/// `max(ts of rows before i) - delay - 1`, a window fires when the watermark reaches
+/// `end - 1 + lateness`, a row whose windows have all fired is late.
+pub fn reference_windows(
+    keys: &[i64],
+    times: &[i64],
+    window: RefWindow,
+    delay: i64,
+    lateness: i64,
+) -> (Vec<Fired>, usize) {
+    let mut fired = Vec::new();
+    let mut late = 0;
+    let mut open: BTreeMap<(i64, i64, i64), Vec<usize>> = BTreeMap::new(); // (end, start, key)
+    let mut sessions: HashMap<i64, Vec<(i64, i64, Vec<usize>)>> = HashMap::new(); // key -> (start, last, rows)
+    let mut max_ts: Option<i64> = None;
+    let fire = |open: &mut BTreeMap<(i64, i64, i64), Vec<usize>>,
+                sessions: &mut HashMap<i64, Vec<(i64, i64, Vec<usize>)>>,
+                wm: Option<i64>,
+                fired: &mut Vec<Fired>| {
+        let due = |end: i64| wm.map_or(true, |w| end - 1 + lateness <= w);
+        let keys: Vec<_> = open
+            .keys()
+            .cloned()
+            .filter(|(end, _, _)| due(*end))
+            .collect();
+        for k in keys {
+            let rows = open.remove(&k).unwrap();
+            fired.push(Fired {
+                start: k.1,
+                end: k.0,
+                key: k.2,
+                rows,
+            });
+        }
+        if let RefWindow::Session(gap) = window {
+            for (key, list) in sessions.iter_mut() {
+                let (done, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|s| due(s.1 + gap));
+                *list = keep;
+                for (start, last, rows) in done {
+                    fired.push(Fired {
+                        start,
+                        end: last + gap,
+                        key: *key,
+                        rows,
+                    });
+                }
+            }
+        }
+    };
+    for i in 0..times.len() {
+        let (t, key) = (times[i], keys[i]);
+        let wm = max_ts.map(|m| m - delay - 1);
+        if wm.is_some() {
+            fire(&mut open, &mut sessions, wm, &mut fired);
+        }
+        let is_late = |end: i64| wm.is_some_and(|w| end - 1 + lateness <= w);
+        match window {
+            RefWindow::Tumbling(size) | RefWindow::Hopping(size, _) => {
+                let slide = match window {
+                    RefWindow::Hopping(_, s) => s,
+                    _ => size,
+                };
+                let mut windows = Vec::new();
+                let mut start = t - t.rem_euclid(slide);
+                while start + size > t {
+                    windows.push(start);
+                    start -= slide;
+                }
+                if windows.iter().all(|&s| is_late(s + size)) {
+                    late += 1;
+                } else {
+                    for s in windows {
+                        if !is_late(s + size) {
+                            open.entry((s + size, s, key)).or_default().push(i);
+                        }
+                    }
+                }
+            }
+            RefWindow::Session(gap) => {
+                let list = sessions.entry(key).or_default();
+                let overlapping: Vec<usize> = (0..list.len())
+                    .filter(|&j| list[j].0 < t + gap && t < list[j].1 + gap)
+                    .collect();
+                if overlapping.is_empty() && is_late(t + gap) {
+                    late += 1;
+                } else {
+                    let mut merged = (t, t, vec![i]);
+                    for &j in overlapping.iter().rev() {
+                        let s = list.remove(j);
+                        merged.0 = merged.0.min(s.0);
+                        merged.1 = merged.1.max(s.1);
+                        merged.2.extend(s.2);
+                    }
+                    list.push(merged);
+                }
+            }
+        }
+        max_ts = Some(max_ts.map_or(t, |m| m.max(t)));
+    }
+    fire(&mut open, &mut sessions, None, &mut fired);
+    (fired, late)
+}
+
+/// The schema of the bids the randomized tests generate (the Nexmark bid table).
+pub fn bid_schema() -> SchemaRef {
+    oxflow::connectors::nexmark::NexmarkTable::Bid.schema()
+}
+
+/// A bid batch from columns (channel, url and extra are filler).
+pub fn bid_batch(
+    auction: Vec<i64>,
+    bidder: Vec<i64>,
+    price: Vec<i64>,
+    time: Vec<i64>,
+) -> RecordBatch {
+    let n = auction.len();
+    let filler = || Arc::new(StringArray::from(vec!["x"; n]));
+    RecordBatch::try_new(
+        bid_schema(),
+        vec![
+            Arc::new(Int64Array::from(auction)),
+            Arc::new(Int64Array::from(bidder)),
+            Arc::new(Int64Array::from(price)),
+            filler(),
+            filler(),
+            Arc::new(TimestampMillisecondArray::from(time)),
+            filler(),
+        ],
+    )
+    .unwrap()
+}
+
+/// A simple `(key, ts, value)` schema.
+pub fn kv_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("value", DataType::Int64, false),
+    ]))
+}

@@ -1,0 +1,386 @@
+//! Randomized tests: every window kind and query against the naive reference implementation
+//! in `common`, on streams with disorder within and beyond the watermark bound, for batch
+//! sizes 1, 2, 7, 49, 50, 51, 100 and 1 to 4 workers: the output must be the same every time.
+
+mod common;
+
+use common::*;
+use oxflow::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+use oxflow::connectors::memory::MemorySource;
+use oxflow::prelude::*;
+use proptest::prelude::*;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DELAY: i64 = 50;
+
+/// Times that mostly advance, with some records late within the bound and some beyond it.
+fn disordered(n: usize) -> impl Strategy<Value = Vec<i64>> {
+    proptest::collection::vec((0i64..20, 0u8..10, 0i64..200), n).prop_map(|steps| {
+        let mut t = 1_000;
+        steps
+            .into_iter()
+            .map(|(step, kind, back)| {
+                t += step;
+                match kind {
+                    0 => t - DELAY - back,     // beyond the bound: may be late
+                    1 | 2 => t - back % DELAY, // within the bound
+                    _ => t,
+                }
+            })
+            .collect()
+    })
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct AggRow {
+    window_start: i64,
+    window_end: i64,
+    key: i64,
+    n: i64,
+    total: i64,
+    lo: i64,
+    hi: i64,
+    mean: f64,
+}
+
+fn run_windows(
+    keys: &[i64],
+    times: &[i64],
+    values: &[i64],
+    window: WindowSpec,
+    lateness: i64,
+    batch: usize,
+    workers: usize,
+) -> (Vec<AggRow>, u64) {
+    let data = RecordBatch::try_new(
+        kv_schema(),
+        vec![
+            Arc::new(Int64Array::from(keys.to_vec())),
+            Arc::new(TimestampMillisecondArray::from(times.to_vec())),
+            Arc::new(Int64Array::from(values.to_vec())),
+        ],
+    )
+    .unwrap();
+    let out = CollectSink::new();
+    let job = Pipeline::new()
+        .with_parallelism(workers)
+        .source(MemorySource::try_new(kv_schema(), &[data], batch).unwrap())
+        // One source split: the order of records, and so which are late, is the input's.
+        .with_parallelism(1)
+        .with_watermarks(WatermarkStrategy::bounded(
+            "ts",
+            Duration::from_millis(DELAY as u64),
+        ))
+        .unwrap()
+        .key_by(["key"])
+        .window(window)
+        .allowed_lateness(Duration::from_millis(lateness as u64))
+        .aggregate([
+            count(col("value")).alias("n"),
+            sum(col("value")).alias("total"),
+            min(col("value")).alias("lo"),
+            max(col("value")).alias("hi"),
+            avg(col("value")).alias("mean"),
+        ])
+        .unwrap()
+        .sink(out.clone())
+        .unwrap();
+    let metrics = job.metrics();
+    job.execute_blocking().unwrap();
+    let late = metrics
+        .snapshot()
+        .iter()
+        .filter(|(n, _)| n.ends_with("late_records"))
+        .map(|(_, v)| v)
+        .sum();
+    let mut rows: Vec<AggRow> = sorted_rows(&out.batches());
+    for r in &mut rows {
+        r.mean = round_mean(r.mean);
+    }
+    (rows, late)
+}
+
+/// DataFusion's avg and the obvious sum/count may differ in the last bit.
+fn round_mean(m: f64) -> f64 {
+    (m * 1e6).round() / 1e6
+}
+
+fn reference_aggregates(
+    keys: &[i64],
+    times: &[i64],
+    values: &[i64],
+    window: RefWindow,
+    lateness: i64,
+) -> (Vec<AggRow>, u64) {
+    let (fired, late) = reference_windows(keys, times, window, DELAY, lateness);
+    let mut rows: Vec<AggRow> = fired
+        .into_iter()
+        .map(|f| {
+            let v: Vec<i64> = f.rows.iter().map(|&i| values[i]).collect();
+            AggRow {
+                window_start: f.start,
+                window_end: f.end,
+                key: f.key,
+                n: v.len() as i64,
+                total: v.iter().sum(),
+                lo: *v.iter().min().unwrap(),
+                hi: *v.iter().max().unwrap(),
+                mean: round_mean(v.iter().sum::<i64>() as f64 / v.len() as f64),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (rows, late as u64)
+}
+
+fn check_window(
+    window: WindowSpec,
+    reference: RefWindow,
+    keys: Vec<i64>,
+    times: Vec<i64>,
+    lateness: i64,
+) {
+    let values: Vec<i64> = (0..keys.len() as i64).map(|i| (i * 7919) % 1000).collect();
+    let expected = reference_aggregates(&keys, &times, &values, reference, lateness);
+    for batch in BATCH_SIZES {
+        for workers in 1..=4 {
+            let got = run_windows(
+                &keys,
+                &times,
+                &values,
+                window.clone(),
+                lateness,
+                batch,
+                workers,
+            );
+            if got != expected {
+                let missing: Vec<_> = expected.0.iter().filter(|r| !got.0.contains(r)).collect();
+                let extra: Vec<_> = got.0.iter().filter(|r| !expected.0.contains(r)).collect();
+                panic!(
+                    "{window:?}, lateness {lateness}, batch size {batch}, {workers} workers: late {} vs expected {}\nmissing {missing:?}\nunexpected {extra:?}",
+                    got.1, expected.1
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tumbling_matches_reference(keys in proptest::collection::vec(0i64..4, 120), times in disordered(120), lateness in prop_oneof![Just(0i64), Just(30)]) {
+        check_window(WindowSpec::tumbling(Duration::from_millis(100)), RefWindow::Tumbling(100), keys, times, lateness);
+    }
+
+    #[test]
+    fn hopping_matches_reference(keys in proptest::collection::vec(0i64..4, 120), times in disordered(120), lateness in prop_oneof![Just(0i64), Just(30)]) {
+        check_window(WindowSpec::hopping(Duration::from_millis(100), Duration::from_millis(30)), RefWindow::Hopping(100, 30), keys, times, lateness);
+    }
+
+    #[test]
+    fn session_matches_reference(keys in proptest::collection::vec(0i64..4, 120), times in disordered(120), lateness in prop_oneof![Just(0i64), Just(30)]) {
+        check_window(WindowSpec::session(Duration::from_millis(40)), RefWindow::Session(40), keys, times, lateness);
+    }
+}
+
+// ---- Nexmark queries on random, disordered bid streams ----
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct Q5Row {
+    window_start: i64,
+    window_end: i64,
+    auction: i64,
+    num: i64,
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct Q7Row {
+    window_start: i64,
+    window_end: i64,
+    auction: i64,
+    bidder: i64,
+    price: i64,
+    date_time: i64,
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct Q11Row {
+    bidder: i64,
+    bid_count: i64,
+    window_start: i64,
+    window_end: i64,
+}
+
+#[derive(Debug)]
+struct Bids {
+    auction: Vec<i64>,
+    bidder: Vec<i64>,
+    price: Vec<i64>,
+    time: Vec<i64>,
+}
+
+/// Bids over about a minute of event time, with disorder within and beyond the 4 s bound.
+fn bids() -> impl Strategy<Value = Bids> {
+    proptest::collection::vec(
+        (0i64..6, 0i64..5, 1i64..40, 0i64..400, 0u8..12, 0i64..9000),
+        150,
+    )
+    .prop_map(|v| {
+        let mut t = 1_704_067_200_000i64;
+        let mut b = Bids {
+            auction: vec![],
+            bidder: vec![],
+            price: vec![],
+            time: vec![],
+        };
+        for (auction, bidder, price, step, kind, back) in v {
+            t += step;
+            b.auction.push(auction);
+            b.bidder.push(bidder);
+            b.price.push(price);
+            b.time.push(match kind {
+                0 => t - back,
+                1 => t - back % 4000,
+                _ => t,
+            });
+        }
+        b
+    })
+}
+
+fn run_query(query: &str, bids: &Bids, batch: usize, workers: usize) -> Vec<RecordBatch> {
+    let data = bid_batch(
+        bids.auction.clone(),
+        bids.bidder.clone(),
+        bids.price.clone(),
+        bids.time.clone(),
+    );
+    let out = CollectSink::new();
+    let stream = Pipeline::new()
+        .with_parallelism(workers)
+        .source(MemorySource::try_new(bid_schema(), &[data], batch).unwrap())
+        .with_parallelism(1)
+        .with_watermarks(oxflow::nexmark::watermarks())
+        .unwrap();
+    oxflow::nexmark::apply(query, stream)
+        .unwrap()
+        .sink(out.clone())
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    out.batches()
+}
+
+const NEXMARK_DELAY: i64 = 4000;
+
+fn q5_reference(b: &Bids) -> Vec<Q5Row> {
+    let (fired, _) = reference_windows(
+        &b.auction,
+        &b.time,
+        RefWindow::Hopping(10_000, 2_000),
+        NEXMARK_DELAY,
+        0,
+    );
+    let mut best: std::collections::HashMap<(i64, i64), i64> = Default::default();
+    for f in &fired {
+        let e = best.entry((f.start, f.end)).or_default();
+        *e = (*e).max(f.rows.len() as i64);
+    }
+    let mut rows: Vec<Q5Row> = fired
+        .iter()
+        .filter(|f| best[&(f.start, f.end)] == f.rows.len() as i64)
+        .map(|f| Q5Row {
+            window_start: f.start,
+            window_end: f.end,
+            auction: f.key,
+            num: f.rows.len() as i64,
+        })
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+fn q7_reference(b: &Bids) -> Vec<Q7Row> {
+    let zeros = vec![0; b.time.len()];
+    let (fired, _) = reference_windows(
+        &zeros,
+        &b.time,
+        RefWindow::Tumbling(10_000),
+        NEXMARK_DELAY,
+        0,
+    );
+    let mut rows = vec![];
+    for f in fired {
+        let top = f.rows.iter().map(|&i| b.price[i]).max().unwrap();
+        for &i in f.rows.iter().filter(|&&i| b.price[i] == top) {
+            rows.push(Q7Row {
+                window_start: f.start,
+                window_end: f.end,
+                auction: b.auction[i],
+                bidder: b.bidder[i],
+                price: b.price[i],
+                date_time: b.time[i],
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+fn q11_reference(b: &Bids) -> Vec<Q11Row> {
+    let (fired, _) = reference_windows(
+        &b.bidder,
+        &b.time,
+        RefWindow::Session(10_000),
+        NEXMARK_DELAY,
+        0,
+    );
+    let mut rows: Vec<Q11Row> = fired
+        .into_iter()
+        .map(|f| Q11Row {
+            bidder: f.key,
+            bid_count: f.rows.len() as i64,
+            window_start: f.start,
+            window_end: f.end,
+        })
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nexmark_windowed_queries_match_reference(b in bids()) {
+        let (q5, q7, q11) = (q5_reference(&b), q7_reference(&b), q11_reference(&b));
+        prop_assert!(!q5.is_empty() && !q7.is_empty() && !q11.is_empty());
+        for batch in BATCH_SIZES {
+            for workers in 1..=4 {
+                prop_assert_eq!(&sorted_rows::<Q5Row>(&run_query("q5", &b, batch, workers)), &q5, "q5 batch {} workers {}", batch, workers);
+                prop_assert_eq!(&sorted_rows::<Q7Row>(&run_query("q7", &b, batch, workers)), &q7, "q7 batch {} workers {}", batch, workers);
+                prop_assert_eq!(&sorted_rows::<Q11Row>(&run_query("q11", &b, batch, workers)), &q11, "q11 batch {} workers {}", batch, workers);
+            }
+        }
+    }
+
+    #[test]
+    fn nexmark_stateless_queries_match_reference(b in bids()) {
+        #[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+        struct Q2Row { auction: i64, price: i64 }
+        let mut expected: Vec<Q2Row> = (0..b.auction.len())
+            .filter(|&i| b.auction[i] % 123 == 0)
+            .map(|i| Q2Row { auction: b.auction[i], price: b.price[i] })
+            .collect();
+        expected.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        for (batch, workers) in [(1, 1), (7, 2), (50, 3), (100, 4)] {
+            prop_assert_eq!(&sorted_rows::<Q2Row>(&run_query("q2", &b, batch, workers)), &expected);
+            let q1 = run_query("q1", &b, batch, workers);
+            let rows: usize = q1.iter().map(|x| x.num_rows()).sum();
+            prop_assert_eq!(rows, b.auction.len(), "q1 keeps every bid");
+        }
+    }
+}
