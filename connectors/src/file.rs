@@ -133,25 +133,25 @@ fn infer_schema(
 }
 
 enum Decoder {
-    Json(datafusion::arrow::json::reader::Decoder),
-    Csv(datafusion::arrow::csv::reader::Decoder),
+    Json(Box<datafusion::arrow::json::reader::Decoder>),
+    Csv(Box<datafusion::arrow::csv::reader::Decoder>),
 }
 
 impl Decoder {
     fn new(format: FileFormat, schema: &SchemaRef, batch_size: usize) -> Result<Self, ArrowError> {
         Ok(match format {
-            FileFormat::JsonLines => Decoder::Json(
+            FileFormat::JsonLines => Decoder::Json(Box::new(
                 datafusion::arrow::json::ReaderBuilder::new(schema.clone())
                     .with_batch_size(batch_size)
                     .build_decoder()?,
-            ),
-            FileFormat::Csv { delimiter, .. } => Decoder::Csv(
+            )),
+            FileFormat::Csv { delimiter, .. } => Decoder::Csv(Box::new(
                 datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
                     .with_header(false)
                     .with_delimiter(delimiter)
                     .with_batch_size(batch_size)
                     .build_decoder(),
-            ),
+            )),
         })
     }
 
@@ -198,6 +198,9 @@ impl Source for FileSource {
     }
 }
 
+/// A line of a batch: its 1-based number and its byte range in the batch's buffer.
+type LineSpan = (u64, usize, usize);
+
 struct OpenFile {
     path: String,
     reader: BufReader<File>,
@@ -237,7 +240,7 @@ impl FileReader {
     }
 
     /// Reads up to a batch of non-empty lines: their bytes and line numbers.
-    fn read_lines(&mut self) -> Result<Option<(Vec<u8>, Vec<(u64, usize, usize)>)>> {
+    fn read_lines(&mut self) -> Result<Option<(Vec<u8>, Vec<LineSpan>)>> {
         loop {
             if self.current.is_none() && !self.open_next()? {
                 return Ok(None);
@@ -280,7 +283,7 @@ impl FileReader {
     }
 
     /// The slow path after a batch failed: line by line, to name (or skip) the bad ones.
-    fn decode_lines(&mut self, bytes: &[u8], lines: &[(u64, usize, usize)]) -> Result<RecordBatch> {
+    fn decode_lines(&mut self, bytes: &[u8], lines: &[LineSpan]) -> Result<RecordBatch> {
         let path = self
             .current
             .as_ref()

@@ -617,7 +617,10 @@ mod tests {
         };
         let avg = (32 * bids.num_rows() + strings(3) + strings(4) + strings(6)) as f64
             / bids.num_rows() as f64;
-        assert!((90.0..110.0).contains(&avg), "a bid is about 100 bytes: {avg}");
+        assert!(
+            (90.0..110.0).contains(&avg),
+            "a bid is about 100 bytes: {avg}"
+        );
         let hot = (0..auction.len())
             .filter(|&i| auction.value(i) % 100 == 0)
             .count();

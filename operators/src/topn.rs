@@ -154,7 +154,7 @@ impl TopNReducer {
         });
         let sorted = lexsort_to_indices(&sort, None)?;
         let key_rows = self.keys.convert_columns(&keys)?;
-        let order_rows = self.order.convert_columns(&[order.clone()])?;
+        let order_rows = self.order.convert_columns(std::slice::from_ref(&order))?;
         let mut keep = Vec::new();
         let mut run_start: Option<u32> = None;
         let mut in_run = 0;

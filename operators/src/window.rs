@@ -71,7 +71,7 @@ impl WindowSpec {
     /// Checks sizes: whole, positive milliseconds.
     pub fn validate(&self) -> Result<()> {
         let check = |what: &str, d: &Duration| {
-            if d.as_millis() == 0 || d.as_nanos() % 1_000_000 != 0 {
+            if d.as_millis() == 0 || !d.as_nanos().is_multiple_of(1_000_000) {
                 Err(OperatorError::InvalidWindow(format!(
                     "{what} must be a positive whole number of milliseconds, got {d:?}"
                 )))

@@ -65,12 +65,11 @@ pub fn execute(
     let n = graph.stages.len();
 
     // Receivers of each stage's subtasks (none for the source stage).
-    let mut receivers: Vec<Vec<Option<Receiver<Envelope>>>> = Vec::with_capacity(n);
+    let mut receivers: Vec<Vec<Receiver<Envelope>>> = Vec::with_capacity(n);
     let mut senders: Vec<Vec<SyncSender<Envelope>>> = Vec::with_capacity(n);
     for stage in &graph.stages {
         let (tx, rx): (Vec<_>, Vec<_>) = (0..stage.parallelism)
             .map(|_| sync_channel(graph.channel_capacity))
-            .map(|(t, r)| (t, Some(r)))
             .unzip();
         senders.push(tx);
         receivers.push(rx);
@@ -91,7 +90,10 @@ pub fn execute(
                 metrics.register(&format!("{prefix}.{}.{name}", op.name()), counter);
             }
         }
+        // Subtask i of this stage takes the i-th receiver (unused for a source stage).
+        let mut stage_receivers = std::mem::take(&mut receivers[s]).into_iter();
         for index in 0..stage.parallelism {
+            let receiver = stage_receivers.next();
             let info = SubtaskInfo {
                 index,
                 parallelism: stage.parallelism,
@@ -160,9 +162,7 @@ pub fn execute(
                     } else {
                         graph.stages[s - 1].parallelism
                     };
-                    let rx = receivers[s][index]
-                        .take()
-                        .expect("each receiver is taken once");
+                    let rx = receiver.expect("one receiver per subtask");
                     let (cancel, records_in) = (cancel.clone(), records_in.clone());
                     Box::new(move || run_exchange_input(rx, inputs, chain, cancel, records_in))
                 }

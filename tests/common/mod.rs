@@ -31,6 +31,9 @@ pub enum RefWindow {
     Session(i64),
 }
 
+/// Open sessions of the reference: key -> (start, last, rows).
+type Sessions = HashMap<i64, Vec<(i64, i64, Vec<usize>)>>;
+
 /// What the reference fires: a window of one key with the indices of its rows.
 #[derive(Debug, Clone)]
 pub struct Fired {
@@ -53,13 +56,13 @@ pub fn reference_windows(
     let mut fired = Vec::new();
     let mut late = 0;
     let mut open: BTreeMap<(i64, i64, i64), Vec<usize>> = BTreeMap::new(); // (end, start, key)
-    let mut sessions: HashMap<i64, Vec<(i64, i64, Vec<usize>)>> = HashMap::new(); // key -> (start, last, rows)
+    let mut sessions: Sessions = HashMap::new();
     let mut max_ts: Option<i64> = None;
     let fire = |open: &mut BTreeMap<(i64, i64, i64), Vec<usize>>,
-                sessions: &mut HashMap<i64, Vec<(i64, i64, Vec<usize>)>>,
+                sessions: &mut Sessions,
                 wm: Option<i64>,
                 fired: &mut Vec<Fired>| {
-        let due = |end: i64| wm.map_or(true, |w| end - 1 + lateness <= w);
+        let due = |end: i64| wm.is_none_or(|w| end - 1 + lateness <= w);
         let keys: Vec<_> = open
             .keys()
             .cloned()
