@@ -10,6 +10,14 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// The random stream of one record.
+///
+/// ```
+/// use oxflow_connectors::random::RecordRng;
+/// // Record 42 draws the same numbers wherever and whenever it is generated.
+/// let a = RecordRng::new(7, 42).next_u64();
+/// assert_eq!(a, RecordRng::new(7, 42).next_u64());
+/// assert!(RecordRng::new(7, 42).below(10) < 10);
+/// ```
 #[derive(Debug, Clone)]
 pub struct RecordRng {
     state: u64,

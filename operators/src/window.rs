@@ -69,6 +69,14 @@ impl WindowSpec {
     }
 
     /// Checks sizes: whole, positive milliseconds.
+    ///
+    /// ```
+    /// use oxflow_operators::WindowSpec;
+    /// use std::time::Duration;
+    /// assert!(WindowSpec::hopping(Duration::from_secs(10), Duration::from_secs(2)).validate().is_ok());
+    /// let err = WindowSpec::session(Duration::ZERO).validate().unwrap_err();
+    /// assert!(err.to_string().contains("session gap must be a positive"));
+    /// ```
     pub fn validate(&self) -> Result<()> {
         let check = |what: &str, d: &Duration| {
             if d.as_millis() == 0 || !d.as_nanos().is_multiple_of(1_000_000) {

@@ -33,6 +33,14 @@ pub fn key_group(hash: u64, max_parallelism: usize) -> usize {
 }
 
 /// The subtask, of `parallelism`, that owns `key_group`.
+///
+/// ```
+/// use oxflow_runtime::exchange::subtask_for_key_group;
+/// // 128 key groups over 4 subtasks: 32 contiguous groups each.
+/// assert_eq!(subtask_for_key_group(31, 4, 128), 0);
+/// assert_eq!(subtask_for_key_group(32, 4, 128), 1);
+/// assert_eq!(subtask_for_key_group(127, 4, 128), 3);
+/// ```
 #[inline]
 pub fn subtask_for_key_group(
     key_group: usize,
