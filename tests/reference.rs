@@ -181,6 +181,12 @@ proptest! {
     }
 
     #[test]
+    fn hopping_in_panes_matches_reference(keys in proptest::collection::vec(0i64..4, 120), times in disordered(120), lateness in prop_oneof![Just(0i64), Just(30)]) {
+        // Size a multiple of the slide: kept as panes of one slide, merged when a window fires.
+        check_window(WindowSpec::hopping(Duration::from_millis(100), Duration::from_millis(20)), RefWindow::Hopping(100, 20), keys, times, lateness);
+    }
+
+    #[test]
     fn session_matches_reference(keys in proptest::collection::vec(0i64..4, 120), times in disordered(120), lateness in prop_oneof![Just(0i64), Just(30)]) {
         check_window(WindowSpec::session(Duration::from_millis(40)), RefWindow::Session(40), keys, times, lateness);
     }

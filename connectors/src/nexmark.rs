@@ -99,7 +99,12 @@ impl NexmarkConfig {
     /// Event time of event `e`.
     #[inline]
     pub fn date_time(&self, e: u64) -> i64 {
-        self.base_time + (e as u128 * 1000 / self.event_rate as u128) as i64
+        // u64 arithmetic unless e * 1000 overflows it (128-bit division is slow).
+        let ms = match e.checked_mul(1000) {
+            Some(x) => x / self.event_rate,
+            None => (e as u128 * 1000 / self.event_rate as u128) as u64,
+        };
+        self.base_time + ms as i64
     }
 }
 
@@ -188,6 +193,7 @@ pub fn last_auction(e: u64) -> i64 {
 /// A log-uniform price in cents, 100 to 10^8.
 #[inline]
 fn price(rng: &mut RecordRng) -> i64 {
+    // powf, literally the page's formula: a faster exp() could round a price differently.
     (10f64.powf(rng.unit() * 6.0) * 100.0).round() as i64
 }
 

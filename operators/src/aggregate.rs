@@ -163,6 +163,13 @@ pub fn take_inputs(inputs: &AggregateInputs, indices: &dyn Array) -> Result<Aggr
         .collect()
 }
 
+/// Keys and intermediate accumulator states of some groups (a pane's partial aggregates).
+pub struct GroupsState {
+    keys: Vec<ArrayRef>,
+    states: Vec<Vec<ArrayRef>>,
+    groups: usize,
+}
+
 /// The groups of one window (or one batch of sessions): distinct keys and their accumulators.
 pub struct Groups {
     values: Option<Box<dyn GroupValues>>,
@@ -231,6 +238,55 @@ impl Groups {
     pub fn size(&self) -> usize {
         self.values.as_ref().map(|v| v.size()).unwrap_or(0)
             + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+    }
+
+    /// The groups' keys and intermediate accumulator states, leaving the groups as they were
+    /// (DataFusion emits state destructively, so it is merged straight back).
+    pub fn state(
+        &mut self,
+        key_schema: &SchemaRef,
+        aggregates: &Aggregates,
+    ) -> Result<GroupsState> {
+        let old = std::mem::replace(self, Groups::try_new(key_schema, aggregates)?);
+        let state = old.into_state()?;
+        self.merge(&state)?;
+        Ok(state)
+    }
+
+    fn into_state(mut self) -> Result<GroupsState> {
+        let keys = match &mut self.values {
+            Some(values) => values.emit(EmitTo::All)?,
+            None => Vec::new(),
+        };
+        let states = self
+            .accumulators
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        Ok(GroupsState {
+            keys,
+            states,
+            groups: self.len,
+        })
+    }
+
+    /// Merges intermediate states (of the same aggregates) into these groups.
+    pub fn merge(&mut self, state: &GroupsState) -> Result<()> {
+        match &mut self.values {
+            Some(values) => {
+                values.intern(&state.keys, &mut self.group_indices)?;
+                self.len = values.len();
+            }
+            None => {
+                self.group_indices.clear();
+                self.group_indices.resize(state.groups, 0);
+                self.len = self.len.max(state.groups.min(1));
+            }
+        }
+        for (acc, s) in self.accumulators.iter_mut().zip(&state.states) {
+            acc.merge_batch(s, &self.group_indices, self.len)?;
+        }
+        Ok(())
     }
 
     /// Consumes the groups: their key columns and aggregate columns, group by group.

@@ -265,13 +265,16 @@ impl Assigner {
                 slide,
             } => {
                 let times = event_times(batch, time_column)?;
+                let (Some(&lo), Some(&hi)) = (times.iter().min(), times.iter().max()) else {
+                    return Ok(Vec::new());
+                };
                 let windows_per_row = (size + slide - 1) / slide;
                 for j in 0..windows_per_row {
                     let start_of = |t: i64| t - t.rem_euclid(*slide) - j * slide;
-                    let Some(&first) = times.first() else { break };
-                    let s0 = start_of(first);
-                    // The common case: a whole in-order batch inside one window, no copy.
-                    if times.iter().all(|&t| start_of(t) == s0 && s0 + size > t) {
+                    // The common case: the whole batch inside one window, no copy. The start
+                    // is monotonic in t, so the batch's extremes decide.
+                    let s0 = start_of(lo);
+                    if start_of(hi) == s0 && s0 + size > hi {
                         by_window.insert((s0 + size, s0), Vec::new());
                         continue;
                     }
@@ -459,17 +462,34 @@ impl OperatorFactory for WindowAggregate {
         )?;
         let lateness = self.settings.allowed_lateness.as_millis() as i64;
         Ok(match (self.assigner_or_session()?, &self.settings.window) {
-            (Some(assigner), _) => Box::new(FixedWindows {
-                assigner,
-                key_indices: self.key_indices.clone(),
-                key_schema: self.key_schema.clone(),
-                aggregates: self.aggregates.clone(),
-                output: self.output.clone(),
-                lateness,
-                watermark: EventTime::MIN,
-                windows: BTreeMap::new(),
-                late,
-            }),
+            (Some(windows_of), spec) => {
+                let (layout, assigner) = match spec {
+                    WindowSpec::Hopping { size, slide }
+                        if size > slide && size.as_millis() % slide.as_millis() == 0 =>
+                    {
+                        let panes = WindowSpec::tumbling(*slide);
+                        let time = self.settings.time_column.as_deref();
+                        let assigner = Assigner::try_new(&panes, time, &self.input)?;
+                        let (size, slide) = (size.as_millis() as i64, slide.as_millis() as i64);
+                        (Layout::Panes { size, slide }, assigner)
+                    }
+                    _ => (Layout::PerWindow, windows_of.clone()),
+                };
+                Box::new(FixedWindows {
+                    assigner,
+                    windows_of,
+                    layout,
+                    key_indices: self.key_indices.clone(),
+                    key_schema: self.key_schema.clone(),
+                    aggregates: self.aggregates.clone(),
+                    output: self.output.clone(),
+                    lateness,
+                    watermark: EventTime::MIN,
+                    groups: BTreeMap::new(),
+                    fired_up_to: EventTime::MIN,
+                    late,
+                })
+            }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
                 crate::session::SessionConfig {
                     gap: gap.as_millis() as i64,
@@ -491,35 +511,97 @@ impl OperatorFactory for WindowAggregate {
     }
 }
 
-/// Window aggregate over tumbling, hopping or inherited windows: the groups of each open
-/// window, fired in order of window end.
+/// How a fixed-window aggregate keeps its groups.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// One set of groups per window (tumbling, inherited, and hopping windows whose size is
+    /// not a multiple of their slide).
+    PerWindow,
+    /// Hopping windows cut into panes of one slide: a record updates one pane instead of
+    /// size/slide windows, and a window is the merge of its panes' partial states when it
+    /// fires (Flink SQL calls this slicing).
+    Panes { size: i64, slide: i64 },
+}
+
+/// Window aggregate over tumbling, hopping or inherited windows, fired in order of end.
 struct FixedWindows {
+    /// Assigns rows to the units of state: windows, or panes.
     assigner: Assigner,
+    /// Assigns rows to the real windows, for lateness.
+    windows_of: Assigner,
+    layout: Layout,
     key_indices: Vec<usize>,
     key_schema: SchemaRef,
     aggregates: Aggregates,
     output: SchemaRef,
     lateness: i64,
     watermark: EventTime,
-    windows: BTreeMap<(EventTime, EventTime), Groups>,
+    /// Groups per window or pane, by (end, start).
+    groups: BTreeMap<(EventTime, EventTime), Groups>,
+    /// With panes: every window ending at or before this has fired.
+    fired_up_to: EventTime,
     late: LateSide,
 }
 
 impl FixedWindows {
+    fn emit(
+        &self,
+        start: EventTime,
+        end: EventTime,
+        groups: Groups,
+        out: &mut Output,
+    ) -> Result<()> {
+        let (keys, aggregates) = groups.finish()?;
+        let n = aggregates.first().map(|a| a.len()).unwrap_or(0);
+        let mut columns = vec![window_bound(start, n), window_bound(end, n)];
+        columns.extend(keys);
+        columns.extend(aggregates);
+        out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+        Ok(())
+    }
+
     fn fire(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
-        while let Some(entry) = self.windows.first_entry() {
-            let (end, start) = *entry.key();
-            if let Some(w) = up_to {
-                if end - 1 + self.lateness > w {
-                    break;
+        let lateness = self.lateness;
+        let due = |end: EventTime| up_to.is_none_or(|w| end - 1 + lateness <= w);
+        match self.layout {
+            Layout::PerWindow => {
+                while let Some(entry) = self.groups.first_entry() {
+                    let (end, start) = *entry.key();
+                    if !due(end) {
+                        break;
+                    }
+                    let groups = entry.remove();
+                    self.emit(start, end, groups, out)?;
                 }
             }
-            let (keys, aggregates) = entry.remove().finish()?;
-            let n = aggregates.first().map(|a| a.len()).unwrap_or(0);
-            let mut columns = vec![window_bound(start, n), window_bound(end, n)];
-            columns.extend(keys);
-            columns.extend(aggregates);
-            out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+            Layout::Panes { size, slide } => {
+                // The windows holding pane [start, end) end from `end` to `start + size`.
+                let ends: std::collections::BTreeSet<EventTime> = self
+                    .groups
+                    .keys()
+                    .flat_map(|&(end, start)| (end..=start + size).step_by(slide as usize))
+                    .filter(|&end| end > self.fired_up_to && due(end))
+                    .collect();
+                for end in ends {
+                    let mut window = Groups::try_new(&self.key_schema, &self.aggregates)?;
+                    let first_pane = (end - size + slide, end - size);
+                    let last_pane = (end, end - slide);
+                    for (_, pane) in self.groups.range_mut(first_pane..=last_pane) {
+                        window.merge(&pane.state(&self.key_schema, &self.aggregates)?)?;
+                    }
+                    self.emit(end - size, end, window, out)?;
+                    self.fired_up_to = end;
+                }
+                // Every window due by now counts as fired, even one that held nothing yet: a
+                // late record must not bring it back (its later windows still get it).
+                if let Some(w) = up_to {
+                    let due_end = (w.saturating_add(1) - lateness).div_euclid(slide) * slide;
+                    self.fired_up_to = self.fired_up_to.max(due_end);
+                }
+                // A pane whose last window has fired is done.
+                let fired = self.fired_up_to;
+                self.groups.retain(|&(_, start), _| start + size > fired);
+            }
         }
         Ok(())
     }
@@ -545,11 +627,8 @@ pub(crate) fn late_flags(
 
 impl Operator for FixedWindows {
     fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
-        let late = late_flags(
-            &self.assigner.last_ends(&batch)?,
-            self.lateness,
-            self.watermark,
-        );
+        let last_ends = self.windows_of.last_ends(&batch)?;
+        let late = late_flags(&last_ends, self.lateness, self.watermark);
         let batch = self.late.split(batch, &late)?;
         if batch.num_rows() == 0 {
             return Ok(());
@@ -561,11 +640,16 @@ impl Operator for FixedWindows {
             .collect();
         let inputs = self.aggregates.evaluate_inputs(&batch)?;
         for rows in self.assigner.assign(&batch)? {
-            // A hopping record may still belong to later windows while earlier ones have fired.
-            if window_fired(rows.end, self.lateness, self.watermark) {
+            // A hopping record may still belong to later windows while earlier ones have
+            // fired; a pane lives until its last window fires.
+            let last_end = match self.layout {
+                Layout::PerWindow => rows.end,
+                Layout::Panes { size, .. } => rows.start + size,
+            };
+            if window_fired(last_end, self.lateness, self.watermark) {
                 continue;
             }
-            let groups = match self.windows.entry((rows.end, rows.start)) {
+            let groups = match self.groups.entry((rows.end, rows.start)) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert(Groups::try_new(&self.key_schema, &self.aggregates)?)
