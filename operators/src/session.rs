@@ -14,9 +14,11 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::HashMap;
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::{EventTime, Operator, Output};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 pub(crate) struct SessionConfig {
@@ -46,11 +48,11 @@ pub(crate) struct SessionWindows {
     late: LateSide,
     converter: RowConverter,
     sessions: HashMap<Box<[u8]>, Vec<Session>>,
+    /// When each key's earliest session may close (possibly stale: see `fire`).
+    timers: BinaryHeap<Reverse<(EventTime, Box<[u8]>)>>,
     pending: HashMap<u32, Pending>,
     next_batch: u32,
     watermark: EventTime,
-    /// No session closes before the watermark reaches this (a lower bound).
-    next_fire: EventTime,
     /// Per aggregate: number of arguments and whether it has a filter.
     layout: Vec<(usize, bool)>,
 }
@@ -68,36 +70,40 @@ impl SessionWindows {
             cfg,
             late,
             converter,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
+            timers: BinaryHeap::new(),
             pending: HashMap::new(),
             next_batch: 0,
             watermark: EventTime::MIN,
-            next_fire: EventTime::MAX,
             layout: Vec::new(),
         })
     }
 
     fn fire(&mut self, up_to: EventTime, out: &mut Output) -> Result<()> {
-        if up_to < self.next_fire {
-            return Ok(());
-        }
+        // Timers are lazy: a session that grew after its timer was set is re-armed when the
+        // old timer pops, so a record never touches the heap unless it opens a session.
         let mut closed: Vec<Session> = Vec::new();
-        let mut next_fire = EventTime::MAX;
         let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
-        self.sessions.retain(|_, sessions| {
+        while self.timers.peek().is_some_and(|t| t.0 .0 <= up_to) {
+            let Reverse((_, key)) = self.timers.pop().expect("peeked");
+            let Some(sessions) = self.sessions.get_mut(&key) else {
+                continue;
+            };
             let mut i = 0;
             while i < sessions.len() {
-                let fire = sessions[i].last + gap - 1 + lateness;
-                if fire <= up_to {
+                if sessions[i].last + gap - 1 + lateness <= up_to {
                     closed.push(sessions.remove(i));
                 } else {
-                    next_fire = next_fire.min(fire);
                     i += 1;
                 }
             }
-            !sessions.is_empty()
-        });
-        self.next_fire = next_fire;
+            match sessions.iter().map(|s| s.last + gap - 1 + lateness).min() {
+                None => {
+                    self.sessions.remove(&key);
+                }
+                Some(next) => self.timers.push(Reverse((next, key))),
+            }
+        }
         if closed.is_empty() {
             return Ok(());
         }
@@ -207,7 +213,6 @@ impl Operator for SessionWindows {
 
         let mut late = vec![false; n];
         let mut live = 0;
-        let mut next_fire = self.next_fire;
         for (i, &t) in times.iter().enumerate() {
             // Without key columns every record has the one, empty key.
             let key: &[u8] = if keys.is_empty() {
@@ -215,33 +220,47 @@ impl Operator for SessionWindows {
             } else {
                 rows.row(i).data()
             };
-            let sessions = match self.sessions.get_mut(key) {
-                Some(s) => s,
-                None => self.sessions.entry(key.into()).or_default(),
-            };
-            // Sessions are disjoint and sorted; the new record's [t, t + gap) may bridge several.
-            let overlapping: Vec<usize> = (0..sessions.len())
-                .filter(|&j| sessions[j].start < t + gap && t < sessions[j].last + gap)
-                .collect();
-            if overlapping.is_empty() {
+            let Some(sessions) = self.sessions.get_mut(key) else {
                 if watermark != EventTime::MIN && t + gap - 1 + lateness <= watermark {
                     late[i] = true;
                     continue;
                 }
-                let at = sessions.partition_point(|s| s.start < t);
-                sessions.insert(
-                    at,
-                    Session {
-                        start: t,
-                        last: t,
-                        rows: vec![(id, i as u32)],
-                    },
-                );
-                next_fire = next_fire.min(t + gap - 1 + lateness);
+                let session = Session {
+                    start: t,
+                    last: t,
+                    rows: vec![(id, i as u32)],
+                };
+                self.sessions.insert(key.into(), vec![session]);
+                self.timers
+                    .push(Reverse((t + gap - 1 + lateness, key.into())));
+                live += 1;
+                continue;
+            };
+            // Sessions are disjoint and sorted, so the ones the record's [t, t + gap)
+            // overlaps are contiguous; it may bridge several.
+            let first = sessions.partition_point(|s| s.last + gap <= t);
+            let overlapping = sessions[first..]
+                .iter()
+                .take_while(|s| s.start < t + gap)
+                .count();
+            if overlapping == 0 {
+                if watermark != EventTime::MIN && t + gap - 1 + lateness <= watermark {
+                    late[i] = true;
+                    continue;
+                }
+                let session = Session {
+                    start: t,
+                    last: t,
+                    rows: vec![(id, i as u32)],
+                };
+                sessions.insert(first, session);
+                self.timers
+                    .push(Reverse((t + gap - 1 + lateness, key.into())));
             } else {
-                let first = overlapping[0];
-                for &j in overlapping[1..].iter().rev() {
-                    let merged = sessions.remove(j);
+                for merged in sessions
+                    .drain(first + 1..first + overlapping)
+                    .collect::<Vec<_>>()
+                {
                     let s = &mut sessions[first];
                     s.start = s.start.min(merged.start);
                     s.last = s.last.max(merged.last);
@@ -253,10 +272,6 @@ impl Operator for SessionWindows {
                 s.rows.push((id, i as u32));
             }
             live += 1;
-        }
-        self.next_fire = next_fire;
-        if self.sessions.values().any(|s| s.is_empty()) {
-            self.sessions.retain(|_, s| !s.is_empty());
         }
         if live > 0 {
             let mut columns = keys;
@@ -284,7 +299,6 @@ impl Operator for SessionWindows {
     }
 
     fn on_end_of_input(&mut self, out: &mut Output) -> oxflow_runtime::Result<()> {
-        self.next_fire = EventTime::MIN;
         self.fire(EventTime::MAX - self.cfg.gap - self.cfg.lateness, out)?;
         Ok(self.late.finish()?)
     }
