@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every Nexmark query of this build at 1 and 2 workers and prints a table of events/s
-# and events per CPU second. Usage: scripts/bench-nexmark.sh [EVENTS] (default 10,000,000).
+# Runs every Nexmark query of this build at 1 and 2 workers, RUNS times each (default 3),
+# and prints the median run's events/s and events per CPU second.
+# Usage: scripts/bench-nexmark.sh [EVENTS] (default 10,000,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}"
@@ -10,10 +11,14 @@ bin="$CARGO_TARGET_DIR/release/oxflow"
 printf "%-5s %7s %12s %14s %10s %12s\n" query workers events/s events/cpu-s cpu_s output_rows
 for q in q0 q1 q2 q5 q7 q11; do
   for w in 1 2; do
-    line=$("$bin" nexmark --query "$q" --events "$events" --workers "$w" | tail -n 1)
-    python3 - "$line" <<'PY'
+    lines=()
+    for _ in $(seq "${RUNS:-3}"); do
+      lines+=("$("$bin" nexmark --query "$q" --events "$events" --workers "$w" | tail -n 1)")
+    done
+    python3 - "${lines[@]}" <<'PY'
 import json, sys
-r = json.loads(sys.argv[1])
+runs = sorted((json.loads(a) for a in sys.argv[1:]), key=lambda r: r["events_per_sec"])
+r = runs[len(runs) // 2]
 print(f"{r['query']:<5} {r['workers']:>7} {r['events_per_sec']:>12,.0f} {r['events']/r['cpu_seconds']:>14,.0f} {r['cpu_seconds']:>10.2f} {r['output_rows']:>12,}")
 PY
   done

@@ -293,7 +293,37 @@ impl WindowedStream {
         self
     }
 
-    fn keyed_stage(self) -> Result<(Stream, WindowSettings)> {
+    /// The input columns a window aggregate reads, in input order; `None` if every column
+    /// is wanted (a late side output) or one is missing (the operator then names it).
+    fn columns_read(&self, aggregates: &[Expr]) -> Option<Vec<String>> {
+        if let LateRecords::SideOutput(_) = self.settings.late {
+            return None; // late records go out whole, with every input column
+        }
+        let schema = &self.stream.schema;
+        let mut read: Vec<String> = self.settings.keys.clone();
+        match &self.settings.window {
+            WindowSpec::Inherited => {
+                read.extend(["window_start".to_string(), "window_end".to_string()])
+            }
+            _ => read.extend(self.settings.time_column.clone()),
+        }
+        for a in aggregates {
+            read.extend(a.column_refs().into_iter().map(|c| c.name.clone()));
+        }
+        if read.iter().any(|c| schema.index_of(c).is_err()) {
+            return None;
+        }
+        Some(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|f| read.contains(f))
+                .collect(),
+        )
+    }
+
+    fn keyed_stage(self, needed: Option<Vec<String>>) -> Result<(Stream, WindowSettings)> {
         let WindowedStream { stream, settings } = self;
         for k in &settings.keys {
             if stream.schema.index_of(k).is_err() {
@@ -309,6 +339,19 @@ impl WindowedStream {
             }
         }
         let parallelism = stream.pipeline.parallelism;
+        let stream = match needed {
+            // Only what the window reads crosses the exchange (projection pushdown): the
+            // columns are dropped before the hash split copies them.
+            Some(columns) if columns.len() < stream.schema.fields().len() => {
+                let exprs: Vec<Expr> = columns
+                    .iter()
+                    .map(|c| datafusion::prelude::col(c.as_str()))
+                    .collect();
+                let project = Project::try_new(&exprs, stream.schema.clone())?;
+                stream.push(Arc::new(project))
+            }
+            _ => stream,
+        };
         let stream = if settings.keys.is_empty() {
             stream.exchange("window-all", Partitioning::Rebalance, 1)
         } else {
@@ -325,7 +368,8 @@ impl WindowedStream {
     /// window. Output: `window_start, window_end, keys.., aggregates..`.
     pub fn aggregate(self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Stream> {
         let aggregates: Vec<Expr> = aggregates.into_iter().collect();
-        let (stream, settings) = self.keyed_stage()?;
+        let needed = self.columns_read(&aggregates);
+        let (stream, settings) = self.keyed_stage(needed)?;
         let op = WindowAggregate::try_new(settings, &aggregates, stream.schema.clone())?;
         let mut s = stream.push(Arc::new(op));
         s.time_column = None;
@@ -354,7 +398,7 @@ impl WindowedStream {
             s.time_column = None;
             return Ok(s);
         }
-        let (stream, settings) = self.keyed_stage()?;
+        let (stream, settings) = self.keyed_stage(None)?;
         let op = WindowTopN::try_new(settings, order_by, n, stream.schema.clone())?;
         let mut s = stream.push(Arc::new(op));
         s.time_column = None;
