@@ -161,6 +161,33 @@ impl Stream {
         self
     }
 
+    /// Keeps only `columns` (which exist): straight in the source when nothing precedes it
+    /// and the source can skip producing the others, else with a projection.
+    fn project_columns(mut self, columns: &[String]) -> Result<Self> {
+        let indices = columns
+            .iter()
+            .map(|c| self.schema.index_of(c))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| OxflowError::InvalidPipeline(e.to_string()))?;
+        if let [stage] = self.stages.as_mut_slice() {
+            if let (StageInput::Source { source, .. }, true) =
+                (&mut stage.input, stage.operators.is_empty())
+            {
+                if let Some(projected) = source.with_projection(&indices) {
+                    self.schema = projected.schema();
+                    *source = projected;
+                    return Ok(self);
+                }
+            }
+        }
+        let exprs: Vec<Expr> = columns
+            .iter()
+            .map(|c| datafusion::prelude::col(c.as_str()))
+            .collect();
+        let project = Project::try_new(&exprs, self.schema.clone())?;
+        Ok(self.push(Arc::new(project)))
+    }
+
     /// Keeps records for which `predicate` is true.
     pub fn filter(self, predicate: Expr) -> Result<Self> {
         let op = Filter::try_new(&predicate, self.schema.clone())?;
@@ -343,12 +370,7 @@ impl WindowedStream {
             // Only what the window reads crosses the exchange (projection pushdown): the
             // columns are dropped before the hash split copies them.
             Some(columns) if columns.len() < stream.schema.fields().len() => {
-                let exprs: Vec<Expr> = columns
-                    .iter()
-                    .map(|c| datafusion::prelude::col(c.as_str()))
-                    .collect();
-                let project = Project::try_new(&exprs, stream.schema.clone())?;
-                stream.push(Arc::new(project))
+                stream.project_columns(&columns)?
             }
             _ => stream,
         };

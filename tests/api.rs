@@ -109,7 +109,11 @@ fn late_records_go_to_the_side_output_and_are_counted() {
     job.execute_blocking().unwrap();
     let late_rows: usize = late.batches().iter().map(|b| b.num_rows()).sum();
     assert_eq!(late_rows, 2);
-    assert_eq!(late.batches()[0].schema(), kv_schema(), "late records keep every column");
+    assert_eq!(
+        late.batches()[0].schema(),
+        kv_schema(),
+        "late records keep every column"
+    );
     let counted: u64 = metrics
         .snapshot()
         .iter()

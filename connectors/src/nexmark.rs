@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
+use oxflow_runtime::source::{Source, SourcePoll, SourceReader, SourceRef};
 use oxflow_runtime::SubtaskInfo;
 use std::sync::Arc;
 
@@ -216,6 +216,9 @@ fn extra(rng: &mut RecordRng, current: usize, desired: usize, out: &mut String) 
 /// Builds a batch of one table from a range of events.
 struct Builder {
     table: NexmarkTable,
+    /// Which of the table's string columns to build (a projection skips the others; their
+    /// random draws are still made, so every other value stays the same).
+    want: Vec<bool>,
     ints: Vec<Int64Builder>,
     strings: Vec<StringBuilder>,
     times: Vec<TimestampMillisecondBuilder>,
@@ -223,7 +226,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn new(table: NexmarkTable, capacity: usize) -> Self {
+    fn new(table: NexmarkTable, capacity: usize, want: Vec<bool>) -> Self {
         let (ints, strings, times) = match table {
             NexmarkTable::Bid => (3, 3, 1),
             NexmarkTable::Auction => (5, 3, 2),
@@ -231,6 +234,7 @@ impl Builder {
         };
         Builder {
             table,
+            want,
             ints: (0..ints)
                 .map(|_| Int64Builder::with_capacity(capacity))
                 .collect(),
@@ -263,28 +267,43 @@ impl Builder {
                     active_person(&mut rng, last_p)
                 };
                 let price = price(&mut rng);
-                s.clear();
                 let hot = rng.chance(1, 2);
                 let channel_index = if hot { rng.below(4) } else { rng.below(10_000) };
-                if hot {
-                    s.push_str(HOT_CHANNELS[channel_index as usize]);
+                let channel_len = if hot {
+                    HOT_CHANNELS[channel_index as usize].len()
                 } else {
-                    use std::fmt::Write;
-                    write!(s, "channel-{channel_index}").expect("writing to a String");
+                    "channel-".len() + channel_index.max(1).ilog10() as usize + 1
+                };
+                if self.want[3] {
+                    s.clear();
+                    if hot {
+                        s.push_str(HOT_CHANNELS[channel_index as usize]);
+                    } else {
+                        use std::fmt::Write;
+                        write!(s, "channel-{channel_index}").expect("writing to a String");
+                    }
+                    self.strings[0].append_value(&*s);
                 }
-                self.strings[0].append_value(&*s);
-                let channel_len = s.len();
+                const URL_LEN: usize =
+                    "https://www.nexmark.com/".len() + 5 + 1 + 5 + "/item.htm?query=1".len();
                 s.clear();
-                s.push_str("https://www.nexmark.com/");
-                rng.letters(5, s);
-                s.push('/');
-                rng.letters(5, s);
-                s.push_str("/item.htm?query=1");
-                self.strings[1].append_value(&*s);
-                let url_len = s.len();
-                s.clear();
-                extra(&mut rng, 32 + channel_len + url_len, 100, s);
-                self.strings[2].append_value(&*s);
+                if self.want[4] {
+                    s.push_str("https://www.nexmark.com/");
+                    rng.letters(5, s);
+                    s.push('/');
+                    rng.letters(5, s);
+                    s.push_str("/item.htm?query=1");
+                    self.strings[1].append_value(&*s);
+                } else {
+                    // The same two draws as the five-letter parts take.
+                    rng.next_u64();
+                    rng.next_u64();
+                }
+                if self.want[6] {
+                    s.clear();
+                    extra(&mut rng, 32 + channel_len + URL_LEN, 100, s);
+                    self.strings[2].append_value(&*s);
+                }
                 self.ints[0].append_value(auction);
                 self.ints[1].append_value(bidder);
                 self.ints[2].append_value(price);
@@ -368,6 +387,10 @@ impl Builder {
         }
     }
 
+    fn projection(&self) -> Vec<usize> {
+        (0..self.want.len()).filter(|&c| self.want[c]).collect()
+    }
+
     fn finish(&mut self) -> Result<RecordBatch> {
         let mut i = self
             .ints
@@ -424,7 +447,11 @@ impl Builder {
                 ]
             }
         };
-        Ok(RecordBatch::try_new(self.table.schema(), columns)?)
+        // Columns a projection skipped were never built (they are empty here).
+        let projection = self.projection();
+        let schema = self.table.schema().project(&projection)?;
+        let columns = projection.iter().map(|&c| columns[c].clone()).collect();
+        Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
     }
 }
 
@@ -433,18 +460,29 @@ impl Builder {
 pub struct NexmarkSource {
     config: NexmarkConfig,
     table: NexmarkTable,
+    /// Which columns of the table to produce (all by default).
+    want: Vec<bool>,
 }
 
 impl NexmarkSource {
     /// A source of `table` generated with `config`.
     pub fn try_new(config: NexmarkConfig, table: NexmarkTable) -> Result<Self> {
         config.validate()?;
-        Ok(NexmarkSource { config, table })
+        let want = vec![true; table.schema().fields().len()];
+        Ok(NexmarkSource {
+            config,
+            table,
+            want,
+        })
     }
 
     /// Generates events `range` of `table` as one batch (what a split does per chunk).
     pub fn generate(&self, range: std::ops::Range<u64>) -> Result<RecordBatch> {
-        let mut b = Builder::new(self.table, (range.end - range.start) as usize);
+        let mut b = Builder::new(
+            self.table,
+            (range.end - range.start) as usize,
+            self.want.clone(),
+        );
         for e in range.filter(|&e| self.table.is(e)) {
             b.push(&self.config, e);
         }
@@ -457,7 +495,23 @@ impl Source for NexmarkSource {
         "nexmark".into()
     }
     fn schema(&self) -> SchemaRef {
-        self.table.schema()
+        let columns: Vec<usize> = (0..self.want.len()).filter(|&c| self.want[c]).collect();
+        Arc::new(
+            self.table
+                .schema()
+                .project(&columns)
+                .expect("indices come from the schema"),
+        )
+    }
+    fn with_projection(&self, columns: &[usize]) -> Option<SourceRef> {
+        let mut want = vec![false; self.want.len()];
+        for &c in columns {
+            *want.get_mut(c)? = true;
+        }
+        Some(Arc::new(NexmarkSource {
+            want,
+            ..self.clone()
+        }))
     }
     fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
         let c = &self.config;
@@ -542,6 +596,45 @@ mod tests {
                 let other = canonical(&read_all(&NexmarkSource::try_new(c, table).unwrap(), p));
                 assert_eq!(one, other, "{table:?} at parallelism {p}");
             }
+        }
+    }
+
+    #[test]
+    fn a_projected_source_yields_the_same_values() {
+        let cfg = NexmarkConfig {
+            events: Some(3_000),
+            ..Default::default()
+        };
+        for table in [
+            NexmarkTable::Bid,
+            NexmarkTable::Auction,
+            NexmarkTable::Person,
+        ] {
+            let full_source = NexmarkSource::try_new(cfg.clone(), table).unwrap();
+            let full = full_source.generate(0..3_000).unwrap();
+            let n = full.num_columns();
+            for columns in [vec![0, 5], vec![n - 1], vec![1, 2, 3], (0..n).collect()] {
+                let projected = full_source.with_projection(&columns).unwrap();
+                assert_eq!(
+                    projected.schema(),
+                    Arc::new(full.schema().project(&columns).unwrap())
+                );
+                let mut r = projected
+                    .create_reader(SubtaskInfo {
+                        index: 0,
+                        parallelism: 1,
+                        max_parallelism: 128,
+                    })
+                    .unwrap();
+                let SourcePoll::Batch(b) = r.poll_next().unwrap() else {
+                    panic!("a batch")
+                };
+                assert_eq!(b, full.project(&columns).unwrap(), "{table:?} {columns:?}");
+            }
+            assert!(
+                full_source.with_projection(&[n]).is_none(),
+                "a column past the end"
+            );
         }
     }
 

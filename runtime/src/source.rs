@@ -30,6 +30,12 @@ pub trait Source: Send + Sync {
     fn name(&self) -> String;
     /// The schema of every batch it yields.
     fn schema(&self) -> SchemaRef;
+    /// The same source producing only `columns` (indices into its schema, in order), if it
+    /// can do that cheaper than producing every column; `None` otherwise.
+    fn with_projection(&self, columns: &[usize]) -> Option<SourceRef> {
+        let _ = columns;
+        None
+    }
     /// Creates the reader of split `split.index` of `split.parallelism`.
     fn create_reader(&self, split: SubtaskInfo) -> Result<Box<dyn SourceReader>>;
 }
