@@ -3,10 +3,10 @@
 
 use crate::error::{ConnectorError, Result};
 use crate::random::RecordRng;
-use crate::split::{Chunk, ChunkedSplit};
+use crate::split::{ChunkGenerator, ChunkedSplit, GeneratedReader};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
+use oxflow_runtime::source::{Source, SourceReader};
 use oxflow_runtime::SubtaskInfo;
 use std::sync::Arc;
 
@@ -112,25 +112,16 @@ impl Source for DatagenSource {
     }
     fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
         let c = &self.config;
-        Ok(Box::new(DatagenReader {
-            source: self.clone(),
+        Ok(Box::new(GeneratedReader {
+            generator: self.clone(),
             chunks: ChunkedSplit::new(split, c.batch_size, c.rows, c.rate_limit),
         }))
     }
 }
 
-struct DatagenReader {
-    source: DatagenSource,
-    chunks: ChunkedSplit,
-}
-
-impl SourceReader for DatagenReader {
-    fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
-        Ok(match self.chunks.next() {
-            Chunk::Records(range) => SourcePoll::Batch(self.source.generate(range)?),
-            Chunk::Wait(d) => SourcePoll::Pending(d),
-            Chunk::Done => SourcePoll::Finished,
-        })
+impl ChunkGenerator for DatagenSource {
+    fn generate(&self, range: std::ops::Range<u64>) -> Result<RecordBatch> {
+        DatagenSource::generate(self, range)
     }
 }
 

@@ -10,12 +10,12 @@
 
 use crate::error::{ConnectorError, Result};
 use crate::random::RecordRng;
-use crate::split::{Chunk, ChunkedSplit};
+use crate::split::{ChunkGenerator, ChunkedSplit, GeneratedReader};
 use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use oxflow_runtime::source::{Source, SourcePoll, SourceReader, SourceRef};
+use oxflow_runtime::source::{Source, SourceReader, SourceRef};
 use oxflow_runtime::SubtaskInfo;
 use std::sync::Arc;
 
@@ -515,25 +515,16 @@ impl Source for NexmarkSource {
     }
     fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
         let c = &self.config;
-        Ok(Box::new(NexmarkReader {
-            source: self.clone(),
+        Ok(Box::new(GeneratedReader {
+            generator: self.clone(),
             chunks: ChunkedSplit::new(split, c.batch_size, c.events, c.rate_limit),
         }))
     }
 }
 
-struct NexmarkReader {
-    source: NexmarkSource,
-    chunks: ChunkedSplit,
-}
-
-impl SourceReader for NexmarkReader {
-    fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
-        Ok(match self.chunks.next() {
-            Chunk::Records(range) => SourcePoll::Batch(self.source.generate(range)?),
-            Chunk::Wait(d) => SourcePoll::Pending(d),
-            Chunk::Done => SourcePoll::Finished,
-        })
+impl ChunkGenerator for NexmarkSource {
+    fn generate(&self, range: std::ops::Range<u64>) -> Result<RecordBatch> {
+        NexmarkSource::generate(self, range)
     }
 }
 
@@ -542,6 +533,7 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Array, Int64Array, StringArray};
     use datafusion::arrow::compute::concat_batches;
+    use oxflow_runtime::source::SourcePoll;
 
     fn read_all(source: &NexmarkSource, p: usize) -> RecordBatch {
         let mut batches = vec![];

@@ -3,7 +3,9 @@
 //! the records are the same at any parallelism. An optional rate limit spreads the records
 //! of each split evenly over wall time.
 
+use datafusion::arrow::record_batch::RecordBatch;
 use oxflow_runtime::clock::{Clock, SystemClock};
+use oxflow_runtime::source::{SourcePoll, SourceReader};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -62,5 +64,26 @@ impl ChunkedSplit {
         self.next_chunk += self.stride;
         self.produced += end - start;
         Chunk::Records(start..end)
+    }
+}
+
+/// Something that builds the records of a range of record numbers.
+pub(crate) trait ChunkGenerator: Send {
+    fn generate(&self, range: Range<u64>) -> crate::Result<RecordBatch>;
+}
+
+/// The reader of one split of a generated source.
+pub(crate) struct GeneratedReader<G> {
+    pub(crate) generator: G,
+    pub(crate) chunks: ChunkedSplit,
+}
+
+impl<G: ChunkGenerator> SourceReader for GeneratedReader<G> {
+    fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
+        Ok(match self.chunks.next() {
+            Chunk::Records(range) => SourcePoll::Batch(self.generator.generate(range)?),
+            Chunk::Wait(d) => SourcePoll::Pending(d),
+            Chunk::Done => SourcePoll::Finished,
+        })
     }
 }

@@ -47,7 +47,7 @@ pub(crate) struct SessionWindows {
     cfg: SessionConfig,
     late: LateSide,
     converter: RowConverter,
-    sessions: HashMap<Box<[u8]>, Vec<Session>>,
+    sessions: HashMap<Vec<u8>, Vec<Session>>,
     /// When each key's earliest session may close (possibly stale: see `fire`).
     timers: BinaryHeap<Reverse<(EventTime, Box<[u8]>)>>,
     pending: HashMap<u32, Pending>,
@@ -86,7 +86,7 @@ impl SessionWindows {
         let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
         while self.timers.peek().is_some_and(|t| t.0 .0 <= up_to) {
             let Reverse((_, key)) = self.timers.pop().expect("peeked");
-            let Some(sessions) = self.sessions.get_mut(&key) else {
+            let Some(sessions) = self.sessions.get_mut(&*key) else {
                 continue;
             };
             let mut i = 0;
@@ -99,7 +99,7 @@ impl SessionWindows {
             }
             match sessions.iter().map(|s| s.last + gap - 1 + lateness).min() {
                 None => {
-                    self.sessions.remove(&key);
+                    self.sessions.remove(&*key);
                 }
                 Some(next) => self.timers.push(Reverse((next, key))),
             }
@@ -220,22 +220,7 @@ impl Operator for SessionWindows {
             } else {
                 rows.row(i).data()
             };
-            let Some(sessions) = self.sessions.get_mut(key) else {
-                if watermark != EventTime::MIN && t + gap - 1 + lateness <= watermark {
-                    late[i] = true;
-                    continue;
-                }
-                let session = Session {
-                    start: t,
-                    last: t,
-                    rows: vec![(id, i as u32)],
-                };
-                self.sessions.insert(key.into(), vec![session]);
-                self.timers
-                    .push(Reverse((t + gap - 1 + lateness, key.into())));
-                live += 1;
-                continue;
-            };
+            let sessions = self.sessions.entry_ref(key).or_default();
             // Sessions are disjoint and sorted, so the ones the record's [t, t + gap)
             // overlaps are contiguous; it may bridge several.
             let first = sessions.partition_point(|s| s.last + gap <= t);
@@ -246,6 +231,9 @@ impl Operator for SessionWindows {
             if overlapping == 0 {
                 if watermark != EventTime::MIN && t + gap - 1 + lateness <= watermark {
                     late[i] = true;
+                    if sessions.is_empty() {
+                        self.sessions.remove(key);
+                    }
                     continue;
                 }
                 let session = Session {
