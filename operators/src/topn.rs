@@ -10,10 +10,12 @@ use crate::window::{
     key_fields, late_flags, window_bound, window_field, window_fired, Assigner, LateSide,
     WindowSettings, WindowSpec, WINDOW_END, WINDOW_START,
 };
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, Scalar, UInt32Array};
+use datafusion::arrow::compute::kernels::cmp::gt_eq;
 use datafusion::arrow::compute::{
     concat_batches, lexsort_to_indices, take_record_batch, SortColumn, SortOptions,
 };
+use datafusion::arrow::compute::{filter_record_batch, sort_to_indices};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use oxflow_runtime::metrics::Counter;
@@ -132,6 +134,9 @@ impl TopNReducer {
         if batch.num_rows() == 0 {
             return Ok(batch.clone());
         }
+        if self.key_indices.is_empty() {
+            return self.reduce_unkeyed(batch);
+        }
         let keys: Vec<ArrayRef> = self
             .key_indices
             .iter()
@@ -183,6 +188,29 @@ impl TopNReducer {
         }
         keep.sort_unstable();
         Ok(take_record_batch(batch, &UInt32Array::from(keep))?)
+    }
+
+    /// Without a key: a partial sort finds the n-th best value (the bar) and one comparison
+    /// kernel keeps every row at or above it, ties included; no full sort, no row format.
+    fn reduce_unkeyed(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let order = batch.column(self.order_index);
+        let options = SortOptions {
+            descending: true,
+            nulls_first: false,
+        };
+        let best = sort_to_indices(order, Some(options), Some(self.n))?;
+        let Some(&bar) = best
+            .values()
+            .iter()
+            .rev()
+            .find(|&&i| order.is_valid(i as usize))
+        else {
+            return Ok(batch.slice(0, 0));
+        };
+        let bar = Scalar::new(order.slice(bar as usize, 1));
+        // A null order value compares to null, which the filter drops.
+        let keep = gt_eq(order, &bar)?;
+        Ok(filter_record_batch(batch, &keep)?)
     }
 }
 
@@ -292,6 +320,52 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field};
+
+    #[test]
+    fn unkeyed_keeps_the_top_n_values_with_ties_and_no_nulls() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![
+                Some(3),
+                None,
+                Some(9),
+                Some(5),
+                Some(9),
+                Some(5),
+                Some(1),
+            ]))],
+        )
+        .unwrap();
+        let reducer = |n| TopNReducer {
+            key_indices: vec![],
+            order_index: 0,
+            n,
+            keys: RowConverter::new(vec![]).unwrap(),
+            order: RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap(),
+        };
+        let values = |b: RecordBatch| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            values(reducer(1).reduce(&batch).unwrap()),
+            [Some(9), Some(9)]
+        );
+        assert_eq!(
+            values(reducer(3).reduce(&batch).unwrap()),
+            [Some(9), Some(5), Some(9), Some(5)]
+        );
+        assert_eq!(
+            values(reducer(10).reduce(&batch).unwrap()).len(),
+            6,
+            "all but the null"
+        );
+    }
 
     #[test]
     fn keeps_ties_per_key() {
