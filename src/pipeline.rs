@@ -173,7 +173,15 @@ impl Stream {
             if let (StageInput::Source { source, .. }, true) =
                 (&mut stage.input, stage.operators.is_empty())
             {
-                if let Some(projected) = source.with_projection(&indices) {
+                let projected = source.with_projection(&indices).filter(|p| {
+                    // A source keeps its own column order; use it only if that is the one asked.
+                    p.schema()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name())
+                        .eq(columns.iter())
+                });
+                if let Some(projected) = projected {
                     self.schema = projected.schema();
                     *source = projected;
                     return Ok(self);
@@ -202,7 +210,18 @@ impl Stream {
             .time_column
             .as_ref()
             .is_some_and(|t| op.output_schema().index_of(t).is_ok());
-        let mut s = self.push(Arc::new(op));
+        let plain: Option<Vec<String>> = exprs
+            .iter()
+            .map(|e| match e {
+                Expr::Column(c) => Some(c.name.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut s = match plain {
+            // Plain columns: the source may be able to skip the others.
+            Some(columns) => self.project_columns(&columns)?,
+            None => self.push(Arc::new(op)),
+        };
         if !time_kept {
             s.time_column = None;
         }

@@ -328,3 +328,42 @@ fn public_types_are_send() {
     send::<Stream>();
     send::<oxflow::OxflowError>();
 }
+
+#[test]
+fn select_keeps_the_order_asked_for_even_when_pushed_into_the_source() {
+    let run = |columns: Vec<&str>| {
+        let out = CollectSink::new();
+        let source = NexmarkSource::try_new(
+            NexmarkConfig {
+                events: Some(500),
+                ..Default::default()
+            },
+            NexmarkTable::Bid,
+        )
+        .unwrap();
+        Pipeline::new()
+            .with_parallelism(1)
+            .source(source)
+            .select(columns.iter().map(|c| col(*c)))
+            .unwrap()
+            .sink(out.clone())
+            .unwrap()
+            .execute_blocking()
+            .unwrap();
+        out.batches()
+    };
+    let reversed = run(vec!["price", "auction"]);
+    let names: Vec<String> = reversed[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["price", "auction"]);
+    let in_order = run(vec!["auction", "price"]);
+    assert_eq!(
+        in_order[0].column(0),
+        reversed[0].column(1),
+        "the same values either way"
+    );
+}
