@@ -201,17 +201,7 @@ impl Groups {
         inputs: &AggregateInputs,
         rows: usize,
     ) -> Result<()> {
-        match &mut self.values {
-            Some(values) => {
-                values.intern(keys, &mut self.group_indices)?;
-                self.len = values.len();
-            }
-            None => {
-                self.group_indices.clear();
-                self.group_indices.resize(rows, 0);
-                self.len = 1;
-            }
-        }
+        self.intern(keys, rows)?;
         self.update_groups(inputs)
     }
 
@@ -254,10 +244,7 @@ impl Groups {
     }
 
     fn into_state(mut self) -> Result<GroupsState> {
-        let keys = match &mut self.values {
-            Some(values) => values.emit(EmitTo::All)?,
-            None => Vec::new(),
-        };
+        let keys = self.emit_keys()?;
         let states = self
             .accumulators
             .iter_mut()
@@ -270,19 +257,33 @@ impl Groups {
         })
     }
 
-    /// Merges intermediate states (of the same aggregates) into these groups.
-    pub fn merge(&mut self, state: &GroupsState) -> Result<()> {
+    /// Sets the group of each of `rows` rows from its key (no key columns: group 0).
+    fn intern(&mut self, keys: &[ArrayRef], rows: usize) -> Result<()> {
         match &mut self.values {
             Some(values) => {
-                values.intern(&state.keys, &mut self.group_indices)?;
+                values.intern(keys, &mut self.group_indices)?;
                 self.len = values.len();
             }
             None => {
                 self.group_indices.clear();
-                self.group_indices.resize(state.groups, 0);
-                self.len = self.len.max(state.groups.min(1));
+                self.group_indices.resize(rows, 0);
+                self.len = self.len.max(rows.min(1));
             }
         }
+        Ok(())
+    }
+
+    /// Emits every group's key columns (none without key columns).
+    fn emit_keys(&mut self) -> Result<Vec<ArrayRef>> {
+        Ok(match &mut self.values {
+            Some(values) => values.emit(EmitTo::All)?,
+            None => Vec::new(),
+        })
+    }
+
+    /// Merges intermediate states (of the same aggregates) into these groups.
+    pub fn merge(&mut self, state: &GroupsState) -> Result<()> {
+        self.intern(&state.keys, state.groups)?;
         for (acc, s) in self.accumulators.iter_mut().zip(&state.states) {
             acc.merge_batch(s, &self.group_indices, self.len)?;
         }
@@ -291,10 +292,7 @@ impl Groups {
 
     /// Consumes the groups: their key columns and aggregate columns, group by group.
     pub fn finish(mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
-        let keys = match &mut self.values {
-            Some(values) => values.emit(EmitTo::All)?,
-            None => Vec::new(),
-        };
+        let keys = self.emit_keys()?;
         let aggregates = self
             .accumulators
             .iter_mut()
