@@ -367,3 +367,92 @@ fn select_keeps_the_order_asked_for_even_when_pushed_into_the_source() {
         "the same values either way"
     );
 }
+
+/// A sink that takes its time with every batch.
+struct SlowSink;
+impl oxflow::runtime::sink::Sink for SlowSink {
+    fn name(&self) -> String {
+        "slow".into()
+    }
+    fn create_writer(
+        &self,
+        _: SubtaskInfo,
+        _: oxflow::arrow::datatypes::SchemaRef,
+    ) -> oxflow::runtime::Result<Box<dyn oxflow::runtime::sink::SinkWriter>> {
+        Ok(Box::new(SlowSink))
+    }
+}
+impl oxflow::runtime::sink::SinkWriter for SlowSink {
+    fn write(&mut self, _: &RecordBatch) -> oxflow::runtime::Result<()> {
+        std::thread::sleep(Duration::from_millis(10));
+        Ok(())
+    }
+    fn finish(&mut self) -> oxflow::runtime::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_slow_sink_backpressures_the_source_through_bounded_channels() {
+    let source = DatagenSource::try_new(DatagenConfig {
+        rows: Some(3_000),
+        batch_size: 100,
+        ..Default::default()
+    })
+    .unwrap();
+    let job = Pipeline::new()
+        .with_parallelism(1)
+        .with_channel_capacity(1)
+        .source(source)
+        .rebalance(1)
+        .sink(SlowSink)
+        .unwrap();
+    let metrics = job.metrics();
+    job.execute_blocking().unwrap();
+    // 30 batches, 10 ms each at the sink, one batch of buffer: the source must have waited.
+    let waited = metrics
+        .get("stage0.source-datagen.backpressure_ms")
+        .unwrap();
+    assert!(waited > 0, "the source never waited for the sink");
+    assert_eq!(metrics.get("stage1.rebalance.records_in"), Some(3_000));
+}
+
+#[test]
+fn datagen_through_rebalance_and_key_by_counts_every_row_once() {
+    let source = DatagenSource::try_new(DatagenConfig {
+        rows: Some(10_000),
+        key_cardinality: 17,
+        batch_size: 333,
+        ..Default::default()
+    })
+    .unwrap();
+    let out = CollectSink::new();
+    Pipeline::new()
+        .with_parallelism(3)
+        .source(source)
+        .with_watermarks(WatermarkStrategy::bounded("ts", Duration::ZERO))
+        .unwrap()
+        .rebalance(2)
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(Duration::from_secs(3600)))
+        .aggregate([count(col("value")).alias("n")])
+        .unwrap()
+        .sink(out.clone())
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
+    struct Row {
+        window_start: i64,
+        window_end: i64,
+        key: i64,
+        n: i64,
+    }
+    let rows: Vec<Row> = sorted_rows(&out.batches());
+    assert_eq!(
+        rows.len(),
+        17,
+        "one row per key: 10,000 rows at 100 K/s fit one hour"
+    );
+    assert_eq!(rows.iter().map(|r| r.n).sum::<i64>(), 10_000);
+}
