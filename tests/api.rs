@@ -456,3 +456,127 @@ fn datagen_through_rebalance_and_key_by_counts_every_row_once() {
     );
     assert_eq!(rows.iter().map(|r| r.n).sum::<i64>(), 10_000);
 }
+
+/// A user-defined aggregate with only a row accumulator: the spread (max - min) of values.
+#[derive(Debug, Default)]
+struct Spread {
+    lo: Option<i64>,
+    hi: Option<i64>,
+}
+
+impl oxflow::datafusion::logical_expr::Accumulator for Spread {
+    fn update_batch(
+        &mut self,
+        values: &[oxflow::arrow::array::ArrayRef],
+    ) -> oxflow::datafusion::error::Result<()> {
+        let v = values[0]
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("declared Int64");
+        for x in v.iter().flatten() {
+            self.lo = Some(self.lo.map_or(x, |l| l.min(x)));
+            self.hi = Some(self.hi.map_or(x, |h| h.max(x)));
+        }
+        Ok(())
+    }
+    fn evaluate(
+        &mut self,
+    ) -> oxflow::datafusion::error::Result<oxflow::datafusion::scalar::ScalarValue> {
+        Ok(oxflow::datafusion::scalar::ScalarValue::Int64(
+            self.hi.zip(self.lo).map(|(h, l)| h - l),
+        ))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+    fn state(
+        &mut self,
+    ) -> oxflow::datafusion::error::Result<Vec<oxflow::datafusion::scalar::ScalarValue>> {
+        use oxflow::datafusion::scalar::ScalarValue::Int64;
+        Ok(vec![Int64(self.lo), Int64(self.hi)])
+    }
+    fn merge_batch(
+        &mut self,
+        states: &[oxflow::arrow::array::ArrayRef],
+    ) -> oxflow::datafusion::error::Result<()> {
+        self.update_batch(&states[0..1])?;
+        self.update_batch(&states[1..2])
+    }
+}
+
+#[test]
+fn a_user_defined_aggregate_runs_in_windows() {
+    use oxflow::arrow::datatypes::DataType;
+    use oxflow::datafusion::logical_expr::{create_udaf, Volatility};
+    let spread = create_udaf(
+        "spread",
+        vec![DataType::Int64],
+        Arc::new(DataType::Int64),
+        Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(Spread::default()))),
+        Arc::new(vec![DataType::Int64, DataType::Int64]),
+    );
+    // Hopping in panes exercises state() and merge_batch() too.
+    let out = CollectSink::new();
+    kv_stream(kv(vec![1, 1, 2, 1, 2], vec![10, 20, 30, 150, 160]))
+        .key_by(["key"])
+        .window(WindowSpec::hopping(
+            Duration::from_millis(200),
+            Duration::from_millis(100),
+        ))
+        .aggregate([spread.call(vec![col("value")]).alias("spread")])
+        .unwrap()
+        .sink(out.clone())
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
+    struct Row {
+        window_start: i64,
+        window_end: i64,
+        key: i64,
+        spread: i64,
+    }
+    // Values are the row numbers 0..5: key 1 has 0, 1 (first 100 ms) and 3; key 2 has 2 and 4.
+    assert_eq!(
+        sorted_rows::<Row>(&out.batches()),
+        vec![
+            Row {
+                window_start: -100,
+                window_end: 100,
+                key: 1,
+                spread: 1
+            },
+            Row {
+                window_start: -100,
+                window_end: 100,
+                key: 2,
+                spread: 0
+            },
+            Row {
+                window_start: 0,
+                window_end: 200,
+                key: 1,
+                spread: 3
+            },
+            Row {
+                window_start: 0,
+                window_end: 200,
+                key: 2,
+                spread: 2
+            },
+            Row {
+                window_start: 100,
+                window_end: 300,
+                key: 1,
+                spread: 0
+            },
+            Row {
+                window_start: 100,
+                window_end: 300,
+                key: 2,
+                spread: 0
+            },
+        ]
+    );
+}
