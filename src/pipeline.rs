@@ -161,32 +161,48 @@ impl Stream {
         self
     }
 
-    /// Keeps only `columns` (which exist): straight in the source when nothing precedes it
-    /// and the source can skip producing the others, else with a projection.
-    fn project_columns(mut self, columns: &[String]) -> Result<Self> {
-        let indices = columns
+    /// Narrows the source itself to `columns` (which exist), if nothing follows it yet and it
+    /// can produce exactly those columns in that order; says whether it did.
+    fn project_source(&mut self, columns: &[String]) -> bool {
+        let Ok(indices) = columns
             .iter()
             .map(|c| self.schema.index_of(c))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| OxflowError::InvalidPipeline(e.to_string()))?;
-        if let [stage] = self.stages.as_mut_slice() {
-            if let (StageInput::Source { source, .. }, true) =
-                (&mut stage.input, stage.operators.is_empty())
-            {
-                let projected = source.with_projection(&indices).filter(|p| {
-                    // A source keeps its own column order; use it only if that is the one asked.
-                    p.schema()
-                        .fields()
-                        .iter()
-                        .map(|f| f.name())
-                        .eq(columns.iter())
-                });
-                if let Some(projected) = projected {
-                    self.schema = projected.schema();
-                    *source = projected;
-                    return Ok(self);
-                }
+        else {
+            return false;
+        };
+        let [stage] = self.stages.as_mut_slice() else {
+            return false;
+        };
+        let StageInput::Source { source, .. } = &mut stage.input else {
+            return false;
+        };
+        if !stage.operators.is_empty() {
+            return false;
+        }
+        // A source keeps its own column order; use it only if that is the one asked.
+        let projected = source.with_projection(&indices).filter(|p| {
+            p.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name())
+                .eq(columns.iter())
+        });
+        match projected {
+            Some(projected) => {
+                self.schema = projected.schema();
+                *source = projected;
+                true
             }
+            None => false,
+        }
+    }
+
+    /// Keeps only `columns` (which exist): straight in the source when nothing precedes it
+    /// and the source can skip producing the others, else with a projection.
+    fn project_columns(mut self, columns: &[String]) -> Result<Self> {
+        if self.project_source(columns) {
+            return Ok(self);
         }
         let exprs: Vec<Expr> = columns
             .iter()
@@ -203,7 +219,7 @@ impl Stream {
     }
 
     /// Replaces the columns by `exprs` (map and project): `[col("a"), (col("b") * lit(2)).alias("b2")]`.
-    pub fn select(self, exprs: impl IntoIterator<Item = Expr>) -> Result<Self> {
+    pub fn select(mut self, exprs: impl IntoIterator<Item = Expr>) -> Result<Self> {
         let exprs: Vec<Expr> = exprs.into_iter().collect();
         let op = Project::try_new(&exprs, self.schema.clone())?;
         let time_kept = self
@@ -220,7 +236,27 @@ impl Stream {
         let mut s = match plain {
             // Plain columns: the source may be able to skip the others.
             Some(columns) => self.project_columns(&columns)?,
-            None => self.push(Arc::new(op)),
+            None => {
+                // Expressions: the source may still skip the columns they do not read; the
+                // projection is then planned against what the source produces.
+                let read: Vec<String> = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .filter(|f| {
+                        exprs
+                            .iter()
+                            .any(|e| e.column_refs().iter().any(|c| &c.name == f))
+                    })
+                    .collect();
+                let op = if read.len() < self.schema.fields().len() && self.project_source(&read) {
+                    Project::try_new(&exprs, self.schema.clone())?
+                } else {
+                    op
+                };
+                self.push(Arc::new(op))
+            }
         };
         if !time_kept {
             s.time_column = None;
