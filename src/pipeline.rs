@@ -405,7 +405,9 @@ impl WindowedStream {
         )
     }
 
-    fn keyed_stage(self, needed: Option<Vec<String>>) -> Result<(Stream, WindowSettings)> {
+    /// Checks the keys and prunes the columns the window does not read (`needed`), before
+    /// the exchange.
+    fn prepare(self, needed: Option<Vec<String>>) -> Result<(Stream, WindowSettings)> {
         let WindowedStream { stream, settings } = self;
         for k in &settings.keys {
             if stream.schema.index_of(k).is_err() {
@@ -420,7 +422,6 @@ impl WindowedStream {
                 ));
             }
         }
-        let parallelism = stream.pipeline.parallelism;
         let stream = match needed {
             // Only what the window reads crosses the exchange (projection pushdown): the
             // columns are dropped before the hash split copies them.
@@ -429,7 +430,13 @@ impl WindowedStream {
             }
             _ => stream,
         };
-        let stream = if settings.keys.is_empty() {
+        Ok((stream, settings))
+    }
+
+    /// The exchange into the window's stage: by key, or everything to one subtask.
+    fn exchange(stream: Stream, settings: &WindowSettings) -> Stream {
+        let parallelism = stream.pipeline.parallelism;
+        if settings.keys.is_empty() {
             stream.exchange("window-all", Partitioning::Rebalance, 1)
         } else {
             stream.exchange(
@@ -437,8 +444,12 @@ impl WindowedStream {
                 Partitioning::Hash(settings.keys.clone()),
                 parallelism,
             )
-        };
-        Ok((stream, settings))
+        }
+    }
+
+    fn keyed_stage(self, needed: Option<Vec<String>>) -> Result<(Stream, WindowSettings)> {
+        let (stream, settings) = self.prepare(needed)?;
+        Ok((Self::exchange(stream, &settings), settings))
     }
 
     /// Computes aggregates (`count(col("x")).alias("n")`, any DataFusion aggregate) per key and
@@ -446,9 +457,15 @@ impl WindowedStream {
     pub fn aggregate(self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Stream> {
         let aggregates: Vec<Expr> = aggregates.into_iter().collect();
         let needed = self.columns_read(&aggregates);
-        let (stream, settings) = self.keyed_stage(needed)?;
-        let op = WindowAggregate::try_new(settings, &aggregates, stream.schema.clone())?;
-        let mut s = stream.push(Arc::new(op));
+        let (stream, settings) = self.prepare(needed)?;
+        let op = WindowAggregate::try_new(settings.clone(), &aggregates, stream.schema.clone())?;
+        let mut s = match op.two_phase()? {
+            // Pre-aggregate before the exchange; merge the partials after it.
+            Some((local, global)) => {
+                Self::exchange(stream.push(Arc::new(local)), &settings).push(Arc::new(global))
+            }
+            None => Self::exchange(stream, &settings).push(Arc::new(op)),
+        };
         s.time_column = None;
         Ok(s)
     }

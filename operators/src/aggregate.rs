@@ -89,6 +89,14 @@ impl Aggregates {
         self.planned.iter().map(|p| p.function.field()).collect()
     }
 
+    /// The intermediate state fields of each aggregate (what a partial aggregate ships).
+    pub fn state_fields(&self) -> Result<Vec<Vec<FieldRef>>> {
+        self.planned
+            .iter()
+            .map(|p| Ok(p.function.state_fields()?))
+            .collect()
+    }
+
     /// Evaluates every aggregate's arguments on `batch` (once per batch, whatever the number
     /// of windows the rows fall into).
     pub fn evaluate_inputs(&self, batch: &RecordBatch) -> Result<AggregateInputs> {
@@ -165,9 +173,12 @@ pub fn take_inputs(inputs: &AggregateInputs, indices: &dyn Array) -> Result<Aggr
 
 /// Keys and intermediate accumulator states of some groups (a pane's partial aggregates).
 pub struct GroupsState {
-    keys: Vec<ArrayRef>,
-    states: Vec<Vec<ArrayRef>>,
-    groups: usize,
+    /// Key columns, one row per group.
+    pub keys: Vec<ArrayRef>,
+    /// Per aggregate, its state columns, one row per group.
+    pub states: Vec<Vec<ArrayRef>>,
+    /// Number of groups (rows).
+    pub groups: usize,
 }
 
 /// The groups of one window (or one batch of sessions): distinct keys and their accumulators.
@@ -243,7 +254,8 @@ impl Groups {
         Ok(state)
     }
 
-    fn into_state(mut self) -> Result<GroupsState> {
+    /// Consumes the groups: their keys and intermediate states.
+    pub fn into_state(mut self) -> Result<GroupsState> {
         let keys = self.emit_keys()?;
         let states = self
             .accumulators

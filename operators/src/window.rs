@@ -7,7 +7,7 @@
 //! window closes"). A record whose every window has fired is late: it is counted and goes to
 //! the late side output, or is dropped.
 
-use crate::aggregate::{take_inputs, Aggregates, Groups};
+use crate::aggregate::{take_inputs, Aggregates, Groups, GroupsState};
 use crate::error::{column_index, OperatorError, Result};
 use datafusion::arrow::array::{
     Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array,
@@ -386,7 +386,24 @@ pub struct WindowAggregate {
     aggregates: Aggregates,
     output: SchemaRef,
     late_records: Counter,
+    phase: Phase,
 }
+
+/// Which part of a window aggregate an operator computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Records in, final results out.
+    Single,
+    /// Records in, partial aggregates per pane out (before the exchange).
+    Local,
+    /// Partial aggregates in, final results out (after the exchange).
+    Global,
+}
+
+/// Columns of a partial aggregate: the pane, then the keys, then each aggregate's state.
+pub const PANE_START: &str = "pane_start";
+/// The end of the pane a partial aggregate covers.
+pub const PANE_END: &str = "pane_end";
 
 impl WindowAggregate {
     /// Plans the aggregate over `input`.
@@ -418,13 +435,66 @@ impl WindowAggregate {
             aggregates,
             output,
             late_records: Counter::default(),
+            phase: Phase::Single,
         };
         // Build one operator now so that a bad window fails when the pipeline is built.
         op.assigner_or_session()?;
         Ok(op)
     }
 
+    /// Splits the aggregate in two (Flink's local/global aggregation): a local phase, chained
+    /// before the exchange, that pre-aggregates each pane of its subtask's records and ships
+    /// partial states when the watermark completes the pane; and a global phase merging them.
+    /// A hot key then costs the exchange and the keyed subtask one row per pane and subtask.
+    /// `None` for windows that are not cut in panes (sessions, inherited, uneven hops) or
+    /// without a key.
+    pub fn two_phase(&self) -> Result<Option<(WindowAggregate, WindowAggregate)>> {
+        let paned = match self.settings.window {
+            WindowSpec::Tumbling { .. } => true,
+            WindowSpec::Hopping { size, slide } => size.as_millis() % slide.as_millis() == 0,
+            _ => false,
+        };
+        if !paned || self.key_indices.is_empty() || self.phase != Phase::Single {
+            return Ok(None);
+        }
+        let mut fields = vec![window_field(PANE_START), window_field(PANE_END)];
+        fields.extend(self.key_schema.fields().iter().map(|f| f.as_ref().clone()));
+        for (i, state) in self.aggregates.state_fields()?.into_iter().enumerate() {
+            for f in state {
+                fields.push(Field::new(
+                    format!("{i}_{}", f.name()),
+                    f.data_type().clone(),
+                    true,
+                ));
+            }
+        }
+        let partial = Arc::new(Schema::new(fields));
+        let local = WindowAggregate {
+            output: partial.clone(),
+            phase: Phase::Local,
+            ..self.clone()
+        };
+        let key_count = self.key_indices.len();
+        let settings = WindowSettings {
+            late: LateRecords::Drop,
+            ..self.settings.clone()
+        };
+        let global = WindowAggregate {
+            settings,
+            input: partial,
+            key_indices: (2..2 + key_count).collect(),
+            late_records: Counter::default(),
+            phase: Phase::Global,
+            ..self.clone()
+        };
+        Ok(Some((local, global)))
+    }
+
     fn assigner_or_session(&self) -> Result<Option<Assigner>> {
+        if self.phase == Phase::Global {
+            // Partials carry their pane in their first two columns.
+            return Ok(Some(Assigner::Inherited { start: 0, end: 1 }));
+        }
         match &self.settings.window {
             WindowSpec::Session { .. } => {
                 if self.settings.time_column.is_none() {
@@ -445,13 +515,24 @@ impl WindowAggregate {
 
 impl OperatorFactory for WindowAggregate {
     fn name(&self) -> String {
-        "window-aggregate".into()
+        match self.phase {
+            Phase::Single => "window-aggregate",
+            Phase::Local => "window-aggregate-local",
+            Phase::Global => "window-aggregate-global",
+        }
+        .into()
     }
     fn output_schema(&self) -> SchemaRef {
         self.output.clone()
     }
     fn counters(&self) -> Vec<(String, Counter)> {
-        vec![("late_records".into(), self.late_records.clone())]
+        match self.phase {
+            // Late records are caught where records are: in the local phase.
+            Phase::Global => Vec::new(),
+            Phase::Single | Phase::Local => {
+                vec![("late_records".into(), self.late_records.clone())]
+            }
+        }
     }
     fn create(&self, subtask: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn Operator>> {
         let late = LateSide::try_new(
@@ -463,17 +544,23 @@ impl OperatorFactory for WindowAggregate {
         let lateness = self.settings.allowed_lateness.as_millis() as i64;
         Ok(match (self.assigner_or_session()?, &self.settings.window) {
             (Some(windows_of), spec) => {
-                let (layout, assigner) = match spec {
+                let layout = match spec {
                     WindowSpec::Hopping { size, slide }
                         if size > slide && size.as_millis() % slide.as_millis() == 0 =>
                     {
-                        let panes = WindowSpec::tumbling(*slide);
-                        let time = self.settings.time_column.as_deref();
-                        let assigner = Assigner::try_new(&panes, time, &self.input)?;
                         let (size, slide) = (size.as_millis() as i64, slide.as_millis() as i64);
-                        (Layout::Panes { size, slide }, assigner)
+                        Layout::Panes { size, slide }
                     }
-                    _ => (Layout::PerWindow, windows_of.clone()),
+                    _ => Layout::PerWindow,
+                };
+                let assigner = match (layout, self.phase) {
+                    // Partials carry their pane; they were checked for lateness upstream.
+                    (_, Phase::Global) | (Layout::PerWindow, _) => windows_of.clone(),
+                    (Layout::Panes { slide, .. }, _) => {
+                        let panes = WindowSpec::tumbling(Duration::from_millis(slide as u64));
+                        let time = self.settings.time_column.as_deref();
+                        Assigner::try_new(&panes, time, &self.input)?
+                    }
                 };
                 Box::new(FixedWindows {
                     assigner,
@@ -488,6 +575,7 @@ impl OperatorFactory for WindowAggregate {
                     groups: BTreeMap::new(),
                     fired_up_to: EventTime::MIN,
                     late,
+                    phase: self.phase,
                 })
             }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
@@ -541,6 +629,7 @@ struct FixedWindows {
     /// With panes: every window ending at or before this has fired.
     fired_up_to: EventTime,
     late: LateSide,
+    phase: Phase,
 }
 
 impl FixedWindows {
@@ -560,7 +649,62 @@ impl FixedWindows {
         Ok(())
     }
 
+    /// Local phase: ships the partial state of every pane the watermark has completed (rows
+    /// for it arriving later, within the lateness, make a new partial).
+    fn ship_partials(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
+        while let Some(entry) = self.groups.first_entry() {
+            let (end, start) = *entry.key();
+            if up_to.is_some_and(|w| end - 1 > w) {
+                break;
+            }
+            let state = entry.remove().into_state()?;
+            let n = state.groups;
+            let mut columns = vec![window_bound(start, n), window_bound(end, n)];
+            columns.extend(state.keys);
+            columns.extend(state.states.into_iter().flatten());
+            out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+        }
+        Ok(())
+    }
+
+    /// Global phase: merges partial states into their panes.
+    fn merge_partials(&mut self, batch: &RecordBatch) -> Result<()> {
+        let key_count = self.key_indices.len();
+        let state_widths: Vec<usize> = self
+            .aggregates
+            .state_fields()?
+            .iter()
+            .map(|f| f.len())
+            .collect();
+        for rows in self.assigner.assign(batch)? {
+            let column = |i: usize| rows.take(batch.column(i));
+            let keys = (2..2 + key_count).map(column).collect::<Result<Vec<_>>>()?;
+            let mut next = 2 + key_count;
+            let mut states = Vec::with_capacity(state_widths.len());
+            for &w in &state_widths {
+                states.push((next..next + w).map(column).collect::<Result<Vec<_>>>()?);
+                next += w;
+            }
+            let groups = rows.indices.as_ref().map_or(batch.num_rows(), |i| i.len());
+            let pane = match self.groups.entry((rows.end, rows.start)) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Groups::try_new(&self.key_schema, &self.aggregates)?)
+                }
+            };
+            pane.merge(&GroupsState {
+                keys,
+                states,
+                groups,
+            })?;
+        }
+        Ok(())
+    }
+
     fn fire(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
+        if self.phase == Phase::Local {
+            return self.ship_partials(up_to, out);
+        }
         let lateness = self.lateness;
         let due = |end: EventTime| up_to.is_none_or(|w| end - 1 + lateness <= w);
         match self.layout {
@@ -627,6 +771,9 @@ pub(crate) fn late_flags(
 
 impl Operator for FixedWindows {
     fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
+        if self.phase == Phase::Global {
+            return Ok(self.merge_partials(&batch)?);
+        }
         let last_ends = self.windows_of.last_ends(&batch)?;
         let late = late_flags(&last_ends, self.lateness, self.watermark);
         let batch = self.late.split(batch, &late)?;
