@@ -266,7 +266,13 @@ impl Builder {
                 } else {
                     active_person(&mut rng, last_p)
                 };
-                let price = price(&mut rng);
+                let price = if self.want[2] {
+                    price(&mut rng)
+                } else {
+                    // The same one draw as a price takes, without its powf.
+                    rng.next_u64();
+                    0
+                };
                 let hot = rng.chance(1, 2);
                 let channel_index = if hot { rng.below(4) } else { rng.below(10_000) };
                 let channel_len = if hot {
