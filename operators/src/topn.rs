@@ -7,7 +7,7 @@
 
 use crate::error::{column_index, Result};
 use crate::window::{
-    key_fields, late_flags, window_bound, window_field, window_fired, Assigner, LateSide,
+    key_fields, late_flags, window_field, window_fired, with_bounds, Assigner, LateSide,
     WindowSettings, WindowSpec, WINDOW_END, WINDOW_START,
 };
 use datafusion::arrow::array::{ArrayRef, RecordBatch, Scalar, UInt32Array};
@@ -248,10 +248,14 @@ impl TopNOperator {
             if self.inherited {
                 out.emit(top);
             } else {
-                let n = top.num_rows();
-                let mut columns = vec![window_bound(start, n), window_bound(end, n)];
-                columns.extend(top.columns().iter().cloned());
-                out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+                let columns = top.columns().iter().cloned();
+                out.emit(with_bounds(
+                    &self.output,
+                    start,
+                    end,
+                    top.num_rows(),
+                    columns,
+                )?);
             }
         }
         Ok(())

@@ -325,8 +325,21 @@ pub(crate) fn window_field(name: &str) -> Field {
 }
 
 /// A column repeating `value` `n` times, as a window bound.
-pub(crate) fn window_bound(value: EventTime, n: usize) -> ArrayRef {
+fn window_bound(value: EventTime, n: usize) -> ArrayRef {
     Arc::new(TimestampMillisecondArray::from(vec![value; n]))
+}
+
+/// A batch of `schema`: `n` rows of `[start, end)` bounds, then `columns`.
+pub(crate) fn with_bounds(
+    schema: &SchemaRef,
+    start: EventTime,
+    end: EventTime,
+    n: usize,
+    columns: impl IntoIterator<Item = ArrayRef>,
+) -> Result<RecordBatch> {
+    let mut all = vec![window_bound(start, n), window_bound(end, n)];
+    all.extend(columns);
+    Ok(RecordBatch::try_new(schema.clone(), all)?)
 }
 
 /// Resolves key columns, with errors naming what exists.
@@ -449,11 +462,7 @@ impl WindowAggregate {
     /// `None` for windows that are not cut in panes (sessions, inherited, uneven hops) or
     /// without a key.
     pub fn two_phase(&self) -> Result<Option<(WindowAggregate, WindowAggregate)>> {
-        let paned = match self.settings.window {
-            WindowSpec::Tumbling { .. } => true,
-            WindowSpec::Hopping { size, slide } => size.as_millis() % slide.as_millis() == 0,
-            _ => false,
-        };
+        let paned = Layout::of(&self.settings.window).is_some();
         if !paned || self.key_indices.is_empty() || self.phase != Phase::Single {
             return Ok(None);
         }
@@ -544,15 +553,7 @@ impl OperatorFactory for WindowAggregate {
         let lateness = self.settings.allowed_lateness.as_millis() as i64;
         Ok(match (self.assigner_or_session()?, &self.settings.window) {
             (Some(windows_of), spec) => {
-                let layout = match spec {
-                    WindowSpec::Hopping { size, slide }
-                        if size > slide && size.as_millis() % slide.as_millis() == 0 =>
-                    {
-                        let (size, slide) = (size.as_millis() as i64, slide.as_millis() as i64);
-                        Layout::Panes { size, slide }
-                    }
-                    _ => Layout::PerWindow,
-                };
+                let layout = Layout::of(spec).unwrap_or(Layout::PerWindow);
                 let assigner = match (layout, self.phase) {
                     // Partials carry their pane; they were checked for lateness upstream.
                     (_, Phase::Global) | (Layout::PerWindow, _) => windows_of.clone(),
@@ -576,6 +577,12 @@ impl OperatorFactory for WindowAggregate {
                     fired_up_to: EventTime::MIN,
                     late,
                     phase: self.phase,
+                    state_widths: self
+                        .aggregates
+                        .state_fields()?
+                        .iter()
+                        .map(|f| f.len())
+                        .collect(),
                 })
             }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
@@ -611,6 +618,25 @@ enum Layout {
     Panes { size: i64, slide: i64 },
 }
 
+impl Layout {
+    /// How windows of `spec` are cut into panes (a tumbling window is its own pane); `None`
+    /// when they are not (inherited windows, hops whose size is not a multiple of the slide).
+    fn of(spec: &WindowSpec) -> Option<Layout> {
+        match spec {
+            WindowSpec::Tumbling { .. } => Some(Layout::PerWindow),
+            WindowSpec::Hopping { size, slide } if size.as_millis() % slide.as_millis() == 0 => {
+                let (size, slide) = (size.as_millis() as i64, slide.as_millis() as i64);
+                Some(if size == slide {
+                    Layout::PerWindow
+                } else {
+                    Layout::Panes { size, slide }
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Window aggregate over tumbling, hopping or inherited windows, fired in order of end.
 struct FixedWindows {
     /// Assigns rows to the units of state: windows, or panes.
@@ -630,6 +656,8 @@ struct FixedWindows {
     fired_up_to: EventTime,
     late: LateSide,
     phase: Phase,
+    /// Global phase: how many state columns each aggregate's partial has.
+    state_widths: Vec<usize>,
 }
 
 impl FixedWindows {
@@ -642,11 +670,24 @@ impl FixedWindows {
     ) -> Result<()> {
         let (keys, aggregates) = groups.finish()?;
         let n = aggregates.first().map(|a| a.len()).unwrap_or(0);
-        let mut columns = vec![window_bound(start, n), window_bound(end, n)];
-        columns.extend(keys);
-        columns.extend(aggregates);
-        out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+        out.emit(with_bounds(
+            &self.output,
+            start,
+            end,
+            n,
+            keys.into_iter().chain(aggregates),
+        )?);
         Ok(())
+    }
+
+    /// The groups of the window or pane `[start, end)`, created empty if new.
+    fn groups_of(&mut self, end: EventTime, start: EventTime) -> Result<&mut Groups> {
+        Ok(match self.groups.entry((end, start)) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Groups::try_new(&self.key_schema, &self.aggregates)?)
+            }
+        })
     }
 
     /// Local phase: ships the partial state of every pane the watermark has completed (rows
@@ -658,11 +699,17 @@ impl FixedWindows {
                 break;
             }
             let state = entry.remove().into_state()?;
-            let n = state.groups;
-            let mut columns = vec![window_bound(start, n), window_bound(end, n)];
-            columns.extend(state.keys);
-            columns.extend(state.states.into_iter().flatten());
-            out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+            let columns = state
+                .keys
+                .into_iter()
+                .chain(state.states.into_iter().flatten());
+            out.emit(with_bounds(
+                &self.output,
+                start,
+                end,
+                state.groups,
+                columns,
+            )?);
         }
         Ok(())
     }
@@ -670,29 +717,17 @@ impl FixedWindows {
     /// Global phase: merges partial states into their panes.
     fn merge_partials(&mut self, batch: &RecordBatch) -> Result<()> {
         let key_count = self.key_indices.len();
-        let state_widths: Vec<usize> = self
-            .aggregates
-            .state_fields()?
-            .iter()
-            .map(|f| f.len())
-            .collect();
         for rows in self.assigner.assign(batch)? {
             let column = |i: usize| rows.take(batch.column(i));
             let keys = (2..2 + key_count).map(column).collect::<Result<Vec<_>>>()?;
             let mut next = 2 + key_count;
-            let mut states = Vec::with_capacity(state_widths.len());
-            for &w in &state_widths {
+            let mut states = Vec::with_capacity(self.state_widths.len());
+            for &w in &self.state_widths {
                 states.push((next..next + w).map(column).collect::<Result<Vec<_>>>()?);
                 next += w;
             }
             let groups = rows.indices.as_ref().map_or(batch.num_rows(), |i| i.len());
-            let pane = match self.groups.entry((rows.end, rows.start)) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(Groups::try_new(&self.key_schema, &self.aggregates)?)
-                }
-            };
-            pane.merge(&GroupsState {
+            self.groups_of(rows.end, rows.start)?.merge(&GroupsState {
                 keys,
                 states,
                 groups,
@@ -796,12 +831,7 @@ impl Operator for FixedWindows {
             if window_fired(last_end, self.lateness, self.watermark) {
                 continue;
             }
-            let groups = match self.groups.entry((rows.end, rows.start)) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(Groups::try_new(&self.key_schema, &self.aggregates)?)
-                }
-            };
+            let groups = self.groups_of(rows.end, rows.start)?;
             match &rows.indices {
                 None => groups.update(&keys, &inputs, batch.num_rows())?,
                 Some(indices) => {
