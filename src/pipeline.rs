@@ -226,6 +226,8 @@ impl Stream {
             .time_column
             .as_ref()
             .is_some_and(|t| op.output_schema().index_of(t).is_ok());
+        // The source may skip what the select does not need: exactly the listed columns for a
+        // plain column list, else the columns the expressions read (then planned anew).
         let plain: Option<Vec<String>> = exprs
             .iter()
             .map(|e| match e {
@@ -233,30 +235,24 @@ impl Stream {
                 _ => None,
             })
             .collect();
-        let mut s = match plain {
-            // Plain columns: the source may be able to skip the others.
-            Some(columns) => self.project_columns(&columns)?,
-            None => {
-                // Expressions: the source may still skip the columns they do not read; the
-                // projection is then planned against what the source produces.
-                let read: Vec<String> = self
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .filter(|f| {
-                        exprs
-                            .iter()
-                            .any(|e| e.column_refs().iter().any(|c| &c.name == f))
-                    })
-                    .collect();
-                let op = if read.len() < self.schema.fields().len() && self.project_source(&read) {
-                    Project::try_new(&exprs, self.schema.clone())?
-                } else {
-                    op
-                };
-                self.push(Arc::new(op))
-            }
+        let wanted = plain.unwrap_or_else(|| {
+            let read: Vec<String> = exprs
+                .iter()
+                .flat_map(|e| e.column_refs())
+                .map(|c| c.name.clone())
+                .collect();
+            in_schema_order(&self.schema, &read)
+        });
+        let op = if wanted.len() < self.schema.fields().len() && self.project_source(&wanted) {
+            Project::try_new(&exprs, self.schema.clone())?
+        } else {
+            op
+        };
+        // A select the source now does by itself needs no operator.
+        let mut s = if op.output_schema() == self.schema {
+            self
+        } else {
+            self.push(Arc::new(op))
         };
         if !time_kept {
             s.time_column = None;
@@ -329,6 +325,16 @@ impl Stream {
     }
 }
 
+/// The columns of `schema` named in `names`, in the schema's order.
+fn in_schema_order(schema: &SchemaRef, names: &[String]) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|f| names.contains(f))
+        .collect()
+}
+
 /// A stream partitioned by key.
 pub struct KeyedStream {
     stream: Stream,
@@ -395,14 +401,7 @@ impl WindowedStream {
         if read.iter().any(|c| schema.index_of(c).is_err()) {
             return None;
         }
-        Some(
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|f| read.contains(f))
-                .collect(),
-        )
+        Some(in_schema_order(schema, &read))
     }
 
     /// Checks the keys and prunes the columns the window does not read (`needed`), before
