@@ -281,23 +281,20 @@ impl TypedRow for Reading {
 
 #[test]
 fn typed_rows_flow_through_a_closure() {
-    let out = CollectSink::new();
-    kv_stream(kv(vec![1, 2, 3], vec![1, 2, 3]))
-        .flat_map_rows("double-odd", |r: Reading| {
-            if r.key % 2 == 1 {
-                vec![Reading {
-                    value: r.value * 10,
-                    ..r
-                }]
-            } else {
-                vec![]
-            }
-        })
-        .unwrap()
-        .sink(out.clone())
-        .unwrap()
-        .execute_blocking()
-        .unwrap();
+    let batches = collect(
+        kv_stream(kv(vec![1, 2, 3], vec![1, 2, 3]))
+            .flat_map_rows("double-odd", |r: Reading| {
+                if r.key % 2 == 1 {
+                    vec![Reading {
+                        value: r.value * 10,
+                        ..r
+                    }]
+                } else {
+                    vec![]
+                }
+            })
+            .unwrap(),
+    );
     #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
     struct Row {
         key: i64,
@@ -305,7 +302,7 @@ fn typed_rows_flow_through_a_closure() {
         value: i64,
     }
     assert_eq!(
-        sorted_rows::<Row>(&out.batches()),
+        sorted_rows::<Row>(&batches),
         vec![
             Row {
                 key: 1,
@@ -332,7 +329,6 @@ fn public_types_are_send() {
 #[test]
 fn select_keeps_the_order_asked_for_even_when_pushed_into_the_source() {
     let run = |columns: Vec<&str>| {
-        let out = CollectSink::new();
         let source = NexmarkSource::try_new(
             NexmarkConfig {
                 events: Some(500),
@@ -341,16 +337,13 @@ fn select_keeps_the_order_asked_for_even_when_pushed_into_the_source() {
             NexmarkTable::Bid,
         )
         .unwrap();
-        Pipeline::new()
-            .with_parallelism(1)
-            .source(source)
-            .select(columns.iter().map(|c| col(*c)))
-            .unwrap()
-            .sink(out.clone())
-            .unwrap()
-            .execute_blocking()
-            .unwrap();
-        out.batches()
+        collect(
+            Pipeline::new()
+                .with_parallelism(1)
+                .source(source)
+                .select(columns.iter().map(|c| col(*c)))
+                .unwrap(),
+        )
     };
     let reversed = run(vec!["price", "auction"]);
     let names: Vec<String> = reversed[0]
@@ -426,21 +419,18 @@ fn datagen_through_rebalance_and_key_by_counts_every_row_once() {
         ..Default::default()
     })
     .unwrap();
-    let out = CollectSink::new();
-    Pipeline::new()
-        .with_parallelism(3)
-        .source(source)
-        .with_watermarks(WatermarkStrategy::bounded("ts", Duration::ZERO))
-        .unwrap()
-        .rebalance(2)
-        .key_by(["key"])
-        .window(WindowSpec::tumbling(Duration::from_secs(3600)))
-        .aggregate([count(col("value")).alias("n")])
-        .unwrap()
-        .sink(out.clone())
-        .unwrap()
-        .execute_blocking()
-        .unwrap();
+    let batches = collect(
+        Pipeline::new()
+            .with_parallelism(3)
+            .source(source)
+            .with_watermarks(WatermarkStrategy::bounded("ts", Duration::ZERO))
+            .unwrap()
+            .rebalance(2)
+            .key_by(["key"])
+            .window(WindowSpec::tumbling(Duration::from_secs(3600)))
+            .aggregate([count(col("value")).alias("n")])
+            .unwrap(),
+    );
     #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
     struct Row {
         window_start: i64,
@@ -448,7 +438,7 @@ fn datagen_through_rebalance_and_key_by_counts_every_row_once() {
         key: i64,
         n: i64,
     }
-    let rows: Vec<Row> = sorted_rows(&out.batches());
+    let rows: Vec<Row> = sorted_rows(&batches);
     assert_eq!(
         rows.len(),
         17,
@@ -517,19 +507,16 @@ fn a_user_defined_aggregate_runs_in_windows() {
         Arc::new(vec![DataType::Int64, DataType::Int64]),
     );
     // Hopping in panes exercises state() and merge_batch() too.
-    let out = CollectSink::new();
-    kv_stream(kv(vec![1, 1, 2, 1, 2], vec![10, 20, 30, 150, 160]))
-        .key_by(["key"])
-        .window(WindowSpec::hopping(
-            Duration::from_millis(200),
-            Duration::from_millis(100),
-        ))
-        .aggregate([spread.call(vec![col("value")]).alias("spread")])
-        .unwrap()
-        .sink(out.clone())
-        .unwrap()
-        .execute_blocking()
-        .unwrap();
+    let batches = collect(
+        kv_stream(kv(vec![1, 1, 2, 1, 2], vec![10, 20, 30, 150, 160]))
+            .key_by(["key"])
+            .window(WindowSpec::hopping(
+                Duration::from_millis(200),
+                Duration::from_millis(100),
+            ))
+            .aggregate([spread.call(vec![col("value")]).alias("spread")])
+            .unwrap(),
+    );
     #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
     struct Row {
         window_start: i64,
@@ -539,7 +526,7 @@ fn a_user_defined_aggregate_runs_in_windows() {
     }
     // Values are the row numbers 0..5: key 1 has 0, 1 (first 100 ms) and 3; key 2 has 2 and 4.
     assert_eq!(
-        sorted_rows::<Row>(&out.batches()),
+        sorted_rows::<Row>(&batches),
         vec![
             Row {
                 window_start: -100,

@@ -264,20 +264,13 @@ fn run_query(query: &str, bids: &Bids, batch: usize, workers: usize) -> Vec<Reco
         bids.price.clone(),
         bids.time.clone(),
     );
-    let out = CollectSink::new();
     let stream = Pipeline::new()
         .with_parallelism(workers)
         .source(MemorySource::try_new(bid_schema(), &[data], batch).unwrap())
         .with_parallelism(1)
         .with_watermarks(oxflow::nexmark::watermarks())
         .unwrap();
-    oxflow::nexmark::apply(query, stream)
-        .unwrap()
-        .sink(out.clone())
-        .unwrap()
-        .execute_blocking()
-        .unwrap();
-    out.batches()
+    collect(oxflow::nexmark::apply(query, stream).unwrap())
 }
 
 const NEXMARK_DELAY: i64 = 4000;

@@ -10,6 +10,17 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Runs `stream` to its end into an in-memory sink and returns what reached it.
+pub fn collect(stream: oxflow::Stream) -> Vec<RecordBatch> {
+    let out = oxflow::connectors::sinks::CollectSink::new();
+    stream
+        .sink(out.clone())
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    out.batches()
+}
+
 /// Batch sizes the issue asks every result to be independent of.
 pub const BATCH_SIZES: [usize; 7] = [1, 2, 7, 49, 50, 51, 100];
 
