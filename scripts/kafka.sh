@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker (KRaft mode) on 127.0.0.1 for integration tests and demos.
+#
+#   scripts/kafka.sh start|stop|status
+#
+# Kafka's jars come from Maven Central with Maven (org.apache.kafka:kafka_2.13 and its runtime
+# dependencies) into a cache reused across runs. `start` formats fresh KRaft storage, starts the
+# broker on 127.0.0.1:${KAFKA_PORT:-9092} (controller on the next port) and waits until it
+# answers; `stop` stops only the process `start` started. Needs Java 17 and Maven.
+set -euo pipefail
+
+version=${KAFKA_VERSION:-4.4.0}
+port=${KAFKA_PORT:-9092}
+controller_port=$((port + 1))
+cache=${OXFLOW_KAFKA_CACHE:-$HOME/.cache/oxflow-kafka}
+libs=$cache/$version/libs
+run=${KAFKA_RUN_DIR:-$cache/run-$port}
+pidfile=$run/kafka.pid
+
+fetch() {
+  if [ -f "$libs/.complete" ]; then return; fi
+  mkdir -p "$cache/$version"
+  cat > "$cache/$version/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>oxflow</groupId><artifactId>kafka-broker</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$version</version></dependency>
+    <!-- Kafka logs through SLF4J 1.x; the distribution binds it to Log4j 2 the same way. -->
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.25.5</version></dependency>
+  </dependencies>
+</project>
+POM
+  echo "kafka.sh: fetching Apache Kafka $version with Maven into $libs" >&2
+  mvn -q -B -Dstyle.color=never -f "$cache/$version/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$libs" >&2
+  touch "$libs/.complete"
+}
+
+running() {
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+answers() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+}
+
+start() {
+  if running; then echo "kafka.sh: already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; return; fi
+  if answers; then echo "kafka.sh: 127.0.0.1:$port is taken by another process" >&2; exit 1; fi
+  fetch
+  rm -rf "$run"
+  mkdir -p "$run/logs"
+  cat > "$run/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$run/data
+num.partitions=4
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+group.initial.rebalance.delay.ms=0
+PROPS
+  cat > "$run/log4j2.properties" <<LOG
+rootLogger.level=INFO
+rootLogger.appenderRef.out.ref=out
+appender.out.type=Console
+appender.out.name=out
+appender.out.layout.type=PatternLayout
+appender.out.layout.pattern=[%d] %p %m (%c)%n
+logger.kafka.name=kafka
+logger.kafka.level=INFO
+logger.apache.name=org.apache.kafka
+logger.apache.level=WARN
+LOG
+  local cluster
+  cluster=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+  java -cp "$libs/*" kafka.tools.StorageTool format -t "$cluster" -c "$run/server.properties" \
+    > "$run/format.log" 2>&1 || { cat "$run/format.log" >&2; exit 1; }
+  nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$run/log4j2.properties" \
+    -cp "$libs/*" kafka.Kafka "$run/server.properties" \
+    > "$run/kafka.log" 2>&1 &
+  echo $! > "$pidfile"
+  for _ in $(seq 1 120); do
+    if ! running; then echo "kafka.sh: the broker exited:" >&2; tail -30 "$run/kafka.log" >&2; exit 1; fi
+    if answers && grep -q "Kafka Server started\|started (kafka.server.KafkaRaftServer)" "$run/kafka.log"; then
+      echo "kafka.sh: Apache Kafka $version running on 127.0.0.1:$port (pid $(cat "$pidfile"))"
+      return
+    fi
+    sleep 0.5
+  done
+  echo "kafka.sh: the broker did not answer within 60 s:" >&2
+  tail -30 "$run/kafka.log" >&2
+  stop
+  exit 1
+}
+
+stop() {
+  if ! running; then echo "kafka.sh: not running"; rm -f "$pidfile"; return; fi
+  local pid
+  pid=$(cat "$pidfile")
+  kill "$pid"
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "kafka.sh: stopped"; return; }
+    sleep 0.5
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  echo "kafka.sh: killed (it did not stop within 30 s)"
+}
+
+status() {
+  if running && answers; then
+    echo "kafka.sh: running on 127.0.0.1:$port (pid $(cat "$pidfile"))"
+  else
+    echo "kafka.sh: not running"
+    exit 1
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
