@@ -75,6 +75,7 @@ pub mod prelude {
     pub use oxflow_connectors::sinks::{BlackholeSink, CollectSink, JsonFileSink, StdoutSink};
     pub use oxflow_operators::map::TypedRow;
     pub use oxflow_operators::{LateRecords, WindowSpec};
+    pub use oxflow_runtime::checkpoint::{CheckpointConfig, RestoreFrom};
     pub use oxflow_runtime::watermark::WatermarkStrategy;
 }
 

@@ -13,9 +13,11 @@ use oxflow_operators::map::{Filter, MapBatches, MapRows, Project, TypedRow};
 use oxflow_operators::topn::WindowTopN;
 use oxflow_operators::window::{WindowAggregate, WindowSettings};
 use oxflow_operators::{LateRecords, WindowSpec};
+use oxflow_runtime::checkpoint::{self, CheckpointConfig, RestoreFrom};
 use oxflow_runtime::clock::{Clock, SystemClock};
+use oxflow_runtime::coordinator::SavepointRequests;
 use oxflow_runtime::exchange::{Partitioning, DEFAULT_MAX_PARALLELISM};
-use oxflow_runtime::executor::{execute, CancelHandle, JobReport};
+use oxflow_runtime::executor::{execute, CancelHandle, ExecuteOptions, JobReport};
 use oxflow_runtime::graph::{JobGraph, Stage, StageInput};
 use oxflow_runtime::metrics::JobMetrics;
 use oxflow_runtime::operator::{OperatorFactory, OperatorFactoryRef};
@@ -321,6 +323,9 @@ impl Stream {
             metrics: JobMetrics::default(),
             cancel: CancelHandle::default(),
             clock: Arc::new(SystemClock::new()),
+            checkpoints: None,
+            restore: None,
+            savepoints: SavepointRequests::default(),
         })
     }
 }
@@ -505,9 +510,34 @@ pub struct Job {
     metrics: JobMetrics,
     cancel: CancelHandle,
     clock: Arc<dyn Clock>,
+    checkpoints: Option<CheckpointConfig>,
+    restore: Option<RestoreFrom>,
+    savepoints: SavepointRequests,
 }
 
 impl Job {
+    /// Takes checkpoints as `config` says: operator state in RocksDB, source positions and
+    /// pending sink output, so that a restored run produces exactly the output of one that was
+    /// never interrupted.
+    pub fn with_checkpoints(mut self, config: CheckpointConfig) -> Self {
+        self.checkpoints = Some(config);
+        self
+    }
+
+    /// Starts from a checkpoint instead of the beginning: the newest valid one of the
+    /// checkpoint directory ([`RestoreFrom::Latest`]; none yet means the beginning), or a
+    /// given checkpoint or savepoint directory. The parallelism may differ from the run that
+    /// took it.
+    pub fn restore_from(mut self, from: RestoreFrom) -> Self {
+        self.restore = Some(from);
+        self
+    }
+
+    /// A handle to ask the running job for savepoints.
+    pub fn savepoints(&self) -> SavepointRequests {
+        self.savepoints.clone()
+    }
+
     /// The job's counters (records in/out per stage, late records, backpressure), live.
     pub fn metrics(&self) -> JobMetrics {
         self.metrics.clone()
@@ -526,7 +556,44 @@ impl Job {
 
     /// Runs the job on the calling thread until its sources end (forever if unbounded).
     pub fn execute_blocking(self) -> Result<JobReport> {
-        Ok(execute(self.graph, self.metrics, self.clock, self.cancel)?)
+        let mut options = ExecuteOptions {
+            checkpoints: self.checkpoints,
+            savepoints: self.savepoints,
+            ..Default::default()
+        };
+        match self.restore {
+            None => {}
+            Some(RestoreFrom::Path(dir)) => options.restore = Some(checkpoint::load(&dir)?),
+            Some(RestoreFrom::Latest) => {
+                let dir = match &options.checkpoints {
+                    Some(c) => c.dir.clone(),
+                    None => {
+                        return Err(OxflowError::InvalidPipeline(
+                            "restoring the latest checkpoint needs a checkpoint directory (with_checkpoints)".into(),
+                        ))
+                    }
+                };
+                let (found, skipped) = checkpoint::latest(&dir)?;
+                if found.is_none() {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        passed_over = skipped.len(),
+                        "no completed checkpoint to restore: starting from the beginning"
+                    );
+                    // Output an earlier attempt committed from a checkpoint that no longer
+                    // verifies is written again by this run.
+                    options.roll_back_output = true;
+                }
+                options.restore = found;
+            }
+        }
+        Ok(execute(
+            self.graph,
+            self.metrics,
+            self.clock,
+            self.cancel,
+            options,
+        )?)
     }
 
     /// Runs the job without blocking the async runtime; resolves when its sources end.

@@ -380,8 +380,8 @@ impl oxflow::runtime::sink::SinkWriter for SlowSink {
         std::thread::sleep(Duration::from_millis(10));
         Ok(())
     }
-    fn finish(&mut self) -> oxflow::runtime::Result<()> {
-        Ok(())
+    fn finish(&mut self) -> oxflow::runtime::Result<Option<oxflow::runtime::sink::PendingCommit>> {
+        Ok(None)
     }
 }
 

@@ -88,3 +88,137 @@ fn bad_arguments_get_clear_errors() {
     let out = oxflow(&["nexmark", "--query", "q0", "--batch-size", "0"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch size must be positive"));
 }
+
+fn json_line(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn checkpointed_runs_report_their_checkpoints_and_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chk = tmp.path().join("chk");
+    let out = tmp.path().join("out");
+    let args = |restore: bool| {
+        let mut a = vec![
+            "nexmark".to_string(),
+            "--query=q5".into(),
+            "--events=300000".into(),
+            "--rate=600000".into(),
+            "--workers=2".into(),
+            format!("--sink=file:{}", out.display()),
+            format!("--checkpoint-dir={}", chk.display()),
+            "--checkpoint-interval-ms=50".into(),
+        ];
+        if restore {
+            a.push("--restore=latest".into());
+        }
+        a
+    };
+    let run = |restore| {
+        let a = args(restore);
+        oxflow(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Nothing to restore yet: the run says so and starts from the beginning.
+    let first = run(true);
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("starting from the beginning"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let summary = json_line(&first);
+    assert!(summary["checkpoints"].as_u64().unwrap() >= 3, "{summary}");
+    assert!(
+        summary["last_checkpoint_ms"].as_u64().is_some(),
+        "{summary}"
+    );
+    assert!(summary["state_bytes"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["restored_from"], serde_json::Value::Null);
+    // The job finished: restoring its last checkpoint only commits, and runs nothing.
+    let again = json_line(&run(true));
+    assert_eq!(again["already_finished"], true, "{again}");
+    assert!(again["restored_from"].as_u64().is_some(), "{again}");
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_named_and_passed_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chk = tmp.path().join("chk");
+    let chk_arg = format!("--checkpoint-dir={}", chk.display());
+    let base = [
+        "nexmark",
+        "--query=q11",
+        "--events=200000",
+        "--rate=400000",
+        "--workers=1",
+        "--checkpoint-interval-ms=50",
+        &chk_arg,
+    ];
+    json_line(&oxflow(&base));
+    let mut complete: Vec<std::path::PathBuf> = std::fs::read_dir(&chk)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("_manifest.json").exists())
+        .collect();
+    complete.sort();
+    let newest = complete.last().unwrap().clone();
+    // Flip one byte of the newest manifest's body.
+    let manifest = newest.join("_manifest.json");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    bytes[5] ^= 0x20;
+    std::fs::write(&manifest, bytes).unwrap();
+    let out = oxflow(&[
+        "nexmark",
+        "--query=q11",
+        "--events=200000",
+        "--workers=1",
+        &format!("--restore={}", newest.display()),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&newest.display().to_string()) && err.contains("checksum"),
+        "{err}"
+    );
+    // `latest` passes over it, with a warning, to the one before.
+    let mut latest = base.to_vec();
+    latest.push("--restore=latest");
+    let out = oxflow(&latest);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("skipping checkpoint"), "{err}");
+    let summary = json_line(&out);
+    let previous = complete[complete.len() - 2]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("chk-")
+        .parse::<u64>()
+        .unwrap();
+    assert_eq!(
+        summary["restored_from"].as_u64(),
+        Some(previous),
+        "{summary}"
+    );
+}
+
+#[test]
+fn checkpoint_arguments_are_checked() {
+    let out = oxflow(&["nexmark", "--query", "q0", "--restore", "latest"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--restore latest needs --checkpoint-dir")
+    );
+    let out = oxflow(&[
+        "nexmark",
+        "--query",
+        "q0",
+        "--restore",
+        "/nonexistent/chk-1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/chk-1"));
+}

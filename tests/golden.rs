@@ -72,3 +72,150 @@ fn nexmark_queries_match_golden_files() {
         }
     }
 }
+
+/// Compares sorted lines, reporting sizes and a few lines missing or extra (not thousands).
+fn assert_same_lines(got: &[String], expected: &[String], context: &str) {
+    if got == expected {
+        return;
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|l| !got.contains(l))
+        .take(3)
+        .collect();
+    let extra: Vec<&String> = got
+        .iter()
+        .filter(|l| !expected.contains(l))
+        .take(3)
+        .collect();
+    panic!(
+        "{context}: {} lines, {} expected; missing e.g. {missing:?}; extra e.g. {extra:?}",
+        got.len(),
+        expected.len()
+    );
+}
+
+/// The expected lines of `query`'s golden file.
+fn golden(query: &str) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{query}.jsonl"));
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The committed output of a file sink directory, as sorted lines (in-progress files, whose
+/// names start with `.`, are not output).
+fn committed_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        lines.extend(text.lines().map(String::from));
+    }
+    lines.sort();
+    lines
+}
+
+/// A slow generator (2,000 events in about half a second, so that checkpoints fall between
+/// batches) into a file sink, with checkpoints every 20 ms.
+fn checkpointed_job(
+    query: &str,
+    workers: usize,
+    out: &std::path::Path,
+    checkpoints: &std::path::Path,
+) -> Job {
+    let config = NexmarkConfig {
+        rate_limit: Some(4_000.0),
+        ..config(50)
+    };
+    job(
+        query,
+        Pipeline::new().with_parallelism(workers),
+        config,
+        JsonFileSink::try_new(out).unwrap(),
+    )
+    .unwrap()
+    .with_checkpoints(CheckpointConfig::new(
+        checkpoints,
+        std::time::Duration::from_millis(20),
+    ))
+}
+
+/// Runs `job` until `checkpoints` checkpoints have completed, then cancels it (an in-process
+/// crash: nothing is flushed or committed). Returns whether the job finished first.
+fn run_until_checkpoints(job: Job, checkpoints: u64) -> bool {
+    let completed = job.metrics().counter("checkpoints.completed");
+    let cancel = job.cancel_handle();
+    let runner = std::thread::spawn(move || job.execute_blocking());
+    while !runner.is_finished() && completed.get() < checkpoints {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    cancel.cancel();
+    match runner.join().unwrap() {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(e.to_string().contains("cancelled"), "{e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn checkpointed_runs_match_golden_files() {
+    for query in QUERIES {
+        let tmp = tempfile::tempdir().unwrap();
+        let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
+        let report = checkpointed_job(query, 2, &out, &checkpoints)
+            .execute_blocking()
+            .unwrap();
+        assert!(
+            report.checkpoints.completed >= 3,
+            "{query}: only {} checkpoints",
+            report.checkpoints.completed
+        );
+        assert_eq!(
+            committed_lines(&out),
+            golden(query),
+            "{query} with checkpoints"
+        );
+    }
+}
+
+#[test]
+fn killed_and_restored_runs_match_golden_files() {
+    // (workers of each attempt, checkpoints to wait for before killing it); the last attempt
+    // runs to the end. Rescaling up and down, and a kill before any checkpoint.
+    let plans: [&[(usize, u64)]; 3] = [
+        &[(2, 3), (2, 0)],
+        &[(1, 0), (3, 2), (2, 4), (1, 0)],
+        &[(4, 5), (2, 0)],
+    ];
+    for query in QUERIES {
+        for plan in plans {
+            let tmp = tempfile::tempdir().unwrap();
+            let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
+            let (last, killed) = plan.split_last().unwrap();
+            for &(workers, wait) in killed {
+                let job = checkpointed_job(query, workers, &out, &checkpoints)
+                    .restore_from(RestoreFrom::Latest);
+                run_until_checkpoints(job, wait);
+            }
+            checkpointed_job(query, last.0, &out, &checkpoints)
+                .restore_from(RestoreFrom::Latest)
+                .execute_blocking()
+                .unwrap();
+            assert_same_lines(
+                &committed_lines(&out),
+                &golden(query),
+                &format!("{query} killed and restored as {plan:?}"),
+            );
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use crate::error::{ConnectorError, Result};
 use crate::random::RecordRng;
-use crate::split::{ChunkGenerator, ChunkedSplit, GeneratedReader};
+use crate::split::{ChunkGenerator, GeneratedReader};
 use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use oxflow_runtime::source::{Source, SourceReader};
@@ -110,12 +110,14 @@ impl Source for DatagenSource {
             ),
         ]))
     }
-    fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
+    fn restore_reader(
+        &self,
+        split: SubtaskInfo,
+        positions: &[serde_json::Value],
+    ) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
         let c = &self.config;
-        Ok(Box::new(GeneratedReader {
-            generator: self.clone(),
-            chunks: ChunkedSplit::new(split, c.batch_size, c.rows, c.rate_limit),
-        }))
+        let chunks = (c.batch_size, c.rows, c.rate_limit);
+        GeneratedReader::boxed(self.clone(), split, chunks, positions)
     }
 }
 

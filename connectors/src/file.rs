@@ -14,7 +14,7 @@ use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
 use oxflow_runtime::SubtaskInfo;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -182,20 +182,58 @@ impl Source for FileSource {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
-    fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
+    /// Files are spread over splits by their index (`i % parallelism`); a restored split
+    /// skips files the checkpointed run had finished and resumes a file it was reading at the
+    /// byte after the last line it had read.
+    fn restore_reader(
+        &self,
+        split: SubtaskInfo,
+        positions: &[serde_json::Value],
+    ) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
+        let mut done = std::collections::BTreeSet::new();
+        let mut resume = std::collections::BTreeMap::new();
+        for p in positions {
+            let p: FilePosition = serde_json::from_value(p.clone()).map_err(|e| {
+                oxflow_runtime::RuntimeError::Checkpoint(format!(
+                    "a split position {p} is not a file source position: {e}"
+                ))
+            })?;
+            done.extend(p.done);
+            if let Some(c) = p.current {
+                resume.insert(c.path.clone(), c);
+            }
+        }
         let files = self
             .paths
             .iter()
             .enumerate()
             .filter(|(i, _)| i % split.parallelism == split.index)
-            .map(|(_, p)| p.clone())
+            .map(|(_, p)| p.display().to_string())
+            .filter(|p| !done.contains(p))
             .collect();
         Ok(Box::new(FileReader {
             source: self.clone(),
             files,
             current: None,
+            done: done.into_iter().collect(),
+            resume,
         }))
     }
+}
+
+/// Where a file split is: files finished, and the file being read.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct FilePosition {
+    done: Vec<String>,
+    current: Option<FileOffset>,
+}
+
+/// The next byte to read of a file, and the number of the last line read.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct FileOffset {
+    path: String,
+    offset: u64,
+    line: u64,
 }
 
 /// A line of a batch: its 1-based number and its byte range in the batch's buffer.
@@ -205,12 +243,18 @@ struct OpenFile {
     path: String,
     reader: BufReader<File>,
     line: u64,
+    /// Bytes read so far.
+    offset: u64,
 }
 
 struct FileReader {
     source: FileSource,
-    files: std::collections::VecDeque<PathBuf>,
+    files: std::collections::VecDeque<String>,
     current: Option<OpenFile>,
+    /// Files this split (and the runs it was restored from) finished.
+    done: Vec<String>,
+    /// Where to resume files a checkpointed run was reading.
+    resume: std::collections::BTreeMap<String, FileOffset>,
 }
 
 impl FileReader {
@@ -218,21 +262,30 @@ impl FileReader {
         let Some(path) = self.files.pop_front() else {
             return Ok(false);
         };
-        let file = File::open(&path)
-            .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), e))?;
+        let file =
+            File::open(&path).map_err(|e| ConnectorError::io(format!("opening {path}"), e))?;
         let mut open = OpenFile {
-            path: path.display().to_string(),
+            path,
             reader: BufReader::new(file),
             line: 0,
+            offset: 0,
         };
-        if let FileFormat::Csv {
+        if let Some(at) = self.resume.remove(&open.path) {
+            open.reader
+                .seek(SeekFrom::Start(at.offset))
+                .map_err(|e| ConnectorError::io(format!("seeking in {}", open.path), e))?;
+            open.offset = at.offset;
+            open.line = at.line;
+        } else if let FileFormat::Csv {
             has_header: true, ..
         } = self.source.format
         {
             let mut header = String::new();
-            open.reader
+            open.offset = open
+                .reader
                 .read_line(&mut header)
-                .map_err(|e| ConnectorError::io(format!("reading {}", open.path), e))?;
+                .map_err(|e| ConnectorError::io(format!("reading {}", open.path), e))?
+                as u64;
             open.line = 1;
         }
         self.current = Some(open);
@@ -256,6 +309,7 @@ impl FileReader {
                 if n == 0 {
                     break;
                 }
+                f.offset += n as u64;
                 f.line += 1;
                 if bytes[start..].iter().all(|b| b.is_ascii_whitespace()) {
                     bytes.truncate(start);
@@ -267,7 +321,9 @@ impl FileReader {
                 lines.push((f.line, start, bytes.len()));
             }
             if lines.is_empty() {
-                self.current = None;
+                if let Some(finished) = self.current.take() {
+                    self.done.push(finished.path);
+                }
                 continue;
             }
             return Ok(Some((bytes, lines)));
@@ -323,6 +379,17 @@ impl SourceReader for FileReader {
             _ => self.decode_lines(&bytes, &lines)?,
         };
         Ok(SourcePoll::Batch(batch))
+    }
+    fn position(&self) -> Option<serde_json::Value> {
+        let position = FilePosition {
+            done: self.done.clone(),
+            current: self.current.as_ref().map(|f| FileOffset {
+                path: f.path.clone(),
+                offset: f.offset,
+                line: f.line,
+            }),
+        };
+        Some(serde_json::to_value(position).expect("positions serialize"))
     }
 }
 
@@ -432,5 +499,93 @@ mod tests {
             err.contains("/nonexistent/x.jsonl is not a readable file"),
             "{err}"
         );
+    }
+
+    /// Values of column `a` in the batches `reader` yields, at most `batches` of them.
+    fn values(reader: &mut Box<dyn SourceReader>, batches: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        for _ in 0..batches {
+            match reader.poll_next().unwrap() {
+                SourcePoll::Batch(b) => out.extend(
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                        .unwrap()
+                        .values()
+                        .iter()
+                        .copied(),
+                ),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_restored_split_goes_on_after_the_last_line_read_at_any_parallelism() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = |from: i64| {
+            (from..from + 10)
+                .map(|a| format!("{{\"a\":{a}}}\n"))
+                .collect::<String>()
+        };
+        let csv = |from: i64| {
+            "a,b\n".to_string()
+                + &(from..from + 10)
+                    .map(|a| format!("{a},x\n"))
+                    .collect::<String>()
+        };
+        let json = vec![
+            write(&dir, "0.jsonl", &lines(0)),
+            write(&dir, "1.jsonl", &lines(100)),
+        ];
+        let csvs = vec![
+            write(&dir, "0.csv", &csv(0)),
+            write(&dir, "1.csv", &csv(100)),
+        ];
+        let header = FileFormat::Csv {
+            has_header: true,
+            delimiter: b',',
+        };
+        for (paths, format) in [(json, FileFormat::JsonLines), (csvs, header)] {
+            let s = FileSource::try_new(paths, format, Some(schema()))
+                .unwrap()
+                .with_batch_size(3);
+            let split = |index, parallelism| SubtaskInfo {
+                index,
+                parallelism,
+                max_parallelism: 128,
+            };
+            // One split reads two batches of file 0, the other all of file 1 and then stops.
+            let mut first = s.create_reader(split(0, 2)).unwrap();
+            let mut second = s.create_reader(split(1, 2)).unwrap();
+            let mut seen = values(&mut first, 2);
+            seen.extend(values(&mut second, 10));
+            let positions = vec![first.position().unwrap(), second.position().unwrap()];
+            // Restored at one split: the rest of file 0 only.
+            let mut restored = s.restore_reader(split(0, 1), &positions).unwrap();
+            seen.extend(values(&mut restored, 100));
+            seen.sort();
+            let expected: Vec<i64> = (0..10).chain(100..110).collect();
+            assert_eq!(seen, expected, "{format:?}");
+        }
+        let e = FileSource::try_new(
+            vec![dir.path().join("0.jsonl")],
+            FileFormat::JsonLines,
+            Some(schema()),
+        )
+        .unwrap()
+        .restore_reader(
+            SubtaskInfo {
+                index: 0,
+                parallelism: 1,
+                max_parallelism: 128,
+            },
+            &[serde_json::json!(3)],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("not a file source position"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! A source over batches held in memory, re-cut to a chosen batch size (tests, examples, and
 //! data a program already has).
 
+use crate::split::ChunkCursor;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -42,33 +43,39 @@ impl Source for MemorySource {
     fn schema(&self) -> SchemaRef {
         self.all.schema()
     }
-    fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
+    fn restore_reader(
+        &self,
+        split: SubtaskInfo,
+        positions: &[serde_json::Value],
+    ) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
         Ok(Box::new(MemoryReader {
             source: self.clone(),
-            next: split.index,
-            stride: split.parallelism,
+            cursor: ChunkCursor::restore(split, self.batch_size, positions)?,
         }))
     }
 }
 
+/// Reads batches `k, k + p, ..` of the rows (batches of `batch_size`).
 struct MemoryReader {
     source: MemorySource,
-    next: usize,
-    stride: usize,
+    cursor: ChunkCursor,
 }
 
 impl SourceReader for MemoryReader {
     fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
-        let start = self.next * self.source.batch_size;
+        let start = self.cursor.peek() as usize * self.source.batch_size;
         let rows = self.source.all.num_rows();
         if start >= rows {
             return Ok(SourcePoll::Finished);
         }
-        self.next += self.stride;
+        self.cursor.advance();
         Ok(SourcePoll::Batch(
             self.source
                 .all
                 .slice(start, self.source.batch_size.min(rows - start)),
         ))
+    }
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(self.cursor.position())
     }
 }

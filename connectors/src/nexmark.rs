@@ -10,7 +10,7 @@
 
 use crate::error::{ConnectorError, Result};
 use crate::random::RecordRng;
-use crate::split::{ChunkGenerator, ChunkedSplit, GeneratedReader};
+use crate::split::{ChunkGenerator, GeneratedReader};
 use datafusion::arrow::array::{
     ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
@@ -519,12 +519,14 @@ impl Source for NexmarkSource {
             ..self.clone()
         }))
     }
-    fn create_reader(&self, split: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
+    fn restore_reader(
+        &self,
+        split: SubtaskInfo,
+        positions: &[serde_json::Value],
+    ) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
         let c = &self.config;
-        Ok(Box::new(GeneratedReader {
-            generator: self.clone(),
-            chunks: ChunkedSplit::new(split, c.batch_size, c.events, c.rate_limit),
-        }))
+        let chunks = (c.batch_size, c.events, c.rate_limit);
+        GeneratedReader::boxed(self.clone(), split, chunks, positions)
     }
 }
 

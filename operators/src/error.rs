@@ -34,6 +34,9 @@ pub enum OperatorError {
     /// A typed-row closure's rows did not convert to or from the batch.
     #[error("typed rows: {0}")]
     TypedRow(String),
+    /// Checkpointed operator state could not be read back.
+    #[error("operator state: {0}")]
+    State(String),
     /// DataFusion failed.
     #[error("datafusion: {0}")]
     DataFusion(Box<DataFusionError>),
@@ -64,6 +67,7 @@ impl From<OperatorError> for RuntimeError {
             OperatorError::Arrow(a) => RuntimeError::Arrow(a),
             OperatorError::DataFusion(d) => RuntimeError::DataFusion(d),
             OperatorError::TypedRow(m) => RuntimeError::BadInput(format!("typed rows: {m}")),
+            OperatorError::State(m) => RuntimeError::State(m),
             other => RuntimeError::InvalidJob(other.to_string()),
         }
     }

@@ -3,7 +3,9 @@
 //! This crate owns every concrete [`Operator`](oxflow_runtime::Operator): filter, project and
 //! map over DataFusion expressions, Rust closures over batches and over typed (serde) rows,
 //! and the event-time window operators (tumbling, hopping, session and inherited windows)
-//! that aggregate with DataFusion accumulators or keep the top rows of each window.
+//! that aggregate with DataFusion accumulators or keep the top rows of each window. Each
+//! stateful operator also says how its state is snapshotted at a checkpoint barrier and
+//! restored, by key group, at any parallelism.
 //!
 //! It depends on `oxflow-runtime` and DataFusion. It must never depend on connectors or on
 //! the facade: operators know nothing of where records come from or go.
@@ -14,6 +16,7 @@ pub mod error;
 pub mod expr;
 pub mod map;
 pub mod session;
+mod state;
 pub mod topn;
 pub mod window;
 

@@ -6,15 +6,17 @@
 //! one vectorized pass. A batch is freed when no open session refers to it any more.
 
 use crate::aggregate::{AggregateInputs, Aggregates, Groups};
-use crate::error::Result;
+use crate::error::{OperatorError, Result};
+use crate::state::{decode_entry, encode_by_key_group, state_batch, StoredEntries};
 use crate::window::LateSide;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::HashMap;
+use oxflow_runtime::state::{RestoredState, StateSnapshot};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::{EventTime, Operator, Output};
 use std::cmp::Reverse;
@@ -29,6 +31,7 @@ pub(crate) struct SessionConfig {
     pub key_schema: SchemaRef,
     pub aggregates: Aggregates,
     pub output: SchemaRef,
+    pub max_parallelism: usize,
 }
 
 struct Session {
@@ -55,6 +58,7 @@ pub(crate) struct SessionWindows {
     watermark: EventTime,
     /// Per aggregate: number of arguments and whether it has a filter.
     layout: Vec<(usize, bool)>,
+    stored: StoredEntries,
 }
 
 impl SessionWindows {
@@ -76,6 +80,7 @@ impl SessionWindows {
             next_batch: 0,
             watermark: EventTime::MIN,
             layout: Vec::new(),
+            stored: StoredEntries::default(),
         })
     }
 
@@ -108,32 +113,7 @@ impl SessionWindows {
             return Ok(());
         }
 
-        // Gather the rows of every closed session, session by session.
-        let mut batch_slots: HashMap<u32, usize> = HashMap::new();
-        let mut batch_ids: Vec<u32> = Vec::new();
-        let mut pairs: Vec<(usize, usize)> = Vec::new();
-        let mut group_indices: Vec<usize> = Vec::new();
-        let mut first_rows: Vec<u32> = Vec::with_capacity(closed.len());
-        for (g, session) in closed.iter().enumerate() {
-            first_rows.push(pairs.len() as u32);
-            for &(b, r) in &session.rows {
-                let slot = *batch_slots.entry(b).or_insert_with(|| {
-                    batch_ids.push(b);
-                    batch_ids.len() - 1
-                });
-                pairs.push((slot, r as usize));
-                group_indices.push(g);
-            }
-        }
-        let width = self.pending[&batch_ids[0]].columns.len();
-        let mut gathered = Vec::with_capacity(width);
-        for c in 0..width {
-            let arrays: Vec<&dyn Array> = batch_ids
-                .iter()
-                .map(|b| self.pending[b].columns[c].as_ref())
-                .collect();
-            gathered.push(interleave(&arrays, &pairs)?);
-        }
+        let (gathered, group_indices, first_rows) = self.gather(&closed)?;
         for session in &closed {
             for &(b, _) in &session.rows {
                 let p = self
@@ -170,6 +150,43 @@ impl SessionWindows {
         columns.extend(aggregates);
         out.emit(RecordBatch::try_new(self.cfg.output.clone(), columns)?);
         Ok(())
+    }
+
+    /// The rows of `sessions`, session by session (one `interleave` per column), with each
+    /// row's session number and each session's first row.
+    fn gather<'a>(
+        &self,
+        sessions: impl IntoIterator<Item = &'a Session>,
+    ) -> Result<(Vec<ArrayRef>, Vec<usize>, Vec<u32>)> {
+        let mut batch_slots: HashMap<u32, usize> = HashMap::new();
+        let mut batch_ids: Vec<u32> = Vec::new();
+        let mut pairs: Vec<(usize, usize)> = Vec::new();
+        let mut group_indices: Vec<usize> = Vec::new();
+        let mut first_rows: Vec<u32> = Vec::new();
+        for (g, session) in sessions.into_iter().enumerate() {
+            first_rows.push(pairs.len() as u32);
+            for &(b, r) in &session.rows {
+                let slot = *batch_slots.entry(b).or_insert_with(|| {
+                    batch_ids.push(b);
+                    batch_ids.len() - 1
+                });
+                pairs.push((slot, r as usize));
+                group_indices.push(g);
+            }
+        }
+        let Some(first) = batch_ids.first() else {
+            return Ok((Vec::new(), group_indices, first_rows));
+        };
+        let width = self.pending[first].columns.len();
+        let mut gathered = Vec::with_capacity(width);
+        for c in 0..width {
+            let arrays: Vec<&dyn Array> = batch_ids
+                .iter()
+                .map(|b| self.pending[b].columns[c].as_ref())
+                .collect();
+            gathered.push(interleave(&arrays, &pairs)?);
+        }
+        Ok((gathered, group_indices, first_rows))
     }
 
     fn rebuild_inputs(&self, columns: &[ArrayRef]) -> AggregateInputs {
@@ -290,7 +307,106 @@ impl Operator for SessionWindows {
         self.fire(EventTime::MAX - self.cfg.gap - self.cfg.lateness, out)?;
         Ok(self.late.finish()?)
     }
+
+    /// Open sessions are written whole at every checkpoint, one entry per key group: their
+    /// rows with each row's session bounds and number.
+    fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        let open: Vec<&Session> = self.sessions.values().flatten().collect();
+        let (gathered, numbers, _) = self.gather(open.iter().copied())?;
+        let parts = if gathered.is_empty() {
+            Vec::new()
+        } else {
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(
+                    numbers.iter().map(|&g| open[g].start),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    numbers.iter().map(|&g| open[g].last),
+                )),
+                Arc::new(UInt32Array::from_iter_values(
+                    numbers.iter().map(|&g| g as u32),
+                )),
+            ];
+            columns.extend(gathered);
+            let batch = state_batch(columns)?;
+            // Session keys are exactly the key_by columns, in order.
+            let keys = &batch.columns()[3..3 + self.cfg.key_indices.len()];
+            encode_by_key_group(&batch, keys, self.cfg.max_parallelism)?
+        };
+        self.stored.replace(state, SESSIONS.to_vec(), parts);
+        let layout = serde_json::to_vec(&self.layout).expect("layouts serialize");
+        state.set_operator_state(layout);
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
+        if let Some(layout) = state.operator.iter().find(|l| l.as_slice() != b"[]") {
+            self.layout = serde_json::from_slice(layout).map_err(|e| {
+                OperatorError::State(format!("session aggregate layout is unreadable: {e}"))
+            })?;
+        }
+        let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
+        let n_keys = self.cfg.key_indices.len();
+        for (kg, _, value) in state.keyed {
+            let batch = decode_entry(kg, &value)?;
+            let bad =
+                |what: &str| OperatorError::State(format!("sessions of key group {kg}: {what}"));
+            if batch.num_columns() < 3 + n_keys {
+                return Err(bad("too few columns").into());
+            }
+            let int64 = |i: usize| {
+                batch
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| bad("session bounds are not Int64"))
+            };
+            let (starts, lasts) = (int64(0)?, int64(1)?);
+            let numbers = batch
+                .column(2)
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .ok_or_else(|| bad("session numbers are not UInt32"))?;
+            let columns = batch.columns()[3..].to_vec();
+            let keys = self
+                .converter
+                .convert_columns(&columns[..n_keys])
+                .map_err(OperatorError::from)?;
+            let id = self.next_batch;
+            self.next_batch = self.next_batch.wrapping_add(1);
+            for i in 0..batch.num_rows() {
+                let key: &[u8] = if n_keys == 0 { &[] } else { keys.row(i).data() };
+                let sessions = self.sessions.entry_ref(key).or_default();
+                if i == 0 || numbers.value(i) != numbers.value(i - 1) {
+                    sessions.push(Session {
+                        start: starts.value(i),
+                        last: lasts.value(i),
+                        rows: Vec::new(),
+                    });
+                }
+                sessions
+                    .last_mut()
+                    .expect("pushed above")
+                    .rows
+                    .push((id, i as u32));
+            }
+            let live = batch.num_rows();
+            if live > 0 {
+                self.pending.insert(id, Pending { columns, live });
+            }
+        }
+        for (key, sessions) in self.sessions.iter_mut() {
+            sessions.sort_by_key(|s| s.start);
+            if let Some(next) = sessions.iter().map(|s| s.last + gap - 1 + lateness).min() {
+                self.timers.push(Reverse((next, key.as_slice().into())));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The item key of the sessions entry of a key group.
+const SESSIONS: &[u8] = b"sessions";
 
 #[cfg(test)]
 impl SessionWindows {
@@ -347,6 +463,7 @@ mod tests {
             )
             .unwrap(),
             output: factory.output_schema(),
+            max_parallelism: 128,
         };
         let late = LateSide::try_new(
             &LateRecords::Drop,

@@ -5,7 +5,10 @@
 //! the kept rows are reduced again when they outgrow the last reduction, so a window holds
 //! little more than its answer whatever its input.
 
-use crate::error::{column_index, Result};
+use crate::error::{column_index, OperatorError, Result};
+use crate::state::{
+    decode_entry, encode_by_key_group, parse_window_key, window_key, StoredEntries,
+};
 use crate::window::{
     key_fields, late_flags, window_field, window_fired, with_bounds, Assigner, LateSide,
     WindowSettings, WindowSpec, WINDOW_END, WINDOW_START,
@@ -19,8 +22,9 @@ use datafusion::arrow::compute::{filter_record_batch, sort_to_indices};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use oxflow_runtime::metrics::Counter;
+use oxflow_runtime::state::{RestoredState, StateSnapshot};
 use oxflow_runtime::{EventTime, Operator, OperatorFactory, Output, SubtaskInfo};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Keeps, per key and window, the rows with the `n` highest values of a column, ties
@@ -116,6 +120,15 @@ impl OperatorFactory for WindowTopN {
                 subtask,
                 self.input.clone(),
             )?,
+            max_parallelism: subtask.max_parallelism,
+            partition: self
+                .settings
+                .keys
+                .iter()
+                .map(|k| column_index(&self.input, k, "key_by"))
+                .collect::<Result<_>>()?,
+            dirty: BTreeSet::new(),
+            stored: StoredEntries::default(),
         }))
     }
 }
@@ -232,9 +245,37 @@ struct TopNOperator {
     watermark: EventTime,
     windows: BTreeMap<(EventTime, EventTime), Candidates>,
     late: LateSide,
+    max_parallelism: usize,
+    /// Input columns the exchange into this operator hashes (`key_by`, window bounds
+    /// included), to store state by the same key groups.
+    partition: Vec<usize>,
+    /// Windows changed since the last snapshot.
+    dirty: BTreeSet<(EventTime, EventTime)>,
+    stored: StoredEntries,
 }
 
 impl TopNOperator {
+    /// Adds rows to a window's candidates, reducing them to the top n when they pile up.
+    fn add_candidates(&mut self, window: (EventTime, EventTime), top: RecordBatch) -> Result<()> {
+        self.dirty.insert(window);
+        let c = self.windows.entry(window).or_insert_with(|| Candidates {
+            batches: Vec::new(),
+            rows: 0,
+            reduce_at: 1024,
+        });
+        c.rows += top.num_rows();
+        c.batches.push(top);
+        if c.rows > c.reduce_at {
+            let reduced = self
+                .reducer
+                .reduce(&concat_batches(&self.input, &c.batches)?)?;
+            c.rows = reduced.num_rows();
+            c.reduce_at = (2 * c.rows).max(1024);
+            c.batches = vec![reduced];
+        }
+        Ok(())
+    }
+
     fn fire(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
         while let Some(entry) = self.windows.first_entry() {
             let (end, start) = *entry.key();
@@ -282,24 +323,45 @@ impl Operator for TopNOperator {
                 Some(i) => take_record_batch(&batch, i)?,
             };
             let top = self.reducer.reduce(&part)?;
-            let c = self
-                .windows
-                .entry((rows.end, rows.start))
-                .or_insert_with(|| Candidates {
-                    batches: Vec::new(),
-                    rows: 0,
-                    reduce_at: 1024,
-                });
-            c.rows += top.num_rows();
-            c.batches.push(top);
-            if c.rows > c.reduce_at {
-                let reduced = self
-                    .reducer
-                    .reduce(&concat_batches(&self.input, &c.batches)?)?;
-                c.rows = reduced.num_rows();
-                c.reduce_at = (2 * c.rows).max(1024);
-                c.batches = vec![reduced];
-            }
+            self.add_candidates((rows.end, rows.start), top)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        let windows = &self.windows;
+        self.stored.retain(state, |item| {
+            parse_window_key(item).is_ok_and(|w| windows.contains_key(&w))
+        });
+        for window in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.windows.get(&window) else {
+                continue;
+            };
+            let rows = concat_batches(&self.input, &c.batches)?;
+            let keys: Vec<ArrayRef> = self
+                .partition
+                .iter()
+                .map(|&i| rows.column(i).clone())
+                .collect();
+            let parts = encode_by_key_group(&rows, &keys, self.max_parallelism)?;
+            self.stored
+                .replace(state, window_key(window.0, window.1), parts);
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
+        for (kg, key, value) in state.keyed {
+            let window = parse_window_key(&key)?;
+            let batch = decode_entry(kg, &value)?;
+            let batch = RecordBatch::try_new(self.input.clone(), batch.columns().to_vec())
+                .map_err(|e| {
+                    OperatorError::State(format!(
+                        "top-n rows of window [{}, {}) in key group {kg} do not fit this job's input: {e}",
+                        window.1, window.0
+                    ))
+                })?;
+            self.add_candidates(window, batch)?;
         }
         Ok(())
     }

@@ -9,6 +9,10 @@
 
 use crate::aggregate::{take_inputs, Aggregates, Groups, GroupsState};
 use crate::error::{column_index, OperatorError, Result};
+use crate::state::{
+    decode_entry, encode_by_key_group, encode_i64, max_i64, parse_window_key, state_batch,
+    window_key, StoredEntries,
+};
 use datafusion::arrow::array::{
     Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
@@ -17,9 +21,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::logical_expr::Expr;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::sink::{SinkRef, SinkWriter};
+use oxflow_runtime::state::{RestoredState, StateSnapshot};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::{EventTime, Operator, OperatorFactory, Output, SubtaskInfo};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,7 +123,7 @@ pub enum LateRecords {
 /// Counts late records and sends them to the side output.
 pub(crate) struct LateSide {
     counter: Counter,
-    writer: Option<Box<dyn SinkWriter>>,
+    writer: Option<(SinkRef, Box<dyn SinkWriter>)>,
 }
 
 impl LateSide {
@@ -130,7 +135,9 @@ impl LateSide {
     ) -> oxflow_runtime::Result<Self> {
         let writer = match late {
             LateRecords::Drop => None,
-            LateRecords::SideOutput(sink) => Some(sink.create_writer(subtask, schema)?),
+            LateRecords::SideOutput(sink) => {
+                Some((sink.clone(), sink.create_writer(subtask, schema)?))
+            }
         };
         Ok(LateSide { counter, writer })
     }
@@ -144,15 +151,19 @@ impl LateSide {
         self.counter.add(n_late as u64);
         let (late_rows, on_time): (Vec<u32>, Vec<u32>) =
             (0..batch.num_rows() as u32).partition(|&i| late[i as usize]);
-        if let Some(writer) = &mut self.writer {
+        if let Some((_, writer)) = &mut self.writer {
             writer.write(&take_record_batch(&batch, &UInt32Array::from(late_rows))?)?;
         }
         Ok(take_record_batch(&batch, &UInt32Array::from(on_time))?)
     }
 
+    /// End of input: the side output is committed at once (it is not part of checkpoints:
+    /// late records are at least once).
     pub(crate) fn finish(&mut self) -> Result<()> {
-        if let Some(writer) = &mut self.writer {
-            writer.finish()?;
+        if let Some((sink, writer)) = &mut self.writer {
+            if let Some(pending) = writer.finish()? {
+                sink.commit(0, &[pending])?;
+            }
         }
         Ok(())
     }
@@ -359,6 +370,52 @@ pub(crate) fn key_fields(
             .collect::<Vec<_>>(),
     ));
     Ok((indices, schema))
+}
+
+/// One column the exchange into a window operator hashes: a key column of the operator's
+/// state, or a bound of the (inherited) window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PartitionColumn {
+    Key(usize),
+    WindowStart,
+    WindowEnd,
+}
+
+/// The columns `key_by` hashes, in its order, as found in a window operator's state.
+pub(crate) fn partition_columns(settings: &WindowSettings) -> Vec<PartitionColumn> {
+    let inherited = settings.window == WindowSpec::Inherited;
+    let mut next_key = 0;
+    settings
+        .keys
+        .iter()
+        .map(|k| match k.as_str() {
+            WINDOW_START if inherited => PartitionColumn::WindowStart,
+            WINDOW_END if inherited => PartitionColumn::WindowEnd,
+            _ => {
+                next_key += 1;
+                PartitionColumn::Key(next_key - 1)
+            }
+        })
+        .collect()
+}
+
+/// The hashed columns of `rows` state rows of window `[start, end)` whose key columns are
+/// `keys`.
+pub(crate) fn partition_arrays(
+    partition: &[PartitionColumn],
+    keys: &[ArrayRef],
+    start: EventTime,
+    end: EventTime,
+    rows: usize,
+) -> Vec<ArrayRef> {
+    partition
+        .iter()
+        .map(|p| match p {
+            PartitionColumn::Key(i) => keys[*i].clone(),
+            PartitionColumn::WindowStart => window_bound(start, rows),
+            PartitionColumn::WindowEnd => window_bound(end, rows),
+        })
+        .collect()
 }
 
 /// Settings shared by every window operator.
@@ -583,6 +640,10 @@ impl OperatorFactory for WindowAggregate {
                         .iter()
                         .map(|f| f.len())
                         .collect(),
+                    max_parallelism: subtask.max_parallelism,
+                    partition: partition_columns(&self.settings),
+                    dirty: BTreeSet::new(),
+                    stored: StoredEntries::default(),
                 })
             }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
@@ -598,6 +659,7 @@ impl OperatorFactory for WindowAggregate {
                     key_schema: self.key_schema.clone(),
                     aggregates: self.aggregates.clone(),
                     output: self.output.clone(),
+                    max_parallelism: subtask.max_parallelism,
                 },
                 late,
             )?),
@@ -656,8 +718,14 @@ struct FixedWindows {
     fired_up_to: EventTime,
     late: LateSide,
     phase: Phase,
-    /// Global phase: how many state columns each aggregate's partial has.
+    /// How many state columns each aggregate's partial has.
     state_widths: Vec<usize>,
+    max_parallelism: usize,
+    /// What the exchange into this operator hashes, to store state by the same key groups.
+    partition: Vec<PartitionColumn>,
+    /// Windows or panes changed since the last snapshot.
+    dirty: BTreeSet<(EventTime, EventTime)>,
+    stored: StoredEntries,
 }
 
 impl FixedWindows {
@@ -682,6 +750,7 @@ impl FixedWindows {
 
     /// The groups of the window or pane `[start, end)`, created empty if new.
     fn groups_of(&mut self, end: EventTime, start: EventTime) -> Result<&mut Groups> {
+        self.dirty.insert((end, start));
         Ok(match self.groups.entry((end, start)) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -716,24 +785,30 @@ impl FixedWindows {
 
     /// Global phase: merges partial states into their panes.
     fn merge_partials(&mut self, batch: &RecordBatch) -> Result<()> {
-        let key_count = self.key_indices.len();
         for rows in self.assigner.assign(batch)? {
-            let column = |i: usize| rows.take(batch.column(i));
-            let keys = (2..2 + key_count).map(column).collect::<Result<Vec<_>>>()?;
-            let mut next = 2 + key_count;
-            let mut states = Vec::with_capacity(self.state_widths.len());
-            for &w in &self.state_widths {
-                states.push((next..next + w).map(column).collect::<Result<Vec<_>>>()?);
-                next += w;
-            }
-            let groups = rows.indices.as_ref().map_or(batch.num_rows(), |i| i.len());
-            self.groups_of(rows.end, rows.start)?.merge(&GroupsState {
-                keys,
-                states,
-                groups,
-            })?;
+            let columns = (2..batch.num_columns())
+                .map(|i| rows.take(batch.column(i)))
+                .collect::<Result<Vec<_>>>()?;
+            let state = self.groups_state(columns);
+            self.groups_of(rows.end, rows.start)?.merge(&state)?;
         }
         Ok(())
+    }
+
+    /// Keys then each aggregate's state columns, as partials and state entries lay them out.
+    fn groups_state(&self, mut columns: Vec<ArrayRef>) -> GroupsState {
+        let groups = columns.first().map_or(0, |c| c.len());
+        let mut rest = columns.split_off(self.key_indices.len());
+        let mut states = Vec::with_capacity(self.state_widths.len());
+        for &w in &self.state_widths {
+            let tail = rest.split_off(w.min(rest.len()));
+            states.push(std::mem::replace(&mut rest, tail));
+        }
+        GroupsState {
+            keys: columns,
+            states,
+            groups,
+        }
     }
 
     fn fire(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
@@ -858,6 +933,60 @@ impl Operator for FixedWindows {
     fn on_end_of_input(&mut self, out: &mut Output) -> oxflow_runtime::Result<()> {
         self.fire(None, out)?;
         Ok(self.late.finish()?)
+    }
+
+    fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        let live: BTreeSet<Vec<u8>> = self
+            .groups
+            .keys()
+            .map(|&(end, start)| window_key(end, start))
+            .collect();
+        self.stored.retain(state, |item| live.contains(item));
+        for (end, start) in std::mem::take(&mut self.dirty) {
+            let Some(groups) = self.groups.get_mut(&(end, start)) else {
+                continue;
+            };
+            let partial = groups.state(&self.key_schema, &self.aggregates)?;
+            let columns = partial
+                .keys
+                .into_iter()
+                .chain(partial.states.into_iter().flatten())
+                .collect();
+            let batch = state_batch(columns)?;
+            let keys = partition_arrays(
+                &self.partition,
+                batch.columns(),
+                start,
+                end,
+                batch.num_rows(),
+            );
+            let parts = encode_by_key_group(&batch, &keys, self.max_parallelism)?;
+            self.stored.replace(state, window_key(end, start), parts);
+        }
+        state.set_operator_state(encode_i64(self.fired_up_to));
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
+        for (kg, key, value) in state.keyed {
+            let (end, start) = parse_window_key(&key)?;
+            let batch = decode_entry(kg, &value)?;
+            let expected = self.key_indices.len() + self.state_widths.iter().sum::<usize>();
+            if batch.num_columns() != expected {
+                return Err(OperatorError::State(format!(
+                    "window [{start}, {end}) in key group {kg} has {} columns; this aggregate keeps {expected}: the checkpoint is of another job",
+                    batch.num_columns()
+                ))
+                .into());
+            }
+            let partial = self.groups_state(batch.columns().to_vec());
+            // Marked dirty: this run's store starts empty.
+            self.groups_of(end, start)?.merge(&partial)?;
+        }
+        if let Some(fired) = max_i64(&state.operator)? {
+            self.fired_up_to = self.fired_up_to.max(fired);
+        }
+        Ok(())
     }
 }
 

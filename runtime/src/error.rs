@@ -45,6 +45,13 @@ pub enum RuntimeError {
         /// The panic payload, if it was a string.
         message: String,
     },
+    /// Operator state could not be stored or read (RocksDB, or an unreadable entry).
+    #[error("state: {0}")]
+    State(String),
+    /// A checkpoint could not be written, or one being restored is missing, partial or
+    /// corrupt; the message names the file.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// Another task failed first and this one was cancelled.
     #[error("job cancelled")]
     Cancelled,

@@ -9,7 +9,12 @@
 // operator logic never sees it.
 #![allow(clippy::disallowed_methods)]
 
+use crate::checkpoint::{
+    checkpoint_dir, checkpoint_ids, CheckpointConfig, Restored, SourceSnapshot, TaskSnapshot,
+};
 use crate::clock::Clock;
+pub use crate::coordinator::CheckpointStats;
+use crate::coordinator::{Coordinator, JobShape, Report, SavepointRequests};
 use crate::error::{Result, RuntimeError};
 use crate::exchange::{Partitioner, Partitioning};
 use crate::graph::{JobGraph, StageInput};
@@ -18,10 +23,13 @@ use crate::metrics::{Counter, JobMetrics};
 use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
+use crate::state::{key_group_range, read_state, StateBackend, StateSnapshot};
 use crate::watermark::{InputWatermarks, WatermarkGenerator, WatermarkUpdate};
 use datafusion::arrow::record_batch::RecordBatch;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +58,47 @@ pub struct JobReport {
     pub metrics: Vec<(String, u64)>,
     /// Rows the sink received.
     pub output_rows: u64,
+    /// What checkpoints this run took.
+    pub checkpoints: CheckpointStats,
+    /// The checkpoint the run started from.
+    pub restored_from: Option<u64>,
+    /// Whether the restored checkpoint was taken at the end of input: the run only committed
+    /// its output again.
+    pub already_finished: bool,
+}
+
+/// How a job is checkpointed and where it starts.
+#[derive(Default)]
+pub struct ExecuteOptions {
+    /// Checkpoints to take (none: the job cannot be restored, and sinks commit at the end).
+    pub checkpoints: Option<CheckpointConfig>,
+    /// A verified checkpoint to start from.
+    pub restore: Option<Restored>,
+    /// Starting from the beginning after a restore found no usable checkpoint: the sink
+    /// drops output a previous attempt may have left.
+    pub roll_back_output: bool,
+    /// Where savepoint requests arrive.
+    pub savepoints: SavepointRequests,
+}
+
+/// Checks that a checkpoint was taken from this job: same stages, same operators.
+fn check_compatible(graph: &JobGraph, restored: &Restored) -> Result<()> {
+    let m = &restored.manifest;
+    let ours: Vec<Vec<String>> = graph
+        .stages
+        .iter()
+        .map(|s| s.operators.iter().map(|o| o.name()).collect())
+        .collect();
+    let theirs: Vec<Vec<String>> = m.stages.iter().map(|s| s.operators.clone()).collect();
+    if ours != theirs || m.max_parallelism != graph.max_parallelism {
+        return Err(RuntimeError::Checkpoint(format!(
+            "{} was taken from a different job: its stages run {theirs:?} over {} key groups, this job's run {ours:?} over {}",
+            restored.dir.display(),
+            m.max_parallelism,
+            graph.max_parallelism
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `graph` to completion on the calling thread (subtasks on their own threads).
@@ -58,11 +107,86 @@ pub fn execute(
     metrics: JobMetrics,
     clock: Arc<dyn Clock>,
     cancel: CancelHandle,
+    options: ExecuteOptions,
 ) -> Result<JobReport> {
     graph.validate()?;
     let schemas = graph.output_schemas()?;
     let started = Instant::now();
     let n = graph.stages.len();
+    let sink = graph.stages[n - 1]
+        .sink
+        .clone()
+        .expect("validated: the last stage has a sink");
+    let restore = options.restore.map(Arc::new);
+    if let Some(r) = &restore {
+        check_compatible(&graph, r)?;
+        // Heal a crash between the manifest and the commit, then drop what later attempts
+        // wrote: the replay writes it again.
+        let m = &r.manifest;
+        let pending: Vec<_> = m.stages[n - 1]
+            .subtasks
+            .iter()
+            .filter_map(|t| t.sink.clone())
+            .collect();
+        sink.commit(m.id, &pending)?;
+        sink.roll_back_after(m.id)?;
+        if m.finished {
+            return Ok(JobReport {
+                elapsed: started.elapsed(),
+                metrics: metrics.snapshot(),
+                output_rows: 0,
+                checkpoints: CheckpointStats::default(),
+                restored_from: Some(m.id),
+                already_finished: true,
+            });
+        }
+    } else if options.roll_back_output {
+        sink.roll_back_after(0)?;
+    }
+    // Checkpoint ids never repeat in a directory, whatever was restored.
+    let next_id = match &options.checkpoints {
+        Some(c) => {
+            let newest = checkpoint_ids(&c.dir)?.first().copied().unwrap_or(0);
+            newest.max(restore.as_ref().map_or(0, |r| r.manifest.id)) + 1
+        }
+        None => 1,
+    };
+    let work_root = match &options.checkpoints {
+        Some(c) => {
+            let work = c.dir.join(".work");
+            // Working state of an earlier (crashed) run: its checkpoints hold all that counts.
+            if work.exists() {
+                std::fs::remove_dir_all(&work)
+                    .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
+            }
+            Some(work)
+        }
+        None => None,
+    };
+    let shape = JobShape {
+        stages: graph
+            .stages
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.operators.iter().map(|o| o.name()).collect(),
+                    s.parallelism,
+                )
+            })
+            .collect(),
+        max_parallelism: graph.max_parallelism,
+    };
+    let mut coordinator = Coordinator::new(
+        options.checkpoints.clone(),
+        next_id,
+        shape,
+        sink.clone(),
+        options.savepoints.clone(),
+        &metrics,
+    );
+    let trigger = coordinator.trigger.clone();
+    let (report_tx, report_rx) = channel::<Report>();
 
     // Receivers of each stage's subtasks (none for the source stage).
     let mut receivers: Vec<Vec<Receiver<Envelope>>> = Vec::with_capacity(n);
@@ -136,14 +260,62 @@ pub fn execute(
                 outputs: Vec::new(),
                 downstream,
                 records_out: records_out.clone(),
+                watermark: EventTime::MIN,
+            };
+            let checkpointing = TaskCheckpointing {
+                stage: s,
+                subtask: index,
+                info,
+                root: options.checkpoints.as_ref().map(|c| c.dir.clone()),
+                work: work_root
+                    .as_ref()
+                    .map(|w| w.join(format!("stage{s}-{index}"))),
+                reports: report_tx.clone(),
+                backend: None,
+                background: None,
+                restore: restore.clone(),
+                restore_ms: metrics.counter("restore.state_ms"),
             };
             let body: Box<dyn FnOnce() -> Result<()> + Send> = match &stage.input {
                 StageInput::Source { source, watermarks } => {
-                    let reader = source.create_reader(info)?;
-                    let generator = watermarks.clone().map(WatermarkGenerator::new);
+                    let mut generator = watermarks.clone().map(WatermarkGenerator::new);
+                    let reader = match &restore {
+                        None => source.create_reader(info)?,
+                        Some(r) => {
+                            let old = &r.manifest.stages[0].subtasks;
+                            let positions =
+                                old.iter()
+                                    .map(|t| {
+                                        t.source.as_ref().map(|s| s.position.clone()).ok_or_else(
+                                            || {
+                                                RuntimeError::Checkpoint(format!(
+                                                    "{}: a source split has no position",
+                                                    r.dir.display()
+                                                ))
+                                            },
+                                        )
+                                    })
+                                    .collect::<Result<Vec<_>>>()?;
+                            // The split's own event-time progress if it kept its number,
+                            // else the least any split had reached (never more late records).
+                            let max_times = old
+                                .iter()
+                                .map(|t| t.source.as_ref().and_then(|s| s.max_event_time));
+                            let max_time = if old.len() == stage.parallelism {
+                                old[index].source.as_ref().and_then(|s| s.max_event_time)
+                            } else {
+                                max_times.min().flatten()
+                            };
+                            if let (Some(g), Some(t)) = (&mut generator, max_time) {
+                                g.restore(t);
+                            }
+                            source.restore_reader(info, &positions)?
+                        }
+                    };
                     let idle_timeout = watermarks.as_ref().and_then(|w| w.idle_timeout);
                     let (clock, cancel, records_in) =
                         (clock.clone(), cancel.clone(), records_in.clone());
+                    let trigger = trigger.clone();
                     Box::new(move || {
                         run_source(SourceTask {
                             reader,
@@ -153,6 +325,8 @@ pub fn execute(
                             clock,
                             cancel,
                             records_in,
+                            checkpointing,
+                            trigger,
                         })
                     })
                 }
@@ -164,7 +338,9 @@ pub fn execute(
                     };
                     let rx = receiver.expect("one receiver per subtask");
                     let (cancel, records_in) = (cancel.clone(), records_in.clone());
-                    Box::new(move || run_exchange_input(rx, inputs, chain, cancel, records_in))
+                    Box::new(move || {
+                        run_exchange_input(rx, inputs, chain, cancel, records_in, checkpointing)
+                    })
                 }
             };
             let cancel = cancel.clone();
@@ -199,8 +375,21 @@ pub fn execute(
             handles.push(handle);
         }
     }
-    // The executor's own copies must go, or the first stage's receivers would never close.
+    // The executor's own copies must go, or the first stage's receivers would never close
+    // and the coordinator would wait forever.
     drop(senders);
+    drop(report_tx);
+    let coordinator_cancel = cancel.clone();
+    let coordinator_thread = std::thread::Builder::new()
+        .name("checkpoint-coordinator".into())
+        .spawn(move || {
+            let result = coordinator.run(report_rx);
+            if result.is_err() {
+                coordinator_cancel.cancel();
+            }
+            (coordinator, result)
+        })
+        .map_err(|e| RuntimeError::io("spawning the checkpoint coordinator", e))?;
 
     let mut first_error: Option<RuntimeError> = None;
     for handle in handles {
@@ -221,13 +410,28 @@ pub fn execute(
             }
         }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(JobReport {
-            elapsed: started.elapsed(),
-            metrics: metrics.snapshot(),
-            output_rows: sink_rows.get(),
-        }),
+    let (mut coordinator, coordinated) =
+        coordinator_thread.join().map_err(|_| RuntimeError::Panic {
+            task: "checkpoint-coordinator".into(),
+            message: "thread panicked".into(),
+        })?;
+    if let Some(work) = &work_root {
+        // Best effort: a leftover is cleared at the next start.
+        let _ = std::fs::remove_dir_all(work);
+    }
+    match (first_error, coordinated) {
+        (_, Err(e)) | (Some(e), _) => Err(e),
+        (None, Ok(())) => {
+            coordinator.finish()?;
+            Ok(JobReport {
+                elapsed: started.elapsed(),
+                metrics: metrics.snapshot(),
+                output_rows: sink_rows.get(),
+                checkpoints: coordinator.stats.clone(),
+                restored_from: restore.as_ref().map(|r| r.manifest.id),
+                already_finished: false,
+            })
+        }
     }
 }
 
@@ -301,10 +505,9 @@ impl Downstream {
 
     fn control(&mut self, message: Message) -> Result<()> {
         match self {
-            Downstream::Sink(writer) => match message {
-                Message::EndOfStream => writer.finish(),
-                _ => Ok(()),
-            },
+            // The sink's end of input and barriers are handled by the task (`Chain::end`,
+            // `TaskCheckpointing::checkpoint`): they produce output to commit.
+            Downstream::Sink(_) => Ok(()),
             Downstream::Exchange {
                 forward,
                 index,
@@ -332,6 +535,8 @@ struct Chain {
     outputs: Vec<Output>,
     downstream: Downstream,
     records_out: Counter,
+    /// The last watermark the operators handled.
+    watermark: EventTime,
 }
 
 impl Chain {
@@ -374,13 +579,198 @@ impl Chain {
     }
 
     fn watermark(&mut self, wm: EventTime) -> Result<()> {
+        if wm <= self.watermark {
+            // Already handled (a restored job hears its checkpoint's watermark again).
+            return Ok(());
+        }
+        self.watermark = wm;
         self.each_operator(|op, out| op.on_watermark(wm, out))?;
         self.downstream.control(Message::Watermark(wm))
     }
 
-    fn end(&mut self) -> Result<()> {
+    fn end(&mut self, checkpointing: &mut TaskCheckpointing) -> Result<()> {
         self.each_operator(|op, out| op.on_end_of_input(out))?;
+        checkpointing.wait_for_background()?;
+        if let Downstream::Sink(writer) = &mut self.downstream {
+            let pending = writer.finish()?;
+            checkpointing.report(Report::Final {
+                subtask: checkpointing.subtask,
+                pending,
+            });
+        }
         self.downstream.control(Message::EndOfStream)
+    }
+}
+
+/// A subtask's part in checkpoints: snapshots at barriers, state restore at start.
+struct TaskCheckpointing {
+    stage: usize,
+    subtask: usize,
+    info: SubtaskInfo,
+    /// The checkpoint directory (none: checkpoints are off).
+    root: Option<PathBuf>,
+    /// This subtask's RocksDB working directory.
+    work: Option<PathBuf>,
+    reports: Sender<Report>,
+    /// Opened at the first snapshot that holds state.
+    backend: Option<StateBackend>,
+    /// The slow part of the previous snapshot (RocksDB checkpoint, checksums).
+    background: Option<std::thread::JoinHandle<StateBackend>>,
+    restore: Option<Arc<Restored>>,
+    /// The longest any subtask took to load its state (a gauge).
+    restore_ms: Counter,
+}
+
+impl TaskCheckpointing {
+    fn report(&self, report: Report) {
+        // The coordinator only goes away when the job does.
+        let _ = self.reports.send(report);
+    }
+
+    fn wait_for_background(&mut self) -> Result<()> {
+        if let Some(handle) = self.background.take() {
+            let backend = handle.join().map_err(|_| RuntimeError::Panic {
+                task: format!(
+                    "checkpoint of stage {} subtask {}",
+                    self.stage, self.subtask
+                ),
+                message: "thread panicked".into(),
+            })?;
+            self.backend = Some(backend);
+        }
+        Ok(())
+    }
+
+    /// Hands each operator the state of the key groups this subtask owns, and the watermark
+    /// they had reached.
+    fn restore(&self, chain: &mut Chain) -> Result<()> {
+        let Some(r) = &self.restore else {
+            return Ok(());
+        };
+        let old = &r.manifest.stages[self.stage].subtasks;
+        let dirs: Vec<PathBuf> = old
+            .iter()
+            .filter_map(|t| t.state_dir.as_ref().map(|d| r.dir.join(d)))
+            .collect();
+        let info = self.info;
+        let started = Instant::now();
+        if !dirs.is_empty() {
+            let key_groups = key_group_range(info.index, info.parallelism, info.max_parallelism);
+            for (k, op) in chain.operators.iter_mut().enumerate() {
+                let state = read_state(&dirs, k, key_groups.clone())?;
+                if !state.is_empty() {
+                    op.restore_state(state)?;
+                }
+            }
+        }
+        self.restore_ms.max(started.elapsed().as_millis() as u64);
+        // Every subtask of a keyed stage saw the same watermarks before the barrier; source
+        // splits differ, and a rescaled one takes the least (never more late records).
+        let watermark = if old.len() == info.parallelism {
+            old[info.index].watermark
+        } else {
+            old.iter().map(|t| t.watermark).min().flatten()
+        };
+        if let Some(w) = watermark {
+            chain.watermark = w;
+            chain.each_operator(|op, out| op.on_watermark(w, out))?;
+        }
+        Ok(())
+    }
+
+    /// Barrier `id` has arrived on every input: snapshot the operators, pre-commit the sink,
+    /// pass the barrier on, and leave the slow part (the RocksDB checkpoint) to a background
+    /// thread that acknowledges when done.
+    fn checkpoint(
+        &mut self,
+        id: u64,
+        chain: &mut Chain,
+        source: Option<SourceSnapshot>,
+    ) -> Result<()> {
+        self.wait_for_background()?;
+        for (k, op) in chain.operators.iter_mut().enumerate() {
+            let mut snapshot = StateSnapshot::default();
+            op.snapshot_state(&mut snapshot)?;
+            if snapshot.is_empty() {
+                continue;
+            }
+            if self.backend.is_none() {
+                let work = self.work.as_ref().ok_or_else(|| {
+                    RuntimeError::Checkpoint("a barrier arrived, but checkpoints are off".into())
+                })?;
+                self.backend = Some(StateBackend::open(work)?);
+            }
+            let backend = self.backend.as_ref().expect("opened above");
+            backend.apply(k, self.subtask, snapshot)?;
+        }
+        let sink = match &mut chain.downstream {
+            Downstream::Sink(writer) => writer.pre_commit()?,
+            Downstream::Exchange { .. } => None,
+        };
+        chain.downstream.control(Message::Barrier(id))?;
+        let mut snapshot = TaskSnapshot {
+            source,
+            sink,
+            watermark: (chain.watermark != EventTime::MIN).then_some(chain.watermark),
+            ..Default::default()
+        };
+        let (stage, subtask) = (self.stage, self.subtask);
+        let Some(mut backend) = self.backend.take() else {
+            self.report(Report::Ack {
+                id,
+                stage,
+                subtask,
+                snapshot,
+                new_bytes: 0,
+            });
+            return Ok(());
+        };
+        let root = self
+            .root
+            .clone()
+            .expect("a backend exists only with checkpoints on");
+        let reports = self.reports.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("snapshot-{stage}-{subtask}"))
+            .spawn(move || {
+                let dir = checkpoint_dir(&root, id);
+                let relative = format!("stage{stage}-{subtask}");
+                let result = std::fs::create_dir_all(&dir)
+                    .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))
+                    .and_then(|_| backend.checkpoint(&dir.join(&relative), &dir));
+                let report = match result {
+                    Ok(files) => {
+                        snapshot.state_dir = Some(relative);
+                        snapshot.files = files.files;
+                        Report::Ack {
+                            id,
+                            stage,
+                            subtask,
+                            snapshot,
+                            new_bytes: files.new_bytes,
+                        }
+                    }
+                    Err(e) => Report::Decline {
+                        id,
+                        reason: format!("stage {stage} subtask {subtask}: {e}"),
+                    },
+                };
+                let _ = reports.send(report);
+                backend
+            })
+            .map_err(|e| RuntimeError::io("spawning a snapshot thread", e))?;
+        self.background = Some(handle);
+        Ok(())
+    }
+}
+
+impl Drop for TaskCheckpointing {
+    /// A task that stops (cancelled, failed) still lets its last snapshot finish, so that no
+    /// thread writes into a checkpoint directory after its job has ended.
+    fn drop(&mut self) {
+        if let Some(handle) = self.background.take() {
+            let _ = handle.join();
+        }
     }
 }
 
@@ -392,15 +782,35 @@ struct SourceTask {
     clock: Arc<dyn Clock>,
     cancel: CancelHandle,
     records_in: Counter,
+    checkpointing: TaskCheckpointing,
+    trigger: Arc<AtomicU64>,
 }
 
 fn run_source(mut t: SourceTask) -> Result<()> {
+    t.checkpointing.restore(&mut t.chain)?;
     let mut pending = Vec::new();
     let mut last_data = t.clock.elapsed();
     let mut idle = false;
+    let mut injected = 0;
     loop {
         if t.cancel.is_cancelled() {
             return Err(RuntimeError::Cancelled);
+        }
+        let requested = t.trigger.load(Ordering::SeqCst);
+        if requested > injected {
+            injected = requested;
+            let position = t.reader.position().ok_or_else(|| {
+                RuntimeError::Checkpoint(
+                    "this job's source cannot be checkpointed (it does not report its position)"
+                        .into(),
+                )
+            })?;
+            let source = SourceSnapshot {
+                position,
+                max_event_time: t.generator.as_ref().and_then(|g| g.max_event_time()),
+            };
+            t.checkpointing
+                .checkpoint(requested, &mut t.chain, Some(source))?;
         }
         match t.reader.poll_next()? {
             SourcePoll::Batch(batch) if batch.num_rows() == 0 => {}
@@ -416,11 +826,9 @@ fn run_source(mut t: SourceTask) -> Result<()> {
                             match message {
                                 Message::Data(b) => t.chain.data(0, b)?,
                                 Message::Watermark(w) => t.chain.watermark(w)?,
-                                Message::Idle | Message::EndOfStream => {
-                                    unreachable!(
-                                        "a watermark generator emits only data and watermarks"
-                                    )
-                                }
+                                _ => unreachable!(
+                                    "a watermark generator emits only data and watermarks"
+                                ),
                             }
                         }
                     }
@@ -435,8 +843,60 @@ fn run_source(mut t: SourceTask) -> Result<()> {
                 }
                 t.clock.sleep(wait);
             }
-            SourcePoll::Finished => return t.chain.end(),
+            SourcePoll::Finished => {
+                t.checkpointing.report(Report::SourceFinished);
+                return t.chain.end(&mut t.checkpointing);
+            }
         }
+    }
+}
+
+/// Barrier alignment: once barrier `n` has arrived on an input, that input's later messages
+/// are held back until barrier `n` has arrived on every input still open, so the snapshot
+/// covers exactly what came before the barrier everywhere.
+struct Alignment {
+    barrier: Option<u64>,
+    arrived: Vec<bool>,
+    held: VecDeque<Envelope>,
+}
+
+impl Alignment {
+    fn new(inputs: usize) -> Self {
+        Alignment {
+            barrier: None,
+            arrived: vec![false; inputs],
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Whether a message from `input` must wait for the current alignment.
+    fn holds(&self, input: usize) -> bool {
+        self.barrier.is_some() && self.arrived[input]
+    }
+
+    /// Records barrier `id` (or the end, `None`) from `input`; returns the barrier when it is
+    /// now complete, with the held messages to handle next, in order.
+    fn arrive(
+        &mut self,
+        input: usize,
+        id: Option<u64>,
+        watermarks: &InputWatermarks,
+    ) -> Option<(u64, VecDeque<Envelope>)> {
+        match id {
+            Some(id) => self.barrier = Some(id),
+            // An input ending between alignments changes nothing.
+            None if self.barrier.is_none() => return None,
+            None => {}
+        }
+        self.arrived[input] = true;
+        let barrier = self.barrier?;
+        let complete = (0..self.arrived.len()).all(|i| self.arrived[i] || watermarks.ended(i));
+        if !complete {
+            return None;
+        }
+        self.barrier = None;
+        self.arrived.iter_mut().for_each(|a| *a = false);
+        Some((barrier, std::mem::take(&mut self.held)))
     }
 }
 
@@ -446,13 +906,26 @@ fn run_exchange_input(
     mut chain: Chain,
     cancel: CancelHandle,
     records_in: Counter,
+    mut checkpointing: TaskCheckpointing,
 ) -> Result<()> {
+    checkpointing.restore(&mut chain)?;
     let mut watermarks = InputWatermarks::new(inputs);
+    watermarks.restore(chain.watermark);
+    let mut alignment = Alignment::new(inputs);
+    let mut replay: VecDeque<Envelope> = VecDeque::new();
     loop {
         if cancel.is_cancelled() {
             return Err(RuntimeError::Cancelled);
         }
-        let (input, message) = rx.recv().map_err(|_| RuntimeError::Cancelled)?;
+        let (input, message) = match replay.pop_front() {
+            Some(envelope) => envelope,
+            None => rx.recv().map_err(|_| RuntimeError::Cancelled)?,
+        };
+        if alignment.holds(input) {
+            alignment.held.push_back((input, message));
+            continue;
+        }
+        let mut aligned = None;
         let update = match message {
             Message::Data(batch) => {
                 watermarks.on_data(input);
@@ -462,7 +935,16 @@ fn run_exchange_input(
             }
             Message::Watermark(w) => watermarks.on_watermark(input, w),
             Message::Idle => watermarks.on_idle(input),
-            Message::EndOfStream => watermarks.on_end(input),
+            Message::Barrier(id) => {
+                aligned = alignment.arrive(input, Some(id), &watermarks);
+                WatermarkUpdate::default()
+            }
+            Message::EndOfStream => {
+                let update = watermarks.on_end(input);
+                // An ended input no longer holds back an alignment in progress.
+                aligned = alignment.arrive(input, None, &watermarks);
+                update
+            }
         };
         if let Some(w) = update.advanced {
             chain.watermark(w)?;
@@ -470,8 +952,57 @@ fn run_exchange_input(
         if update.idle {
             chain.downstream.control(Message::Idle)?;
         }
-        if watermarks.all_ended() {
-            return chain.end();
+        if let Some((id, held)) = aligned {
+            checkpointing.checkpoint(id, &mut chain, None)?;
+            for envelope in held.into_iter().rev() {
+                replay.push_front(envelope);
+            }
         }
+        if watermarks.all_ended() && replay.is_empty() {
+            return chain.end(&mut checkpointing);
+        }
+    }
+}
+
+#[cfg(test)]
+mod alignment_tests {
+    use super::*;
+    use crate::watermark::InputWatermarks;
+
+    fn data(input: usize) -> Envelope {
+        (input, Message::Watermark(input as i64))
+    }
+
+    #[test]
+    fn a_barrier_holds_its_input_until_every_open_input_has_sent_it() {
+        let mut watermarks = InputWatermarks::new(3);
+        let mut a = Alignment::new(3);
+        assert!(!a.holds(0));
+        assert!(a.arrive(0, Some(7), &watermarks).is_none());
+        // Input 0 is held back, the others still flow.
+        assert!(a.holds(0) && !a.holds(1) && !a.holds(2));
+        a.held.push_back(data(0));
+        assert!(a.arrive(1, Some(7), &watermarks).is_none());
+        assert!(a.holds(1));
+        a.held.push_back(data(1));
+        // Input 2 ends instead of sending the barrier: the alignment completes.
+        watermarks.on_end(2);
+        let (id, held) = a.arrive(2, None, &watermarks).expect("aligned");
+        assert_eq!(id, 7);
+        assert_eq!(held.len(), 2);
+        assert!(!a.holds(0) && !a.holds(1));
+        // The next barrier only waits for the inputs still open.
+        assert!(a.arrive(1, Some(8), &watermarks).is_none());
+        assert_eq!(a.arrive(0, Some(8), &watermarks).map(|(id, _)| id), Some(8));
+    }
+
+    #[test]
+    fn an_input_ending_between_barriers_changes_nothing() {
+        let mut watermarks = InputWatermarks::new(2);
+        let mut a = Alignment::new(2);
+        watermarks.on_end(0);
+        assert!(a.arrive(0, None, &watermarks).is_none());
+        assert!(!a.holds(0));
+        assert_eq!(a.arrive(1, Some(1), &watermarks).map(|(id, _)| id), Some(1));
     }
 }

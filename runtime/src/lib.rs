@@ -15,7 +15,9 @@
 //! group into the channels of the next stage; the last stage ends in a [`sink::SinkWriter`].
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod clock;
+pub mod coordinator;
 pub mod error;
 pub mod exchange;
 pub mod executor;
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod operator;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod watermark;
 
 pub use error::{Result, RuntimeError};

@@ -18,6 +18,9 @@ pub enum Message {
     /// This input is idle (a source split with no data for its idleness timeout): it no longer
     /// holds back the minimum watermark until it sends data or a watermark again.
     Idle,
+    /// Checkpoint barrier `n`: everything before it on this input belongs to checkpoint `n`,
+    /// everything after to the next.
+    Barrier(u64),
     /// This input is finished; nothing follows.
     EndOfStream,
 }

@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::message::EventTime;
 use crate::metrics::Counter;
+use crate::state::{RestoredState, StateSnapshot};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -60,6 +61,24 @@ pub trait Operator: Send {
     fn on_end_of_input(&mut self, out: &mut Output) -> Result<()> {
         let _ = out;
         Ok(())
+    }
+
+    /// A checkpoint barrier has arrived on every input: record in `state` what changed since
+    /// the previous snapshot (the runtime stores it by key group). Stateless operators keep
+    /// the default, which records nothing.
+    fn snapshot_state(&mut self, state: &mut StateSnapshot) -> Result<()> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// Before any input: take back the state of the key groups this subtask now owns, as
+    /// written by [`Operator::snapshot_state`] of the checkpointed job (at any parallelism).
+    /// Called only when there is something to restore.
+    fn restore_state(&mut self, state: RestoredState) -> Result<()> {
+        let _ = state;
+        Err(crate::RuntimeError::State(
+            "this operator keeps no state, yet the checkpoint holds some for it".into(),
+        ))
     }
 }
 

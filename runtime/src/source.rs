@@ -22,6 +22,12 @@ pub enum SourcePoll {
 pub trait SourceReader: Send {
     /// The next batch, or why there is none.
     fn poll_next(&mut self) -> Result<SourcePoll>;
+
+    /// Where the split is, for a checkpoint: enough for [`Source::restore_reader`] to go on
+    /// from exactly the next record. `None`: this reader cannot be checkpointed.
+    fn position(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// A source of a job: its schema, and a reader per split.
@@ -36,8 +42,34 @@ pub trait Source: Send + Sync {
         let _ = columns;
         None
     }
-    /// Creates the reader of split `split.index` of `split.parallelism`.
-    fn create_reader(&self, split: SubtaskInfo) -> Result<Box<dyn SourceReader>>;
+    /// Creates the reader of split `split.index` of `split.parallelism`, from the start. The
+    /// default is [`Source::restore_reader`] with no positions: a checkpointable source
+    /// implements only that.
+    fn create_reader(&self, split: SubtaskInfo) -> Result<Box<dyn SourceReader>> {
+        self.restore_reader(split, &[])
+    }
+
+    /// Creates the reader of split `split.index` of `split.parallelism`, going on from the
+    /// positions every split of the checkpointed job had reached (`positions`, in split order;
+    /// the old parallelism may differ, and the splits must then share the rest between them).
+    fn restore_reader(
+        &self,
+        split: SubtaskInfo,
+        positions: &[serde_json::Value],
+    ) -> Result<Box<dyn SourceReader>> {
+        let _ = split;
+        Err(if positions.is_empty() {
+            crate::RuntimeError::InvalidJob(format!(
+                "source `{}` implements neither create_reader nor restore_reader",
+                self.name()
+            ))
+        } else {
+            crate::RuntimeError::Checkpoint(format!(
+                "source `{}` cannot restore from a checkpoint",
+                self.name()
+            ))
+        })
+    }
 }
 
 /// Shared handle to a source.

@@ -99,6 +99,17 @@ impl WatermarkGenerator {
         }
     }
 
+    /// The largest event time seen so far (`None` before the first record), for checkpoints.
+    pub fn max_event_time(&self) -> Option<EventTime> {
+        (self.max_event_time != EventTime::MIN).then_some(self.max_event_time)
+    }
+
+    /// Goes on from a checkpoint: the largest event time the split had seen. The watermark it
+    /// implies is emitted again before the next record.
+    pub fn restore(&mut self, max_event_time: EventTime) {
+        self.max_event_time = max_event_time;
+    }
+
     fn watermark(&self) -> EventTime {
         self.max_event_time
             .saturating_sub(self.delay)
@@ -178,9 +189,20 @@ impl InputWatermarks {
         }
     }
 
+    /// Goes on from a checkpoint taken at watermark `w`: nothing at or below it is reported
+    /// again.
+    pub fn restore(&mut self, w: EventTime) {
+        self.current = self.current.max(w);
+    }
+
     /// The combined watermark so far.
     pub fn current(&self) -> EventTime {
         self.current
+    }
+
+    /// Whether input `i` has ended.
+    pub fn ended(&self, i: usize) -> bool {
+        self.ended[i]
     }
 
     /// Whether every input has ended.

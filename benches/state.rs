@@ -1,0 +1,117 @@
+//! State-heavy checkpoint benchmark: datagen with many distinct keys into one long tumbling
+//! window (count, sum, min, max, avg per key), checkpointed every interval. Prints, per
+//! checkpoint, its duration, total state and bytes added, then the process's peak memory.
+//! With `restore`, starts from the latest checkpoint and prints how long the state took to
+//! load.
+//!
+//! ```text
+//! cargo bench --bench state -- run DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS]
+//! cargo bench --bench state -- restore DIR [KEYS]
+//! ```
+
+// A benchmark measures wall time.
+#![allow(clippy::disallowed_methods)]
+
+use oxflow::prelude::*;
+use oxflow::runtime::checkpoint::{checkpoint_dir, checkpoint_ids, read_manifest};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+fn job(dir: &PathBuf, keys: u64, interval: Duration) -> Job {
+    let config = DatagenConfig {
+        rows: None,
+        key_cardinality: keys,
+        // One hour of event time holds ~360 M rows: everything lands in one window.
+        event_rate: 100_000,
+        batch_size: 8192,
+        ..Default::default()
+    };
+    Pipeline::new()
+        .with_parallelism(2)
+        .source(DatagenSource::try_new(config).unwrap())
+        .with_watermarks(oxflow::runtime::watermark::WatermarkStrategy::bounded(
+            "ts",
+            Duration::from_secs(1),
+        ))
+        .unwrap()
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(Duration::from_secs(3600)))
+        .aggregate([
+            count(col("value")).alias("n"),
+            sum(col("value")).alias("total"),
+            min(col("value")).alias("low"),
+            max(col("value")).alias("high"),
+            avg(col("value")).alias("mean"),
+        ])
+        .unwrap()
+        .sink(BlackholeSink::default())
+        .unwrap()
+        .with_checkpoints(CheckpointConfig::new(dir, interval))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let (Some(phase), Some(dir)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: state run|restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS]");
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let keys: u64 = args.get(2).map_or(10_000_000, |k| k.parse().expect("KEYS"));
+    let wanted: u64 = args.get(3).map_or(5, |k| k.parse().expect("CHECKPOINTS"));
+    let interval = Duration::from_millis(
+        args.get(4)
+            .map_or(1000, |k| k.parse().expect("INTERVAL_MS")),
+    );
+    let mut job = job(&dir, keys, interval);
+    if phase == "restore" {
+        job = job.restore_from(RestoreFrom::Latest);
+    }
+    let metrics = job.metrics();
+    let completed = metrics.counter("checkpoints.completed");
+    let restore_ms = metrics.counter("restore.state_ms");
+    let records = metrics.counter("stage0.source-datagen.records_in");
+    let cancel = job.cancel_handle();
+    let started = Instant::now();
+    let runner = std::thread::spawn(move || job.execute_blocking());
+    let target = if phase == "restore" { 1 } else { wanted };
+    while completed.get() < target && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    cancel.cancel();
+    let _ = runner.join();
+    if phase == "restore" {
+        println!(
+            "{{\"phase\":\"restore\",\"keys\":{keys},\"restore_state_ms\":{},\"peak_rss_mib\":{:.0}}}",
+            restore_ms.get(),
+            peak_rss_mib()
+        );
+        return;
+    }
+    let mut ids = checkpoint_ids(&dir).unwrap();
+    ids.reverse();
+    for id in ids {
+        if let Ok(m) = read_manifest(&checkpoint_dir(&dir, id)) {
+            println!(
+                "{{\"checkpoint\":{id},\"duration_ms\":{},\"state_bytes\":{},\"new_state_bytes\":{}}}",
+                m.duration_ms, m.state_bytes, m.new_state_bytes
+            );
+        }
+    }
+    let rows = records.get();
+    println!(
+        "{{\"phase\":\"run\",\"keys\":{keys},\"records\":{rows},\"seconds\":{seconds:.1},\"events_per_sec\":{:.0},\"peak_rss_mib\":{:.0}}}",
+        rows as f64 / seconds,
+        peak_rss_mib()
+    );
+}

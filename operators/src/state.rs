@@ -1,0 +1,205 @@
+//! How window operators lay their state out for checkpoints: one entry per window (or pane)
+//! and key group, holding that key group's rows as an Arrow IPC batch, so state moves between
+//! parallelisms by key group and a checkpoint rewrites only windows that changed.
+
+use crate::error::{OperatorError, Result};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::{Field, Schema};
+use oxflow_runtime::exchange::{hash_keys, key_group};
+use oxflow_runtime::state::{decode_batch, encode_batch, StateSnapshot};
+use oxflow_runtime::EventTime;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The entry key of window (or pane) `[start, end)`.
+pub(crate) fn window_key(end: EventTime, start: EventTime) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&end.to_be_bytes());
+    k.extend_from_slice(&start.to_be_bytes());
+    k
+}
+
+/// The `(end, start)` of a window entry key.
+pub(crate) fn parse_window_key(key: &[u8]) -> Result<(EventTime, EventTime)> {
+    let bad = || {
+        OperatorError::State(format!(
+            "a window entry key has {} bytes, not 16",
+            key.len()
+        ))
+    };
+    let end = key.get(..8).ok_or_else(bad)?;
+    let start = key.get(8..16).ok_or_else(bad)?;
+    Ok((
+        i64::from_be_bytes(end.try_into().expect("8 bytes")),
+        i64::from_be_bytes(start.try_into().expect("8 bytes")),
+    ))
+}
+
+/// A batch of `columns` with positional names (state entries carry no user schema).
+pub(crate) fn state_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    let rows = columns.first().map_or(0, |c| c.len());
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// Splits `batch` by key group, encoding each part. `keys` are, row by row, the columns the
+/// exchange into the operator hashes (so a key group's state lands where its records will);
+/// no key: everything in key group 0.
+pub(crate) fn encode_by_key_group(
+    batch: &RecordBatch,
+    keys: &[ArrayRef],
+    max_parallelism: usize,
+) -> Result<Vec<(usize, Vec<u8>)>> {
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    if keys.is_empty() {
+        return Ok(vec![(0, encode_batch(batch)?)]);
+    }
+    let mut hashes = Vec::new();
+    hash_keys(keys, &mut hashes)?;
+    let mut rows: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for (i, &h) in hashes.iter().enumerate() {
+        rows.entry(key_group(h, max_parallelism))
+            .or_default()
+            .push(i as u32);
+    }
+    rows.into_iter()
+        .map(|(kg, rows)| {
+            let part = if rows.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                take_record_batch(batch, &UInt32Array::from(rows))?
+            };
+            Ok((kg, encode_batch(&part)?))
+        })
+        .collect()
+}
+
+/// Decodes one state entry; `key_group` names it in errors.
+pub(crate) fn decode_entry(key_group: usize, value: &[u8]) -> Result<RecordBatch> {
+    Ok(decode_batch(value, &format!("in key group {key_group}"))?)
+}
+
+/// Which entries (item key, key groups) an operator has in the store, so that a snapshot
+/// writes only what changed and deletes what is gone.
+#[derive(Debug, Default)]
+pub(crate) struct StoredEntries {
+    written: BTreeMap<Vec<u8>, BTreeSet<usize>>,
+}
+
+impl StoredEntries {
+    /// Replaces the entries of `item` with `parts` (one per key group).
+    pub(crate) fn replace(
+        &mut self,
+        state: &mut StateSnapshot,
+        item: Vec<u8>,
+        parts: Vec<(usize, Vec<u8>)>,
+    ) {
+        let now: BTreeSet<usize> = parts.iter().map(|(kg, _)| *kg).collect();
+        if let Some(before) = self.written.get(&item) {
+            for &kg in before.difference(&now) {
+                state.delete(kg, &item);
+            }
+        }
+        for (kg, value) in parts {
+            state.put(kg, &item, value);
+        }
+        if now.is_empty() {
+            self.written.remove(&item);
+        } else {
+            self.written.insert(item, now);
+        }
+    }
+
+    /// Deletes every entry of items `keep` rejects.
+    pub(crate) fn retain(&mut self, state: &mut StateSnapshot, keep: impl Fn(&[u8]) -> bool) {
+        self.written.retain(|item, groups| {
+            let kept = keep(item);
+            if !kept {
+                for &kg in groups.iter() {
+                    state.delete(kg, item);
+                }
+            }
+            kept
+        });
+    }
+}
+
+/// Encodes an operator's one number of non-keyed state (a watermark-derived bound).
+pub(crate) fn encode_i64(v: i64) -> Vec<u8> {
+    v.to_be_bytes().to_vec()
+}
+
+/// The largest of the numbers every old subtask stored with [`encode_i64`].
+pub(crate) fn max_i64(values: &[Vec<u8>]) -> Result<Option<i64>> {
+    values
+        .iter()
+        .map(|v| {
+            let bytes: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                OperatorError::State(format!("operator state has {} bytes, not 8", v.len()))
+            })?;
+            Ok(i64::from_be_bytes(bytes))
+        })
+        .try_fold(None, |acc: Option<i64>, v: Result<i64>| {
+            let v = v?;
+            Ok(Some(acc.map_or(v, |a| a.max(v))))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    #[test]
+    fn rows_split_by_key_group_come_back_whole() {
+        let keys: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1000));
+        let values: ArrayRef = Arc::new(Int64Array::from_iter_values((0..1000).map(|v| v * 2)));
+        let batch = state_batch(vec![keys, values]).unwrap();
+        let parts = encode_by_key_group(&batch, &batch.columns()[..1], 128).unwrap();
+        assert!(
+            parts.len() > 100,
+            "1000 keys spread over most of 128 key groups"
+        );
+        let mut seen = 0;
+        for (kg, bytes) in &parts {
+            let part = decode_entry(*kg, bytes).unwrap();
+            let mut hashes = Vec::new();
+            hash_keys(&part.columns()[..1], &mut hashes).unwrap();
+            assert!(hashes.iter().all(|&h| key_group(h, 128) == *kg));
+            seen += part.num_rows();
+        }
+        assert_eq!(seen, 1000);
+        assert_eq!(encode_by_key_group(&batch, &[], 128).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn stored_entries_delete_what_is_gone() {
+        let mut stored = StoredEntries::default();
+        let mut s = StateSnapshot::default();
+        stored.replace(&mut s, window_key(10, 0), vec![(1, vec![1]), (2, vec![2])]);
+        stored.replace(&mut s, window_key(20, 10), vec![(3, vec![3])]);
+        let mut s = StateSnapshot::default();
+        stored.replace(&mut s, window_key(10, 0), vec![(2, vec![9])]);
+        stored.retain(&mut s, |item| item != window_key(20, 10).as_slice());
+        let text = format!("{s:?}");
+        assert!(
+            text.contains("deletes: [(1,") && text.contains("(3,"),
+            "{text}"
+        );
+        assert_eq!(parse_window_key(&window_key(-5, 7)).unwrap(), (-5, 7));
+        assert!(parse_window_key(&[1, 2]).is_err());
+        assert_eq!(max_i64(&[encode_i64(3), encode_i64(-1)]).unwrap(), Some(3));
+        assert!(max_i64(&[vec![1]]).is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! The checkpoint coordinator: triggers checkpoints, collects every subtask's acknowledgement,
+//! writes the manifest, then tells the sink to commit. Runs on its own thread beside a job.
+
+// Checkpoint intervals and durations are wall time by nature.
+#![allow(clippy::disallowed_methods)]
+
+use crate::checkpoint::{
+    apply_retention, checkpoint_dir, copy_checkpoint, write_manifest, CheckpointConfig, Manifest,
+    StageSnapshot, TaskSnapshot,
+};
+use crate::error::{Result, RuntimeError};
+use crate::metrics::{Counter, JobMetrics};
+use crate::sink::{PendingCommit, SinkRef};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What subtasks tell the coordinator.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// A subtask has taken its part of checkpoint `id`.
+    Ack {
+        id: u64,
+        stage: usize,
+        subtask: usize,
+        snapshot: TaskSnapshot,
+        new_bytes: u64,
+    },
+    /// A subtask could not take its part of checkpoint `id`; the checkpoint is abandoned.
+    Decline { id: u64, reason: String },
+    /// A source split has read all its input: it will take part in no further checkpoint.
+    SourceFinished,
+    /// The sink subtask reached the end of input with this output pending.
+    Final {
+        subtask: usize,
+        pending: Option<PendingCommit>,
+    },
+}
+
+/// The shape of a job, as a manifest records it.
+#[derive(Debug, Clone)]
+pub(crate) struct JobShape {
+    pub stages: Vec<(String, Vec<String>, usize)>,
+    pub max_parallelism: usize,
+}
+
+/// Requests for savepoints, shared with whoever holds the job's handle.
+#[derive(Debug, Clone, Default)]
+pub struct SavepointRequests(Arc<Mutex<Vec<SavepointRequest>>>);
+
+/// A savepoint's name, and where to send its path.
+type SavepointRequest = (String, Sender<Result<PathBuf>>);
+
+impl SavepointRequests {
+    /// Asks for a savepoint called `name` (kept under `DIR/savepoints/NAME`, never deleted by
+    /// retention); the receiver gets its path once the checkpoint behind it completes.
+    pub fn request(&self, name: &str) -> Receiver<Result<PathBuf>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && !name.starts_with('.');
+        if valid {
+            self.0
+                .lock()
+                .expect("savepoint lock is never held across a panic")
+                .push((name.to_string(), tx));
+        } else {
+            let _ = tx.send(Err(RuntimeError::InvalidJob(format!(
+                "savepoint name `{name}` must be letters, digits, `-`, `_` or `.`, not starting with `.`"
+            ))));
+        }
+        rx
+    }
+    fn waiting(&self) -> bool {
+        !self
+            .0
+            .lock()
+            .expect("savepoint lock is never held across a panic")
+            .is_empty()
+    }
+    fn take(&self) -> Vec<SavepointRequest> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .expect("savepoint lock is never held across a panic"),
+        )
+    }
+}
+
+/// Figures of a job's checkpoints.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointStats {
+    /// Checkpoints completed in this run (the final one at end of input included).
+    pub completed: u64,
+    /// Id of the last completed checkpoint.
+    pub last_id: Option<u64>,
+    /// Trigger to manifest of the last completed checkpoint (not the end-of-input one).
+    pub last_duration: Option<Duration>,
+    /// Size of the state files of the last completed checkpoint.
+    pub state_bytes: u64,
+    /// Bytes of state files the last completed checkpoint added.
+    pub new_state_bytes: u64,
+}
+
+struct Pending {
+    id: u64,
+    started: Instant,
+    acks: Vec<Vec<Option<TaskSnapshot>>>,
+    missing: usize,
+    new_bytes: u64,
+    savepoints: Vec<SavepointRequest>,
+}
+
+pub(crate) struct Coordinator {
+    pub config: Option<CheckpointConfig>,
+    pub trigger: Arc<AtomicU64>,
+    pub next_id: u64,
+    pub shape: JobShape,
+    pub sink: SinkRef,
+    pub savepoints: SavepointRequests,
+    pub stats: CheckpointStats,
+    pub finals: Vec<Option<PendingCommit>>,
+    /// No checkpoint is triggered once a source split has finished: it could not take part.
+    pub sources_finished: bool,
+    /// Sink output handed over for checkpoints that were abandoned: it is committed with the
+    /// next one that completes (or at the end), never dropped.
+    carried: Vec<PendingCommit>,
+    pub completed_counter: Counter,
+    pub duration_counter: Counter,
+    pub bytes_counter: Counter,
+    pending: Option<Pending>,
+}
+
+impl Coordinator {
+    pub(crate) fn new(
+        config: Option<CheckpointConfig>,
+        next_id: u64,
+        shape: JobShape,
+        sink: SinkRef,
+        savepoints: SavepointRequests,
+        metrics: &JobMetrics,
+    ) -> Self {
+        let sinks = shape.stages.last().map_or(0, |s| s.2);
+        Coordinator {
+            config,
+            trigger: Arc::new(AtomicU64::new(0)),
+            next_id,
+            shape,
+            sink,
+            savepoints,
+            stats: CheckpointStats::default(),
+            finals: vec![None; sinks],
+            sources_finished: false,
+            carried: Vec::new(),
+            completed_counter: metrics.counter("checkpoints.completed"),
+            duration_counter: metrics.counter("checkpoints.last_duration_ms"),
+            bytes_counter: metrics.counter("checkpoints.state_bytes"),
+            pending: None,
+        }
+    }
+
+    /// Runs until every subtask has dropped its sender. An error (a manifest that could not
+    /// be written, a commit that failed) ends the job.
+    pub(crate) fn run(&mut self, reports: Receiver<Report>) -> Result<()> {
+        let mut last_done = Instant::now();
+        loop {
+            let wait = match (&self.config, &self.pending) {
+                (Some(c), None) if !self.sources_finished => {
+                    c.interval.saturating_sub(last_done.elapsed())
+                }
+                _ => Duration::from_millis(100),
+            };
+            match reports.recv_timeout(wait) {
+                Ok(Report::Ack {
+                    id,
+                    stage,
+                    subtask,
+                    snapshot,
+                    new_bytes,
+                }) => {
+                    let Some(p) = self.pending.as_mut().filter(|p| p.id == id) else {
+                        // A late part of an abandoned checkpoint: its sink output still counts.
+                        self.carried.extend(snapshot.sink);
+                        continue;
+                    };
+                    if p.acks[stage][subtask].replace(snapshot).is_none() {
+                        p.missing -= 1;
+                        p.new_bytes += new_bytes;
+                    }
+                    if p.missing == 0 {
+                        let p = self.pending.take().expect("just matched");
+                        self.complete(p)?;
+                        last_done = Instant::now();
+                    }
+                }
+                Ok(Report::Decline { id, reason }) => {
+                    if self.pending.as_ref().is_some_and(|p| p.id == id) {
+                        tracing::warn!(checkpoint = id, %reason, "checkpoint abandoned");
+                        self.abandon(&format!("checkpoint {id} was abandoned: {reason}"));
+                        last_done = Instant::now();
+                    }
+                }
+                Ok(Report::SourceFinished) => {
+                    if !self.sources_finished && self.config.is_some() {
+                        tracing::info!("a source split has finished: no further checkpoint until the end of input");
+                    }
+                    self.sources_finished = true;
+                    self.abandon("the job reached the end of its input first");
+                }
+                Ok(Report::Final { subtask, pending }) => self.finals[subtask] = pending,
+                Err(RecvTimeoutError::Timeout) => {
+                    let due = self
+                        .config
+                        .as_ref()
+                        .is_some_and(|c| last_done.elapsed() >= c.interval);
+                    let asked = self.config.is_some() && self.savepoints.waiting();
+                    if self.pending.is_none() && !self.sources_finished && (due || asked) {
+                        self.start();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    fn start(&mut self) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let acks: Vec<Vec<Option<TaskSnapshot>>> = self
+            .shape
+            .stages
+            .iter()
+            .map(|(_, _, p)| vec![None; *p])
+            .collect();
+        let missing = acks.iter().map(|a| a.len()).sum();
+        self.pending = Some(Pending {
+            id,
+            started: Instant::now(),
+            acks,
+            missing,
+            new_bytes: 0,
+            savepoints: self.savepoints.take(),
+        });
+        tracing::debug!(checkpoint = id, "checkpoint triggered");
+        self.trigger.store(id, Ordering::SeqCst);
+    }
+
+    fn abandon(&mut self, why: &str) {
+        if let Some(p) = self.pending.take() {
+            let sinks = p.acks.last().into_iter().flatten().flatten();
+            self.carried.extend(sinks.filter_map(|t| t.sink.clone()));
+            for (_, reply) in p.savepoints {
+                let _ = reply.send(Err(RuntimeError::Checkpoint(why.to_string())));
+            }
+        }
+    }
+
+    fn manifest(&mut self, id: u64, finished: bool, stages: Vec<Vec<TaskSnapshot>>) -> Manifest {
+        let mut sink_pending = std::mem::take(&mut self.carried);
+        if let Some(last) = stages.last() {
+            sink_pending.extend(last.iter().filter_map(|t| t.sink.clone()));
+        }
+        let state_bytes = stages
+            .iter()
+            .flatten()
+            .flat_map(|t| &t.files)
+            .map(|f| f.size)
+            .sum();
+        Manifest {
+            format: 1,
+            id,
+            finished,
+            max_parallelism: self.shape.max_parallelism,
+            duration_ms: 0,
+            state_bytes,
+            new_state_bytes: 0,
+            stages: self
+                .shape
+                .stages
+                .iter()
+                .zip(stages)
+                .map(|((name, operators, _), subtasks)| StageSnapshot {
+                    name: name.clone(),
+                    operators: operators.clone(),
+                    subtasks,
+                })
+                .collect(),
+            sink_pending,
+        }
+    }
+
+    /// Writes the manifest, then commits the sink's output of the checkpoint.
+    fn publish(&mut self, manifest: &Manifest) -> Result<PathBuf> {
+        let config = self.config.as_ref().expect("checkpoints are on");
+        let dir = checkpoint_dir(&config.dir, manifest.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+        write_manifest(&dir, manifest)?;
+        self.sink.commit(manifest.id, &manifest.sink_pending)?;
+        apply_retention(&config.dir, config.retained)?;
+        self.stats.completed += 1;
+        self.stats.last_id = Some(manifest.id);
+        self.completed_counter.set(self.stats.completed);
+        if !manifest.finished {
+            // The end-of-input manifest holds no state; the figures stay the last real ones.
+            self.stats.state_bytes = manifest.state_bytes;
+            self.stats.new_state_bytes = manifest.new_state_bytes;
+            self.bytes_counter.set(manifest.state_bytes);
+        }
+        Ok(dir)
+    }
+
+    fn complete(&mut self, p: Pending) -> Result<()> {
+        let stages: Vec<Vec<TaskSnapshot>> = p
+            .acks
+            .into_iter()
+            .map(|s| {
+                s.into_iter()
+                    .map(|t| t.expect("all acknowledged"))
+                    .collect()
+            })
+            .collect();
+        let mut manifest = self.manifest(p.id, false, stages);
+        let duration = p.started.elapsed();
+        manifest.duration_ms = duration.as_millis() as u64;
+        manifest.new_state_bytes = p.new_bytes;
+        let dir = self.publish(&manifest)?;
+        self.stats.last_duration = Some(duration);
+        self.duration_counter.set(manifest.duration_ms);
+        tracing::info!(
+            checkpoint = p.id,
+            duration_ms = manifest.duration_ms,
+            state_bytes = manifest.state_bytes,
+            new_state_bytes = manifest.new_state_bytes,
+            "checkpoint completed"
+        );
+        let root = &self.config.as_ref().expect("checkpoints are on").dir;
+        for (name, reply) in p.savepoints {
+            let target = root.join("savepoints").join(&name);
+            let _ = reply.send(copy_checkpoint(&dir, &target).map(|_| target));
+        }
+        Ok(())
+    }
+
+    /// The job has read all its input and every subtask succeeded: commit the sink's last
+    /// output, after recording it in a final manifest when checkpoints are on (so that a crash
+    /// during the commit is healed by a restore, which commits it again).
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        self.abandon("the job ended first");
+        for (_, reply) in self.savepoints.take() {
+            let _ = reply.send(Err(RuntimeError::Checkpoint(
+                "no savepoint: the job ended, or runs without a checkpoint directory".into(),
+            )));
+        }
+        if self.config.is_none() {
+            let mut pending = std::mem::take(&mut self.carried);
+            pending.extend(self.finals.iter().flatten().cloned());
+            return self.sink.commit(0, &pending);
+        }
+        let mut stages: Vec<Vec<TaskSnapshot>> = self
+            .shape
+            .stages
+            .iter()
+            .map(|(_, _, p)| vec![TaskSnapshot::default(); *p])
+            .collect();
+        if let Some(last) = stages.last_mut() {
+            for (task, pending) in last.iter_mut().zip(&self.finals) {
+                task.sink = pending.clone();
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let manifest = self.manifest(id, true, stages);
+        self.publish(&manifest)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,396 @@
+//! Operator state: what operators hand over at a checkpoint barrier, how it is kept in RocksDB
+//! by key group, and how it comes back on restore (at any parallelism).
+//!
+//! Each subtask that holds state owns one RocksDB instance (a working directory no one else
+//! touches). A key is `[operator u16][key group u16][operator's own key]`, so the entries of
+//! one key group are contiguous and a restoring subtask reads exactly its key-group range from
+//! every old subtask's checkpoint, whatever the old parallelism was. Entries that are not
+//! keyed (an operator's watermark, say) use the reserved key group [`OPERATOR_STATE`] and are
+//! handed to every restoring subtask (Flink's union list state).
+//!
+//! Operators keep their hot state in memory (Arrow accumulators are far faster than a
+//! key-value store per record) and write it to RocksDB at each barrier, only what changed
+//! since the previous one. The write skips the WAL: durability comes from the checkpoint,
+//! which flushes the memtable and hard-links the immutable SST files, so a checkpoint costs
+//! the changed bytes, not the whole state.
+
+use crate::error::{Result, RuntimeError};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use rocksdb::{
+    checkpoint::Checkpoint, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// The key group of entries that belong to an operator instance, not to a key.
+pub const OPERATOR_STATE: u16 = u16::MAX;
+
+/// The key groups subtask `index` of `parallelism` owns (the inverse of
+/// [`crate::exchange::subtask_for_key_group`]).
+///
+/// ```
+/// use oxflow_runtime::state::key_group_range;
+/// assert_eq!(key_group_range(0, 3, 128), 0..43);
+/// assert_eq!(key_group_range(1, 3, 128), 43..86);
+/// assert_eq!(key_group_range(2, 3, 128), 86..128);
+/// ```
+pub fn key_group_range(index: usize, parallelism: usize, max_parallelism: usize) -> Range<usize> {
+    let start = (index * max_parallelism).div_ceil(parallelism);
+    let end = ((index + 1) * max_parallelism).div_ceil(parallelism);
+    start..end
+}
+
+/// The changes one operator makes to its stored state at a checkpoint barrier.
+#[derive(Debug, Default)]
+pub struct StateSnapshot {
+    puts: Vec<(u16, Vec<u8>, Vec<u8>)>,
+    deletes: Vec<(u16, Vec<u8>)>,
+    operator: Option<Vec<u8>>,
+}
+
+impl StateSnapshot {
+    /// Stores `value` under `key` in `key_group` (replacing what was there).
+    pub fn put(&mut self, key_group: usize, key: &[u8], value: Vec<u8>) {
+        self.puts.push((key_group as u16, key.to_vec(), value));
+    }
+    /// Removes `key` from `key_group`.
+    pub fn delete(&mut self, key_group: usize, key: &[u8]) {
+        self.deletes.push((key_group as u16, key.to_vec()));
+    }
+    /// Stores this operator instance's non-keyed state (its watermark, say).
+    pub fn set_operator_state(&mut self, value: Vec<u8>) {
+        self.operator = Some(value);
+    }
+    /// Whether the snapshot changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty() && self.operator.is_none()
+    }
+}
+
+/// State handed to an operator when its job restores from a checkpoint.
+#[derive(Debug, Default)]
+pub struct RestoredState {
+    /// `(key group, key, value)` of the key groups this subtask owns now, in key order.
+    pub keyed: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    /// The non-keyed state of every subtask of the checkpointed job, in subtask order.
+    pub operator: Vec<Vec<u8>>,
+}
+
+impl RestoredState {
+    /// Whether there is nothing to restore.
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_empty() && self.operator.is_empty()
+    }
+}
+
+fn entry_key(operator: u16, key_group: u16, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&operator.to_be_bytes());
+    k.extend_from_slice(&key_group.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn rocks(context: impl std::fmt::Display, e: rocksdb::Error) -> RuntimeError {
+    RuntimeError::State(format!("{context}: {e}"))
+}
+
+/// One file of a checkpoint, with what verifies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the checkpoint directory.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC-32 (IEEE) of the content.
+    pub crc32: u32,
+}
+
+/// CRC-32 of a file's content.
+pub fn file_crc32(path: &Path) -> Result<(u64, u32)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| RuntimeError::io(format!("reading {}", path.display()), e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| RuntimeError::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, hasher.finalize()))
+}
+
+/// A subtask's state store: a RocksDB instance in a working directory.
+pub struct StateBackend {
+    db: DB,
+    /// Checksums of SST files already described by an earlier checkpoint (SST files are
+    /// immutable and never reuse a name), so each checkpoint only reads its new files.
+    known: HashMap<String, (u64, u32)>,
+}
+
+/// What a subtask's state checkpoint holds.
+#[derive(Debug, Clone)]
+pub struct StateFiles {
+    /// Every file, relative to the checkpoint directory.
+    pub files: Vec<FileEntry>,
+    /// Bytes of files this checkpoint added (not already in an earlier one).
+    pub new_bytes: u64,
+}
+
+impl StateBackend {
+    /// Opens (creating) the store in `dir`, which must be this subtask's alone.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open(&options, dir)
+            .map_err(|e| rocks(format!("opening state in {}", dir.display()), e))?;
+        Ok(StateBackend {
+            db,
+            known: HashMap::new(),
+        })
+    }
+
+    /// Applies one operator's snapshot.
+    pub fn apply(&self, operator: usize, subtask: usize, snapshot: StateSnapshot) -> Result<()> {
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        let op = operator as u16;
+        let mut batch = WriteBatch::default();
+        for (kg, key) in &snapshot.deletes {
+            batch.delete(entry_key(op, *kg, key));
+        }
+        for (kg, key, value) in &snapshot.puts {
+            batch.put(entry_key(op, *kg, key), value);
+        }
+        if let Some(value) = &snapshot.operator {
+            batch.put(
+                entry_key(op, OPERATOR_STATE, &(subtask as u32).to_be_bytes()),
+                value,
+            );
+        }
+        let mut options = WriteOptions::default();
+        // The checkpoint is the durable copy; a WAL would only write everything twice.
+        options.disable_wal(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| rocks("writing state", e))
+    }
+
+    /// Writes a consistent copy of the store into `target` (which must not exist): the memtable
+    /// is flushed and SST files are hard-linked where the file system allows. `relative_to` is
+    /// the checkpoint directory the file paths are relative to.
+    pub fn checkpoint(&mut self, target: &Path, relative_to: &Path) -> Result<StateFiles> {
+        let checkpoint =
+            Checkpoint::new(&self.db).map_err(|e| rocks("preparing a checkpoint", e))?;
+        checkpoint.create_checkpoint(target).map_err(|e| {
+            rocks(
+                format!("writing the state checkpoint {}", target.display()),
+                e,
+            )
+        })?;
+        let mut files = Vec::new();
+        let mut new_bytes = 0;
+        for entry in std::fs::read_dir(target)
+            .map_err(|e| RuntimeError::io(format!("listing {}", target.display()), e))?
+        {
+            let entry =
+                entry.map_err(|e| RuntimeError::io(format!("listing {}", target.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let immutable = name.ends_with(".sst");
+            let (size, crc32) = match self.known.get(&name) {
+                Some(&known) if immutable => known,
+                _ => {
+                    let described = file_crc32(&path)?;
+                    new_bytes += described.0;
+                    if immutable {
+                        self.known.insert(name.clone(), described);
+                    }
+                    described
+                }
+            };
+            let relative = path.strip_prefix(relative_to).unwrap_or(&path);
+            files.push(FileEntry {
+                path: relative.to_string_lossy().into_owned(),
+                size,
+                crc32,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        // Forget SST files compacted away (they will not come back under the same name).
+        self.known
+            .retain(|name, _| files.iter().any(|f| f.path.ends_with(name.as_str())));
+        Ok(StateFiles { files, new_bytes })
+    }
+}
+
+/// Reads the state of `operator` for `key_groups` out of old subtasks' checkpointed stores.
+pub fn read_state(
+    dirs: &[PathBuf],
+    operator: usize,
+    key_groups: Range<usize>,
+) -> Result<RestoredState> {
+    let op = operator as u16;
+    let mut restored = RestoredState::default();
+    let mut options = Options::default();
+    options.create_if_missing(false);
+    for dir in dirs {
+        let db = DB::open_for_read_only(&options, dir, false)
+            .map_err(|e| rocks(format!("opening checkpointed state {}", dir.display()), e))?;
+        let from = entry_key(op, key_groups.start as u16, &[]);
+        let to = entry_key(op, key_groups.end as u16, &[]);
+        for item in db.iterator(IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
+            if k.as_ref() >= to.as_slice() {
+                break;
+            }
+            let kg = u16::from_be_bytes([k[2], k[3]]) as usize;
+            restored.keyed.push((kg, k[4..].to_vec(), v.to_vec()));
+        }
+        let prefix = entry_key(op, OPERATOR_STATE, &[]);
+        for item in db.prefix_iterator(&prefix) {
+            let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            restored.operator.push(v.to_vec());
+        }
+    }
+    Ok(restored)
+}
+
+/// Encodes a batch for a state entry (Arrow IPC stream).
+pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Decodes a state entry written by [`encode_batch`]; `what` names it in errors.
+pub fn decode_batch(bytes: &[u8], what: &str) -> Result<RecordBatch> {
+    let corrupt = |m: String| RuntimeError::State(format!("state entry {what} is unreadable: {m}"));
+    let mut reader = StreamReader::try_new(bytes, None).map_err(|e| corrupt(e.to_string()))?;
+    match reader.next() {
+        Some(batch) => batch.map_err(|e| corrupt(e.to_string())),
+        None => Err(corrupt("no batch".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_group_ranges_partition_and_match_the_exchange() {
+        for p in 1..=9 {
+            let mut next = 0;
+            for i in 0..p {
+                let r = key_group_range(i, p, 128);
+                assert_eq!(r.start, next);
+                for kg in r.clone() {
+                    assert_eq!(crate::exchange::subtask_for_key_group(kg, p, 128), i);
+                }
+                next = r.end;
+            }
+            assert_eq!(next, 128);
+        }
+    }
+
+    #[test]
+    fn state_is_read_back_by_key_group_range_from_several_stores() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dirs = Vec::new();
+        for subtask in 0..2 {
+            let mut backend =
+                StateBackend::open(&tmp.path().join(format!("work{subtask}"))).unwrap();
+            let mut snap = StateSnapshot::default();
+            for kg in 0..128usize {
+                if kg % 2 == subtask {
+                    snap.put(kg, b"k", vec![kg as u8]);
+                }
+            }
+            snap.put(5, b"gone", vec![1]);
+            snap.set_operator_state(vec![subtask as u8]);
+            backend.apply(0, subtask, snap).unwrap();
+            let mut snap = StateSnapshot::default();
+            snap.delete(5, b"gone");
+            backend.apply(0, subtask, snap).unwrap();
+            // Another operator's entries must not leak into operator 0's.
+            let mut other = StateSnapshot::default();
+            other.put(10, b"x", vec![9]);
+            backend.apply(1, subtask, other).unwrap();
+            let target = tmp.path().join(format!("chk{subtask}"));
+            let files = backend.checkpoint(&target, tmp.path()).unwrap();
+            assert!(files
+                .files
+                .iter()
+                .any(|f| f.path.starts_with(&format!("chk{subtask}/"))));
+            dirs.push(target);
+        }
+        let restored = read_state(&dirs, 0, 10..20).unwrap();
+        let mut groups: Vec<usize> = restored.keyed.iter().map(|(kg, _, _)| *kg).collect();
+        groups.sort();
+        assert_eq!(groups, (10..20).collect::<Vec<_>>());
+        assert!(restored
+            .keyed
+            .iter()
+            .all(|(kg, k, v)| k == b"k" && v == &vec![*kg as u8]));
+        assert_eq!(restored.operator, vec![vec![0], vec![1]]);
+        let other = read_state(&dirs, 1, 0..128).unwrap();
+        assert_eq!(other.keyed.len(), 2);
+    }
+
+    #[test]
+    fn a_second_checkpoint_rereads_only_new_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut backend = StateBackend::open(&tmp.path().join("work")).unwrap();
+        // Incompressible bytes (the store compresses with LZ4).
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..100_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut snap = StateSnapshot::default();
+        snap.put(1, b"a", noise);
+        backend.apply(0, 0, snap).unwrap();
+        let first = backend
+            .checkpoint(&tmp.path().join("c1"), tmp.path())
+            .unwrap();
+        let mut snap = StateSnapshot::default();
+        snap.put(2, b"b", vec![8; 1000]);
+        backend.apply(0, 0, snap).unwrap();
+        let second = backend
+            .checkpoint(&tmp.path().join("c2"), tmp.path())
+            .unwrap();
+        assert!(first.new_bytes > 100_000, "{first:?}");
+        assert!(second.new_bytes < first.new_bytes / 2, "{second:?}");
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_an_error_not_a_panic() {
+        let e = decode_batch(b"not arrow", "pane 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pane 3"), "{e}");
+    }
+}
