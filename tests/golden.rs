@@ -219,3 +219,43 @@ fn killed_and_restored_runs_match_golden_files() {
         }
     }
 }
+
+#[test]
+fn a_savepoint_restores_to_the_same_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
+    let job = checkpointed_job("q11", 2, &out, &checkpoints);
+    let savepoints = job.savepoints();
+    let runner = std::thread::spawn(move || job.execute_blocking());
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let path = savepoints
+        .request("before-upgrade")
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("an answer")
+        .expect("a savepoint");
+    runner.join().unwrap().unwrap();
+    assert_eq!(path, checkpoints.join("savepoints/before-upgrade"));
+    let id = oxflow::runtime::checkpoint::load(&path)
+        .unwrap()
+        .manifest
+        .id;
+    // Going back to the savepoint drops what was committed after it and writes it again.
+    let report = checkpointed_job("q11", 3, &out, &checkpoints)
+        .restore_from(RestoreFrom::Path(path))
+        .execute_blocking()
+        .unwrap();
+    assert_eq!(report.restored_from, Some(id));
+    assert_same_lines(
+        &committed_lines(&out),
+        &golden("q11"),
+        "q11 from a savepoint",
+    );
+    let bad = checkpointed_job("q11", 1, &out, &checkpoints)
+        .savepoints()
+        .request("../escape")
+        .recv()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("savepoint name"), "{bad}");
+}
