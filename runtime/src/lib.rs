@@ -2,8 +2,10 @@
 //!
 //! This crate owns how records move: the [`Message`]s on a stream (Arrow batches with
 //! watermarks in band), the [`Operator`] contract, sources and sinks as traits, the job graph
-//! of chained stages, hash exchanges through key groups, bounded channels (backpressure) and
-//! the executor that runs every subtask of a job on its own thread.
+//! of chained stages, hash exchanges through key groups, bounded channels (backpressure), the
+//! executor that runs every subtask of a job on its own thread, and checkpoints: barriers and
+//! their alignment, the coordinator, operator state in RocksDB by key group, the manifest, and
+//! restore at any parallelism ([`checkpoint`], [`coordinator`], [`state`]).
 //!
 //! It depends on DataFusion (for Arrow and hashing) and nothing else of Oxflow. It must never
 //! depend on concrete operators (`oxflow-operators`) or connectors (`oxflow-connectors`):
