@@ -264,7 +264,6 @@ pub fn execute(
             };
             let checkpointing = TaskCheckpointing {
                 stage: s,
-                subtask: index,
                 info,
                 root: options.checkpoints.as_ref().map(|c| c.dir.clone()),
                 work: work_root
@@ -296,16 +295,9 @@ pub fn execute(
                                         )
                                     })
                                     .collect::<Result<Vec<_>>>()?;
-                            // The split's own event-time progress if it kept its number,
-                            // else the least any split had reached (never more late records).
-                            let max_times = old
-                                .iter()
-                                .map(|t| t.source.as_ref().and_then(|s| s.max_event_time));
-                            let max_time = if old.len() == stage.parallelism {
-                                old[index].source.as_ref().and_then(|s| s.max_event_time)
-                            } else {
-                                max_times.min().flatten()
-                            };
+                            let max_time = own_or_least(old, info, |t| {
+                                t.source.as_ref().and_then(|s| s.max_event_time)
+                            });
                             if let (Some(g), Some(t)) = (&mut generator, max_time) {
                                 g.restore(t);
                             }
@@ -594,7 +586,7 @@ impl Chain {
         if let Downstream::Sink(writer) = &mut self.downstream {
             let pending = writer.finish()?;
             checkpointing.report(Report::Final {
-                subtask: checkpointing.subtask,
+                subtask: checkpointing.info.index,
                 pending,
             });
         }
@@ -602,10 +594,25 @@ impl Chain {
     }
 }
 
+/// What subtask `info` goes on from, of a time the old subtasks recorded: its own if the
+/// stage kept its parallelism, else the least any of them had reached (a lower watermark can
+/// only make fewer records late, never more). `None` if any had none.
+fn own_or_least(
+    old: &[TaskSnapshot],
+    info: SubtaskInfo,
+    time: impl Fn(&TaskSnapshot) -> Option<EventTime>,
+) -> Option<EventTime> {
+    if old.len() == info.parallelism {
+        time(&old[info.index])
+    } else {
+        old.iter().map(time).min().flatten()
+    }
+}
+
 /// A subtask's part in checkpoints: snapshots at barriers, state restore at start.
 struct TaskCheckpointing {
     stage: usize,
-    subtask: usize,
+    /// The subtask (`info.index`) and its stage's shape.
     info: SubtaskInfo,
     /// The checkpoint directory (none: checkpoints are off).
     root: Option<PathBuf>,
@@ -632,7 +639,7 @@ impl TaskCheckpointing {
             let backend = handle.join().map_err(|_| RuntimeError::Panic {
                 task: format!(
                     "checkpoint of stage {} subtask {}",
-                    self.stage, self.subtask
+                    self.stage, self.info.index
                 ),
                 message: "thread panicked".into(),
             })?;
@@ -656,8 +663,8 @@ impl TaskCheckpointing {
         let started = Instant::now();
         if !dirs.is_empty() {
             let key_groups = key_group_range(info.index, info.parallelism, info.max_parallelism);
-            for (k, op) in chain.operators.iter_mut().enumerate() {
-                let state = read_state(&dirs, k, key_groups.clone())?;
+            let states = read_state(&dirs, chain.operators.len(), key_groups)?;
+            for (op, state) in chain.operators.iter_mut().zip(states) {
                 if !state.is_empty() {
                     op.restore_state(state)?;
                 }
@@ -665,12 +672,8 @@ impl TaskCheckpointing {
         }
         self.restore_ms.max(started.elapsed().as_millis() as u64);
         // Every subtask of a keyed stage saw the same watermarks before the barrier; source
-        // splits differ, and a rescaled one takes the least (never more late records).
-        let watermark = if old.len() == info.parallelism {
-            old[info.index].watermark
-        } else {
-            old.iter().map(|t| t.watermark).min().flatten()
-        };
+        // splits differ.
+        let watermark = own_or_least(old, info, |t| t.watermark);
         if let Some(w) = watermark {
             chain.watermark = w;
             chain.each_operator(|op, out| op.on_watermark(w, out))?;
@@ -701,7 +704,7 @@ impl TaskCheckpointing {
                 self.backend = Some(StateBackend::open(work)?);
             }
             let backend = self.backend.as_ref().expect("opened above");
-            backend.apply(k, self.subtask, snapshot)?;
+            backend.apply(k, self.info.index, snapshot)?;
         }
         let sink = match &mut chain.downstream {
             Downstream::Sink(writer) => writer.pre_commit()?,
@@ -714,7 +717,7 @@ impl TaskCheckpointing {
             watermark: (chain.watermark != EventTime::MIN).then_some(chain.watermark),
             ..Default::default()
         };
-        let (stage, subtask) = (self.stage, self.subtask);
+        let (stage, subtask) = (self.stage, self.info.index);
         let Some(mut backend) = self.backend.take() else {
             self.report(Report::Ack {
                 id,

@@ -237,36 +237,41 @@ impl StateBackend {
     }
 }
 
-/// Reads the state of `operator` for `key_groups` out of old subtasks' checkpointed stores.
+/// Reads the state of operators `0..operators` of a chain for `key_groups` out of old
+/// subtasks' checkpointed stores, one [`RestoredState`] per operator.
 pub fn read_state(
     dirs: &[PathBuf],
-    operator: usize,
+    operators: usize,
     key_groups: Range<usize>,
-) -> Result<RestoredState> {
-    let op = operator as u16;
-    let mut restored = RestoredState::default();
+) -> Result<Vec<RestoredState>> {
+    let mut restored: Vec<RestoredState> =
+        (0..operators).map(|_| RestoredState::default()).collect();
     let mut options = Options::default();
     options.create_if_missing(false);
+    // Each old store is opened once, and read for every operator of the chain.
     for dir in dirs {
         let db = DB::open_for_read_only(&options, dir, false)
             .map_err(|e| rocks(format!("opening checkpointed state {}", dir.display()), e))?;
-        let from = entry_key(op, key_groups.start as u16, &[]);
-        let to = entry_key(op, key_groups.end as u16, &[]);
-        for item in db.iterator(IteratorMode::From(&from, Direction::Forward)) {
-            let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
-            if k.as_ref() >= to.as_slice() {
-                break;
+        for (op, state) in restored.iter_mut().enumerate() {
+            let op = op as u16;
+            let from = entry_key(op, key_groups.start as u16, &[]);
+            let to = entry_key(op, key_groups.end as u16, &[]);
+            for item in db.iterator(IteratorMode::From(&from, Direction::Forward)) {
+                let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
+                if k.as_ref() >= to.as_slice() {
+                    break;
+                }
+                let kg = u16::from_be_bytes([k[2], k[3]]) as usize;
+                state.keyed.push((kg, k[4..].to_vec(), v.to_vec()));
             }
-            let kg = u16::from_be_bytes([k[2], k[3]]) as usize;
-            restored.keyed.push((kg, k[4..].to_vec(), v.to_vec()));
-        }
-        let prefix = entry_key(op, OPERATOR_STATE, &[]);
-        for item in db.prefix_iterator(&prefix) {
-            let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
-            if !k.starts_with(&prefix) {
-                break;
+            let prefix = entry_key(op, OPERATOR_STATE, &[]);
+            for item in db.prefix_iterator(&prefix) {
+                let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                state.operator.push(v.to_vec());
             }
-            restored.operator.push(v.to_vec());
         }
     }
     Ok(restored)
@@ -343,7 +348,13 @@ mod tests {
                 .any(|f| f.path.starts_with(&format!("chk{subtask}/"))));
             dirs.push(target);
         }
-        let restored = read_state(&dirs, 0, 10..20).unwrap();
+        let mut restored = read_state(&dirs, 2, 10..20).unwrap();
+        let other = restored.pop().unwrap();
+        assert!(
+            other.keyed.iter().all(|(kg, _, _)| *kg == 10),
+            "operator 1 keeps its own"
+        );
+        let restored = restored.pop().unwrap();
         let mut groups: Vec<usize> = restored.keyed.iter().map(|(kg, _, _)| *kg).collect();
         groups.sort();
         assert_eq!(groups, (10..20).collect::<Vec<_>>());
@@ -352,7 +363,7 @@ mod tests {
             .iter()
             .all(|(kg, k, v)| k == b"k" && v == &vec![*kg as u8]));
         assert_eq!(restored.operator, vec![vec![0], vec![1]]);
-        let other = read_state(&dirs, 1, 0..128).unwrap();
+        let other = read_state(&dirs, 2, 0..128).unwrap().pop().unwrap();
         assert_eq!(other.keyed.len(), 2);
     }
 
