@@ -120,10 +120,6 @@ impl JsonFileSink {
         let rest = name.strip_prefix("part-")?.strip_suffix(".jsonl")?;
         rest.split('-').next()?.parse().ok()
     }
-
-    fn io(&self, what: String) -> impl FnOnce(std::io::Error) -> RuntimeError {
-        move |e| RuntimeError::io(what, e)
-    }
 }
 
 /// What a file writer hands over at a barrier.
@@ -131,7 +127,6 @@ impl JsonFileSink {
 struct PendingFile {
     /// The in-progress file's name in the sink's directory.
     file: String,
-    subtask: usize,
 }
 
 struct OpenFile {
@@ -195,15 +190,18 @@ impl Sink for JsonFileSink {
     }
     fn roll_back_after(&self, checkpoint: u64) -> Result<()> {
         let listing = format!("listing {}", self.dir.display());
-        for entry in std::fs::read_dir(&self.dir).map_err(self.io(listing.clone()))? {
-            let entry = entry.map_err(self.io(listing.clone()))?;
+        let listing = || RuntimeError::io_while(listing.clone());
+        for entry in std::fs::read_dir(&self.dir).map_err(listing())? {
+            let entry = entry.map_err(listing())?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale = (name.starts_with(".part-") && name.ends_with(".inprogress"))
                 || Self::checkpoint_of(&name).is_some_and(|c| c > checkpoint);
             if stale {
                 let path = entry.path();
-                std::fs::remove_file(&path)
-                    .map_err(self.io(format!("deleting {}", path.display())))?;
+                std::fs::remove_file(&path).map_err(RuntimeError::io_while(format!(
+                    "deleting {}",
+                    path.display()
+                )))?;
             }
         }
         oxflow_runtime::checkpoint::sync_dir(&self.dir)
@@ -211,10 +209,9 @@ impl Sink for JsonFileSink {
 }
 
 impl JsonFileWriter {
-    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> RuntimeError {
         let name = self.current.as_ref().map_or("", |f| f.name.as_str());
-        let what = format!("{what} {}", self.dir.join(name).display());
-        move |e| RuntimeError::io(what, e)
+        RuntimeError::io_while(format!("{what} {}", self.dir.join(name).display()))
     }
 
     /// Closes the current file, durable, and hands it over.
@@ -222,19 +219,12 @@ impl JsonFileWriter {
         let Some(mut open) = self.current.take() else {
             return Ok(None);
         };
-        let path = self.dir.join(&open.name);
-        let io = |what: &str| {
-            let what = format!("{what} {}", path.display());
-            move |e| RuntimeError::io(what, e)
-        };
+        let path = self.dir.join(&open.name).display().to_string();
+        let io = |what: &str| RuntimeError::io_while(format!("{what} {path}"));
         open.file.flush().map_err(io("flushing"))?;
         open.file.get_ref().sync_all().map_err(io("syncing"))?;
         Ok(Some(
-            serde_json::to_value(PendingFile {
-                file: open.name,
-                subtask: self.subtask,
-            })
-            .expect("pending files serialize"),
+            serde_json::to_value(PendingFile { file: open.name }).expect("pending files serialize"),
         ))
     }
 }
@@ -249,8 +239,10 @@ impl SinkWriter for JsonFileWriter {
                 NEXT_FILE.fetch_add(1, Ordering::Relaxed)
             );
             let path = self.dir.join(&name);
-            let file = std::fs::File::create(&path)
-                .map_err(|e| RuntimeError::io(format!("creating {}", path.display()), e))?;
+            let file = std::fs::File::create(&path).map_err(RuntimeError::io_while(format!(
+                "creating {}",
+                path.display()
+            )))?;
             self.current = Some(OpenFile {
                 file: std::io::BufWriter::new(file),
                 name,

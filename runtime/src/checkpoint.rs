@@ -127,10 +127,6 @@ fn checkpoint_id(name: &str) -> Option<u64> {
     name.strip_prefix("chk-")?.parse().ok()
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    move |e| RuntimeError::io(context, e)
-}
-
 fn corrupt(dir: &Path, what: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Checkpoint(format!("{}: {what}", dir.display()))
 }
@@ -139,7 +135,10 @@ fn corrupt(dir: &Path, what: impl std::fmt::Display) -> RuntimeError {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io(format!("syncing directory {}", dir.display())))
+        .map_err(RuntimeError::io_while(format!(
+            "syncing directory {}",
+            dir.display()
+        )))
 }
 
 /// Writes `manifest` into `dir` atomically: a temporary file, synced, renamed over the final
@@ -149,13 +148,18 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
         .map_err(|e| RuntimeError::Checkpoint(format!("encoding the manifest: {e}")))?;
     let text = format!("{body}\n{:08x}\n", crc32fast::hash(body.as_bytes()));
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
-    let mut file =
-        std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    let mut file = std::fs::File::create(&tmp).map_err(RuntimeError::io_while(format!(
+        "creating {}",
+        tmp.display()
+    )))?;
     file.write_all(text.as_bytes())
         .and_then(|_| file.sync_all())
-        .map_err(io(format!("writing {}", tmp.display())))?;
+        .map_err(RuntimeError::io_while(format!("writing {}", tmp.display())))?;
     let target = dir.join(MANIFEST);
-    std::fs::rename(&tmp, &target).map_err(io(format!("renaming {}", tmp.display())))?;
+    std::fs::rename(&tmp, &target).map_err(RuntimeError::io_while(format!(
+        "renaming {}",
+        tmp.display()
+    )))?;
     sync_dir(dir)
 }
 
@@ -253,7 +257,10 @@ pub fn checkpoint_ids(root: &Path) -> Result<Vec<u64>> {
     };
     let mut ids = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io(format!("listing {}", root.display())))?;
+        let entry = entry.map_err(RuntimeError::io_while(format!(
+            "listing {}",
+            root.display()
+        )))?;
         if let Some(id) = checkpoint_id(&entry.file_name().to_string_lossy()) {
             ids.push(id);
         }
@@ -292,7 +299,10 @@ pub fn apply_retention(root: &Path, retained: usize) -> Result<()> {
     };
     for id in ids.into_iter().filter(|&id| id < oldest_kept) {
         let dir = checkpoint_dir(root, id);
-        std::fs::remove_dir_all(&dir).map_err(io(format!("deleting {}", dir.display())))?;
+        std::fs::remove_dir_all(&dir).map_err(RuntimeError::io_while(format!(
+            "deleting {}",
+            dir.display()
+        )))?;
     }
     Ok(())
 }
@@ -307,14 +317,22 @@ pub fn copy_checkpoint(from: &Path, target: &Path) -> Result<()> {
         )));
     }
     fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-        std::fs::create_dir_all(to).map_err(io(format!("creating {}", to.display())))?;
-        for entry in std::fs::read_dir(from).map_err(io(format!("listing {}", from.display())))? {
-            let entry = entry.map_err(io(format!("listing {}", from.display())))?;
+        std::fs::create_dir_all(to)
+            .map_err(RuntimeError::io_while(format!("creating {}", to.display())))?;
+        for entry in std::fs::read_dir(from).map_err(RuntimeError::io_while(format!(
+            "listing {}",
+            from.display()
+        )))? {
+            let entry = entry.map_err(RuntimeError::io_while(format!(
+                "listing {}",
+                from.display()
+            )))?;
             let (src, dst) = (entry.path(), to.join(entry.file_name()));
             if src.is_dir() {
                 copy_tree(&src, &dst)?;
             } else if std::fs::hard_link(&src, &dst).is_err() {
-                std::fs::copy(&src, &dst).map_err(io(format!("copying {}", src.display())))?;
+                std::fs::copy(&src, &dst)
+                    .map_err(RuntimeError::io_while(format!("copying {}", src.display())))?;
             }
         }
         Ok(())
@@ -322,7 +340,10 @@ pub fn copy_checkpoint(from: &Path, target: &Path) -> Result<()> {
     let tmp = target.with_extension("inprogress");
     let _ = std::fs::remove_dir_all(&tmp);
     copy_tree(from, &tmp)?;
-    std::fs::rename(&tmp, target).map_err(io(format!("renaming {}", tmp.display())))?;
+    std::fs::rename(&tmp, target).map_err(RuntimeError::io_while(format!(
+        "renaming {}",
+        tmp.display()
+    )))?;
     if let Some(parent) = target.parent() {
         sync_dir(parent)?;
     }

@@ -71,6 +71,12 @@ impl RuntimeError {
             source,
         }
     }
+
+    /// The same, as a function for `map_err`: `.map_err(RuntimeError::io_while(what))`.
+    pub fn io_while(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| RuntimeError::io(context, source)
+    }
 }
 
 #[cfg(test)]
