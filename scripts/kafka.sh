@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # A single-node Apache Kafka broker (KRaft mode) on 127.0.0.1 for integration tests and demos.
 #
-#   scripts/kafka.sh start|stop|status
+#   scripts/kafka.sh start|stop|restart|status
+#   scripts/kafka.sh topic NAME [PARTITIONS]    create a topic (default 4 partitions)
+#   scripts/kafka.sh consume NAME               print every committed record's value
+#                                               (read_committed), then exit when idle 5 s
 #
-# Kafka's jars come from Maven Central with Maven (org.apache.kafka:kafka_2.13 and its runtime
-# dependencies) into a cache reused across runs. `start` formats fresh KRaft storage, starts the
+# Kafka's jars come from Maven Central with Maven (org.apache.kafka:kafka_2.13, kafka-tools and
+# their runtime dependencies) into a cache reused across runs. `start` formats fresh KRaft storage, starts the
 # broker on 127.0.0.1:${KAFKA_PORT:-9092} (controller on the next port) and waits until it
 # answers; `stop` stops only the process `start` started. Needs Java 17 and Maven.
 set -euo pipefail
@@ -18,7 +21,7 @@ run=${KAFKA_RUN_DIR:-$cache/run-$port}
 pidfile=$run/kafka.pid
 
 fetch() {
-  if [ -f "$libs/.complete" ]; then return; fi
+  if [ -f "$libs/.complete-with-tools" ]; then return; fi
   mkdir -p "$cache/$version"
   cat > "$cache/$version/pom.xml" <<POM
 <project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -26,6 +29,8 @@ fetch() {
   <groupId>oxflow</groupId><artifactId>kafka-broker</artifactId><version>1</version>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$version</version></dependency>
+    <!-- The command-line tools (topics, console consumer) the scripts use. -->
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$version</version></dependency>
     <!-- Kafka logs through SLF4J 1.x; the distribution binds it to Log4j 2 the same way. -->
     <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.25.5</version></dependency>
   </dependencies>
@@ -34,7 +39,7 @@ POM
   echo "kafka.sh: fetching Apache Kafka $version with Maven into $libs" >&2
   mvn -q -B -Dstyle.color=never -f "$cache/$version/pom.xml" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$libs" >&2
-  touch "$libs/.complete"
+  touch "$libs/.complete-with-tools"
 }
 
 running() {
@@ -43,6 +48,53 @@ running() {
 
 answers() {
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+}
+
+# `restart` keeps the broker's data (as a broker restart in production does); `start` begins
+# with fresh storage.
+launch() {
+  nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$run/log4j2.properties" \
+    -cp "$libs/*" kafka.Kafka "$run/server.properties" \
+    >> "$run/kafka.log" 2>&1 &
+  echo $! > "$pidfile"
+  local mark=$1
+  for _ in $(seq 1 120); do
+    if ! running; then echo "kafka.sh: the broker exited:" >&2; tail -30 "$run/kafka.log" >&2; exit 1; fi
+    if answers && [ "$(started_count)" -gt "$mark" ]; then
+      echo "kafka.sh: Apache Kafka $version running on 127.0.0.1:$port (pid $(cat "$pidfile"))"
+      return
+    fi
+    sleep 0.5
+  done
+  echo "kafka.sh: the broker did not answer within 60 s:" >&2
+  tail -30 "$run/kafka.log" >&2
+  stop
+  exit 1
+}
+
+started_count() {
+  grep -c "Kafka Server started\|started (kafka.server.KafkaRaftServer)" "$run/kafka.log" || true
+}
+
+restart() {
+  [ -f "$run/server.properties" ] || { echo "kafka.sh: never started here" >&2; exit 1; }
+  stop
+  launch "$(started_count)"
+}
+
+topic() {
+  local name=$1 partitions=${2:-4}
+  java -cp "$libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
+    --create --if-not-exists --topic "$name" --partitions "$partitions" --replication-factor 1 >&2
+}
+
+consume() {
+  # Quiet logging: the console consumer logs to stdout, where the records go.
+  echo "rootLogger.level=OFF" > "$run/quiet-log4j2.properties"
+  java -Dlog4j2.configurationFile="$run/quiet-log4j2.properties" -cp "$libs/*" \
+    org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "127.0.0.1:$port" \
+    --topic "$1" --from-beginning --isolation-level read_committed --timeout-ms 5000 \
+    2> >(grep -v "Processed a total\\|KIP-848" >&2) || true
 }
 
 start() {
@@ -86,22 +138,8 @@ LOG
   cluster=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
   java -cp "$libs/*" kafka.tools.StorageTool format -t "$cluster" -c "$run/server.properties" \
     > "$run/format.log" 2>&1 || { cat "$run/format.log" >&2; exit 1; }
-  nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$run/log4j2.properties" \
-    -cp "$libs/*" kafka.Kafka "$run/server.properties" \
-    > "$run/kafka.log" 2>&1 &
-  echo $! > "$pidfile"
-  for _ in $(seq 1 120); do
-    if ! running; then echo "kafka.sh: the broker exited:" >&2; tail -30 "$run/kafka.log" >&2; exit 1; fi
-    if answers && grep -q "Kafka Server started\|started (kafka.server.KafkaRaftServer)" "$run/kafka.log"; then
-      echo "kafka.sh: Apache Kafka $version running on 127.0.0.1:$port (pid $(cat "$pidfile"))"
-      return
-    fi
-    sleep 0.5
-  done
-  echo "kafka.sh: the broker did not answer within 60 s:" >&2
-  tail -30 "$run/kafka.log" >&2
-  stop
-  exit 1
+  : > "$run/kafka.log"
+  launch 0
 }
 
 stop() {
@@ -130,6 +168,9 @@ status() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  restart) restart ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  topic) shift; topic "$@" ;;
+  consume) shift; consume "$@" ;;
+  *) echo "usage: $0 start|stop|restart|status|topic NAME [PARTITIONS]|consume NAME" >&2; exit 2 ;;
 esac

@@ -2,12 +2,15 @@
 
 use crate::error::{OxflowError, Result};
 use crate::pipeline::{Job, Pipeline, Stream};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{col, lit};
+use oxflow_connectors::kafka::{KafkaSource, KafkaSourceConfig};
 use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource, NexmarkTable};
 use oxflow_operators::WindowSpec;
 use oxflow_runtime::sink::Sink;
 use oxflow_runtime::watermark::WatermarkStrategy;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The queries this build runs.
@@ -23,6 +26,29 @@ pub fn bids(pipeline: Pipeline, config: NexmarkConfig) -> Result<Stream> {
     pipeline
         .source(NexmarkSource::try_new(config, NexmarkTable::Bid)?)
         .with_watermarks(watermarks())
+}
+
+/// The columns of bids read from Kafka: q0's (`auction`, `bidder`, `price`, `date_time`,
+/// `extra`), typed as the generator's.
+pub fn kafka_bid_schema() -> SchemaRef {
+    let bid = NexmarkTable::Bid.schema();
+    let fields = ["auction", "bidder", "price", "date_time", "extra"]
+        .iter()
+        .map(|n| bid.field_with_name(n).expect("a bid column").clone())
+        .collect::<Vec<_>>();
+    Arc::new(Schema::new(fields))
+}
+
+/// Bids read from Kafka (JSON objects with [`kafka_bid_schema`]'s columns), with watermarks
+/// `delay` behind the newest `date_time` of each partition.
+pub fn kafka_bids(
+    pipeline: Pipeline,
+    config: KafkaSourceConfig,
+    watermarks: WatermarkStrategy,
+) -> Result<Stream> {
+    pipeline
+        .source(KafkaSource::try_new(config)?)
+        .with_watermarks(watermarks)
 }
 
 /// Applies query `query` to a bid stream (columns of the Nexmark bid table).

@@ -34,6 +34,26 @@ pub enum ConnectorError {
         /// The error.
         source: std::io::Error,
     },
+    /// A Kafka client request failed.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What was being done (brokers, topic, partition).
+        context: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A Kafka record could not be decoded (with the `fail` policy).
+    #[error("bad record in topic {topic} partition {partition} at offset {offset}: {reason}")]
+    BadKafkaRecord {
+        /// Its topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// What was wrong.
+        reason: String,
+    },
     /// Arrow failed (schema inference, encoding).
     #[error("arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
@@ -53,7 +73,10 @@ impl From<ConnectorError> for RuntimeError {
         match e {
             ConnectorError::Io { context, source } => RuntimeError::Io { context, source },
             ConnectorError::Arrow(a) => RuntimeError::Arrow(a),
-            ConnectorError::BadRecord { .. } => RuntimeError::BadInput(e.to_string()),
+            ConnectorError::BadRecord { .. } | ConnectorError::BadKafkaRecord { .. } => {
+                RuntimeError::BadInput(e.to_string())
+            }
+            ConnectorError::Kafka { .. } => RuntimeError::Connector(e.to_string()),
             ConnectorError::Config { .. } => RuntimeError::InvalidJob(e.to_string()),
         }
     }

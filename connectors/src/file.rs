@@ -5,10 +5,9 @@
 //! line; with the `Skip` policy bad lines are counted and left out, and every good line
 //! before and after them is kept.
 
+use crate::decode::{RecordDecoder, TextFormat};
 use crate::error::{ConnectorError, Result};
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
@@ -130,49 +129,6 @@ fn infer_schema(
         line: 0,
         reason: format!("cannot infer a schema: {e}"),
     })
-}
-
-enum Decoder {
-    Json(Box<datafusion::arrow::json::reader::Decoder>),
-    Csv(Box<datafusion::arrow::csv::reader::Decoder>),
-}
-
-impl Decoder {
-    fn new(format: FileFormat, schema: &SchemaRef, batch_size: usize) -> Result<Self, ArrowError> {
-        Ok(match format {
-            FileFormat::JsonLines => Decoder::Json(Box::new(
-                datafusion::arrow::json::ReaderBuilder::new(schema.clone())
-                    .with_batch_size(batch_size)
-                    .build_decoder()?,
-            )),
-            FileFormat::Csv { delimiter, .. } => Decoder::Csv(Box::new(
-                datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
-                    .with_header(false)
-                    .with_delimiter(delimiter)
-                    .with_batch_size(batch_size)
-                    .build_decoder(),
-            )),
-        })
-    }
-
-    /// Decodes whole lines into one batch.
-    fn decode_all(&mut self, bytes: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let used = match self {
-                Decoder::Json(d) => d.decode(rest)?,
-                Decoder::Csv(d) => d.decode(rest)?,
-            };
-            if used == 0 {
-                break;
-            }
-            rest = &rest[used..];
-        }
-        match self {
-            Decoder::Json(d) => d.flush(),
-            Decoder::Csv(d) => d.flush(),
-        }
-    }
 }
 
 impl Source for FileSource {
@@ -330,42 +286,39 @@ impl FileReader {
         }
     }
 
-    fn decoder(&self) -> Result<Decoder> {
-        Ok(Decoder::new(
-            self.source.format,
-            &self.source.schema,
-            self.source.batch_size,
-        )?)
+    fn decoder(&self) -> RecordDecoder {
+        let format = match self.source.format {
+            FileFormat::JsonLines => TextFormat::Json,
+            FileFormat::Csv { delimiter, .. } => TextFormat::Csv { delimiter },
+        };
+        RecordDecoder::new(format, self.source.schema.clone())
     }
 
-    /// The slow path after a batch failed: line by line, to name (or skip) the bad ones.
+    /// Decodes a batch of lines, naming (or skipping) the bad ones.
     fn decode_lines(&mut self, bytes: &[u8], lines: &[LineSpan]) -> Result<RecordBatch> {
         let path = self
             .current
             .as_ref()
             .map(|f| f.path.clone())
             .unwrap_or_default();
-        let mut good = Vec::new();
-        for &(line, start, end) in lines {
-            match self.decoder()?.decode_all(&bytes[start..end]) {
-                Ok(Some(b)) => good.push(b),
-                Ok(None) => {}
-                Err(e) => match self.source.policy {
-                    BadRecordPolicy::Fail => {
-                        return Err(ConnectorError::BadRecord {
-                            path,
-                            line,
-                            reason: e.to_string(),
-                        })
-                    }
-                    BadRecordPolicy::Skip => {
-                        tracing::warn!(path = %path, line, error = %e, "skipping a bad record");
-                        self.source.bad_records.add(1);
-                    }
-                },
+        let spans: Vec<(usize, usize)> = lines.iter().map(|&(_, s, e)| (s, e)).collect();
+        let (policy, counter) = (self.source.policy, &self.source.bad_records);
+        let decoded = self.decoder().decode(bytes, &spans, |i, reason| {
+            let line = lines[i].0;
+            match policy {
+                BadRecordPolicy::Fail => Err(ConnectorError::BadRecord {
+                    path: path.clone(),
+                    line,
+                    reason,
+                }),
+                BadRecordPolicy::Skip => {
+                    tracing::warn!(path = %path, line, error = %reason, "skipping a bad record");
+                    counter.add(1);
+                    Ok(())
+                }
             }
-        }
-        Ok(concat_batches(&self.source.schema, &good)?)
+        })?;
+        Ok(decoded.batch)
     }
 }
 
@@ -374,11 +327,7 @@ impl SourceReader for FileReader {
         let Some((bytes, lines)) = self.read_lines()? else {
             return Ok(SourcePoll::Finished);
         };
-        let batch = match self.decoder()?.decode_all(&bytes) {
-            Ok(Some(b)) if b.num_rows() == lines.len() => b,
-            _ => self.decode_lines(&bytes, &lines)?,
-        };
-        Ok(SourcePoll::Batch(batch))
+        Ok(SourcePoll::Batch(self.decode_lines(&bytes, &lines)?))
     }
     fn position(&self) -> Option<serde_json::Value> {
         let position = FilePosition {

@@ -2,17 +2,20 @@
 //!
 //! This crate owns the concrete [`Source`](oxflow_runtime::source::Source)s and
 //! [`Sink`](oxflow_runtime::sink::Sink)s: the Nexmark generator (exactly as the project's
-//! Nexmark page fixes it), a datagen source, JSON-lines and CSV files in, and stdout,
-//! JSON-lines files, a blackhole and an in-memory collector out.
+//! Nexmark page fixes it), a datagen source, JSON-lines and CSV files and Kafka topics in, and stdout,
+//! JSON-lines files, Kafka topics (exactly once, with transactions), a blackhole and an
+//! in-memory collector out.
 //!
 //! It depends on `oxflow-runtime` and DataFusion's Arrow. It must never depend on operators or
 //! on the facade.
 #![warn(missing_docs)]
 
 pub mod datagen;
+mod decode;
 pub mod error;
 pub mod file;
 pub mod json;
+pub mod kafka;
 pub mod memory;
 pub mod nexmark;
 pub mod random;

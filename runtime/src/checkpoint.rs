@@ -17,6 +17,7 @@
 use crate::error::{Result, RuntimeError};
 use crate::state::{file_crc32, FileEntry};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,6 +65,10 @@ pub struct SourceSnapshot {
     pub position: serde_json::Value,
     /// The largest event time the split's watermark generator had seen.
     pub max_event_time: Option<i64>,
+    /// Of a split read as several partitions: the largest event time of each partition, by
+    /// name (a partition may belong to another split after a rescale).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partition_event_times: BTreeMap<String, i64>,
 }
 
 /// What one subtask contributed to a checkpoint.

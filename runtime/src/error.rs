@@ -52,6 +52,10 @@ pub enum RuntimeError {
     /// corrupt; the message names the file.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// An external system (a Kafka broker...) failed a request; the message says which and
+    /// what was being done.
+    #[error("connector: {0}")]
+    Connector(String),
     /// Another task failed first and this one was cancelled.
     #[error("job cancelled")]
     Cancelled,

@@ -24,9 +24,9 @@ use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
 use crate::state::{key_group_range, read_state, StateBackend, StateSnapshot};
-use crate::watermark::{InputWatermarks, WatermarkGenerator, WatermarkUpdate};
+use crate::watermark::{InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkUpdate};
 use datafusion::arrow::record_batch::RecordBatch;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TrySendError};
@@ -278,6 +278,7 @@ pub fn execute(
             let body: Box<dyn FnOnce() -> Result<()> + Send> = match &stage.input {
                 StageInput::Source { source, watermarks } => {
                     let mut generator = watermarks.clone().map(WatermarkGenerator::new);
+                    let mut partition_times = BTreeMap::new();
                     let reader = match &restore {
                         None => source.create_reader(info)?,
                         Some(r) => {
@@ -301,10 +302,21 @@ pub fn execute(
                             if let (Some(g), Some(t)) = (&mut generator, max_time) {
                                 g.restore(t);
                             }
+                            // Each partition was read by one old split: take every one's.
+                            partition_times = old
+                                .iter()
+                                .filter_map(|t| t.source.as_ref())
+                                .flat_map(|s| s.partition_event_times.clone())
+                                .collect();
                             source.restore_reader(info, &positions)?
                         }
                     };
                     let idle_timeout = watermarks.as_ref().and_then(|w| w.idle_timeout);
+                    let partitioned = watermarks.clone().map(|w| {
+                        let mut p = PartitionWatermarks::new(w);
+                        p.restore(EventTime::MIN, &partition_times);
+                        p
+                    });
                     let (clock, cancel, records_in) =
                         (clock.clone(), cancel.clone(), records_in.clone());
                     let trigger = trigger.clone();
@@ -312,6 +324,7 @@ pub fn execute(
                         run_source(SourceTask {
                             reader,
                             generator,
+                            partitioned,
                             idle_timeout,
                             chain,
                             clock,
@@ -570,6 +583,18 @@ impl Chain {
         Ok(())
     }
 
+    /// Hands a source's messages (data, watermarks, idleness) to the chain, emptying `out`.
+    fn send_all(&mut self, out: &mut Vec<Message>) -> Result<()> {
+        for message in out.drain(..) {
+            match message {
+                Message::Data(b) => self.data(0, b)?,
+                Message::Watermark(w) => self.watermark(w)?,
+                other => self.downstream.control(other)?,
+            }
+        }
+        Ok(())
+    }
+
     fn watermark(&mut self, wm: EventTime) -> Result<()> {
         if wm <= self.watermark {
             // Already handled (a restored job hears its checkpoint's watermark again).
@@ -780,6 +805,8 @@ impl Drop for TaskCheckpointing {
 struct SourceTask {
     reader: Box<dyn crate::source::SourceReader>,
     generator: Option<WatermarkGenerator>,
+    /// Used instead of `generator` for readers of several partitions.
+    partitioned: Option<PartitionWatermarks>,
     idle_timeout: Option<Duration>,
     chain: Chain,
     clock: Arc<dyn Clock>,
@@ -795,6 +822,10 @@ fn run_source(mut t: SourceTask) -> Result<()> {
     let mut last_data = t.clock.elapsed();
     let mut idle = false;
     let mut injected = 0;
+    if let Some(p) = &mut t.partitioned {
+        // The restored watermark (set on the chain) is not sent again.
+        p.restore(t.chain.watermark, &BTreeMap::new());
+    }
     loop {
         if t.cancel.is_cancelled() {
             return Err(RuntimeError::Cancelled);
@@ -811,46 +842,58 @@ fn run_source(mut t: SourceTask) -> Result<()> {
             let source = SourceSnapshot {
                 position,
                 max_event_time: t.generator.as_ref().and_then(|g| g.max_event_time()),
+                partition_event_times: t
+                    .partitioned
+                    .as_ref()
+                    .map(|p| p.max_event_times())
+                    .unwrap_or_default(),
             };
             t.checkpointing
                 .checkpoint(requested, &mut t.chain, Some(source))?;
         }
-        match t.reader.poll_next()? {
-            SourcePoll::Batch(batch) if batch.num_rows() == 0 => {}
-            SourcePoll::Batch(batch) => {
-                t.records_in.add(batch.num_rows() as u64);
-                last_data = t.clock.elapsed();
-                idle = false;
-                match &mut t.generator {
-                    None => t.chain.data(0, batch)?,
-                    Some(generator) => {
-                        generator.on_batch(batch, &mut pending)?;
-                        for message in pending.drain(..) {
-                            match message {
-                                Message::Data(b) => t.chain.data(0, b)?,
-                                Message::Watermark(w) => t.chain.watermark(w)?,
-                                _ => unreachable!(
-                                    "a watermark generator emits only data and watermarks"
-                                ),
+        let (partition, batch) = match t.reader.poll_next()? {
+            SourcePoll::Batch(batch) => (None, batch),
+            SourcePoll::PartitionBatch(partition, batch) => (Some(partition), batch),
+            SourcePoll::Pending(wait) => {
+                let now = t.clock.elapsed();
+                match (&mut t.partitioned, t.reader.partitions().is_empty()) {
+                    (Some(p), false) => {
+                        p.sync(t.reader.partitions(), now);
+                        p.on_quiet(now, &mut pending);
+                    }
+                    _ => {
+                        if let Some(timeout) = t.idle_timeout {
+                            if !idle && now.saturating_sub(last_data) >= timeout {
+                                idle = true;
+                                pending.push(Message::Idle);
                             }
                         }
                     }
                 }
-            }
-            SourcePoll::Pending(wait) => {
-                if let Some(timeout) = t.idle_timeout {
-                    if !idle && t.clock.elapsed().saturating_sub(last_data) >= timeout {
-                        idle = true;
-                        t.chain.downstream.control(Message::Idle)?;
-                    }
-                }
+                t.chain.send_all(&mut pending)?;
                 t.clock.sleep(wait);
+                continue;
             }
             SourcePoll::Finished => {
                 t.checkpointing.report(Report::SourceFinished);
                 return t.chain.end(&mut t.checkpointing);
             }
+        };
+        if batch.num_rows() == 0 {
+            continue;
         }
+        t.records_in.add(batch.num_rows() as u64);
+        last_data = t.clock.elapsed();
+        idle = false;
+        match (partition, &mut t.partitioned, &mut t.generator) {
+            (Some(i), Some(p), _) => {
+                p.sync(t.reader.partitions(), last_data);
+                p.on_batch(i, batch, last_data, &mut pending)?;
+            }
+            (_, _, Some(generator)) => generator.on_batch(batch, &mut pending)?,
+            _ => pending.push(Message::Data(batch)),
+        }
+        t.chain.send_all(&mut pending)?;
     }
 }
 

@@ -12,6 +12,9 @@ use std::time::Duration;
 pub enum SourcePoll {
     /// A batch of records.
     Batch(RecordBatch),
+    /// A batch of records all from one partition of the split: an index into
+    /// [`SourceReader::partitions`]. Watermarks are then kept per partition.
+    PartitionBatch(usize, RecordBatch),
     /// Nothing now (an unbounded source waiting for data); ask again after about this long.
     Pending(Duration),
     /// This split is exhausted (a bounded source): end of stream.
@@ -27,6 +30,14 @@ pub trait SourceReader: Send {
     /// from exactly the next record. `None`: this reader cannot be checkpointed.
     fn position(&self) -> Option<serde_json::Value> {
         None
+    }
+
+    /// The partitions this split reads, for a reader whose split is made of several ordered
+    /// partitions (a Kafka split: `topic/partition`); it sends their records as
+    /// [`SourcePoll::PartitionBatch`]. The list only grows (new partitions are discovered),
+    /// and an index keeps its name. Empty (the default): one ordered stream.
+    fn partitions(&self) -> &[String] {
+        &[]
     }
 }
 

@@ -6,6 +6,7 @@ use crate::message::{EventTime, Message};
 use datafusion::arrow::array::{Array, Int64Array, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How a source derives watermarks from its records.
@@ -147,6 +148,122 @@ impl WatermarkGenerator {
     }
 }
 
+/// The watermarks of a source split that reads several partitions (a Kafka split reads some
+/// of a topic's partitions, each in its own order): a generator per partition, combined as a
+/// task combines its inputs, so the split's watermark is the least over its partitions that
+/// are not idle. One fast partition then cannot make a slow one's records late.
+#[derive(Debug)]
+pub struct PartitionWatermarks {
+    strategy: WatermarkStrategy,
+    /// What a checkpoint recorded per partition, for partitions that appear later.
+    restored: BTreeMap<String, EventTime>,
+    /// Name, generator and the time of the last record of each partition, in the reader's
+    /// partition order.
+    partitions: Vec<(String, WatermarkGenerator, Duration)>,
+    combined: InputWatermarks,
+    scratch: Vec<Message>,
+}
+
+impl PartitionWatermarks {
+    /// Tracks no partition yet.
+    pub fn new(strategy: WatermarkStrategy) -> Self {
+        PartitionWatermarks {
+            strategy,
+            restored: BTreeMap::new(),
+            partitions: Vec::new(),
+            combined: InputWatermarks::new(0),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Goes on from a checkpoint: the split's watermark `w` is not reported again, and each
+    /// partition named in `max_event_times` continues from the largest event time it had
+    /// (including partitions added later). Calls add up.
+    pub fn restore(&mut self, w: EventTime, max_event_times: &BTreeMap<String, EventTime>) {
+        self.combined.restore(w);
+        for (name, generator, _) in &mut self.partitions {
+            if let Some(&t) = max_event_times.get(name) {
+                generator.restore(t);
+            }
+        }
+        self.restored
+            .extend(max_event_times.iter().map(|(k, &v)| (k.clone(), v)));
+    }
+
+    /// Adds the partitions of `names` not tracked yet (a reader discovered them); `now` is
+    /// the clock's time, from which their idle timeout counts.
+    pub fn sync(&mut self, names: &[String], now: Duration) {
+        for name in &names[self.partitions.len().min(names.len())..] {
+            let mut generator = WatermarkGenerator::new(self.strategy.clone());
+            if let Some(&t) = self.restored.get(name) {
+                generator.restore(t);
+            }
+            self.partitions.push((name.clone(), generator, now));
+            self.combined.add_input();
+        }
+    }
+
+    /// The largest event time each partition has seen, for a checkpoint.
+    pub fn max_event_times(&self) -> BTreeMap<String, EventTime> {
+        self.partitions
+            .iter()
+            .filter_map(|(name, g, _)| g.max_event_time().map(|t| (name.clone(), t)))
+            .collect()
+    }
+
+    /// Turns a batch of partition `partition` (an index into the names given to
+    /// [`PartitionWatermarks::sync`]) into messages: its data, and the split's watermark
+    /// whenever it advances.
+    pub fn on_batch(
+        &mut self,
+        partition: usize,
+        batch: RecordBatch,
+        now: Duration,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        let Some((_, generator, last)) = self.partitions.get_mut(partition) else {
+            return Err(RuntimeError::InvalidJob(format!(
+                "a source reader sent a batch of partition {partition} but names only {}",
+                self.partitions.len()
+            )));
+        };
+        *last = now;
+        self.combined.on_data(partition);
+        generator.on_batch(batch, &mut self.scratch)?;
+        for message in self.scratch.drain(..) {
+            match message {
+                Message::Watermark(w) => {
+                    let update = self.combined.on_watermark(partition, w);
+                    if let Some(w) = update.advanced {
+                        out.push(Message::Watermark(w));
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks partitions without data for the idle timeout as idle, and returns what to send:
+    /// the watermark if that advanced it, and `Idle` if every partition is now idle.
+    pub fn on_quiet(&mut self, now: Duration, out: &mut Vec<Message>) {
+        let Some(timeout) = self.strategy.idle_timeout else {
+            return;
+        };
+        for (i, (_, _, last)) in self.partitions.iter().enumerate() {
+            if !self.combined.idle[i] && now.saturating_sub(*last) >= timeout {
+                let update = self.combined.on_idle(i);
+                if let Some(w) = update.advanced {
+                    out.push(Message::Watermark(w));
+                }
+                if update.idle {
+                    out.push(Message::Idle);
+                }
+            }
+        }
+    }
+}
+
 /// Combines the watermarks of a task's inputs: the minimum over inputs that are neither idle
 /// nor finished, never moving backwards.
 #[derive(Debug)]
@@ -198,6 +315,13 @@ impl InputWatermarks {
     /// The combined watermark so far.
     pub fn current(&self) -> EventTime {
         self.current
+    }
+
+    /// One more input, not seen yet (it holds the watermark back until it sends one or idles).
+    pub fn add_input(&mut self) {
+        self.watermarks.push(EventTime::MIN);
+        self.idle.push(false);
+        self.ended.push(false);
     }
 
     /// Whether input `i` has ended.
@@ -319,6 +443,53 @@ mod tests {
         let pos = split.iter().position(|s| s == "data[50]").unwrap();
         assert_eq!(split[pos - 1], "wm99");
         assert!(wms(&split).contains(&"wm100".to_string()));
+    }
+
+    fn show(out: &mut Vec<Message>) -> Vec<String> {
+        out.drain(..)
+            .map(|m| match m {
+                Message::Data(b) => format!("data{:?}", event_times(&b, "t").unwrap()),
+                Message::Watermark(w) => format!("wm{w}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partitions_hold_the_split_watermark_at_the_slowest_until_idle() {
+        let strategy = WatermarkStrategy::bounded("t", Duration::from_millis(10))
+            .with_idle_timeout(Duration::from_secs(5));
+        let mut p = PartitionWatermarks::new(strategy.clone());
+        let names = ["t/0".to_string(), "t/1".to_string()];
+        let (s0, s1) = (Duration::ZERO, Duration::from_secs(1));
+        p.sync(&names, s0);
+        let mut out = vec![];
+        // A fast partition alone moves nothing: the other has sent nothing yet.
+        p.on_batch(0, batch(&[1000, 1010]), s0, &mut out).unwrap();
+        assert_eq!(show(&mut out), ["data[1000, 1010]"]);
+        p.on_batch(1, batch(&[200]), s1, &mut out).unwrap();
+        assert_eq!(show(&mut out), ["data[200]", "wm189"]);
+        // Partition 1 falls quiet: after the timeout, partition 0 alone drives the watermark.
+        p.on_quiet(Duration::from_secs(4), &mut out);
+        assert!(out.is_empty());
+        p.on_batch(0, batch(&[1020]), Duration::from_secs(6), &mut out)
+            .unwrap();
+        p.on_quiet(Duration::from_secs(6), &mut out);
+        assert_eq!(show(&mut out), ["data[1020]", "wm1009"]);
+
+        // Restored elsewhere (a rescale), partition 1 goes on from its own event time.
+        let times = p.max_event_times();
+        assert_eq!(times.get("t/1"), Some(&200));
+        let mut q = PartitionWatermarks::new(strategy);
+        q.restore(189, &times);
+        q.sync(&names[1..], s0);
+        q.on_batch(0, batch(&[150]), s0, &mut out).unwrap();
+        // 150 is behind partition 1's bound (189): the watermark is not sent again.
+        assert_eq!(show(&mut out), ["data[150]"]);
+        q.on_batch(0, batch(&[300]), s0, &mut out).unwrap();
+        assert_eq!(show(&mut out), ["data[300]", "wm289"]);
+        let err = q.on_batch(1, batch(&[1]), s0, &mut out).unwrap_err();
+        assert!(err.to_string().contains("partition 1"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,9 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use oxflow::connectors::kafka::{
+    KafkaSink, KafkaSinkConfig, KafkaSourceConfig, KafkaUri, RecordFormat,
+};
 use oxflow::nexmark::{self, QUERIES};
 use oxflow::prelude::*;
 use oxflow::runtime::sink::Sink;
@@ -21,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a Nexmark query on the built-in generator and prints, as its last line, one JSON
+    /// Runs a Nexmark query on the built-in generator (or bids from Kafka) and prints, as its last line, one JSON
     /// object: {"query","events","workers","seconds","events_per_sec","cpu_seconds",
     /// "output_rows","checkpoints","last_checkpoint_ms","state_bytes","restored_from",
     /// "already_finished"}.
@@ -33,16 +36,31 @@ struct NexmarkArgs {
     /// The query: q0, q1, q2, q5, q7 or q11.
     #[arg(long, short)]
     query: String,
-    /// Events to generate (persons, auctions and bids together).
-    #[arg(long, default_value_t = 10_000_000)]
-    events: u64,
+    /// Events to generate (persons, auctions and bids together; default 10000000). With a
+    /// Kafka source: end after this many records (default: read until stopped).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Where bids come from: `generator`, or `kafka://HOST:PORT/TOPIC[?options]` (JSON
+    /// objects with q0's columns; options such as `group=G`, `start=earliest|latest|MILLIS`,
+    /// `bad-records=fail|skip|dead-letter:TOPIC`, `connect-timeout-ms=N`, and librdkafka
+    /// properties such as `security.protocol=SASL_SSL`).
+    #[arg(long, default_value = "generator")]
+    source: String,
+    /// Watermark delay (bounded out-of-orderness) of bids, in milliseconds.
+    #[arg(long, default_value_t = 4000)]
+    watermark_delay_ms: u64,
+    /// Mark a source split or Kafka partition idle after this long without records (it then
+    /// stops holding the watermark back).
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
     /// Parallel subtasks per stage (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
     /// Events per generated batch.
     #[arg(long, default_value_t = 8192)]
     batch_size: usize,
-    /// Throttle: events per second of wall time (default: as fast as possible).
+    /// Throttle: events (or Kafka records) per second of wall time (default: as fast as
+    /// possible).
     #[arg(long)]
     rate: Option<f64>,
     /// Seed of the generator's random choices.
@@ -51,8 +69,10 @@ struct NexmarkArgs {
     /// The generator's events per second of event time.
     #[arg(long, default_value_t = 100_000)]
     event_rate: u64,
-    /// Where results go: blackhole, stdout, or file:DIR (JSON-lines files part-N.jsonl in DIR;
-    /// names starting with `.` or `_` are not yet output).
+    /// Where results go: blackhole, stdout, file:DIR (JSON-lines files part-N.jsonl in DIR;
+    /// names starting with `.` or `_` are not yet output), or kafka://HOST:PORT/TOPIC (JSON
+    /// records; exactly once with --checkpoint-dir, else at least once; options `key=COLS`,
+    /// `guarantee=none|at-least-once|exactly-once`, `transactional-id=PREFIX`).
     #[arg(long, default_value = "blackhole")]
     sink: String,
     /// Take checkpoints into this directory (state in RocksDB, source positions, pending
@@ -81,14 +101,37 @@ fn cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-fn sink(spec: &str) -> anyhow::Result<Arc<dyn Sink>> {
+fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match spec {
         "blackhole" => Arc::new(BlackholeSink::default()),
         "stdout" => Arc::new(StdoutSink),
         s if s.starts_with("file:") && s.len() > 5 => Arc::new(
             JsonFileSink::try_new(PathBuf::from(&s[5..])).context("setting up the file sink")?,
         ),
-        other => bail!("unknown sink `{other}`: use blackhole, stdout or file:DIR"),
+        s if s.starts_with("kafka://") => {
+            let uri = KafkaUri::parse(s)?;
+            // Exactly-once spools epochs beside the checkpoints; the transactional ids are
+            // derived from the checkpoint directory, stable across restarts of this job.
+            let exactly_once = checkpoint_dir
+                .map(|dir| -> anyhow::Result<_> {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    let canonical = dir.canonicalize()?;
+                    let id = crc32fast::hash(canonical.to_string_lossy().as_bytes());
+                    Ok((
+                        dir.join("kafka-spool"),
+                        format!("oxflow-{}-{id:08x}", uri.topic),
+                    ))
+                })
+                .transpose()?;
+            Arc::new(KafkaSink::try_new(KafkaSinkConfig::from_uri(
+                &uri,
+                exactly_once,
+            )?)?)
+        }
+        other => bail!(
+            "unknown sink `{other}`: use blackhole, stdout, file:DIR or kafka://HOST:PORT/TOPIC"
+        ),
     })
 }
 
@@ -107,20 +150,41 @@ fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1),
     };
-    let config = NexmarkConfig {
-        events: Some(args.events),
-        event_rate: args.event_rate,
-        seed: args.seed,
-        batch_size: args.batch_size,
-        rate_limit: args.rate,
-        ..Default::default()
+    let pipeline = Pipeline::new().with_parallelism(workers);
+    let mut watermarks = WatermarkStrategy::bounded(
+        "date_time",
+        std::time::Duration::from_millis(args.watermark_delay_ms),
+    );
+    if let Some(ms) = args.idle_timeout_ms {
+        watermarks = watermarks.with_idle_timeout(std::time::Duration::from_millis(ms));
+    }
+    let bids = if args.source == "generator" {
+        let config = NexmarkConfig {
+            events: Some(args.events.unwrap_or(10_000_000)),
+            event_rate: args.event_rate,
+            seed: args.seed,
+            batch_size: args.batch_size,
+            rate_limit: args.rate,
+            ..Default::default()
+        };
+        pipeline
+            .source(NexmarkSource::try_new(config, NexmarkTable::Bid)?)
+            .with_watermarks(watermarks)?
+    } else if args.source.starts_with("kafka://") {
+        let uri = KafkaUri::parse(&args.source)?;
+        let mut config =
+            KafkaSourceConfig::from_uri(&uri, RecordFormat::Json(nexmark::kafka_bid_schema()))?;
+        config.max_records = args.events;
+        config.max_rate = args.rate;
+        nexmark::kafka_bids(pipeline, config, watermarks)?
+    } else {
+        bail!(
+            "unknown source `{}`: use generator or kafka://HOST:PORT/TOPIC",
+            args.source
+        );
     };
-    let mut job = nexmark::job(
-        &args.query,
-        Pipeline::new().with_parallelism(workers),
-        config,
-        sink(&args.sink)?,
-    )?;
+    let mut job =
+        nexmark::apply(&args.query, bids)?.sink(sink(&args.sink, args.checkpoint_dir.as_ref())?)?;
     if let Some(dir) = &args.checkpoint_dir {
         if args.checkpoint_interval_ms == 0 {
             bail!("--checkpoint-interval-ms must be at least 1");
@@ -144,15 +208,26 @@ fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     let report = job.execute_blocking()?;
     let cpu = cpu_seconds() - cpu_before;
     let seconds = report.elapsed.as_secs_f64();
+    let events = match args.events {
+        Some(n) if args.source == "generator" => n,
+        None if args.source == "generator" => 10_000_000,
+        // From Kafka: the records the source delivered.
+        _ => report
+            .metrics
+            .iter()
+            .filter(|(name, _)| name.starts_with("stage0.") && name.ends_with(".records_in"))
+            .map(|(_, v)| v)
+            .sum(),
+    };
     tracing::info!(metrics = ?report.metrics, "job finished");
     println!(
         "{}",
         serde_json::json!({
             "query": args.query,
-            "events": args.events,
+            "events": events,
             "workers": workers,
             "seconds": seconds,
-            "events_per_sec": args.events as f64 / seconds,
+            "events_per_sec": events as f64 / seconds,
             "cpu_seconds": cpu,
             "output_rows": report.output_rows,
             "checkpoints": report.checkpoints.completed,

@@ -1,0 +1,891 @@
+//! The Kafka sink: none, at-least-once, or exactly-once through Kafka transactions. The
+//! exactly-once protocol is in docs/design/kafka.md; in short:
+//!
+//! - A writer does not produce while the job runs: it appends the records of the current
+//!   epoch (the records between two checkpoint barriers) to a spool file beside the job's
+//!   checkpoints, and at the barrier makes the file durable and hands over its name.
+//! - Once the checkpoint's manifest is written, [`Sink::commit`] produces each writer's
+//!   epoch in one transaction of the writer's transactional id, together with a marker: a
+//!   consumer-group offset commit (`send_offsets_to_transaction`) for the group
+//!   `<transactional id>.marker`, whose metadata names the epoch. The marker becomes visible
+//!   exactly when the records do.
+//! - A commit replayed after a crash first fences the old producer (`init_transactions` with
+//!   the same transactional id aborts whatever it left open), then reads the marker: if it
+//!   names the epoch, the epoch is in Kafka and nothing is sent; otherwise the spool file is
+//!   sent again. Nothing is lost and nothing is written twice.
+
+use super::source::send_blocking;
+use super::{kafka_error, DeliveryContext, KafkaConnection};
+use crate::error::{ConnectorError, Result as ConnectorResult};
+use crate::json::encode_json_lines;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use oxflow_runtime::sink::{PendingCommit, Sink, SinkWriter};
+use oxflow_runtime::{Result, RuntimeError, SubtaskInfo};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a sink promises about its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryGuarantee {
+    /// Produce and move on; records in flight at a crash may be lost.
+    None,
+    /// Every checkpoint barrier waits until everything produced before it is acknowledged:
+    /// nothing is lost, but a replay after a crash writes some records again.
+    AtLeastOnce,
+    /// Kafka transactions, committed with checkpoints: a `read_committed` consumer sees every
+    /// record exactly once. Epochs are spooled to files in `spool_dir` (put it beside the
+    /// checkpoints: it must survive the process) until committed.
+    ExactlyOnce {
+        /// Where epochs wait for their checkpoint.
+        spool_dir: PathBuf,
+        /// Prefix of the writers' transactional ids (`<prefix>-<subtask>`); unique per job
+        /// and stable across its restarts.
+        transactional_id_prefix: String,
+    },
+}
+
+/// How rows become record values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// Each row as a JSON object (timestamps as RFC 3339 strings).
+    #[default]
+    Json,
+    /// The row's `value` column (binary or string) as it is, and `key` if there is one.
+    Raw,
+}
+
+/// Settings of a [`KafkaSink`].
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    /// Brokers and client properties.
+    pub connection: KafkaConnection,
+    /// The topic written.
+    pub topic: String,
+    /// Value format.
+    pub format: OutputFormat,
+    /// Columns that make the record key (one column: its text; several: a JSON object).
+    /// Records of one key go to one partition (librdkafka's murmur2, as Java clients).
+    /// Empty: no key (with [`OutputFormat::Raw`], a `key` column if present).
+    pub key_columns: Vec<String>,
+    /// The guarantee.
+    pub guarantee: DeliveryGuarantee,
+}
+
+impl KafkaSinkConfig {
+    /// JSON into `topic` with the given guarantee, no key.
+    pub fn json(
+        brokers: impl Into<String>,
+        topic: impl Into<String>,
+        guarantee: DeliveryGuarantee,
+    ) -> Self {
+        KafkaSinkConfig {
+            connection: KafkaConnection::new(brokers),
+            topic: topic.into(),
+            format: OutputFormat::Json,
+            key_columns: Vec::new(),
+            guarantee,
+        }
+    }
+}
+
+type TxProducer = ThreadedProducer<DeliveryContext>;
+
+/// A transactional id's producer and the consumer that reads its marker, made once per
+/// process: making them fences any earlier holder of the id.
+struct Transactional {
+    producer: TxProducer,
+    marker: BaseConsumer,
+    group: rdkafka::consumer::ConsumerGroupMetadata,
+}
+
+/// Writes rows into a Kafka topic.
+pub struct KafkaSink {
+    config: KafkaSinkConfig,
+    producers: Mutex<HashMap<String, Arc<Mutex<Transactional>>>>,
+    records: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("topic", &self.config.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an exactly-once writer hands over at a barrier.
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingEpoch {
+    /// The writer's transactional id.
+    transactional_id: String,
+    /// Unique name of the epoch (also its spool file's name); the marker carries it.
+    epoch: String,
+    /// Records in the spool file (none: no file).
+    records: u64,
+}
+
+const SPOOL_MAGIC: &[u8; 4] = b"OXK1";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+impl KafkaSink {
+    /// A sink with `config`; checks the settings, not the brokers (a writer does that).
+    pub fn try_new(config: KafkaSinkConfig) -> ConnectorResult<Self> {
+        let bad = |reason: String| ConnectorError::Config {
+            connector: "kafka sink",
+            reason,
+        };
+        if config.topic.is_empty() {
+            return Err(bad("no topic".into()));
+        }
+        if let DeliveryGuarantee::ExactlyOnce {
+            spool_dir,
+            transactional_id_prefix,
+        } = &config.guarantee
+        {
+            if transactional_id_prefix.is_empty() {
+                return Err(bad("exactly-once needs a transactional id prefix".into()));
+            }
+            std::fs::create_dir_all(spool_dir).map_err(|e| {
+                ConnectorError::io(
+                    format!("creating spool directory {}", spool_dir.display()),
+                    e,
+                )
+            })?;
+        }
+        Ok(KafkaSink {
+            config,
+            producers: Mutex::default(),
+            records: Arc::default(),
+        })
+    }
+
+    /// Records produced (for exactly-once: committed) so far by this process.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    fn producer(&self, transactional: Option<&str>) -> ConnectorResult<TxProducer> {
+        let mut config = self.config.connection.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5");
+        if let Some(id) = transactional {
+            config
+                .set("transactional.id", id)
+                .set("transaction.timeout.ms", "60000");
+        }
+        config
+            .create_with_context(DeliveryContext::default())
+            .map_err(|e| kafka_error("creating a producer", e))
+    }
+
+    /// The producer of a transactional id, made (and the id's earlier holder fenced) on
+    /// first use in this process.
+    fn transactional(&self, id: &str) -> ConnectorResult<Arc<Mutex<Transactional>>> {
+        if let Some(t) = self.producers.lock().expect("not poisoned").get(id) {
+            return Ok(t.clone());
+        }
+        let producer = self.producer(Some(id))?;
+        let connection = &self.config.connection;
+        connection.with_retry(&format!("initialising transactions of `{id}`"), || {
+            producer.init_transactions(TIMEOUT)
+        })?;
+        let marker: BaseConsumer = connection
+            .client_config()
+            .set("group.id", format!("{id}.marker"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| kafka_error("creating the marker reader", e))?;
+        let group = marker
+            .group_metadata()
+            .ok_or_else(|| ConnectorError::Config {
+                connector: "kafka sink",
+                reason: format!("no consumer group metadata for `{id}.marker`"),
+            })?;
+        let t = Arc::new(Mutex::new(Transactional {
+            producer,
+            marker,
+            group,
+        }));
+        self.producers
+            .lock()
+            .expect("not poisoned")
+            .insert(id.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn spool_dir(&self) -> Option<&Path> {
+        match &self.config.guarantee {
+            DeliveryGuarantee::ExactlyOnce { spool_dir, .. } => Some(spool_dir),
+            _ => None,
+        }
+    }
+
+    /// Commits the epochs of one writer (one transactional id), oldest first: usually one,
+    /// more when an abandoned checkpoint's epochs were carried to this one.
+    fn commit_writer(&self, checkpoint: u64, epochs: &[&PendingEpoch]) -> ConnectorResult<()> {
+        let spool = self
+            .spool_dir()
+            .expect("only exactly-once writers hand over epochs");
+        let id = &epochs[0].transactional_id;
+        let t = self.transactional(id)?;
+        let t = t.lock().expect("not poisoned");
+        // The commit may replay one made before a crash (or before a restart of the job in
+        // this process): the marker names the last epoch of this id that reached Kafka. One
+        // offset fetch per writer and checkpoint, next to a transaction's several round trips.
+        let mut start = 0;
+        if let Some(marker) = self.marker(&t)? {
+            if let Some(pos) = epochs.iter().position(|e| e.epoch == marker) {
+                tracing::info!(transactional_id = %id, epoch = %marker, checkpoint, "epoch already committed");
+                for e in &epochs[..=pos] {
+                    remove_spool(&spool.join(&e.epoch))?;
+                }
+                start = pos + 1;
+            }
+        }
+        for pending in &epochs[start..] {
+            if pending.records > 0 {
+                self.send_epoch(&t, checkpoint, pending, &spool.join(&pending.epoch))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one spooled epoch and its marker in one transaction.
+    fn send_epoch(
+        &self,
+        t: &Transactional,
+        checkpoint: u64,
+        pending: &PendingEpoch,
+        path: &Path,
+    ) -> ConnectorResult<()> {
+        let id = &pending.transactional_id;
+        let records = read_spool(path, pending.records)?;
+        let fail =
+            |what: &str, e| kafka_error(format!("{what} of `{id}` for checkpoint {checkpoint}"), e);
+        t.producer
+            .begin_transaction()
+            .map_err(|e| fail("beginning a transaction", e))?;
+        let sent = (|| {
+            for (key, value) in records.iter() {
+                let mut record = BaseRecord::to(&self.config.topic).payload(value.as_slice());
+                if let Some(key) = key {
+                    record = record.key(key.as_slice());
+                }
+                send_blocking(&t.producer, record)?;
+            }
+            let mut marker = TopicPartitionList::new();
+            marker
+                .add_partition_offset(&self.config.topic, 0, Offset::Offset(checkpoint as i64))
+                .map_err(|e| fail("the marker", e))?;
+            if let Some(mut e) = marker.find_partition(&self.config.topic, 0) {
+                e.set_metadata(pending.epoch.as_str());
+            }
+            t.producer
+                .send_offsets_to_transaction(&marker, &t.group, TIMEOUT)
+                .map_err(|e| fail("writing the marker", e))?;
+            t.producer
+                .commit_transaction(TIMEOUT)
+                .map_err(|e| fail("committing the transaction", e))
+        })();
+        if let Err(e) = sent {
+            let _ = t.producer.abort_transaction(TIMEOUT);
+            return Err(e);
+        }
+        if let Some(failure) = t.producer.context().take_failure() {
+            return Err(ConnectorError::Config {
+                connector: "kafka sink",
+                reason: format!(
+                    "transaction of `{id}` committed after a failed delivery: {failure}"
+                ),
+            });
+        }
+        self.records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        remove_spool(path)
+    }
+
+    /// The epoch the marker of a transactional id names, if any.
+    fn marker(&self, t: &Transactional) -> ConnectorResult<Option<String>> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.config.topic, 0);
+        let committed = self
+            .config
+            .connection
+            .with_retry("reading a commit marker", || {
+                t.marker.committed_offsets(list.clone(), TIMEOUT)
+            })?;
+        Ok(committed
+            .find_partition(&self.config.topic, 0)
+            .filter(|e| matches!(e.offset(), Offset::Offset(_)))
+            .map(|e| e.metadata().to_string())
+            .filter(|m| !m.is_empty()))
+    }
+}
+
+fn remove_spool(path: &Path) -> ConnectorResult<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ConnectorError::io(
+            format!("removing {}", path.display()),
+            e,
+        )),
+    }
+}
+
+type SpooledRecord = (Option<Vec<u8>>, Vec<u8>);
+
+/// Reads a spool file back, checking its trailer (magic, record count, CRC-32).
+fn read_spool(path: &Path, expected: u64) -> ConnectorResult<Vec<SpooledRecord>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| {
+            ConnectorError::io(format!("reading the spooled epoch {}", path.display()), e)
+        })?;
+    let corrupt = |why: &str| ConnectorError::Config {
+        connector: "kafka sink",
+        reason: format!("spooled epoch {} is corrupt: {why}", path.display()),
+    };
+    if bytes.len() < 16 {
+        return Err(corrupt("too short for its trailer"));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - 16);
+    if &trailer[..4] != SPOOL_MAGIC {
+        return Err(corrupt("bad trailer"));
+    }
+    let count = u64::from_le_bytes(trailer[4..12].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(trailer[12..16].try_into().expect("4 bytes"));
+    if crc != crc32fast::hash(body) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    if count != expected {
+        return Err(corrupt(&format!(
+            "{count} records, the checkpoint says {expected}"
+        )));
+    }
+    let mut records = Vec::with_capacity(count as usize);
+    let mut rest = body;
+    let take = |rest: &mut &[u8], n: usize| -> ConnectorResult<Vec<u8>> {
+        if rest.len() < n {
+            return Err(corrupt("a record runs past the end"));
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head.to_vec())
+    };
+    for _ in 0..count {
+        let key_len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes"));
+        let key = if key_len == u32::MAX {
+            None
+        } else {
+            Some(take(&mut rest, key_len as usize)?)
+        };
+        let value_len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes"));
+        records.push((key, take(&mut rest, value_len as usize)?));
+    }
+    if !rest.is_empty() {
+        return Err(corrupt("bytes after the last record"));
+    }
+    Ok(records)
+}
+
+/// Turns rows into record keys and values.
+struct Encoder {
+    format: OutputFormat,
+    key_columns: Vec<usize>,
+    json: Vec<u8>,
+}
+
+impl Encoder {
+    fn new(config: &KafkaSinkConfig, schema: &SchemaRef) -> Result<Self> {
+        let find = |name: &str| {
+            schema.index_of(name).map_err(|_| {
+                RuntimeError::InvalidJob(format!(
+                    "kafka sink: column `{name}` not in the sink's input {:?}",
+                    schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                ))
+            })
+        };
+        let mut key_columns = config
+            .key_columns
+            .iter()
+            .map(|c| find(c))
+            .collect::<Result<Vec<_>>>()?;
+        if config.format == OutputFormat::Raw {
+            let value = find("value")?;
+            if !matches!(
+                schema.field(value).data_type(),
+                DataType::Binary | DataType::Utf8
+            ) {
+                return Err(RuntimeError::InvalidJob(
+                    "kafka sink: raw output needs a binary or string `value` column".into(),
+                ));
+            }
+            if key_columns.is_empty() {
+                key_columns.extend(schema.index_of("key").ok());
+            }
+        }
+        Ok(Encoder {
+            format: config.format,
+            key_columns,
+            json: Vec::new(),
+        })
+    }
+
+    /// Calls `emit(key, value)` for every row.
+    fn encode(
+        &mut self,
+        batch: &RecordBatch,
+        mut emit: impl FnMut(Option<&[u8]>, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let keys = self.keys(batch)?;
+        match self.format {
+            OutputFormat::Json => {
+                self.json.clear();
+                encode_json_lines(batch, &mut self.json)?;
+                let lines = self.json.split(|&b| b == b'\n');
+                for (row, line) in lines.take(batch.num_rows()).enumerate() {
+                    emit(keys.as_ref().map(|k| k[row].as_slice()), line)?;
+                }
+            }
+            OutputFormat::Raw => {
+                let column = batch.column(batch.schema().index_of("value")?);
+                for row in 0..batch.num_rows() {
+                    let value: &[u8] = match column.data_type() {
+                        _ if column.is_null(row) => &[],
+                        DataType::Utf8 => column.as_string::<i32>().value(row).as_bytes(),
+                        _ => column.as_binary::<i32>().value(row),
+                    };
+                    emit(keys.as_ref().map(|k| k[row].as_slice()), value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn keys(&self, batch: &RecordBatch) -> Result<Option<Vec<Vec<u8>>>> {
+        match self.key_columns.as_slice() {
+            [] => Ok(None),
+            [one] => {
+                let column = batch.column(*one);
+                if let DataType::Binary = column.data_type() {
+                    let b = column.as_binary::<i32>();
+                    return Ok(Some((0..b.len()).map(|i| b.value(i).to_vec()).collect()));
+                }
+                let options = FormatOptions::default().with_null("");
+                let f = ArrayFormatter::try_new(column.as_ref(), &options)?;
+                Ok(Some(
+                    (0..batch.num_rows())
+                        .map(|i| f.value(i).to_string().into_bytes())
+                        .collect(),
+                ))
+            }
+            several => {
+                let projected = batch.project(several)?;
+                let mut out = Vec::new();
+                encode_json_lines(&projected, &mut out)?;
+                Ok(Some(
+                    out.split(|&b| b == b'\n')
+                        .take(batch.num_rows())
+                        .map(<[u8]>::to_vec)
+                        .collect(),
+                ))
+            }
+        }
+    }
+}
+
+/// A writer that produces as it goes (none, at-least-once).
+struct DirectWriter {
+    producer: TxProducer,
+    topic: String,
+    encoder: Encoder,
+    flush_at_barriers: bool,
+    records: Arc<AtomicU64>,
+}
+
+impl DirectWriter {
+    fn flush(&mut self) -> Result<()> {
+        self.producer
+            .flush(TIMEOUT)
+            .map_err(|e| kafka_error(format!("flushing records to {}", self.topic), e))?;
+        match self.producer.context().take_failure() {
+            None => Ok(()),
+            Some(failure) => Err(RuntimeError::Connector(failure)),
+        }
+    }
+}
+
+impl SinkWriter for DirectWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let (producer, topic) = (&self.producer, &self.topic);
+        self.encoder.encode(batch, |key, value| {
+            let mut record = BaseRecord::to(topic).payload(value);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            Ok(send_blocking(producer, record)?)
+        })?;
+        self.records
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        if let Some(failure) = self.producer.context().take_failure() {
+            return Err(RuntimeError::Connector(failure));
+        }
+        Ok(())
+    }
+    fn pre_commit(&mut self) -> Result<Option<PendingCommit>> {
+        if self.flush_at_barriers {
+            self.flush()?;
+        }
+        Ok(None)
+    }
+    fn finish(&mut self) -> Result<Option<PendingCommit>> {
+        self.flush()?;
+        Ok(None)
+    }
+}
+
+/// An exactly-once writer: spools each epoch to a file.
+struct SpoolWriter {
+    dir: PathBuf,
+    transactional_id: String,
+    encoder: Encoder,
+    file: Option<(String, BufWriter<std::fs::File>, crc32fast::Hasher, u64)>,
+}
+
+/// Tells apart the epochs of this process.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// A random number drawn once per process (process ids are reused): with the counter, epoch
+/// names never repeat, so a marker can never name an epoch it did not commit.
+fn process_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
+impl SpoolWriter {
+    fn open(&mut self) -> Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let name = format!(
+            "epoch-{}-{}-{}",
+            self.transactional_id,
+            process_token(),
+            NEXT_EPOCH.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.dir.join(&name);
+        let file = std::fs::File::create(&path)
+            .map_err(|e| RuntimeError::io(format!("creating spool file {}", path.display()), e))?;
+        self.file = Some((name, BufWriter::new(file), crc32fast::Hasher::new(), 0));
+        Ok(())
+    }
+
+    /// Closes the epoch: trailer, fsync; returns what to commit.
+    fn seal(&mut self) -> Result<Option<PendingCommit>> {
+        let pending = match self.file.take() {
+            None => PendingEpoch {
+                transactional_id: self.transactional_id.clone(),
+                epoch: String::new(),
+                records: 0,
+            },
+            Some((name, mut out, crc, count)) => {
+                let path = self.dir.join(&name);
+                let io = |e| RuntimeError::io(format!("writing spool file {}", path.display()), e);
+                out.write_all(SPOOL_MAGIC).map_err(&io)?;
+                out.write_all(&count.to_le_bytes()).map_err(&io)?;
+                out.write_all(&crc.finalize().to_le_bytes()).map_err(&io)?;
+                let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+                file.sync_all().map_err(&io)?;
+                oxflow_runtime::checkpoint::sync_dir(&self.dir)?;
+                PendingEpoch {
+                    transactional_id: self.transactional_id.clone(),
+                    epoch: name,
+                    records: count,
+                }
+            }
+        };
+        Ok(Some(
+            serde_json::to_value(pending).expect("pending epochs serialize"),
+        ))
+    }
+}
+
+impl SinkWriter for SpoolWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.open()?;
+        let (name, out, crc, count) = self.file.as_mut().expect("opened above");
+        let io = |e| RuntimeError::io(format!("writing spool file {name}"), e);
+        self.encoder.encode(batch, |key, value| {
+            let mut frame = |bytes: &[u8]| -> Result<()> {
+                crc.update(bytes);
+                out.write_all(bytes).map_err(&io)
+            };
+            match key {
+                None => frame(&u32::MAX.to_le_bytes())?,
+                Some(k) => {
+                    frame(&(k.len() as u32).to_le_bytes())?;
+                    frame(k)?;
+                }
+            }
+            frame(&(value.len() as u32).to_le_bytes())?;
+            frame(value)?;
+            *count += 1;
+            Ok(())
+        })
+    }
+    fn pre_commit(&mut self) -> Result<Option<PendingCommit>> {
+        self.seal()
+    }
+    fn finish(&mut self) -> Result<Option<PendingCommit>> {
+        self.seal()
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> String {
+        format!("kafka:{}", self.config.topic)
+    }
+
+    fn create_writer(
+        &self,
+        subtask: SubtaskInfo,
+        schema: SchemaRef,
+    ) -> Result<Box<dyn SinkWriter>> {
+        let encoder = Encoder::new(&self.config, &schema)?;
+        // Fail at start, with the topic's name, if it is missing or the brokers are down.
+        let probe: BaseConsumer = self
+            .config
+            .connection
+            .client_config()
+            .create()
+            .map_err(|e| kafka_error("creating a metadata client", e))?;
+        self.config
+            .connection
+            .partitions_of(&probe, std::slice::from_ref(&self.config.topic))?;
+        Ok(match &self.config.guarantee {
+            DeliveryGuarantee::ExactlyOnce {
+                spool_dir,
+                transactional_id_prefix,
+            } => {
+                let transactional_id = format!("{transactional_id_prefix}-{}", subtask.index);
+                // Fence a producer an earlier run left with this id now, so its open
+                // transaction does not hold back read_committed consumers until it times out.
+                self.transactional(&transactional_id)?;
+                Box::new(SpoolWriter {
+                    dir: spool_dir.clone(),
+                    transactional_id,
+                    encoder,
+                    file: None,
+                })
+            }
+            guarantee => Box::new(DirectWriter {
+                producer: self.producer(None)?,
+                topic: self.config.topic.clone(),
+                encoder,
+                flush_at_barriers: *guarantee == DeliveryGuarantee::AtLeastOnce,
+                records: self.records.clone(),
+            }),
+        })
+    }
+
+    fn commit(&self, checkpoint: u64, pending: &[PendingCommit]) -> Result<()> {
+        let epochs = pending
+            .iter()
+            .map(|p| {
+                serde_json::from_value::<PendingEpoch>(p.clone()).map_err(|e| {
+                    RuntimeError::Checkpoint(format!("pending output {p} of the Kafka sink: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Each writer's epochs in order; writers are independent transactions, side by side.
+        let mut writers: Vec<Vec<&PendingEpoch>> = Vec::new();
+        for epoch in &epochs {
+            match writers
+                .iter_mut()
+                .find(|w| w[0].transactional_id == epoch.transactional_id)
+            {
+                Some(w) => w.push(epoch),
+                None => writers.push(vec![epoch]),
+            }
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = writers
+                .iter()
+                .map(|w| scope.spawn(move || self.commit_writer(checkpoint, w)))
+                .collect();
+            for handle in handles {
+                handle.join().map_err(|_| {
+                    RuntimeError::Connector("a Kafka commit thread panicked".into())
+                })??;
+            }
+            Ok(())
+        })
+    }
+
+    fn roll_back_after(&self, checkpoint: u64) -> Result<()> {
+        let Some(dir) = self.spool_dir() else {
+            return Ok(());
+        };
+        // Epochs not committed by now belong to checkpoints after `checkpoint` (or none):
+        // the replay produces them again.
+        let listing = format!("listing {}", dir.display());
+        for entry in std::fs::read_dir(dir).map_err(RuntimeError::io_while(listing.clone()))? {
+            let entry = entry.map_err(RuntimeError::io_while(listing.clone()))?;
+            if entry.file_name().to_string_lossy().starts_with("epoch-") {
+                remove_spool(&entry.path())?;
+            }
+        }
+        tracing::debug!(
+            checkpoint,
+            "kafka sink: dropped spooled epochs after the checkpoint"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_files_round_trip_and_corruption_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SpoolWriter {
+            dir: dir.path().to_path_buf(),
+            transactional_id: "t-0".into(),
+            encoder: Encoder {
+                format: OutputFormat::Json,
+                key_columns: vec![0],
+                json: Vec::new(),
+            },
+            file: None,
+        };
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("k", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                7, 8,
+            ]))],
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        let pending: PendingEpoch =
+            serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
+        assert_eq!(pending.records, 2);
+        let path = dir.path().join(&pending.epoch);
+        let records = read_spool(&path, 2).unwrap();
+        assert_eq!(records[0], (Some(b"7".to_vec()), br#"{"k":7}"#.to_vec()));
+        assert_eq!(records[1].1, br#"{"k":8}"#.to_vec());
+        let err = read_spool(&path, 3).unwrap_err().to_string();
+        assert!(err.contains("the checkpoint says 3"), "{err}");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[2] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_spool(&path, 2).unwrap_err().to_string();
+        assert!(
+            err.contains("checksum mismatch") && err.contains("epoch-t-0"),
+            "{err}"
+        );
+        // An empty epoch has no file and still names its transactional id (to fence it).
+        let empty: PendingEpoch = serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
+        assert_eq!((empty.records, empty.transactional_id.as_str()), (0, "t-0"));
+    }
+}
+
+impl KafkaSinkConfig {
+    /// Settings from a parsed `kafka://` URI. Options: `guarantee` (`none`,
+    /// `at-least-once`, `exactly-once`), `key` (comma-separated columns), `format` (`json`,
+    /// `raw`), `transactional-id` (the prefix), `connect-timeout-ms`. `exactly_once` is what
+    /// exactly-once needs from the job (spool directory beside its checkpoints, and a default
+    /// transactional id prefix); when given, exactly-once is the default guarantee, else
+    /// at-least-once.
+    pub fn from_uri(
+        uri: &super::KafkaUri,
+        exactly_once: Option<(PathBuf, String)>,
+    ) -> ConnectorResult<Self> {
+        uri.check_options(&[
+            "guarantee",
+            "key",
+            "format",
+            "transactional-id",
+            "connect-timeout-ms",
+        ])?;
+        let bad = |reason: String| ConnectorError::Config {
+            connector: "kafka sink",
+            reason,
+        };
+        let guarantee = match (
+            uri.options.get("guarantee").map(String::as_str),
+            exactly_once,
+        ) {
+            (Some("none"), _) => DeliveryGuarantee::None,
+            (Some("at-least-once"), _) | (None, None) => DeliveryGuarantee::AtLeastOnce,
+            (Some("exactly-once") | None, Some((spool_dir, prefix))) => {
+                DeliveryGuarantee::ExactlyOnce {
+                    spool_dir,
+                    transactional_id_prefix: uri
+                        .options
+                        .get("transactional-id")
+                        .cloned()
+                        .unwrap_or(prefix),
+                }
+            }
+            (Some("exactly-once"), None) => {
+                return Err(bad(
+                    "exactly-once needs checkpoints (a checkpoint directory)".into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(bad(format!(
+                    "guarantee={other}: use none, at-least-once or exactly-once"
+                )))
+            }
+        };
+        let format = match uri.options.get("format").map(String::as_str) {
+            None | Some("json") => OutputFormat::Json,
+            Some("raw") => OutputFormat::Raw,
+            Some(other) => return Err(bad(format!("format={other}: use json or raw"))),
+        };
+        Ok(KafkaSinkConfig {
+            connection: super::KafkaConnection {
+                brokers: uri.brokers.clone(),
+                properties: uri.properties.clone(),
+                connect_timeout: uri.millis("connect-timeout-ms")?,
+            },
+            topic: uri.topic.clone(),
+            format,
+            key_columns: uri
+                .options
+                .get("key")
+                .map(|k| k.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+            guarantee,
+        })
+    }
+}
