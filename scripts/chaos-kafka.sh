@@ -7,11 +7,12 @@
 # exactly the output of an uninterrupted run, as a multiset: nothing lost, nothing twice.
 #
 #   scripts/chaos-kafka.sh [--query q5] [--events 300000] [--rate 60000] [--kills 6] [--seed N]
+#                          [--event-rate 2000]   (generator events per second of event time)
 #
 # Needs the broker of scripts/kafka.sh running on 127.0.0.1:${KAFKA_PORT:-9092}.
 set -euo pipefail
 
-query=q5 events=300000 rate=60000 kills=6 seed=${RANDOM}
+query=q5 events=300000 rate=60000 kills=6 seed=${RANDOM} event_rate=2000
 while [ $# -gt 0 ]; do
   case "$1" in
     --query) query=$2; shift 2 ;;
@@ -19,6 +20,7 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --kills) kills=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --event-rate) event_rate=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -42,7 +44,7 @@ input=chaos-bids-$run_id output=chaos-out-$run_id
 
 echo "chaos-kafka: query $query, $events events, $kills kills, seed $seed, topics $input -> $output"
 # The input: the generator's bids, written by one writer so each partition is in order.
-bids=$("$bin" nexmark --query q0 --events "$events" --event-rate 10000 --workers 1 \
+bids=$("$bin" nexmark --query q0 --events "$events" --event-rate "$event_rate" --workers 1 \
   --sink "kafka://$broker/$input" | tail -1 | sed 's/.*"output_rows":\([0-9]*\).*/\1/')
 echo "input: $bids bids"
 common=(nexmark --query "$query" --source "kafka://$broker/$input" --events "$bids")
@@ -74,7 +76,7 @@ while :; do
       echo "attempt $attempt ($workers workers): finished before the kill"
       break
     else
-      echo "attempt $attempt ($workers workers): failed by itself: $(grep -m1 -i 'error' "$work/attempt-$attempt.log" || true)"
+      echo "attempt $attempt ($workers workers): failed by itself: $(grep -m1 -i 'error' "$work/attempt-$attempt.log" | cut -c1-200 || true)"
     fi
   else
     if ! wait "$pid"; then
