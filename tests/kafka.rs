@@ -414,10 +414,15 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
     let first = format!("{base}-a");
     create_topic(&first, 1);
     let bid = |i: i64| {
-        format!(r#"{{"auction":{i},"bidder":0,"price":0,"date_time":"2024-01-01T00:00:00.000Z","extra":""}}"#)
+        format!(
+            r#"{{"auction":{i},"bidder":0,"price":0,"date_time":"2024-01-01T00:00:00.000Z","extra":""}}"#
+        )
     };
     let values: Vec<String> = (0..5).map(bid).collect();
-    produce(&first, &values.iter().map(String::as_str).collect::<Vec<_>>());
+    produce(
+        &first,
+        &values.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 
     let mut config = KafkaSourceConfig::json(brokers(), "", oxflow::nexmark::kafka_bid_schema());
     config.topics = Topics::Pattern(format!("^{base}-.*"));
@@ -434,7 +439,13 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
         let start = std::time::Instant::now();
         while seen.len() < n && start.elapsed() < Duration::from_secs(30) {
             if let SourcePoll::PartitionBatch(_, b) = reader.poll_next().unwrap() {
-                seen.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied());
+                seen.extend(
+                    b.column(0)
+                        .as_primitive::<Int64Type>()
+                        .values()
+                        .iter()
+                        .copied(),
+                );
             }
         }
         seen.len()
@@ -447,7 +458,10 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
         .set("bootstrap.servers", brokers())
         .create()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for r in rt
         .block_on(admin.create_partitions([&NewPartitions::new(&first, 2)], &AdminOptions::new()))
         .unwrap()
@@ -463,7 +477,11 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
     for (topic, partition, i) in [(&first, 1, 10), (&second, 0, 20)] {
         let v = bid(i);
         producer
-            .send(BaseRecord::<[u8], [u8]>::to(topic).partition(partition).payload(v.as_bytes()))
+            .send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(partition)
+                    .payload(v.as_bytes()),
+            )
             .map_err(|(e, _)| e)
             .unwrap();
     }
@@ -471,7 +489,76 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
     assert_eq!(read_until(&mut reader, 7), 7);
     let mut names = reader.partitions().to_vec();
     names.sort();
-    assert_eq!(names, [format!("{first}/0"), format!("{first}/1"), format!("{second}/0")]);
+    assert_eq!(
+        names,
+        [
+            format!("{first}/0"),
+            format!("{first}/1"),
+            format!("{second}/0")
+        ]
+    );
     seen.sort();
     assert_eq!(seen, [0, 1, 2, 3, 4, 10, 20]);
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/kafka.sh start; OXFLOW_KAFKA_BROKERS=127.0.0.1:9092"]
+fn kafka_start_from_a_timestamp() {
+    let b = brokers();
+    let topic = unique("ts");
+    create_topic(&topic, 1);
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create()
+        .unwrap();
+    let bid = |i: i64| {
+        format!(
+            r#"{{"auction":{i},"bidder":0,"price":0,"date_time":"2024-01-01T00:00:0{i}.000Z","extra":""}}"#
+        )
+    };
+    for i in 1..=3 {
+        let v = bid(i);
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(&topic)
+                    .partition(0)
+                    .timestamp(1_700_000_000_000 + i * 1000)
+                    .payload(v.as_bytes()),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = ok(&oxflow(&[
+        "nexmark",
+        "--query",
+        "q0",
+        "--workers",
+        "1",
+        "--source",
+        &format!("kafka://{b}/{topic}?start=1700000002000"),
+        "--events",
+        "2",
+        "--sink",
+        &format!("file:{}", out.path().display()),
+    ]));
+    assert_eq!(report["events"], 2);
+    let auctions: Vec<i64> = lines(out.path())
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["auction"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(auctions, [2, 3], "the records at and after the timestamp");
+    let err = failed(&oxflow(&[
+        "nexmark",
+        "--query",
+        "q2",
+        "--source",
+        &format!("kafka://{b}/{topic}?start=yesterday"),
+    ]));
+    assert!(err.contains("start=yesterday"), "{err}");
 }

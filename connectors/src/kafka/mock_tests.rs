@@ -315,3 +315,172 @@ fn at_least_once_flushes_at_barriers() {
         .to_string();
     assert!(err.contains("topic `nope`"), "{err}");
 }
+
+fn produce_at(brokers: &str, topic: &str, records: &[(i64, &str)]) {
+    let producer: ThreadedProducer<DeliveryContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create_with_context(DeliveryContext::default())
+        .unwrap();
+    for (ts, value) in records {
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(0)
+                    .timestamp(*ts)
+                    .payload(value.as_bytes()),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn start_from_latest_and_kafka_time_as_a_column() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("timed", 1, 1).unwrap();
+    let rec = |a: i64| format!(r#"{{"a":{a},"t":0}}"#);
+    let (r1, r2, r3) = (rec(1), rec(2), rec(3));
+    produce_at(
+        &brokers,
+        "timed",
+        &[(1_000, &r1), (2_000, &r2), (3_000, &r3)],
+    );
+
+    // (Start from a timestamp is tested against a real broker: the mock cluster does not
+    // look offsets up by time.)
+    let mut config = KafkaSourceConfig::json(&brokers, "timed", schema());
+    config.max_records = Some(3);
+    config.timestamp_column = Some("kafka_time".into());
+    let timed = KafkaSource::try_new(config.clone()).unwrap();
+    assert_eq!(timed.schema().field(2).name(), "kafka_time");
+    let mut r = timed.restore_reader(split(0, 1), &[]).unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..500 {
+        if let SourcePoll::PartitionBatch(_, b) = r.poll_next().unwrap() {
+            let a = b.column(0).as_primitive::<Int64Type>();
+            let t = b
+                .column(2)
+                .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+            rows.extend((0..b.num_rows()).map(|i| (a.value(i), t.value(i))));
+        }
+        if rows.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(rows, [(1, 1_000), (2, 2_000), (3, 3_000)]);
+
+    config.start = StartFrom::Latest;
+    config.timestamp_column = None;
+    config.max_records = Some(1);
+    let latest = KafkaSource::try_new(config).unwrap();
+    let mut r = latest.restore_reader(split(0, 1), &[]).unwrap();
+    let r4 = rec(4);
+    produce_at(&brokers, "timed", &[(4_000, &r4)]);
+    assert_eq!(
+        drain(&mut r, usize::MAX),
+        [4],
+        "only what came after the start"
+    );
+}
+
+#[test]
+fn json_schema_is_inferred_from_the_topic() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("infer", 2, 1).unwrap();
+    produce(
+        &brokers,
+        "infer",
+        &[
+            (0, r#"{"a":1,"s":"x"}"#.to_string()),
+            (1, r#"{"a":2,"f":1.5}"#.to_string()),
+        ],
+    );
+    let connection = KafkaConnection::new(&brokers);
+    let schema = KafkaSource::infer_json_schema(&connection, &["infer".into()], 100).unwrap();
+    let mut fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            ("a".to_string(), DataType::Int64),
+            ("f".to_string(), DataType::Float64),
+            ("s".to_string(), DataType::Utf8)
+        ]
+    );
+    produce(&brokers, "infer", &[(0, "[1]".to_string())]);
+    let err = KafkaSource::infer_json_schema(&connection, &["infer".into()], 100)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("topic infer partition 0 at offset 1"), "{err}");
+}
+
+#[test]
+fn raw_output_writes_value_and_key_columns_as_they_are() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("raw", 3, 1).unwrap();
+    let mut config = KafkaSinkConfig::json(&brokers, "raw", DeliveryGuarantee::AtLeastOnce);
+    config.format = OutputFormat::Raw;
+    let sink = KafkaSink::try_new(config).unwrap();
+    let kv = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Utf8, true),
+        Field::new("value", DataType::Binary, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        kv.clone(),
+        vec![
+            Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                "k1", "k1", "k2",
+            ])),
+            Arc::new(datafusion::arrow::array::BinaryArray::from_vec(vec![
+                b"v1", b"v2", b"v3",
+            ])),
+        ],
+    )
+    .unwrap();
+    let mut writer = sink.create_writer(split(0, 1), kv).unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    let mut raw = KafkaSourceConfig::json(&brokers, "raw", schema());
+    raw.format = RecordFormat::Raw;
+    raw.max_records = Some(3);
+    let source = KafkaSource::try_new(raw).unwrap();
+    let mut r = source.restore_reader(split(0, 1), &[]).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..500 {
+        if got.len() == 3 {
+            break;
+        }
+        if let SourcePoll::PartitionBatch(_, b) = r.poll_next().unwrap() {
+            let (k, v, p) = (
+                b.column(0).as_binary::<i32>(),
+                b.column(1).as_binary::<i32>(),
+                b.column(4)
+                    .as_primitive::<datafusion::arrow::datatypes::Int32Type>(),
+            );
+            got.extend(
+                (0..b.num_rows()).map(|i| (k.value(i).to_vec(), v.value(i).to_vec(), p.value(i))),
+            );
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got.iter().map(|g| g.1.clone()).collect::<Vec<_>>(),
+        [b"v1".to_vec(), b"v2".to_vec(), b"v3".to_vec()]
+    );
+    assert_eq!(got[0].0, b"k1");
+    assert_eq!(got[0].2, got[1].2, "one key, one partition");
+    let bad = sink
+        .create_writer(split(0, 1), schema())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(bad.contains("column `value`"), "{bad}");
+}

@@ -225,6 +225,68 @@ impl KafkaSource {
         })
     }
 
+    /// Infers the schema of JSON values from up to `sample` records of `topics` (from the
+    /// earliest offset of every partition), as the file source does from a file's first
+    /// lines. A value that is not a JSON object fails with its topic, partition and offset.
+    pub fn infer_json_schema(
+        connection: &KafkaConnection,
+        topics: &[String],
+        sample: usize,
+    ) -> Result<SchemaRef> {
+        let consumer: BaseConsumer = connection
+            .client_config()
+            .set("group.id", "oxflow-schema-inference")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(|e| kafka_error("creating a consumer", e))?;
+        let partitions = connection.partitions_of(&consumer, topics)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = 0;
+        for (topic, partition) in &partitions {
+            let (low, high) = connection.with_retry("fetching offsets", || {
+                consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10))
+            })?;
+            remaining += (high - low).max(0) as usize;
+            assignment
+                .add_partition_offset(topic, *partition, Offset::Offset(low))
+                .map_err(|e| kafka_error("assigning partitions", e))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| kafka_error("assigning partitions", e))?;
+        let wanted = remaining.min(sample);
+        let mut values: Vec<Vec<u8>> = Vec::with_capacity(wanted);
+        let clock = SystemClock::new();
+        while values.len() < wanted && clock.elapsed() < Duration::from_secs(30) {
+            let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = polled.map_err(|e| kafka_error("reading records to infer a schema", e))?;
+            let value = m.payload().unwrap_or_default();
+            if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value).is_err()
+            {
+                return Err(ConnectorError::BadKafkaRecord {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    reason: "not a JSON object, so no schema can be inferred from it".into(),
+                });
+            }
+            values.push(value.to_vec());
+        }
+        if values.is_empty() {
+            return Err(ConnectorError::Config {
+                connector: "kafka source",
+                reason: format!("topics {topics:?} hold no record to infer a schema from"),
+            });
+        }
+        let joined = values.join(&b'\n');
+        let (schema, _) =
+            datafusion::arrow::json::reader::infer_json_schema(std::io::Cursor::new(joined), None)?;
+        Ok(Arc::new(schema))
+    }
+
     /// Records that did not decode (skipped or sent to the dead-letter topic).
     pub fn bad_records(&self) -> Counter {
         self.bad_records.clone()
