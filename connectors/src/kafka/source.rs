@@ -553,6 +553,10 @@ impl KafkaReader {
         let mut raw: HashMap<usize, RawRecords> = HashMap::new();
         let mut count = 0;
         let mut wait = Duration::from_millis(100);
+        let mut last = 0;
+        // Keys and headers are kept only where they are used.
+        let details = matches!(self.source.config.format, RecordFormat::Raw)
+            || matches!(self.source.config.bad_records, BadRecords::DeadLetter(_));
         while count < batch_size {
             let Some(polled) = self.consumer.poll(wait) else {
                 break;
@@ -573,16 +577,26 @@ impl KafkaReader {
                     break;
                 }
             };
-            let Some(&i) = self
-                .index
-                .get(&(message.topic().to_string(), message.partition()))
-            else {
+            // Records come in runs from one partition: try the last one first (no allocation
+            // per record, unlike a lookup by owned name).
+            let (topic, partition) = (message.topic(), message.partition());
+            let same = |i: &usize| {
+                self.partitions
+                    .get(*i)
+                    .is_some_and(|(t, p)| *p == partition && t == topic)
+            };
+            let Some(i) = Some(last).filter(same).or_else(|| {
+                self.partitions
+                    .iter()
+                    .position(|(t, p)| *p == partition && t == topic)
+            }) else {
                 continue;
             };
+            last = i;
             if message.offset() < self.next[i] {
                 continue;
             }
-            raw.entry(i).or_default().push(&message);
+            raw.entry(i).or_default().push(&message, details);
             count += 1;
         }
         let mut partitions: Vec<_> = raw.into_iter().collect();
@@ -728,7 +742,7 @@ struct RawRecords {
 }
 
 impl RawRecords {
-    fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+    fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, details: bool) {
         let start = self.values.len();
         self.values
             .extend_from_slice(m.payload().unwrap_or_default());
@@ -737,8 +751,13 @@ impl RawRecords {
         self.nulls.push(m.payload().is_none());
         self.offsets.push(m.offset());
         self.timestamps.push(m.timestamp().to_millis());
-        self.keys.push(m.key().map(<[u8]>::to_vec));
-        self.headers.push(m.headers().map(|h| h.detach()));
+        if details {
+            self.keys.push(m.key().map(<[u8]>::to_vec));
+            self.headers.push(m.headers().map(|h| h.detach()));
+        } else {
+            self.keys.push(None);
+            self.headers.push(None);
+        }
     }
 
     fn raw_batch(
