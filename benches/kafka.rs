@@ -16,16 +16,6 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return f64::NAN;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -64,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         producer.init_transactions(Duration::from_secs(30))?;
         producer.begin_transaction()?;
     }
-    let (cpu0, start) = (cpu_seconds(), Instant::now());
+    let (cpu0, start) = (oxflow::process_cpu_seconds(), Instant::now());
     let (mut n, mut bytes, mut last_commit) = (0u64, 0u64, Instant::now());
     while n < records {
         let Some(m) = consumer.poll(Duration::from_millis(100)) else {
@@ -103,7 +93,7 @@ fn main() -> anyhow::Result<()> {
             "seconds": seconds,
             "records_per_sec": n as f64 / seconds,
             "mb_per_sec": bytes as f64 / seconds / 1e6,
-            "cpu_seconds": cpu_seconds() - cpu0,
+            "cpu_seconds": oxflow::process_cpu_seconds() - cpu0,
         })
     );
     Ok(())

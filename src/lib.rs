@@ -51,6 +51,18 @@ pub mod nexmark;
 pub mod pipeline;
 
 pub use error::{OxflowError, Result};
+
+/// CPU time this process has used so far (user + system, all threads), in seconds: with
+/// wall time, it gives events per CPU second. `NaN` if the OS does not say.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
 pub use pipeline::{Job, KeyedStream, Pipeline, Stream, WindowedStream};
 
 pub use oxflow_connectors as connectors;

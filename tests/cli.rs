@@ -1,13 +1,8 @@
 //! The `oxflow` binary as our acceptance checks run it.
 
-use std::process::Command;
+mod common;
 
-fn oxflow(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_oxflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use common::{oxflow, summary};
 
 #[test]
 fn nexmark_prints_one_json_summary_line_last() {
@@ -89,16 +84,6 @@ fn bad_arguments_get_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch size must be positive"));
 }
 
-fn json_line(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
-
 #[test]
 fn checkpointed_runs_report_their_checkpoints_and_restore() {
     let tmp = tempfile::tempdir().unwrap();
@@ -131,16 +116,22 @@ fn checkpointed_runs_report_their_checkpoints_and_restore() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let summary = json_line(&first);
-    assert!(summary["checkpoints"].as_u64().unwrap() >= 3, "{summary}");
+    let first_summary = summary(&first);
     assert!(
-        summary["last_checkpoint_ms"].as_u64().is_some(),
-        "{summary}"
+        first_summary["checkpoints"].as_u64().unwrap() >= 3,
+        "{first_summary}"
     );
-    assert!(summary["state_bytes"].as_u64().unwrap() > 0, "{summary}");
-    assert_eq!(summary["restored_from"], serde_json::Value::Null);
+    assert!(
+        first_summary["last_checkpoint_ms"].as_u64().is_some(),
+        "{first_summary}"
+    );
+    assert!(
+        first_summary["state_bytes"].as_u64().unwrap() > 0,
+        "{first_summary}"
+    );
+    assert_eq!(first_summary["restored_from"], serde_json::Value::Null);
     // The job finished: restoring its last checkpoint only commits, and runs nothing.
-    let again = json_line(&run(true));
+    let again = summary(&run(true));
     assert_eq!(again["already_finished"], true, "{again}");
     assert!(again["restored_from"].as_u64().is_some(), "{again}");
 }
@@ -159,7 +150,7 @@ fn a_corrupt_checkpoint_is_named_and_passed_over() {
         "--checkpoint-interval-ms=50",
         &chk_arg,
     ];
-    json_line(&oxflow(&base));
+    summary(&oxflow(&base));
     let mut complete: Vec<std::path::PathBuf> = std::fs::read_dir(&chk)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -191,7 +182,7 @@ fn a_corrupt_checkpoint_is_named_and_passed_over() {
     let out = oxflow(&latest);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("skipping checkpoint"), "{err}");
-    let summary = json_line(&out);
+    let out_summary = summary(&out);
     let previous = complete[complete.len() - 2]
         .file_name()
         .unwrap()
@@ -200,9 +191,9 @@ fn a_corrupt_checkpoint_is_named_and_passed_over() {
         .parse::<u64>()
         .unwrap();
     assert_eq!(
-        summary["restored_from"].as_u64(),
+        out_summary["restored_from"].as_u64(),
         Some(previous),
-        "{summary}"
+        "{out_summary}"
     );
 }
 

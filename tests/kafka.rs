@@ -9,7 +9,9 @@
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use std::process::Command;
+mod common;
+
+use common::{oxflow, summary};
 use std::time::Duration;
 
 const NEEDS: &str =
@@ -46,38 +48,29 @@ fn create_topic(name: &str, partitions: i32) {
 }
 
 fn produce(topic: &str, values: &[&str]) {
+    let records: Vec<_> = values
+        .iter()
+        .map(|v| (topic, 0, None, v.to_string()))
+        .collect();
+    produce_records(&records);
+}
+
+/// Sends `(topic, partition, timestamp, value)` records and waits until they are written.
+fn produce_records(records: &[(&str, i32, Option<i64>, String)]) {
     let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .unwrap();
-    for v in values {
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(topic)
-                    .partition(0)
-                    .payload(v.as_bytes()),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
+    for (topic, partition, timestamp, value) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(*partition)
+            .payload(value.as_bytes());
+        if let Some(ts) = timestamp {
+            record = record.timestamp(*ts);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
     }
     producer.flush(Duration::from_secs(30)).unwrap();
-}
-
-fn oxflow(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_oxflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
 fn failed(out: &std::process::Output) -> String {
@@ -121,7 +114,7 @@ fn kafka_round_trip_q5_and_q7_equal_the_generator() {
     ];
     // Fill the topic with the generator's bids (q0's columns), one writer so each
     // partition's records are in event-time order.
-    let fill = ok(&oxflow(
+    let fill = summary(&oxflow(
         &[
             &gen[..],
             &["--query", "q0", "--sink", &format!("kafka://{b}/{topic}")],
@@ -131,7 +124,7 @@ fn kafka_round_trip_q5_and_q7_equal_the_generator() {
     let bids = fill["output_rows"].as_u64().unwrap().to_string();
     for query in ["q5", "q7"] {
         let expected = tempfile::tempdir().unwrap();
-        ok(&oxflow(
+        summary(&oxflow(
             &[
                 &gen[..],
                 &[
@@ -144,7 +137,7 @@ fn kafka_round_trip_q5_and_q7_equal_the_generator() {
             .concat(),
         ));
         let actual = tempfile::tempdir().unwrap();
-        let from_kafka = ok(&oxflow(&[
+        let from_kafka = summary(&oxflow(&[
             "nexmark",
             "--query",
             query,
@@ -195,9 +188,9 @@ fn kafka_bad_records_per_policy() {
         err.contains(&format!("topic {topic} partition 0 at offset 1")),
         "{err}"
     );
-    assert_eq!(ok(&run("bad-records=skip", "2"))["output_rows"], 2);
+    assert_eq!(summary(&run("bad-records=skip", "2"))["output_rows"], 2);
     assert_eq!(
-        ok(&run(&format!("bad-records=dead-letter:{dlq}"), "2"))["output_rows"],
+        summary(&run(&format!("bad-records=dead-letter:{dlq}"), "2"))["output_rows"],
         2
     );
     // The dead letters hold the bad values as they were.
@@ -276,7 +269,7 @@ fn kafka_exactly_once_sink_commits_with_checkpoints() {
     let topic = unique("eos");
     create_topic(&topic, 2);
     let chk = tempfile::tempdir().unwrap();
-    let report = ok(&oxflow(&[
+    let report = summary(&oxflow(&[
         "nexmark",
         "--query",
         "q7",
@@ -300,7 +293,7 @@ fn kafka_exactly_once_sink_commits_with_checkpoints() {
     let mut got = dump(&topic, rows + 1);
     got.sort();
     let expected = tempfile::tempdir().unwrap();
-    ok(&oxflow(&[
+    summary(&oxflow(&[
         "nexmark",
         "--query",
         "q7",
@@ -470,22 +463,7 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
     }
     let second = format!("{base}-b");
     create_topic(&second, 1);
-    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for (topic, partition, i) in [(&first, 1, 10), (&second, 0, 20)] {
-        let v = bid(i);
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(topic)
-                    .partition(partition)
-                    .payload(v.as_bytes()),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    produce_records(&[(&first, 1, None, bid(10)), (&second, 0, None, bid(20))]);
     assert_eq!(read_until(&mut reader, 7), 7);
     let mut names = reader.partitions().to_vec();
     names.sort();
@@ -507,30 +485,24 @@ fn kafka_start_from_a_timestamp() {
     let b = brokers();
     let topic = unique("ts");
     create_topic(&topic, 1);
-    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .create()
-        .unwrap();
     let bid = |i: i64| {
         format!(
             r#"{{"auction":{i},"bidder":0,"price":0,"date_time":"2024-01-01T00:00:0{i}.000Z","extra":""}}"#
         )
     };
-    for i in 1..=3 {
-        let v = bid(i);
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(&topic)
-                    .partition(0)
-                    .timestamp(1_700_000_000_000 + i * 1000)
-                    .payload(v.as_bytes()),
+    let timed: Vec<_> = (1..=3)
+        .map(|i| {
+            (
+                topic.as_str(),
+                0,
+                Some(1_700_000_000_000 + i * 1000),
+                bid(i),
             )
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+        })
+        .collect();
+    produce_records(&timed);
     let out = tempfile::tempdir().unwrap();
-    let report = ok(&oxflow(&[
+    let report = summary(&oxflow(&[
         "nexmark",
         "--query",
         "q0",

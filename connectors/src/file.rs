@@ -9,6 +9,7 @@ use crate::decode::{RecordDecoder, TextFormat};
 use crate::error::{ConnectorError, Result};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use oxflow_runtime::checkpoint::decode_stored;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
 use oxflow_runtime::SubtaskInfo;
@@ -149,11 +150,7 @@ impl Source for FileSource {
         let mut done = std::collections::BTreeSet::new();
         let mut resume = std::collections::BTreeMap::new();
         for p in positions {
-            let p: FilePosition = serde_json::from_value(p.clone()).map_err(|e| {
-                oxflow_runtime::RuntimeError::Checkpoint(format!(
-                    "a split position {p} is not a file source position: {e}"
-                ))
-            })?;
+            let p: FilePosition = decode_stored(p, "a file source position")?;
             done.extend(p.done);
             if let Some(c) = p.current {
                 resume.insert(c.path.clone(), c);

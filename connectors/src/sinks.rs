@@ -4,6 +4,7 @@ use crate::error::ConnectorError;
 use crate::json::encode_json_lines;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use oxflow_runtime::checkpoint::decode_stored;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::sink::{PendingCommit, Sink, SinkWriter};
 use oxflow_runtime::RuntimeError;
@@ -158,9 +159,7 @@ impl Sink for JsonFileSink {
     }
     fn commit(&self, checkpoint: u64, pending: &[PendingCommit]) -> Result<()> {
         for p in pending {
-            let p: PendingFile = serde_json::from_value(p.clone()).map_err(|e| {
-                RuntimeError::Checkpoint(format!("pending output {p} of the file sink: {e}"))
-            })?;
+            let p: PendingFile = decode_stored(p, "pending output of the file sink")?;
             let name = Self::committed_name(checkpoint, &p.file).filter(|_| !p.file.contains('/'));
             let Some(name) = name else {
                 return Err(RuntimeError::Checkpoint(format!(

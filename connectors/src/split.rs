@@ -9,6 +9,7 @@
 //! a job can be restored at another parallelism without reading a record twice or missing one.
 
 use datafusion::arrow::record_batch::RecordBatch;
+use oxflow_runtime::checkpoint::decode_stored;
 use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::source::{SourcePoll, SourceReader};
 use oxflow_runtime::{RuntimeError, SubtaskInfo};
@@ -61,11 +62,7 @@ impl ChunkCursor {
     ) -> oxflow_runtime::Result<Self> {
         let mut cursor = ChunkCursor::new(split, chunk_size);
         for p in positions {
-            let p: ChunkPosition = serde_json::from_value(p.clone()).map_err(|e| {
-                RuntimeError::Checkpoint(format!(
-                    "a split position {p} is not a chunk position: {e}"
-                ))
-            })?;
+            let p: ChunkPosition = decode_stored(p, "a chunk position")?;
             if p.chunk_size != cursor.chunk_size {
                 return Err(RuntimeError::Checkpoint(format!(
                     "the checkpoint was taken reading batches of {} records, this run reads {}: restore with the same batch size",

@@ -58,6 +58,16 @@ pub enum RestoreFrom {
     Path(PathBuf),
 }
 
+/// Reads back what a source or sink put in a checkpoint (a split position, pending output),
+/// saying what it should have been when it is not.
+pub fn decode_stored<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    what: &str,
+) -> Result<T> {
+    T::deserialize(value)
+        .map_err(|e| RuntimeError::Checkpoint(format!("{value} is not {what}: {e}")))
+}
+
 /// Where a source split was at a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceSnapshot {

@@ -91,16 +91,6 @@ struct NexmarkArgs {
     restore: Option<String>,
 }
 
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return f64::NAN;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
 fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match spec {
         "blackhole" => Arc::new(BlackholeSink::default()),
@@ -204,9 +194,9 @@ fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         Some("latest") => job = job.restore_from(RestoreFrom::Latest),
         Some(path) => job = job.restore_from(RestoreFrom::Path(PathBuf::from(path))),
     }
-    let cpu_before = cpu_seconds();
+    let cpu_before = oxflow::process_cpu_seconds();
     let report = job.execute_blocking()?;
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = oxflow::process_cpu_seconds() - cpu_before;
     let seconds = report.elapsed.as_secs_f64();
     let events = match args.events {
         Some(n) if args.source == "generator" => n,

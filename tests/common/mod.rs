@@ -10,6 +10,25 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Runs the `oxflow` binary of this build.
+pub fn oxflow(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// The JSON summary a successful `oxflow nexmark` prints as its last line.
+pub fn summary(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 /// Runs `stream` to its end into an in-memory sink and returns what reached it.
 pub fn collect(stream: oxflow::Stream) -> Vec<RecordBatch> {
     let out = oxflow::connectors::sinks::CollectSink::new();

@@ -22,6 +22,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use oxflow_runtime::checkpoint::decode_stored;
 use oxflow_runtime::sink::{PendingCommit, Sink, SinkWriter};
 use oxflow_runtime::{Result, RuntimeError, SubtaskInfo};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -715,11 +716,7 @@ impl Sink for KafkaSink {
     fn commit(&self, checkpoint: u64, pending: &[PendingCommit]) -> Result<()> {
         let epochs = pending
             .iter()
-            .map(|p| {
-                serde_json::from_value::<PendingEpoch>(p.clone()).map_err(|e| {
-                    RuntimeError::Checkpoint(format!("pending output {p} of the Kafka sink: {e}"))
-                })
-            })
+            .map(|p| decode_stored::<PendingEpoch>(p, "pending output of the Kafka sink"))
             .collect::<Result<Vec<_>>>()?;
         // Each writer's epochs in order; writers are independent transactions, side by side.
         let mut writers: Vec<Vec<&PendingEpoch>> = Vec::new();

@@ -10,6 +10,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use oxflow_runtime::checkpoint::decode_stored;
 use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
@@ -367,11 +368,7 @@ impl Source for KafkaSource {
     ) -> oxflow_runtime::Result<Box<dyn SourceReader>> {
         let mut restored = KafkaPosition::default();
         for p in positions {
-            let p: KafkaPosition = serde_json::from_value(p.clone()).map_err(|e| {
-                oxflow_runtime::RuntimeError::Checkpoint(format!(
-                    "a split position {p} is not a Kafka source position: {e}"
-                ))
-            })?;
+            let p: KafkaPosition = decode_stored(p, "a Kafka source position")?;
             restored.offsets.extend(p.offsets);
             restored.delivered += p.delivered;
         }
