@@ -5,6 +5,7 @@ use crate::pipeline::{Job, Pipeline, Stream};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::prelude::{col, lit};
+use oxflow_connectors::file::{FileFormat, FileSource};
 use oxflow_connectors::kafka::{KafkaSource, KafkaSourceConfig};
 use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource, NexmarkTable};
 use oxflow_operators::WindowSpec;
@@ -28,9 +29,9 @@ pub fn bids(pipeline: Pipeline, config: NexmarkConfig) -> Result<Stream> {
         .with_watermarks(watermarks())
 }
 
-/// The columns of bids read from Kafka: q0's (`auction`, `bidder`, `price`, `date_time`,
-/// `extra`), typed as the generator's.
-pub fn kafka_bid_schema() -> SchemaRef {
+/// The columns of bids written as JSON (q0's output: `auction`, `bidder`, `price`,
+/// `date_time`, `extra`) and read back from Kafka or files, typed as the generator's.
+pub fn bid_json_schema() -> SchemaRef {
     let bid = NexmarkTable::Bid.schema();
     let fields = ["auction", "bidder", "price", "date_time", "extra"]
         .iter()
@@ -39,7 +40,7 @@ pub fn kafka_bid_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Bids read from Kafka (JSON objects with [`kafka_bid_schema`]'s columns), with watermarks
+/// Bids read from Kafka (JSON objects with [`bid_json_schema`]'s columns), with watermarks
 /// `delay` behind the newest `date_time` of each partition.
 pub fn kafka_bids(
     pipeline: Pipeline,
@@ -49,6 +50,16 @@ pub fn kafka_bids(
     pipeline
         .source(KafkaSource::try_new(config)?)
         .with_watermarks(watermarks)
+}
+
+/// Bids from JSON-lines files (q0's output, e.g. a file sink's directory), with watermarks.
+pub fn file_bids(
+    pipeline: Pipeline,
+    paths: Vec<std::path::PathBuf>,
+    watermarks: WatermarkStrategy,
+) -> Result<Stream> {
+    let source = FileSource::try_new(paths, FileFormat::JsonLines, Some(bid_json_schema()))?;
+    pipeline.source(source).with_watermarks(watermarks)
 }
 
 /// Applies query `query` to a bid stream (columns of the Nexmark bid table).

@@ -213,3 +213,54 @@ fn checkpoint_arguments_are_checked() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/chk-1"));
 }
+
+#[test]
+fn bids_written_to_files_and_read_back_give_the_generators_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bids = tmp.path().join("bids");
+    let gen = [
+        "nexmark",
+        "--events",
+        "300000",
+        "--event-rate",
+        "10000",
+        "--workers",
+        "1",
+    ];
+    let file = |dir: &std::path::Path| format!("file:{}", dir.display());
+    summary(&oxflow(
+        &[&gen[..], &["--query", "q0", "--sink", &file(&bids)]].concat(),
+    ));
+    for query in ["q5", "q11"] {
+        let (want, got) = (
+            tmp.path().join(format!("{query}-gen")),
+            tmp.path().join(query),
+        );
+        summary(&oxflow(
+            &[&gen[..], &["--query", query, "--sink", &file(&want)]].concat(),
+        ));
+        let from_files = summary(&oxflow(&[
+            "nexmark",
+            "--query",
+            query,
+            "--workers",
+            "2",
+            "--source",
+            &file(&bids),
+            "--sink",
+            &file(&got),
+        ]));
+        assert!(
+            from_files["events"].as_u64().unwrap() > 200_000,
+            "{from_files}"
+        );
+        let (want, got) = (
+            common::committed_lines(&want),
+            common::committed_lines(&got),
+        );
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "{query} from files differs from the generator");
+    }
+    let out = oxflow(&["nexmark", "--query", "q0", "--source", &file(tmp.path())]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no part-* file"));
+}

@@ -78,25 +78,6 @@ fn failed(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Every committed line of a file sink's directory, sorted.
-fn lines(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with("part-") {
-            out.extend(
-                std::fs::read_to_string(&path)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_string),
-            );
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; OXFLOW_KAFKA_BROKERS=127.0.0.1:9092"]
 fn kafka_round_trip_q5_and_q7_equal_the_generator() {
@@ -151,7 +132,10 @@ fn kafka_round_trip_q5_and_q7_equal_the_generator() {
             &format!("file:{}", actual.path().display()),
         ]));
         assert_eq!(from_kafka["events"].as_u64().unwrap().to_string(), bids);
-        let (want, got) = (lines(expected.path()), lines(actual.path()));
+        let (want, got) = (
+            common::committed_lines(expected.path()),
+            common::committed_lines(actual.path()),
+        );
         assert!(!want.is_empty());
         assert_eq!(got, want, "{query} from Kafka differs from the generator");
     }
@@ -304,7 +288,7 @@ fn kafka_exactly_once_sink_commits_with_checkpoints() {
         "--sink",
         &format!("file:{}", expected.path().display()),
     ]));
-    assert_eq!(got, lines(expected.path()));
+    assert_eq!(got, common::committed_lines(expected.path()));
     assert_eq!(
         std::fs::read_dir(chk.path().join("kafka-spool"))
             .unwrap()
@@ -417,7 +401,7 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
         &values.iter().map(String::as_str).collect::<Vec<_>>(),
     );
 
-    let mut config = KafkaSourceConfig::json(brokers(), "", oxflow::nexmark::kafka_bid_schema());
+    let mut config = KafkaSourceConfig::json(brokers(), "", oxflow::nexmark::bid_json_schema());
     config.topics = Topics::Pattern(format!("^{base}-.*"));
     config.discovery_interval = Some(Duration::from_millis(200));
     let source = KafkaSource::try_new(config).unwrap();
@@ -516,7 +500,7 @@ fn kafka_start_from_a_timestamp() {
         &format!("file:{}", out.path().display()),
     ]));
     assert_eq!(report["events"], 2);
-    let auctions: Vec<i64> = lines(out.path())
+    let auctions: Vec<i64> = common::committed_lines(out.path())
         .iter()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["auction"]

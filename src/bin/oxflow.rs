@@ -8,7 +8,7 @@ use oxflow::connectors::kafka::{
 use oxflow::nexmark::{self, QUERIES};
 use oxflow::prelude::*;
 use oxflow::runtime::sink::Sink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -40,10 +40,11 @@ struct NexmarkArgs {
     /// Kafka source: end after this many records (default: read until stopped).
     #[arg(long)]
     events: Option<u64>,
-    /// Where bids come from: `generator`, or `kafka://HOST:PORT/TOPIC[?options]` (JSON
+    /// Where bids come from: `generator`; `kafka://HOST:PORT/TOPIC[?options]` (JSON
     /// objects with q0's columns; options such as `group=G`, `start=earliest|latest|MILLIS`,
     /// `bad-records=fail|skip|dead-letter:TOPIC`, `connect-timeout-ms=N`, and librdkafka
-    /// properties such as `security.protocol=SASL_SSL`).
+    /// properties such as `security.protocol=SASL_SSL`); or `file:PATH`, JSON lines with
+    /// q0's columns in a file, or in the `part-*` files of a directory (a file sink's output).
     #[arg(long, default_value = "generator")]
     source: String,
     /// Watermark delay (bounded out-of-orderness) of bids, in milliseconds.
@@ -125,6 +126,25 @@ fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn 
     })
 }
 
+/// A file, or the committed `part-*` files of a directory, sorted.
+fn input_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", path.display()))?;
+        if entry.file_name().to_string_lossy().starts_with("part-") {
+            files.push(entry.path());
+        }
+    }
+    if files.is_empty() {
+        bail!("{} holds no part-* file to read", path.display());
+    }
+    files.sort();
+    Ok(files)
+}
+
 fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     if !QUERIES.contains(&args.query.as_str()) {
         bail!(
@@ -163,13 +183,15 @@ fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     } else if args.source.starts_with("kafka://") {
         let uri = KafkaUri::parse(&args.source)?;
         let mut config =
-            KafkaSourceConfig::from_uri(&uri, RecordFormat::Json(nexmark::kafka_bid_schema()))?;
+            KafkaSourceConfig::from_uri(&uri, RecordFormat::Json(nexmark::bid_json_schema()))?;
         config.max_records = args.events;
         config.max_rate = args.rate;
         nexmark::kafka_bids(pipeline, config, watermarks)?
+    } else if let Some(path) = args.source.strip_prefix("file:") {
+        nexmark::file_bids(pipeline, input_files(Path::new(path))?, watermarks)?
     } else {
         bail!(
-            "unknown source `{}`: use generator or kafka://HOST:PORT/TOPIC",
+            "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC or file:PATH",
             args.source
         );
     };
@@ -201,7 +223,7 @@ fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     let events = match args.events {
         Some(n) if args.source == "generator" => n,
         None if args.source == "generator" => 10_000_000,
-        // From Kafka: the records the source delivered.
+        // From Kafka or files: the records the source delivered.
         _ => report
             .metrics
             .iter()

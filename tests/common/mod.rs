@@ -18,6 +18,25 @@ pub fn oxflow(args: &[&str]) -> std::process::Output {
         .expect("the binary runs")
 }
 
+/// Every line of the committed `part-*` files of a file sink's directory, sorted.
+pub fn committed_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("part-") {
+            out.extend(
+                std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The JSON summary a successful `oxflow nexmark` prints as its last line.
 pub fn summary(out: &std::process::Output) -> serde_json::Value {
     assert!(
