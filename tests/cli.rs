@@ -264,3 +264,31 @@ fn bids_written_to_files_and_read_back_give_the_generators_results() {
     let out = oxflow(&["nexmark", "--query", "q0", "--source", &file(tmp.path())]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no part-* file"));
 }
+
+#[test]
+fn query_all_runs_every_query_with_a_line_each() {
+    let out = oxflow(&[
+        "nexmark",
+        "--query",
+        "all",
+        "--events",
+        "100000",
+        "--workers",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queries: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["query"].to_string())
+        .collect();
+    assert_eq!(
+        queries,
+        ["\"q0\"", "\"q1\"", "\"q2\"", "\"q5\"", "\"q7\"", "\"q11\""]
+    );
+    let out = oxflow(&["nexmark", "--query", "all", "--sink", "file:/tmp/x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use blackhole or stdout"));
+}

@@ -33,7 +33,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct NexmarkArgs {
-    /// The query: q0, q1, q2, q5, q7 or q11.
+    /// The query: q0, q1, q2, q5, q7 or q11; `all` runs each in turn (one JSON line each).
     #[arg(long, short)]
     query: String,
     /// Events to generate (persons, auctions and bids together; default 10000000). With a
@@ -145,11 +145,21 @@ fn input_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
-    if !QUERIES.contains(&args.query.as_str()) {
+/// `--query all`: every query in turn, one JSON line each, on the same input.
+fn run_all(args: &NexmarkArgs) -> anyhow::Result<()> {
+    if args.checkpoint_dir.is_some() || args.restore.is_some() {
+        bail!("--query all runs several jobs: it takes no --checkpoint-dir or --restore");
+    }
+    if !matches!(args.sink.as_str(), "blackhole" | "stdout") {
+        bail!("--query all writes every query's results to one sink: use blackhole or stdout");
+    }
+    QUERIES.iter().try_for_each(|q| run_nexmark(args, q))
+}
+
+fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
+    if !QUERIES.contains(&query) {
         bail!(
-            "unknown query `{}`: this build runs {}",
-            args.query,
+            "unknown query `{query}`: this build runs {} (or all)",
             QUERIES.join(", ")
         );
     }
@@ -196,7 +206,7 @@ fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
         );
     };
     let mut job =
-        nexmark::apply(&args.query, bids)?.sink(sink(&args.sink, args.checkpoint_dir.as_ref())?)?;
+        nexmark::apply(query, bids)?.sink(sink(&args.sink, args.checkpoint_dir.as_ref())?)?;
     if let Some(dir) = &args.checkpoint_dir {
         if args.checkpoint_interval_ms == 0 {
             bail!("--checkpoint-interval-ms must be at least 1");
@@ -235,7 +245,7 @@ fn run_nexmark(args: NexmarkArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "query": args.query,
+            "query": query,
             "events": events,
             "workers": workers,
             "seconds": seconds,
@@ -262,6 +272,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Nexmark(args) => run_nexmark(args),
+        Command::Nexmark(args) if args.query == "all" => run_all(&args),
+        Command::Nexmark(args) => run_nexmark(&args, &args.query),
     }
 }
