@@ -218,15 +218,7 @@ fn checkpoint_arguments_are_checked() {
 fn bids_written_to_files_and_read_back_give_the_generators_results() {
     let tmp = tempfile::tempdir().unwrap();
     let bids = tmp.path().join("bids");
-    let gen = [
-        "nexmark",
-        "--events",
-        "300000",
-        "--event-rate",
-        "10000",
-        "--workers",
-        "1",
-    ];
+    let gen = common::ORDERED_GENERATOR;
     let file = |dir: &std::path::Path| format!("file:{}", dir.display());
     summary(&oxflow(
         &[&gen[..], &["--query", "q0", "--sink", &file(&bids)]].concat(),

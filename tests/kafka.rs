@@ -84,15 +84,7 @@ fn kafka_round_trip_q5_and_q7_equal_the_generator() {
     let b = brokers();
     let topic = unique("bids");
     create_topic(&topic, 4);
-    let gen = [
-        "nexmark",
-        "--events",
-        "300000",
-        "--event-rate",
-        "10000",
-        "--workers",
-        "1",
-    ];
+    let gen = common::ORDERED_GENERATOR;
     // Fill the topic with the generator's bids (q0's columns), one writer so each
     // partition's records are in event-time order.
     let fill = summary(&oxflow(

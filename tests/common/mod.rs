@@ -10,6 +10,18 @@ use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// `oxflow nexmark` arguments for 300 000 events over 30 s of event time, one writer: its
+/// bids, written out, are in event-time order (for round trips through files or Kafka).
+pub const ORDERED_GENERATOR: [&str; 7] = [
+    "nexmark",
+    "--events",
+    "300000",
+    "--event-rate",
+    "10000",
+    "--workers",
+    "1",
+];
+
 /// Runs the `oxflow` binary of this build.
 pub fn oxflow(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
