@@ -135,12 +135,42 @@ pub(crate) enum Chunk {
     Done,
 }
 
+/// A source split's share of a rate limit over all splits: how long to wait before the
+/// next records so that what it produced stays spread evenly over wall time.
+pub(crate) struct Throttle {
+    split_rate: Option<f64>,
+    produced: u64,
+    clock: SystemClock,
+}
+
+impl Throttle {
+    /// `rate_limit` records per second over `parallelism` splits (`None`: no limit).
+    pub(crate) fn new(rate_limit: Option<f64>, parallelism: usize) -> Self {
+        Throttle {
+            split_rate: rate_limit.map(|r| r / parallelism as f64),
+            produced: 0,
+            clock: SystemClock::new(),
+        }
+    }
+
+    /// How long to wait before producing more (at most 100 ms at a time), or `None`.
+    pub(crate) fn wait(&self) -> Option<Duration> {
+        let rate = self.split_rate?;
+        let due = Duration::from_secs_f64(self.produced as f64 / rate);
+        let now = self.clock.elapsed();
+        (due > now).then(|| (due - now).min(Duration::from_millis(100)))
+    }
+
+    /// `n` more records were produced.
+    pub(crate) fn produced(&mut self, n: u64) {
+        self.produced += n;
+    }
+}
+
 pub(crate) struct ChunkedSplit {
     cursor: ChunkCursor,
     total: Option<u64>,
-    produced: u64,
-    split_rate: Option<f64>,
-    clock: SystemClock,
+    throttle: Throttle,
 }
 
 impl ChunkedSplit {
@@ -153,9 +183,7 @@ impl ChunkedSplit {
         ChunkedSplit {
             cursor,
             total,
-            produced: 0,
-            split_rate: rate_limit.map(|r| r / parallelism as f64),
-            clock: SystemClock::new(),
+            throttle: Throttle::new(rate_limit, parallelism),
         }
     }
 
@@ -167,15 +195,11 @@ impl ChunkedSplit {
             Some(n) => (start + chunk_size).min(n),
             None => start + chunk_size,
         };
-        if let Some(rate) = self.split_rate {
-            let due = Duration::from_secs_f64(self.produced as f64 / rate);
-            let now = self.clock.elapsed();
-            if due > now {
-                return Chunk::Wait((due - now).min(Duration::from_millis(100)));
-            }
+        if let Some(wait) = self.throttle.wait() {
+            return Chunk::Wait(wait);
         }
         self.cursor.advance();
-        self.produced += end - start;
+        self.throttle.produced(end - start);
         Chunk::Records(start..end)
     }
 }
