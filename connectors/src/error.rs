@@ -42,6 +42,9 @@ pub enum ConnectorError {
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
     },
+    /// Records sent to Kafka were not written (librdkafka reported it after the send).
+    #[error("kafka: {0}")]
+    Delivery(String),
     /// A Kafka record could not be decoded (with the `fail` policy).
     #[error("bad record in topic {topic} partition {partition} at offset {offset}: {reason}")]
     BadKafkaRecord {
@@ -76,7 +79,9 @@ impl From<ConnectorError> for RuntimeError {
             ConnectorError::BadRecord { .. } | ConnectorError::BadKafkaRecord { .. } => {
                 RuntimeError::BadInput(e.to_string())
             }
-            ConnectorError::Kafka { .. } => RuntimeError::Connector(e.to_string()),
+            ConnectorError::Kafka { .. } | ConnectorError::Delivery(_) => {
+                RuntimeError::Connector(e.to_string())
+            }
             ConnectorError::Config { .. } => RuntimeError::InvalidJob(e.to_string()),
         }
     }

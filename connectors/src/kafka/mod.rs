@@ -22,7 +22,7 @@ use oxflow_runtime::clock::{Clock, SystemClock};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -242,6 +242,27 @@ impl DeliveryContext {
     pub(crate) fn take_failure(&self) -> Option<String> {
         self.failure.lock().expect("not poisoned").take()
     }
+
+    /// Fails if a delivery failed since the last check; `what` says what was being sent.
+    pub(crate) fn check(&self, what: &str) -> Result<()> {
+        match self.take_failure() {
+            None => Ok(()),
+            Some(failure) => Err(ConnectorError::Delivery(format!("{what}: {failure}"))),
+        }
+    }
+}
+
+/// Waits (up to `timeout`) until everything `producer` was given is written, failing if any
+/// of it was not.
+pub(crate) fn flush_delivered(
+    producer: &ThreadedProducer<DeliveryContext>,
+    what: &str,
+    timeout: Duration,
+) -> Result<()> {
+    producer
+        .flush(timeout)
+        .map_err(|e| kafka_error(format!("flushing {what}"), e))?;
+    producer.context().check(what)
 }
 
 impl ClientContext for DeliveryContext {}

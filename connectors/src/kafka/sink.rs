@@ -15,7 +15,7 @@
 //!   sent again. Nothing is lost and nothing is written twice.
 
 use super::source::send_blocking;
-use super::{kafka_error, DeliveryContext, KafkaConnection};
+use super::{flush_delivered, kafka_error, DeliveryContext, KafkaConnection};
 use crate::error::{ConnectorError, Result as ConnectorResult};
 use crate::json::encode_json_lines;
 use datafusion::arrow::array::{Array, AsArray};
@@ -306,14 +306,9 @@ impl KafkaSink {
             let _ = t.producer.abort_transaction(TIMEOUT);
             return Err(e);
         }
-        if let Some(failure) = t.producer.context().take_failure() {
-            return Err(ConnectorError::Config {
-                connector: "kafka sink",
-                reason: format!(
-                    "transaction of `{id}` committed after a failed delivery: {failure}"
-                ),
-            });
-        }
+        t.producer.context().check(&format!(
+            "transaction of `{id}` committed after a failed delivery"
+        ))?;
         self.records
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         remove_spool(path)
@@ -522,13 +517,8 @@ struct DirectWriter {
 
 impl DirectWriter {
     fn flush(&mut self) -> Result<()> {
-        self.producer
-            .flush(TIMEOUT)
-            .map_err(|e| kafka_error(format!("flushing records to {}", self.topic), e))?;
-        match self.producer.context().take_failure() {
-            None => Ok(()),
-            Some(failure) => Err(RuntimeError::Connector(failure)),
-        }
+        let what = format!("records to {}", self.topic);
+        Ok(flush_delivered(&self.producer, &what, TIMEOUT)?)
     }
 }
 
@@ -544,10 +534,10 @@ impl SinkWriter for DirectWriter {
         })?;
         self.records
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        if let Some(failure) = self.producer.context().take_failure() {
-            return Err(RuntimeError::Connector(failure));
-        }
-        Ok(())
+        Ok(self
+            .producer
+            .context()
+            .check(&format!("records to {}", self.topic))?)
     }
     fn pre_commit(&mut self) -> Result<Option<PendingCommit>> {
         if self.flush_at_barriers {

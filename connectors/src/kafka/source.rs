@@ -1,9 +1,10 @@
 //! The Kafka source: partitions spread over splits by a fixed rule, offsets in checkpoints,
 //! per-partition watermarks (each partition's records go to the runtime as their own batches).
 
-use super::{kafka_error, DeliveryContext, KafkaConnection};
+use super::{flush_delivered, kafka_error, DeliveryContext, KafkaConnection};
 use crate::decode::{RecordDecoder, TextFormat};
 use crate::error::{ConnectorError, Result};
+use crate::split::Throttle;
 use datafusion::arrow::array::{
     ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, MapBuilder, StringBuilder,
     TimestampMillisecondBuilder,
@@ -17,7 +18,7 @@ use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
 use oxflow_runtime::SubtaskInfo;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -123,6 +124,7 @@ impl KafkaSourceConfig {
 /// them directly: no consumer-group rebalancing, and offsets live in checkpoints. (With a
 /// `group.id` property, offsets are also committed to Kafka after they are read, for
 /// monitoring only.)
+#[derive(Clone)]
 pub struct KafkaSource {
     config: KafkaSourceConfig,
     schema: SchemaRef,
@@ -401,18 +403,12 @@ impl Source for KafkaSource {
             _ => None,
         };
         let mut reader = KafkaReader {
-            source: KafkaSource {
-                config: self.config.clone(),
-                schema: self.schema.clone(),
-                bad_records: self.bad_records.clone(),
-                budget: self.budget.clone(),
-            },
+            source: self.clone(),
             split,
             consumer,
             dead_letter,
             partitions: Vec::new(),
             names: Vec::new(),
-            index: HashMap::new(),
             next: Vec::new(),
             restored: restored.offsets,
             fresh: positions.is_empty(),
@@ -426,7 +422,7 @@ impl Source for KafkaSource {
             last_discovery: Duration::ZERO,
             last_warning: None,
             clock: SystemClock::new(),
-            delivered_here: 0,
+            throttle: Throttle::new(self.config.max_rate, split.parallelism),
             decoder: match &self.config.format {
                 RecordFormat::Json(schema) => {
                     Some(RecordDecoder::new(TextFormat::Json, schema.clone()))
@@ -458,7 +454,6 @@ struct KafkaReader {
     partitions: Vec<(String, i32)>,
     /// `topic/partition` of each, for the runtime's per-partition watermarks.
     names: Vec<String>,
-    index: HashMap<(String, i32), usize>,
     /// The next offset to deliver, per partition.
     next: Vec<i64>,
     /// Offsets from the checkpoint restored from.
@@ -472,13 +467,23 @@ struct KafkaReader {
     last_discovery: Duration,
     last_warning: Option<Duration>,
     decoder: Option<RecordDecoder>,
-    /// Time since this reader started, for discovery, warnings and the throttle.
+    /// Time since this reader started, for discovery and warnings.
     clock: SystemClock,
-    /// Records this reader delivered, for the throttle.
-    delivered_here: u64,
+    /// The source's rate limit, this split's share.
+    throttle: Throttle,
 }
 
 impl KafkaReader {
+    /// The index of a partition this split reads, trying `hint` first: records come in runs
+    /// from one partition, and this finds them without allocating a name per record.
+    fn slot(&self, topic: &str, partition: i32, hint: usize) -> Option<usize> {
+        let is = |(t, p): &(String, i32)| *p == partition && t == topic;
+        if self.partitions.get(hint).is_some_and(is) {
+            return Some(hint);
+        }
+        self.partitions.iter().position(is)
+    }
+
     /// Finds partitions this split owns that it does not read yet, and starts reading them.
     fn discover(&mut self) -> Result<()> {
         self.last_discovery = self.clock.elapsed();
@@ -489,7 +494,7 @@ impl KafkaReader {
         let mut added = TopicPartitionList::new();
         for (topic, partition) in all {
             if owner(&topic, partition, self.split.parallelism) != self.split.index
-                || self.index.contains_key(&(topic.clone(), partition))
+                || self.slot(&topic, partition, 0).is_some()
             {
                 continue;
             }
@@ -502,8 +507,6 @@ impl KafkaReader {
                 .add_partition_offset(&topic, partition, Offset::Offset(offset))
                 .map_err(|e| kafka_error(format!("assigning {name}"), e))?;
             tracing::info!(split = self.split.index, partition = %name, offset, "reading partition");
-            self.index
-                .insert((topic.clone(), partition), self.partitions.len());
             self.partitions.push((topic, partition));
             self.names.push(name);
             self.next.push(offset);
@@ -576,17 +579,7 @@ impl KafkaReader {
             };
             // Records come in runs from one partition: try the last one first (no allocation
             // per record, unlike a lookup by owned name).
-            let (topic, partition) = (message.topic(), message.partition());
-            let same = |i: &usize| {
-                self.partitions
-                    .get(*i)
-                    .is_some_and(|(t, p)| *p == partition && t == topic)
-            };
-            let Some(i) = Some(last).filter(same).or_else(|| {
-                self.partitions
-                    .iter()
-                    .position(|(t, p)| *p == partition && t == topic)
-            }) else {
+            let Some(i) = self.slot(message.topic(), message.partition(), last) else {
                 continue;
             };
             last = i;
@@ -663,15 +656,8 @@ impl KafkaReader {
             if decoded.kept.len() < records.offsets.len() {
                 // The bad records must be in the dead-letter topic before their offsets can
                 // be part of a checkpoint.
-                producer
-                    .flush(Duration::from_secs(30))
-                    .map_err(|e| kafka_error(format!("flushing dead letters to {to}"), e))?;
-                if let Some(failure) = producer.context().take_failure() {
-                    return Err(ConnectorError::Config {
-                        connector: "kafka source",
-                        reason: format!("dead-letter topic {to}: {failure}"),
-                    });
-                }
+                let what = format!("dead letters to {to}");
+                flush_delivered(producer, &what, Duration::from_secs(30))?;
             }
         }
         let offsets: Vec<i64> = decoded.kept.iter().map(|&r| records.offsets[r]).collect();
@@ -856,13 +842,8 @@ impl SourceReader for KafkaReader {
                 tracing::warn!(split = self.split.index, error = %e, "kafka partition discovery failed; retrying later");
             }
         }
-        if let Some(rate) = self.source.config.max_rate {
-            let per_split = rate / self.split.parallelism as f64;
-            let due = self.clock.elapsed().as_secs_f64() * per_split;
-            if self.delivered_here as f64 > due {
-                let ahead = (self.delivered_here as f64 - due) / per_split;
-                return Ok(SourcePoll::Pending(Duration::from_secs_f64(ahead.min(0.1))));
-            }
+        if let Some(wait) = self.throttle.wait() {
+            return Ok(SourcePoll::Pending(wait));
         }
         if self.ready.is_empty() {
             self.fetch()?;
@@ -880,7 +861,7 @@ impl SourceReader for KafkaReader {
         }
         self.next[ready.partition] = ready.next;
         self.delivered += granted as u64;
-        self.delivered_here += granted as u64;
+        self.throttle.produced(granted as u64);
         self.commit_for_monitoring(ready.partition);
         Ok(SourcePoll::PartitionBatch(ready.partition, ready.batch))
     }
