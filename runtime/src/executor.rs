@@ -312,11 +312,9 @@ pub fn execute(
                         }
                     };
                     let idle_timeout = watermarks.as_ref().and_then(|w| w.idle_timeout);
-                    let partitioned = watermarks.clone().map(|w| {
-                        let mut p = PartitionWatermarks::new(w);
-                        p.restore(EventTime::MIN, &partition_times);
-                        p
-                    });
+                    let partitioned = watermarks
+                        .clone()
+                        .map(|w| PartitionWatermarks::new(w, partition_times));
                     let (clock, cancel, records_in) =
                         (clock.clone(), cancel.clone(), records_in.clone());
                     let trigger = trigger.clone();
@@ -829,7 +827,7 @@ fn run_source(mut t: SourceTask) -> Result<()> {
     let mut injected = 0;
     if let Some(p) = &mut t.partitioned {
         // The restored watermark (set on the chain) is not sent again.
-        p.restore(t.chain.watermark, &BTreeMap::new());
+        p.restore_watermark(t.chain.watermark);
     }
     loop {
         if t.cancel.is_cancelled() {

@@ -165,29 +165,22 @@ pub struct PartitionWatermarks {
 }
 
 impl PartitionWatermarks {
-    /// Tracks no partition yet.
-    pub fn new(strategy: WatermarkStrategy) -> Self {
+    /// Tracks no partition yet. `restored`: the largest event time of each partition at the
+    /// checkpoint restored from (empty when starting afresh); a partition named there goes on
+    /// from it once the reader names it.
+    pub fn new(strategy: WatermarkStrategy, restored: BTreeMap<String, EventTime>) -> Self {
         PartitionWatermarks {
             strategy,
-            restored: BTreeMap::new(),
+            restored,
             partitions: Vec::new(),
             combined: InputWatermarks::new(0),
             scratch: Vec::new(),
         }
     }
 
-    /// Goes on from a checkpoint: the split's watermark `w` is not reported again, and each
-    /// partition named in `max_event_times` continues from the largest event time it had
-    /// (including partitions added later). Calls add up.
-    pub fn restore(&mut self, w: EventTime, max_event_times: &BTreeMap<String, EventTime>) {
+    /// Goes on from a checkpoint taken at the split's watermark `w`: it is not reported again.
+    pub fn restore_watermark(&mut self, w: EventTime) {
         self.combined.restore(w);
-        for (name, generator, _) in &mut self.partitions {
-            if let Some(&t) = max_event_times.get(name) {
-                generator.restore(t);
-            }
-        }
-        self.restored
-            .extend(max_event_times.iter().map(|(k, &v)| (k.clone(), v)));
     }
 
     /// Adds the partitions of `names` not tracked yet (a reader discovered them); `now` is
@@ -459,7 +452,7 @@ mod tests {
     fn partitions_hold_the_split_watermark_at_the_slowest_until_idle() {
         let strategy = WatermarkStrategy::bounded("t", Duration::from_millis(10))
             .with_idle_timeout(Duration::from_secs(5));
-        let mut p = PartitionWatermarks::new(strategy.clone());
+        let mut p = PartitionWatermarks::new(strategy.clone(), BTreeMap::new());
         let names = ["t/0".to_string(), "t/1".to_string()];
         let (s0, s1) = (Duration::ZERO, Duration::from_secs(1));
         p.sync(&names, s0);
@@ -480,8 +473,8 @@ mod tests {
         // Restored elsewhere (a rescale), partition 1 goes on from its own event time.
         let times = p.max_event_times();
         assert_eq!(times.get("t/1"), Some(&200));
-        let mut q = PartitionWatermarks::new(strategy);
-        q.restore(189, &times);
+        let mut q = PartitionWatermarks::new(strategy, times);
+        q.restore_watermark(189);
         q.sync(&names[1..], s0);
         q.on_batch(0, batch(&[150]), s0, &mut out).unwrap();
         // 150 is behind partition 1's bound (189): the watermark is not sent again.
