@@ -47,6 +47,13 @@ fn create_topic(name: &str, partitions: i32) {
     }
 }
 
+/// A bid as JSON, with q0's columns, for auction `auction` at second `second` of 2024.
+fn bid_json(auction: i64, second: i64) -> String {
+    format!(
+        r#"{{"auction":{auction},"bidder":0,"price":0,"date_time":"2024-01-01T00:00:{second:02}.000Z","extra":""}}"#
+    )
+}
+
 fn produce(topic: &str, values: &[&str]) {
     let records: Vec<_> = values
         .iter()
@@ -382,11 +389,7 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
     let base = unique("disc");
     let first = format!("{base}-a");
     create_topic(&first, 1);
-    let bid = |i: i64| {
-        format!(
-            r#"{{"auction":{i},"bidder":0,"price":0,"date_time":"2024-01-01T00:00:00.000Z","extra":""}}"#
-        )
-    };
+    let bid = |i: i64| bid_json(i, 0);
     let values: Vec<String> = (0..5).map(bid).collect();
     produce(
         &first,
@@ -461,11 +464,7 @@ fn kafka_start_from_a_timestamp() {
     let b = brokers();
     let topic = unique("ts");
     create_topic(&topic, 1);
-    let bid = |i: i64| {
-        format!(
-            r#"{{"auction":{i},"bidder":0,"price":0,"date_time":"2024-01-01T00:00:0{i}.000Z","extra":""}}"#
-        )
-    };
+    let bid = |i: i64| bid_json(i, i);
     let timed: Vec<_> = (1..=3)
         .map(|i| {
             (

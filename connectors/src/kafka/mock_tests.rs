@@ -22,19 +22,27 @@ fn schema() -> SchemaRef {
 }
 
 fn produce(brokers: &str, topic: &str, records: &[(i32, String)]) {
+    let records: Vec<_> = records
+        .iter()
+        .map(|(p, v)| (*p, None, v.as_str()))
+        .collect();
+    send(brokers, topic, &records);
+}
+
+/// Sends `(partition, timestamp, value)` records and waits until they are all written.
+fn send(brokers: &str, topic: &str, records: &[(i32, Option<i64>, &str)]) {
     let producer: ThreadedProducer<DeliveryContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create_with_context(DeliveryContext::default())
         .unwrap();
-    for (partition, value) in records {
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(topic)
-                    .partition(*partition)
-                    .payload(value.as_bytes()),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
+    for &(partition, timestamp, value) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .payload(value.as_bytes());
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
     assert_eq!(producer.context().take_failure(), None);
@@ -317,22 +325,8 @@ fn at_least_once_flushes_at_barriers() {
 }
 
 fn produce_at(brokers: &str, topic: &str, records: &[(i64, &str)]) {
-    let producer: ThreadedProducer<DeliveryContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create_with_context(DeliveryContext::default())
-        .unwrap();
-    for (ts, value) in records {
-        producer
-            .send(
-                BaseRecord::<[u8], [u8]>::to(topic)
-                    .partition(0)
-                    .timestamp(*ts)
-                    .payload(value.as_bytes()),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(10)).unwrap();
+    let records: Vec<_> = records.iter().map(|&(ts, v)| (0, Some(ts), v)).collect();
+    send(brokers, topic, &records);
 }
 
 #[test]
