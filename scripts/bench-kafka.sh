@@ -14,7 +14,8 @@ work=$(mktemp -d)
 started=
 trap 'rm -rf "$work"; [ -z "$started" ] || "$kafka" stop' EXIT
 if [ -z "${KAFKA_PORT:-}" ]; then
-  export KAFKA_PORT=$(( 20000 + RANDOM % 20000 ))
+  KAFKA_PORT=$("$kafka" free-port)
+  export KAFKA_PORT
   "$kafka" start
   started=yes
 fi

@@ -5,6 +5,7 @@
 #   scripts/kafka.sh topic NAME [PARTITIONS]    create a topic (default 4 partitions)
 #   scripts/kafka.sh consume NAME               print every committed record's value
 #                                               (read_committed), then exit when idle 5 s
+#   scripts/kafka.sh free-port                  print a free port for KAFKA_PORT
 #
 # Kafka's jars come from Maven Central with Maven (org.apache.kafka:kafka_2.13, kafka-tools and
 # their runtime dependencies) into a cache reused across runs. `start` formats fresh KRaft storage, starts the
@@ -80,6 +81,20 @@ restart() {
   [ -f "$run/server.properties" ] || { echo "kafka.sh: never started here" >&2; exit 1; }
   stop
   launch "$(started_count)"
+}
+
+# A free loopback port whose successor (the controller's) is free too.
+free_port() {
+  python3 - <<'PY'
+import socket
+for _ in range(100):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    t = socket.socket()
+    try:
+        t.bind(("127.0.0.1", port + 1)); t.close(); print(port); break
+    except OSError:
+        t.close()
+PY
 }
 
 topic() {
@@ -172,5 +187,6 @@ case "${1:-}" in
   status) status ;;
   topic) shift; topic "$@" ;;
   consume) shift; consume "$@" ;;
-  *) echo "usage: $0 start|stop|restart|status|topic NAME [PARTITIONS]|consume NAME" >&2; exit 2 ;;
+  free-port) free_port ;;
+  *) echo "usage: $0 start|stop|restart|status|topic NAME [PARTITIONS]|consume NAME|free-port" >&2; exit 2 ;;
 esac

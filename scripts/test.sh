@@ -7,20 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
 
-if [ -z "${KAFKA_PORT:-}" ]; then
-  # A free port whose successor (the controller's) is free too.
-  KAFKA_PORT=$(python3 - <<'PY'
-import socket
-for _ in range(100):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-    t = socket.socket()
-    try:
-        t.bind(("127.0.0.1", port + 1)); t.close(); print(port); break
-    except OSError:
-        t.close()
-PY
-)
-fi
+KAFKA_PORT=${KAFKA_PORT:-$("$root/scripts/kafka.sh" free-port)}
 export KAFKA_PORT
 "$root/scripts/kafka.sh" start
 trap '"$root/scripts/kafka.sh" stop' EXIT
