@@ -3,7 +3,8 @@
 //! This crate owns every concrete [`Operator`](oxflow_runtime::Operator): filter, project and
 //! map over DataFusion expressions, Rust closures over batches and over typed (serde) rows,
 //! and the event-time window operators (tumbling, hopping, session and inherited windows)
-//! that aggregate with DataFusion accumulators or keep the top rows of each window. Each
+//! that aggregate with DataFusion accumulators or keep the top rows of each window, and the
+//! stream joins of two keyed inputs (window, interval and regular joins, inner or left outer). Each
 //! stateful operator also says how its state is snapshotted at a checkpoint barrier and
 //! restored, by key group, at any parallelism.
 //!
@@ -14,6 +15,7 @@
 pub mod aggregate;
 pub mod error;
 pub mod expr;
+pub mod join;
 pub mod map;
 pub mod session;
 mod state;
@@ -21,4 +23,5 @@ pub mod topn;
 pub mod window;
 
 pub use error::{OperatorError, Result};
+pub use join::{JoinSettings, JoinSpec, JoinType, StreamJoin};
 pub use window::{LateRecords, WindowSpec};

@@ -188,7 +188,26 @@ pub fn execute(
     let trigger = coordinator.trigger.clone();
     let (report_tx, report_rx) = channel::<Report>();
 
-    // Receivers of each stage's subtasks (none for the source stage).
+    // Each stage's channels: input k's upstream subtasks send on channels
+    // `offsets[k]..offsets[k] + count` (one channel in all for a forward edge), and
+    // `sides[channel]` is k again.
+    let consumers = graph.consumers();
+    let mut offsets: Vec<Vec<usize>> = Vec::with_capacity(n);
+    let mut sides: Vec<Vec<usize>> = Vec::with_capacity(n);
+    for (t, stage) in graph.stages.iter().enumerate() {
+        let (mut stage_offsets, mut stage_sides) = (Vec::new(), Vec::new());
+        for (k, edge) in stage.input.edges(t).iter().enumerate() {
+            stage_offsets.push(stage_sides.len());
+            let count = match edge.partitioning {
+                Partitioning::Forward => 1,
+                _ => graph.stages[edge.from].parallelism,
+            };
+            stage_sides.extend(std::iter::repeat_n(k, count));
+        }
+        offsets.push(stage_offsets);
+        sides.push(stage_sides);
+    }
+    // Receivers of each stage's subtasks (none for a source stage).
     let mut receivers: Vec<Vec<Receiver<Envelope>>> = Vec::with_capacity(n);
     let mut senders: Vec<Vec<SyncSender<Envelope>>> = Vec::with_capacity(n);
     for stage in &graph.stages {
@@ -229,15 +248,11 @@ pub fn execute(
                 .iter()
                 .map(|f| f.create(info))
                 .collect::<Result<Vec<_>>>()?;
-            let downstream = match (&stage.sink, graph.stages.get(s + 1)) {
+            let downstream = match (&stage.sink, consumers[s]) {
                 (Some(sink), _) => Downstream::Sink(sink.create_writer(info, schemas[s].clone())?),
-                (None, Some(next)) => {
-                    let partitioning = match &next.input {
-                        StageInput::Exchange(p) => p.clone(),
-                        StageInput::Source { .. } => {
-                            unreachable!("validated: only stage 0 reads a source")
-                        }
-                    };
+                (None, Some((t, k))) => {
+                    let next = &graph.stages[t];
+                    let partitioning = next.input.edges(t)[k].partitioning.clone();
                     Downstream::Exchange {
                         partitioner: Partitioner::try_new(
                             &partitioning,
@@ -248,12 +263,13 @@ pub fn execute(
                         )?,
                         forward: partitioning == Partitioning::Forward,
                         index,
-                        senders: senders[s + 1].clone(),
+                        offset: offsets[t][k],
+                        senders: senders[t].clone(),
                         backpressure: backpressure.clone(),
                         cancel: cancel.clone(),
                     }
                 }
-                (None, None) => unreachable!("validated: the last stage has a sink"),
+                (None, None) => unreachable!("validated: every stage but the last feeds one"),
             };
             let chain = Chain {
                 operators,
@@ -282,7 +298,7 @@ pub fn execute(
                     let reader = match &restore {
                         None => source.create_reader(info)?,
                         Some(r) => {
-                            let old = &r.manifest.stages[0].subtasks;
+                            let old = &r.manifest.stages[s].subtasks;
                             let positions =
                                 old.iter()
                                     .map(|t| {
@@ -333,16 +349,12 @@ pub fn execute(
                         })
                     })
                 }
-                StageInput::Exchange(p) => {
-                    let inputs = if *p == Partitioning::Forward {
-                        1
-                    } else {
-                        graph.stages[s - 1].parallelism
-                    };
+                StageInput::Exchange(_) | StageInput::Inputs(_) => {
                     let rx = receiver.expect("one receiver per subtask");
                     let (cancel, records_in) = (cancel.clone(), records_in.clone());
+                    let sides = sides[s].clone();
                     Box::new(move || {
-                        run_exchange_input(rx, inputs, chain, cancel, records_in, checkpointing)
+                        run_exchange_input(rx, sides, chain, cancel, records_in, checkpointing)
                     })
                 }
             };
@@ -443,6 +455,8 @@ enum Downstream {
         partitioner: Partitioner,
         forward: bool,
         index: usize,
+        /// The first channel of the receiving stage this edge sends on.
+        offset: usize,
         senders: Vec<SyncSender<Envelope>>,
         backpressure: Counter,
         cancel: CancelHandle,
@@ -489,11 +503,12 @@ impl Downstream {
                 partitioner,
                 forward,
                 index,
+                offset,
                 senders,
                 backpressure,
                 cancel,
             } => {
-                let input = if *forward { 0 } else { *index };
+                let input = *offset + if *forward { 0 } else { *index };
                 partitioner.partition(batch, |target, part| {
                     send(
                         &senders[target],
@@ -514,16 +529,22 @@ impl Downstream {
             Downstream::Exchange {
                 forward,
                 index,
+                offset,
                 senders,
                 backpressure,
                 cancel,
                 ..
             } => {
                 if *forward {
-                    send(&senders[*index], (0, message), backpressure, cancel)
+                    send(&senders[*index], (*offset, message), backpressure, cancel)
                 } else {
                     for sender in senders.iter() {
-                        send(sender, (*index, message.clone()), backpressure, cancel)?;
+                        send(
+                            sender,
+                            (*offset + *index, message.clone()),
+                            backpressure,
+                            cancel,
+                        )?;
                     }
                     Ok(())
                 }
@@ -549,6 +570,20 @@ impl Chain {
                 .resize_with(self.operators.len(), Output::default);
         }
         std::mem::take(&mut self.outputs[level])
+    }
+
+    /// A batch from input `side` of the stage, into the first operator.
+    fn input(&mut self, side: usize, batch: RecordBatch) -> Result<()> {
+        if self.operators.is_empty() {
+            return self.data(0, batch);
+        }
+        let mut out = self.output(0);
+        self.operators[0].on_input_batch(side, batch, &mut out)?;
+        for b in out.drain() {
+            self.data(1, b)?;
+        }
+        self.outputs[0] = out;
+        Ok(())
     }
 
     fn data(&mut self, level: usize, batch: RecordBatch) -> Result<()> {
@@ -949,15 +984,17 @@ impl Alignment {
     }
 }
 
+/// Runs a subtask fed by channels; `sides[channel]` is the stage input the channel belongs to.
 fn run_exchange_input(
     rx: Receiver<Envelope>,
-    inputs: usize,
+    sides: Vec<usize>,
     mut chain: Chain,
     cancel: CancelHandle,
     records_in: Counter,
     mut checkpointing: TaskCheckpointing,
 ) -> Result<()> {
     checkpointing.restore(&mut chain)?;
+    let inputs = sides.len();
     let mut watermarks = InputWatermarks::new(inputs);
     watermarks.restore(chain.watermark);
     let mut alignment = Alignment::new(inputs);
@@ -979,7 +1016,7 @@ fn run_exchange_input(
             Message::Data(batch) => {
                 watermarks.on_data(input);
                 records_in.add(batch.num_rows() as u64);
-                chain.data(0, batch)?;
+                chain.input(sides[input], batch)?;
                 WatermarkUpdate::default()
             }
             Message::Watermark(w) => watermarks.on_watermark(input, w),

@@ -1,5 +1,9 @@
-//! The job graph: a chain of stages, each a source or an exchange followed by chained
+//! The job graph: stages, each a source or one or more exchanges followed by chained
 //! operators, the last one ending in a sink.
+//!
+//! Stages form a tree that converges on the sink: every stage but the last feeds exactly one
+//! later stage. A stage with several inputs (the two sides of a join, or a union) receives
+//! each through its own exchange; its first operator learns which input a batch came from.
 
 use crate::error::{Result, RuntimeError};
 use crate::exchange::Partitioning;
@@ -21,6 +25,32 @@ pub enum StageInput {
     },
     /// Received from the previous stage through an exchange.
     Exchange(Partitioning),
+    /// Received from earlier stages, input `k` through `edges[k]`: the sides of a join (its
+    /// first operator takes that many inputs), or a union of streams of one schema.
+    Inputs(Vec<StageEdge>),
+}
+
+/// One input of a stage: the stage it comes from and how records are spread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageEdge {
+    /// Index of the upstream stage (always lower than the receiving stage's).
+    pub from: usize,
+    /// How the upstream's records are spread over this stage's subtasks.
+    pub partitioning: Partitioning,
+}
+
+impl StageInput {
+    /// The inputs of stage `index`: none for a source.
+    pub fn edges(&self, index: usize) -> Vec<StageEdge> {
+        match self {
+            StageInput::Source { .. } => Vec::new(),
+            StageInput::Exchange(p) => vec![StageEdge {
+                from: index.saturating_sub(1),
+                partitioning: p.clone(),
+            }],
+            StageInput::Inputs(edges) => edges.clone(),
+        }
+    }
 }
 
 /// Operators chained into one task, run by `parallelism` subtasks.
@@ -59,6 +89,7 @@ impl JobGraph {
         if self.channel_capacity == 0 {
             return invalid("channel capacity must be at least 1".into());
         }
+        let mut fed = vec![0usize; self.stages.len()];
         for (i, stage) in self.stages.iter().enumerate() {
             let name = &stage.name;
             if stage.parallelism == 0 || stage.parallelism > self.max_parallelism {
@@ -67,23 +98,53 @@ impl JobGraph {
                     stage.parallelism, self.max_parallelism
                 ));
             }
-            match (&stage.input, i) {
-                (StageInput::Source { .. }, 0) => {}
-                (StageInput::Source { .. }, _) => {
-                    return invalid(format!("stage `{name}`: only the first stage reads a source"))
+            let edges = stage.input.edges(i);
+            match &stage.input {
+                StageInput::Source { .. } => {}
+                _ if i == 0 => {
+                    return invalid(format!(
+                        "stage `{name}`: the first stage must read a source"
+                    ))
                 }
-                (StageInput::Exchange(_), 0) => {
-                    return invalid(format!("stage `{name}`: the first stage must read a source"))
+                StageInput::Inputs(e) if e.is_empty() => {
+                    return invalid(format!("stage `{name}`: a stage needs at least one input"))
                 }
-                (StageInput::Exchange(Partitioning::Forward), _)
-                    if self.stages[i - 1].parallelism != stage.parallelism =>
+                _ => {}
+            }
+            for edge in &edges {
+                if edge.from >= i {
+                    return invalid(format!(
+                        "stage `{name}`: an input must come from an earlier stage, not stage {}",
+                        edge.from
+                    ));
+                }
+                let upstream = &self.stages[edge.from];
+                if edge.partitioning == Partitioning::Forward
+                    && upstream.parallelism != stage.parallelism
                 {
                     return invalid(format!(
                         "stage `{name}`: a forward exchange needs the same parallelism on both sides ({} != {})",
-                        self.stages[i - 1].parallelism, stage.parallelism
-                    ))
+                        upstream.parallelism, stage.parallelism
+                    ));
                 }
-                _ => {}
+                fed[edge.from] += 1;
+            }
+            if let Some(first) = stage.operators.first() {
+                let takes = first.inputs();
+                if edges.len() > 1 && takes != edges.len() && takes != 1 {
+                    return invalid(format!(
+                        "stage `{name}`: operator `{}` takes {takes} inputs, the stage has {}",
+                        first.name(),
+                        edges.len()
+                    ));
+                }
+            }
+            if let Some(op) = stage.operators.iter().skip(1).find(|o| o.inputs() != 1) {
+                return invalid(format!(
+                    "stage `{name}`: operator `{}` takes {} inputs, so it must start its stage",
+                    op.name(),
+                    op.inputs()
+                ));
             }
             let last = i + 1 == self.stages.len();
             if last != stage.sink.is_some() {
@@ -92,26 +153,55 @@ impl JobGraph {
                 ));
             }
         }
+        let last = self.stages.len() - 1;
+        for (i, &n) in fed.iter().enumerate() {
+            let expected = usize::from(i != last);
+            if n != expected {
+                return invalid(format!(
+                    "stage `{}` feeds {n} stages; every stage but the last feeds exactly one",
+                    self.stages[i].name
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// For each stage, the stage it feeds and which of that stage's inputs it is (`None` for
+    /// the last).
+    pub fn consumers(&self) -> Vec<Option<(usize, usize)>> {
+        let mut consumers = vec![None; self.stages.len()];
+        for (t, stage) in self.stages.iter().enumerate() {
+            for (k, edge) in stage.input.edges(t).iter().enumerate() {
+                consumers[edge.from] = Some((t, k));
+            }
+        }
+        consumers
     }
 
     /// The schema each stage emits, in order.
     pub fn output_schemas(&self) -> Result<Vec<SchemaRef>> {
-        let mut schemas = Vec::with_capacity(self.stages.len());
-        let mut current: Option<SchemaRef> = None;
-        for stage in &self.stages {
-            let mut schema = match (&stage.input, current.take()) {
-                (StageInput::Source { source, .. }, _) => source.schema(),
-                (StageInput::Exchange(_), Some(s)) => s,
-                (StageInput::Exchange(_), None) => {
-                    return Err(RuntimeError::InvalidJob("an exchange has no input".into()))
-                }
+        let mut schemas: Vec<SchemaRef> = Vec::with_capacity(self.stages.len());
+        for (i, stage) in self.stages.iter().enumerate() {
+            let inputs: Vec<SchemaRef> = match &stage.input {
+                StageInput::Source { source, .. } => vec![source.schema()],
+                other => other
+                    .edges(i)
+                    .iter()
+                    .map(|e| schemas[e.from].clone())
+                    .collect(),
             };
+            let multi_input_op = stage.operators.first().is_some_and(|o| o.inputs() > 1);
+            if !multi_input_op && inputs.iter().any(|s| s != &inputs[0]) {
+                return Err(RuntimeError::InvalidJob(format!(
+                    "stage `{}`: a union needs one schema on every input",
+                    stage.name
+                )));
+            }
+            let mut schema = inputs[0].clone();
             for op in &stage.operators {
                 schema = op.output_schema();
             }
-            schemas.push(schema.clone());
-            current = Some(schema);
+            schemas.push(schema);
         }
         Ok(schemas)
     }

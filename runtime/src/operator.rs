@@ -50,6 +50,14 @@ pub trait Operator: Send {
     /// Handles one batch of input.
     fn on_batch(&mut self, batch: RecordBatch, out: &mut Output) -> Result<()>;
 
+    /// Handles one batch from input `input` of a stage with several inputs (a join's sides,
+    /// in the order the stage lists them). Only the first operator of such a stage is called
+    /// this way; the default ignores which input it was.
+    fn on_input_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        let _ = input;
+        self.on_batch(batch, out)
+    }
+
     /// Event time has advanced to `watermark` (the minimum over this subtask's inputs); fire
     /// whatever it completes. The default does nothing: stateless operators ignore time.
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) -> Result<()> {
@@ -88,6 +96,11 @@ pub trait OperatorFactory: Send + Sync {
     fn name(&self) -> String;
     /// The schema of the batches the operator emits.
     fn output_schema(&self) -> SchemaRef;
+    /// How many inputs the operator joins: more than one only for the first operator of a
+    /// stage with that many inputs.
+    fn inputs(&self) -> usize {
+        1
+    }
     /// Creates the operator for one subtask.
     fn create(&self, subtask: SubtaskInfo) -> Result<Box<dyn Operator>>;
     /// Counters the operator keeps besides records in and out (e.g. late records), shared

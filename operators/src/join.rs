@@ -1,0 +1,1261 @@
+//! Stream joins of two keyed inputs: window joins, interval joins and regular joins (unbounded,
+//! or bounded by a state time-to-live), inner or left outer.
+//!
+//! Both sides arrive hash-partitioned on their join keys, so rows with equal keys meet in one
+//! subtask. Each side keeps its rows in memory, found by key, and laid out in *buckets* (a
+//! window for a window join, a slice of event time otherwise) per key group: a checkpoint
+//! rewrites only the buckets that changed, expiry drops whole buckets, and state moves between
+//! parallelisms by key group like every other keyed operator's.
+//!
+//! Output is append-only, so every emitted row is final:
+//! - a window join emits a window's pairs when the watermark passes the window's end;
+//! - interval and regular joins emit a pair as soon as its second row arrives;
+//! - a left outer join emits a left row without a match, padded with nulls, once no right row
+//!   can match it any more: when the watermark has passed its time plus the upper bound (or
+//!   the TTL), and for an unbounded join only at the end of input. (Flink SQL emits such rows
+//!   at once and retracts them later; an append-only sink could not take the retraction.)
+//!
+//! Time bounds are in event time, so a replay after a failure, at any parallelism, joins
+//! exactly the same pairs: rows with a time at or below the watermark (which promised no such
+//! row would come) are late, counted and dropped, because state they could have matched may
+//! already be gone.
+
+use crate::error::{column_index, OperatorError, Result};
+use crate::state::state_batch;
+use crate::window::{window_field, WindowSpec, WINDOW_END, WINDOW_START};
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::row::{RowConverter, SortField};
+use oxflow_runtime::exchange::{hash_keys, key_group};
+use oxflow_runtime::metrics::Counter;
+use oxflow_runtime::operator::{Operator, OperatorFactory, Output, SubtaskInfo};
+use oxflow_runtime::state::{decode_batch, encode_batch, RestoredState, StateSnapshot};
+use oxflow_runtime::watermark::event_times;
+use oxflow_runtime::EventTime;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which rows a join emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinType {
+    /// Only pairs of matching rows.
+    Inner,
+    /// Pairs, and every left row that matched nothing, with nulls for the right columns.
+    LeftOuter,
+}
+
+/// Which rows with equal keys join, and so how long they are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinSpec {
+    /// Rows in the same window of both sides (tumbling or hopping, on each side's event
+    /// time). Output starts with `window_start, window_end`.
+    Window(WindowSpec),
+    /// `right.time` between `left.time + lower` and `left.time + upper`, both inclusive.
+    Interval {
+        /// Lower bound, in milliseconds (may be negative).
+        lower: i64,
+        /// Upper bound, in milliseconds (at least `lower`).
+        upper: i64,
+    },
+    /// Every pair with equal keys. With a TTL, a row is kept for `ttl` of event time after its
+    /// own timestamp, so two rows join when their times are at most `ttl` apart; without one,
+    /// state grows with the input.
+    Regular {
+        /// How long, in event time, a row stays in state.
+        ttl: Option<Duration>,
+    },
+}
+
+/// A join of a left and a right stream.
+#[derive(Debug, Clone)]
+pub struct JoinSettings {
+    /// Inner or left outer.
+    pub join_type: JoinType,
+    /// Which rows join.
+    pub spec: JoinSpec,
+    /// Key columns of the left input.
+    pub left_keys: Vec<String>,
+    /// Key columns of the right input, as many as the left's and of the same types.
+    pub right_keys: Vec<String>,
+    /// Event-time column of the left input (needed unless the join is regular without TTL).
+    pub left_time: Option<String>,
+    /// Event-time column of the right input.
+    pub right_time: Option<String>,
+}
+
+/// Time bounds of a join in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bounds {
+    Unbounded,
+    /// `right.time - left.time` in `lower..=upper`.
+    Interval {
+        lower: i64,
+        upper: i64,
+    },
+    Window {
+        size: i64,
+        slide: i64,
+    },
+}
+
+impl Bounds {
+    /// The width of the time slices state is laid out in (the window for a window join).
+    fn slice(&self) -> i64 {
+        match self {
+            // Wide enough that a long run has few buckets, narrow enough that a checkpoint
+            // rewrites only recent ones.
+            Bounds::Unbounded => 10_000,
+            Bounds::Interval { lower, upper } => ((upper - lower) / 2).clamp(100, 10_000),
+            Bounds::Window { .. } => 1,
+        }
+    }
+}
+
+/// Builds the join operator of each subtask; see the module documentation.
+pub struct StreamJoin {
+    settings: JoinSettings,
+    bounds: Bounds,
+    left: SchemaRef,
+    right: SchemaRef,
+    output: SchemaRef,
+    late_records: Counter,
+}
+
+/// The key, time and column layout of one input.
+#[derive(Debug, Clone)]
+struct SideLayout {
+    schema: SchemaRef,
+    keys: Vec<usize>,
+    time: Option<usize>,
+}
+
+fn time_index(schema: &Schema, column: Option<&str>, side: &str) -> Result<Option<usize>> {
+    let Some(column) = column else {
+        return Ok(None);
+    };
+    let i = column_index(schema, column, &format!("the join's {side} input"))?;
+    match schema.field(i).data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 => Ok(Some(i)),
+        other => Err(OperatorError::InvalidWindow(format!(
+            "join: the {side} event-time column `{column}` has type {other}, not Timestamp(Millisecond)"
+        ))),
+    }
+}
+
+impl StreamJoin {
+    /// Plans a join of `left` and `right`; errors name the column or bound at fault.
+    pub fn try_new(settings: JoinSettings, left: SchemaRef, right: SchemaRef) -> Result<Self> {
+        let invalid = |m: String| Err(OperatorError::InvalidWindow(format!("join: {m}")));
+        if settings.left_keys.is_empty() || settings.left_keys.len() != settings.right_keys.len() {
+            return invalid(format!(
+                "needs as many right keys as left keys, and at least one: {:?} and {:?}",
+                settings.left_keys, settings.right_keys
+            ));
+        }
+        for (l, r) in settings.left_keys.iter().zip(&settings.right_keys) {
+            let lt = left
+                .field(column_index(&left, l, "the join's left keys")?)
+                .data_type();
+            let rt = right
+                .field(column_index(&right, r, "the join's right keys")?)
+                .data_type();
+            if lt != rt {
+                return invalid(format!(
+                    "key `{l}` is {lt} on the left but `{r}` is {rt} on the right; cast one so equal keys meet"
+                ));
+            }
+        }
+        let bounds = match &settings.spec {
+            JoinSpec::Regular { ttl: None } => Bounds::Unbounded,
+            JoinSpec::Regular { ttl: Some(ttl) } => {
+                let ttl = ttl.as_millis() as i64;
+                if ttl <= 0 {
+                    return invalid("a state TTL must be at least 1 ms".into());
+                }
+                Bounds::Interval {
+                    lower: -ttl,
+                    upper: ttl,
+                }
+            }
+            JoinSpec::Interval { lower, upper } => {
+                if lower > upper {
+                    return invalid(format!(
+                        "interval lower bound {lower} ms is above the upper bound {upper} ms"
+                    ));
+                }
+                Bounds::Interval {
+                    lower: *lower,
+                    upper: *upper,
+                }
+            }
+            JoinSpec::Window(w @ (WindowSpec::Tumbling { .. } | WindowSpec::Hopping { .. })) => {
+                w.validate()?;
+                let (size, slide) = match w {
+                    WindowSpec::Tumbling { size } => (*size, *size),
+                    WindowSpec::Hopping { size, slide } => (*size, *slide),
+                    _ => unreachable!("matched above"),
+                };
+                Bounds::Window {
+                    size: size.as_millis() as i64,
+                    slide: slide.as_millis() as i64,
+                }
+            }
+            JoinSpec::Window(other) => {
+                return invalid(format!(
+                    "a window join needs tumbling or hopping windows, not {other:?}"
+                ))
+            }
+        };
+        if bounds != Bounds::Unbounded
+            && (settings.left_time.is_none() || settings.right_time.is_none())
+        {
+            return invalid(
+                "a window, interval or TTL join needs the event-time column of both inputs; set watermarks on both sources".into(),
+            );
+        }
+        time_index(&left, settings.left_time.as_deref(), "left")?;
+        time_index(&right, settings.right_time.as_deref(), "right")?;
+        let mut fields: Vec<Field> = Vec::new();
+        if matches!(bounds, Bounds::Window { .. }) {
+            fields.push(window_field(WINDOW_START));
+            fields.push(window_field(WINDOW_END));
+        }
+        for f in left.fields() {
+            if fields.iter().any(|g| g.name() == f.name()) {
+                return invalid(format!(
+                    "the left input's column `{}` clashes with the window bounds; rename it first",
+                    f.name()
+                ));
+            }
+            fields.push(f.as_ref().clone());
+        }
+        for f in right.fields() {
+            // Clashing right columns are prefixed, as `right_id` for a second `id`.
+            let mut name = f.name().clone();
+            while fields.iter().any(|g| g.name() == &name) {
+                name = format!("right_{name}");
+            }
+            let nullable = f.is_nullable() || settings.join_type == JoinType::LeftOuter;
+            fields.push(f.as_ref().clone().with_name(name).with_nullable(nullable));
+        }
+        Ok(StreamJoin {
+            settings,
+            bounds,
+            left,
+            right,
+            output: Arc::new(Schema::new(fields)),
+            late_records: Counter::default(),
+        })
+    }
+
+    fn layout(&self, side: usize) -> Result<SideLayout> {
+        let (schema, keys, time) = match side {
+            LEFT => (
+                &self.left,
+                &self.settings.left_keys,
+                &self.settings.left_time,
+            ),
+            _ => (
+                &self.right,
+                &self.settings.right_keys,
+                &self.settings.right_time,
+            ),
+        };
+        let keys = keys
+            .iter()
+            .map(|k| column_index(schema, k, "the join's keys"))
+            .collect::<Result<Vec<_>>>()?;
+        let time = match self.bounds {
+            Bounds::Unbounded => None,
+            _ => time_index(
+                schema,
+                time.as_deref(),
+                if side == LEFT { "left" } else { "right" },
+            )?,
+        };
+        Ok(SideLayout {
+            schema: schema.clone(),
+            keys,
+            time,
+        })
+    }
+}
+
+impl OperatorFactory for StreamJoin {
+    fn name(&self) -> String {
+        match self.settings.spec {
+            JoinSpec::Window(_) => "window-join",
+            JoinSpec::Interval { .. } => "interval-join",
+            JoinSpec::Regular { .. } => "join",
+        }
+        .into()
+    }
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+    fn inputs(&self) -> usize {
+        2
+    }
+    fn counters(&self) -> Vec<(String, Counter)> {
+        vec![("late_records".into(), self.late_records.clone())]
+    }
+    fn create(&self, subtask: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn Operator>> {
+        let left = self.layout(LEFT)?;
+        let key_fields: Vec<SortField> = left
+            .keys
+            .iter()
+            .map(|&i| SortField::new(left.schema.field(i).data_type().clone()))
+            .collect();
+        let sides = [left, self.layout(RIGHT)?]
+            .map(|layout| SideState::try_new(layout, self.bounds.slice()))
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(JoinOperator {
+            join_type: self.settings.join_type,
+            bounds: self.bounds,
+            output: self.output.clone(),
+            keys: RowConverter::new(key_fields).map_err(OperatorError::from)?,
+            sides: sides
+                .try_into()
+                .map_err(|_| OperatorError::State("a join has exactly two sides".into()))?,
+            watermark: EventTime::MIN,
+            late_records: self.late_records.clone(),
+            max_parallelism: subtask.max_parallelism,
+        }))
+    }
+}
+
+const LEFT: usize = 0;
+const RIGHT: usize = 1;
+
+/// One stored row.
+#[derive(Debug, Clone)]
+struct Entry {
+    time: EventTime,
+    bucket: i64,
+    /// The row in the side's row format.
+    row: Box<[u8]>,
+    /// Whether a right row joined it (left rows of a left outer join).
+    matched: bool,
+}
+
+/// The rows of one side.
+struct SideState {
+    layout: SideLayout,
+    rows: RowConverter,
+    slice: i64,
+    /// Rows by join key (for a window join: window, then key).
+    by_key: HashMap<Box<[u8]>, Vec<Entry>>,
+    /// The keys with rows in each bucket and key group.
+    buckets: BTreeMap<i64, BTreeMap<u16, HashSet<Box<[u8]>>>>,
+    /// Buckets changed since the last snapshot, and those the store holds.
+    dirty: BTreeSet<(i64, u16)>,
+    written: BTreeSet<(i64, u16)>,
+}
+
+/// The rows of a batch in storable form.
+struct PreparedRows {
+    keys: Vec<Option<Box<[u8]>>>,
+    key_groups: Vec<u16>,
+    rows: Vec<Box<[u8]>>,
+    times: Vec<EventTime>,
+}
+
+impl SideState {
+    fn try_new(layout: SideLayout, slice: i64) -> Result<Self> {
+        let fields = layout
+            .schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(SideState {
+            layout,
+            rows: RowConverter::new(fields)?,
+            slice,
+            by_key: HashMap::new(),
+            buckets: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            written: BTreeSet::new(),
+        })
+    }
+
+    /// Encodes keys (`None` where a key column is null: such a row matches nothing), key
+    /// groups, rows and times of `batch`.
+    fn prepare(
+        &self,
+        batch: &RecordBatch,
+        keys: &RowConverter,
+        max_parallelism: usize,
+    ) -> Result<PreparedRows> {
+        let key_columns: Vec<ArrayRef> = self
+            .layout
+            .keys
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let encoded = keys.convert_columns(&key_columns)?;
+        let mut hashes = Vec::new();
+        hash_keys(&key_columns, &mut hashes)?;
+        let n = batch.num_rows();
+        let keys = (0..n)
+            .map(|i| {
+                (!key_columns.iter().any(|c| c.is_null(i)))
+                    .then(|| Box::<[u8]>::from(encoded.row(i).as_ref()))
+            })
+            .collect();
+        let key_groups = hashes
+            .iter()
+            .map(|&h| key_group(h, max_parallelism) as u16)
+            .collect();
+        let all = self.rows.convert_columns(batch.columns())?;
+        let rows = (0..n).map(|i| Box::from(all.row(i).as_ref())).collect();
+        let times = match self.layout.time {
+            Some(t) => {
+                let name = self.layout.schema.field(t).name().clone();
+                event_times(batch, &name)?.to_vec()
+            }
+            None => vec![0; n],
+        };
+        Ok(PreparedRows {
+            keys,
+            key_groups,
+            rows,
+            times,
+        })
+    }
+
+    fn insert(&mut self, key: Box<[u8]>, key_group: u16, entry: Entry) {
+        self.dirty.insert((entry.bucket, key_group));
+        self.buckets
+            .entry(entry.bucket)
+            .or_default()
+            .entry(key_group)
+            .or_default()
+            .insert(key.clone());
+        self.by_key.entry(key).or_default().push(entry);
+    }
+
+    /// Removes every row of `bucket`, returning them with their keys.
+    fn drop_bucket(&mut self, bucket: i64) -> Vec<(Box<[u8]>, Entry)> {
+        let mut dropped = Vec::new();
+        let Some(groups) = self.buckets.remove(&bucket) else {
+            return dropped;
+        };
+        for (kg, keys) in groups {
+            self.dirty.insert((bucket, kg));
+            for key in keys {
+                let Some(entries) = self.by_key.get_mut(&key) else {
+                    continue;
+                };
+                entries.retain(|e| {
+                    let keep = e.bucket != bucket;
+                    if !keep {
+                        dropped.push((key.clone(), e.clone()));
+                    }
+                    keep
+                });
+                if entries.is_empty() {
+                    self.by_key.remove(&key);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Writes the buckets that changed since the last snapshot; `side` prefixes entry keys.
+    fn snapshot(&mut self, side: u8, state: &mut StateSnapshot) -> Result<()> {
+        for (bucket, kg) in std::mem::take(&mut self.dirty) {
+            let item = bucket_item(side, bucket);
+            let entries: Vec<&Entry> = self
+                .buckets
+                .get(&bucket)
+                .and_then(|g| g.get(&kg))
+                .into_iter()
+                .flatten()
+                .filter_map(|key| self.by_key.get(key))
+                .flatten()
+                .filter(|e| e.bucket == bucket)
+                .collect();
+            if entries.is_empty() {
+                if self.written.remove(&(bucket, kg)) {
+                    state.delete(kg as usize, &item);
+                }
+                continue;
+            }
+            let parser = self.rows.parser();
+            let columns = self
+                .rows
+                .convert_rows(entries.iter().map(|e| parser.parse(&e.row)))?;
+            let mut all: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.time))),
+                Arc::new(BooleanArray::from_iter(
+                    entries.iter().map(|e| Some(e.matched)),
+                )),
+            ];
+            all.extend(columns);
+            state.put(kg as usize, &item, encode_batch(&state_batch(all)?)?);
+            self.written.insert((bucket, kg));
+        }
+        Ok(())
+    }
+}
+
+fn bucket_item(side: u8, bucket: i64) -> Vec<u8> {
+    let mut item = vec![side];
+    item.extend_from_slice(&bucket.to_be_bytes());
+    item
+}
+
+/// The join of one subtask.
+struct JoinOperator {
+    join_type: JoinType,
+    bounds: Bounds,
+    output: SchemaRef,
+    /// Encodes keys of both sides alike (their types are equal).
+    keys: RowConverter,
+    sides: [SideState; 2],
+    watermark: EventTime,
+    late_records: Counter,
+    max_parallelism: usize,
+}
+
+/// A joined pair (or a left row alone), as stored rows.
+type Pair = (Box<[u8]>, Option<Box<[u8]>>);
+
+/// The window key prefix of a window join's stored key.
+fn windowed_key(end: EventTime, key: &[u8]) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&end.to_be_bytes());
+    k.extend_from_slice(key);
+    k.into()
+}
+
+impl JoinOperator {
+    fn is_late(&self, time: EventTime) -> bool {
+        self.bounds != Bounds::Unbounded
+            && self.watermark != EventTime::MIN
+            && time <= self.watermark
+    }
+
+    /// Builds output rows from pairs; `window` adds the bounds columns.
+    fn emit(
+        &self,
+        pairs: &[Pair],
+        window: Option<(EventTime, EventTime)>,
+        out: &mut Output,
+    ) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let [left, right] = &self.sides;
+        let parser = left.rows.parser();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if let Some((start, end)) = window {
+            let n = pairs.len();
+            columns.push(Arc::new(
+                datafusion::arrow::array::TimestampMillisecondArray::from(vec![start; n]),
+            ));
+            columns.push(Arc::new(
+                datafusion::arrow::array::TimestampMillisecondArray::from(vec![end; n]),
+            ));
+        }
+        columns.extend(
+            left.rows
+                .convert_rows(pairs.iter().map(|(l, _)| parser.parse(l)))?,
+        );
+        let matched: Vec<&Box<[u8]>> = pairs.iter().filter_map(|(_, r)| r.as_ref()).collect();
+        let right_parser = right.rows.parser();
+        let right_columns = right
+            .rows
+            .convert_rows(matched.iter().map(|r| right_parser.parse(r)))?;
+        if matched.len() == pairs.len() {
+            columns.extend(right_columns);
+        } else {
+            let mut next = 0u32;
+            let indices: UInt32Array = pairs
+                .iter()
+                .map(|(_, r)| {
+                    r.as_ref().map(|_| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+                .collect();
+            for (c, field) in right_columns.iter().zip(right.layout.schema.fields()) {
+                columns.push(if matched.is_empty() {
+                    new_null_array(field.data_type(), pairs.len())
+                } else {
+                    take(c.as_ref(), &indices, None)?
+                });
+            }
+        }
+        out.emit(RecordBatch::try_new(self.output.clone(), columns)?);
+        Ok(())
+    }
+
+    fn on_side(&mut self, side: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+        let prepared = self.sides[side].prepare(&batch, &self.keys, self.max_parallelism)?;
+        let n = batch.num_rows();
+        let mut late = 0u64;
+        let mut pairs: Vec<Pair> = Vec::new();
+        match self.bounds {
+            Bounds::Window { size, slide } => {
+                for i in 0..n {
+                    let t = prepared.times[i];
+                    // The last window a row belongs to ends at `start_of(t) + size`.
+                    let last_end = t - t.rem_euclid(slide) + size;
+                    if self.watermark != EventTime::MIN && last_end - 1 <= self.watermark {
+                        late += 1;
+                        continue;
+                    }
+                    // A null key matches nothing, but a left outer join still emits the row
+                    // with its windows: it is kept under the empty key, which no encoded key
+                    // equals.
+                    let key: &[u8] = match &prepared.keys[i] {
+                        Some(k) => k,
+                        None if side == LEFT && self.join_type == JoinType::LeftOuter => &[],
+                        None => continue,
+                    };
+                    let mut start = t - t.rem_euclid(slide);
+                    while start + size > t {
+                        let end = start + size;
+                        if !(self.watermark != EventTime::MIN && end - 1 <= self.watermark) {
+                            self.sides[side].insert(
+                                windowed_key(end, key),
+                                prepared.key_groups[i],
+                                Entry {
+                                    time: t,
+                                    bucket: end,
+                                    row: prepared.rows[i].clone(),
+                                    matched: false,
+                                },
+                            );
+                        }
+                        start -= slide;
+                    }
+                }
+            }
+            Bounds::Unbounded | Bounds::Interval { .. } => {
+                let (lower, upper) = match self.bounds {
+                    Bounds::Interval { lower, upper } => (lower, upper),
+                    _ => (i64::MIN / 2, i64::MAX / 2),
+                };
+                let other = 1 - side;
+                for i in 0..n {
+                    let t = prepared.times[i];
+                    if self.is_late(t) {
+                        late += 1;
+                        continue;
+                    }
+                    let Some(key) = prepared.keys[i].clone() else {
+                        if side == LEFT && self.join_type == JoinType::LeftOuter {
+                            pairs.push((prepared.rows[i].clone(), None));
+                        }
+                        continue;
+                    };
+                    let mut matched = false;
+                    let kg = prepared.key_groups[i];
+                    let mut newly_matched = Vec::new();
+                    if let Some(entries) = self.sides[other].by_key.get_mut(&key) {
+                        for e in entries.iter_mut() {
+                            // right.time - left.time within [lower, upper]
+                            let diff = if side == LEFT { e.time - t } else { t - e.time };
+                            if diff < lower || diff > upper {
+                                continue;
+                            }
+                            matched = true;
+                            if side == LEFT {
+                                pairs.push((prepared.rows[i].clone(), Some(e.row.clone())));
+                            } else {
+                                pairs.push((e.row.clone(), Some(prepared.rows[i].clone())));
+                                if !e.matched && self.join_type == JoinType::LeftOuter {
+                                    e.matched = true;
+                                    newly_matched.push((e.bucket, kg));
+                                }
+                            }
+                        }
+                    }
+                    self.sides[other].dirty.extend(newly_matched);
+                    let slice = self.sides[side].slice;
+                    self.sides[side].insert(
+                        key,
+                        kg,
+                        Entry {
+                            time: t,
+                            bucket: t.div_euclid(slice),
+                            row: prepared.rows[i].clone(),
+                            matched,
+                        },
+                    );
+                }
+            }
+        }
+        self.late_records.add(late);
+        self.emit(&pairs, None, out)
+    }
+
+    /// Fires the windows that end at or before `watermark` (all: `None`).
+    fn fire_windows(&mut self, watermark: Option<EventTime>, out: &mut Output) -> Result<()> {
+        let Bounds::Window { size, .. } = self.bounds else {
+            return Ok(());
+        };
+        let ends: BTreeSet<i64> = self.sides[LEFT]
+            .buckets
+            .keys()
+            .chain(self.sides[RIGHT].buckets.keys())
+            .copied()
+            .filter(|&end| watermark.is_none_or(|w| end - 1 <= w))
+            .collect();
+        for end in ends {
+            let left = self.sides[LEFT].drop_bucket(end);
+            let mut by_key: HashMap<Box<[u8]>, Vec<Box<[u8]>>> = HashMap::new();
+            for (k, e) in self.sides[RIGHT].drop_bucket(end) {
+                by_key.entry(k).or_default().push(e.row);
+            }
+            let mut pairs = Vec::new();
+            for (k, e) in left {
+                match by_key.get(&k) {
+                    Some(rights) => {
+                        for r in rights {
+                            pairs.push((e.row.clone(), Some(r.clone())));
+                        }
+                    }
+                    None if self.join_type == JoinType::LeftOuter => pairs.push((e.row, None)),
+                    None => {}
+                }
+            }
+            self.emit(&pairs, Some((end - size, end)), out)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the time slices no future row can join (`None`: all, at the end of input),
+    /// emitting the unmatched left rows of a left outer join.
+    fn expire(&mut self, watermark: Option<EventTime>, out: &mut Output) -> Result<()> {
+        let (lower, upper) = match self.bounds {
+            Bounds::Interval { lower, upper } => (lower, upper),
+            Bounds::Unbounded if watermark.is_none() => (0, 0),
+            _ => return Ok(()),
+        };
+        let mut pairs = Vec::new();
+        for side in [LEFT, RIGHT] {
+            let slice = self.sides[side].slice;
+            // A row of time t is needed while a future row (time > watermark) can join it:
+            // left rows until t + upper, right rows until t - lower.
+            let reach = if side == LEFT { upper } else { -lower };
+            let expired: Vec<i64> = self.sides[side]
+                .buckets
+                .keys()
+                .copied()
+                .filter(|&b| watermark.is_none_or(|w| (b + 1) * slice - 1 + reach <= w))
+                .collect();
+            for bucket in expired {
+                for (_, e) in self.sides[side].drop_bucket(bucket) {
+                    if side == LEFT && !e.matched && self.join_type == JoinType::LeftOuter {
+                        pairs.push((e.row, None));
+                    }
+                }
+            }
+        }
+        self.emit(&pairs, None, out)
+    }
+
+    fn restore(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
+        let (side, bucket) = match item {
+            [side @ (0 | 1), rest @ ..] if rest.len() == 8 => (
+                *side as usize,
+                i64::from_be_bytes(rest.try_into().expect("8 bytes")),
+            ),
+            _ => {
+                return Err(OperatorError::State(format!(
+                    "a join state entry key in key group {kg} has {} bytes, not 9",
+                    item.len()
+                )))
+            }
+        };
+        let batch = decode_batch(value, &format!("of a join in key group {kg}"))?;
+        let bad = |m: String| OperatorError::State(format!("join rows in key group {kg}: {m}"));
+        if batch.num_columns() < 2 {
+            return Err(bad("too few columns".into()));
+        }
+        let times = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| bad("no times".into()))?
+            .clone();
+        let matched = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| bad("no match flags".into()))?
+            .clone();
+        let schema = self.sides[side].layout.schema.clone();
+        let rows = RecordBatch::try_new(schema, batch.columns()[2..].to_vec())
+            .map_err(|e| bad(format!("they do not fit this job's input: {e}")))?;
+        let prepared = self.sides[side].prepare(&rows, &self.keys, self.max_parallelism)?;
+        for i in 0..rows.num_rows() {
+            let key = match (&prepared.keys[i], self.bounds) {
+                (Some(k), Bounds::Window { .. }) => windowed_key(bucket, k),
+                (None, Bounds::Window { .. }) => windowed_key(bucket, &[]),
+                (Some(k), _) => k.clone(),
+                (None, _) => return Err(bad("a stored row has a null key".into())),
+            };
+            self.sides[side].insert(
+                key,
+                kg as u16,
+                Entry {
+                    time: times.value(i),
+                    bucket,
+                    row: prepared.rows[i].clone(),
+                    matched: matched.value(i),
+                },
+            );
+        }
+        // Restored entries are in the store already; nothing to rewrite.
+        let s = &mut self.sides[side];
+        s.dirty.remove(&(bucket, kg as u16));
+        s.written.insert((bucket, kg as u16));
+        Ok(())
+    }
+}
+
+impl Operator for JoinOperator {
+    fn on_batch(&mut self, _: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
+        Err(OperatorError::State(
+            "a join must start a stage with two inputs; it received a batch from no side".into(),
+        )
+        .into())
+    }
+
+    fn on_input_batch(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> oxflow_runtime::Result<()> {
+        if input > RIGHT {
+            return Err(
+                OperatorError::State(format!("a join has 2 inputs, not {}", input + 1)).into(),
+            );
+        }
+        Ok(self.on_side(input, batch, out)?)
+    }
+
+    fn on_watermark(
+        &mut self,
+        watermark: EventTime,
+        out: &mut Output,
+    ) -> oxflow_runtime::Result<()> {
+        self.watermark = watermark;
+        self.fire_windows(Some(watermark), out)?;
+        Ok(self.expire(Some(watermark), out)?)
+    }
+
+    fn on_end_of_input(&mut self, out: &mut Output) -> oxflow_runtime::Result<()> {
+        self.fire_windows(None, out)?;
+        Ok(self.expire(None, out)?)
+    }
+
+    fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        for (side, s) in self.sides.iter_mut().enumerate() {
+            s.snapshot(side as u8, state)?;
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
+        for (kg, item, value) in state.keyed {
+            self.restore(kg, &item, &value)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxflow_runtime::state::{key_group_range, read_state, StateBackend};
+    use proptest::prelude::*;
+
+    /// A test row: side, key, time, value.
+    #[derive(Debug, Clone, Copy)]
+    struct Row {
+        left: bool,
+        key: Option<i64>,
+        time: i64,
+        value: i64,
+    }
+
+    type Out = (Option<i64>, Vec<Option<i64>>);
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("t", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]))
+    }
+
+    fn settings(join_type: JoinType, spec: JoinSpec) -> JoinSettings {
+        JoinSettings {
+            join_type,
+            spec,
+            left_keys: vec!["k".into()],
+            right_keys: vec!["k".into()],
+            left_time: Some("t".into()),
+            right_time: Some("t".into()),
+        }
+    }
+
+    fn batch(rows: &[Row]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.key))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.time))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.value))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Output rows as (window start, the six side columns), sorted.
+    fn rows_of(batches: &[RecordBatch], windowed: bool) -> Vec<Out> {
+        let mut rows = Vec::new();
+        for b in batches {
+            let skip = if windowed { 2 } else { 0 };
+            let col = |i: usize| -> Vec<Option<i64>> {
+                let c = b.column(i);
+                match c.data_type() {
+                    DataType::Timestamp(..) => {
+                        let c = datafusion::arrow::compute::cast(c, &DataType::Int64).unwrap();
+                        c.as_any()
+                            .downcast_ref::<Int64Array>()
+                            .unwrap()
+                            .iter()
+                            .collect()
+                    }
+                    _ => c
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .iter()
+                        .collect(),
+                }
+            };
+            let cols: Vec<Vec<Option<i64>>> = (skip..skip + 6).map(col).collect();
+            let starts = windowed.then(|| col(0));
+            for i in 0..b.num_rows() {
+                let start = starts.as_ref().and_then(|s| s[i]);
+                rows.push((start, cols.iter().map(|c| c[i]).collect()));
+            }
+        }
+        rows.sort();
+        rows
+    }
+
+    /// The join computed the obvious way, over all rows at once.
+    fn naive(rows: &[Row], join_type: JoinType, spec: &JoinSpec) -> Vec<Out> {
+        let lefts: Vec<&Row> = rows.iter().filter(|r| r.left).collect();
+        let rights: Vec<&Row> = rows.iter().filter(|r| !r.left).collect();
+        let cols = |l: &Row, r: Option<&Row>| {
+            vec![
+                l.key,
+                Some(l.time),
+                Some(l.value),
+                r.and_then(|r| r.key),
+                r.map(|r| r.time),
+                r.map(|r| r.value),
+            ]
+        };
+        let mut out = Vec::new();
+        for l in lefts {
+            // Each window (or the one unwindowed case) the left row is in.
+            let windows: Vec<Option<(i64, i64)>> = match spec {
+                JoinSpec::Window(WindowSpec::Tumbling { size }) => {
+                    let s = size.as_millis() as i64;
+                    vec![Some((l.time - l.time.rem_euclid(s), s))]
+                }
+                JoinSpec::Window(WindowSpec::Hopping { size, slide }) => {
+                    let (s, h) = (size.as_millis() as i64, slide.as_millis() as i64);
+                    let mut w = Vec::new();
+                    let mut start = l.time - l.time.rem_euclid(h);
+                    while start + s > l.time {
+                        w.push(Some((start, s)));
+                        start -= h;
+                    }
+                    w
+                }
+                _ => vec![None],
+            };
+            for w in windows {
+                let joins = |r: &Row| {
+                    if l.key.is_none() || l.key != r.key {
+                        return false;
+                    }
+                    match (spec, w) {
+                        (JoinSpec::Window(_), Some((start, size))) => {
+                            r.time >= start && r.time < start + size
+                        }
+                        (JoinSpec::Interval { lower, upper }, _) => {
+                            (*lower..=*upper).contains(&(r.time - l.time))
+                        }
+                        (JoinSpec::Regular { ttl: Some(ttl) }, _) => {
+                            (r.time - l.time).abs() <= ttl.as_millis() as i64
+                        }
+                        _ => true,
+                    }
+                };
+                let matched: Vec<&&Row> = rights.iter().filter(|r| joins(r)).collect();
+                let start = w.map(|(s, _)| s);
+                for r in &matched {
+                    out.push((start, cols(l, Some(r))));
+                }
+                if matched.is_empty() && join_type == JoinType::LeftOuter {
+                    out.push((start, cols(l, None)));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Runs the join over `rows` in arrival order, `chunk` rows per batch (split where the
+    /// side changes), a watermark `delay` behind the latest time after each batch, and a
+    /// snapshot into RocksDB and restore into a fresh operator before each batch in `restores`.
+    fn run(
+        factory: &StreamJoin,
+        rows: &[Row],
+        chunk: usize,
+        delay: i64,
+        restores: &[usize],
+    ) -> Vec<RecordBatch> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = StateBackend::open(&dir.path().join("db")).unwrap();
+        let mut op = factory.create(info()).unwrap();
+        let mut out = Output::default();
+        let mut emitted = Vec::new();
+        let mut max_time = i64::MIN;
+        let mut watermark = EventTime::MIN;
+        let mut batches = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let side = rows[i].left;
+            let mut j = i;
+            while j < rows.len() && j - i < chunk && rows[j].left == side {
+                j += 1;
+            }
+            batches.push(&rows[i..j]);
+            i = j;
+        }
+        for (n, part) in batches.into_iter().enumerate() {
+            if restores.contains(&n) {
+                let mut snapshot = StateSnapshot::default();
+                op.snapshot_state(&mut snapshot).unwrap();
+                backend.apply(0, 0, snapshot).unwrap();
+                let target = dir.path().join(format!("chk-{n}"));
+                backend.checkpoint(&target, dir.path()).unwrap();
+                let mut state = read_state(&[target], 1, key_group_range(0, 1, 16)).unwrap();
+                op = factory.create(info()).unwrap();
+                let state = state.remove(0);
+                if !state.is_empty() {
+                    op.restore_state(state).unwrap();
+                }
+                if watermark != EventTime::MIN {
+                    op.on_watermark(watermark, &mut out).unwrap();
+                }
+            }
+            let input = if part[0].left { LEFT } else { RIGHT };
+            op.on_input_batch(input, batch(part), &mut out).unwrap();
+            max_time = max_time.max(part.iter().map(|r| r.time).max().unwrap());
+            if max_time - delay > watermark {
+                watermark = max_time - delay;
+                op.on_watermark(watermark, &mut out).unwrap();
+            }
+            emitted.extend(out.drain());
+        }
+        op.on_end_of_input(&mut out).unwrap();
+        emitted.extend(out.drain());
+        emitted
+    }
+
+    fn info() -> SubtaskInfo {
+        SubtaskInfo {
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 16,
+        }
+    }
+
+    fn spec_strategy() -> impl Strategy<Value = JoinSpec> {
+        prop_oneof![
+            (1u64..40)
+                .prop_map(|s| JoinSpec::Window(WindowSpec::tumbling(Duration::from_millis(s)))),
+            (1u64..20, 1u64..4).prop_map(|(slide, k)| JoinSpec::Window(WindowSpec::hopping(
+                Duration::from_millis(slide * k),
+                Duration::from_millis(slide)
+            ))),
+            (-30i64..30, 0i64..30).prop_map(|(lower, w)| JoinSpec::Interval {
+                lower,
+                upper: lower + w
+            }),
+            (1u64..30).prop_map(|t| JoinSpec::Regular {
+                ttl: Some(Duration::from_millis(t))
+            }),
+            Just(JoinSpec::Regular { ttl: None }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Every kind of join, inner and left outer, with rows out of order (never later than
+        /// the watermark), in batches of any size and restored from RocksDB at random points,
+        /// gives exactly what a join over all rows at once gives.
+        #[test]
+        fn joins_equal_a_join_over_all_rows(
+            spec in spec_strategy(),
+            outer in any::<bool>(),
+            raw in proptest::collection::vec((any::<bool>(), proptest::option::weighted(0.9, 0i64..4), 0i64..150, 0i64..20), 0..60),
+            chunk in 1usize..6,
+            restores in proptest::collection::vec(0usize..30, 0..3),
+        ) {
+            const DELAY: i64 = 20;
+            let join_type = if outer { JoinType::LeftOuter } else { JoinType::Inner };
+            // Arrival order: by time plus a jitter below the watermark delay, so no row is
+            // ever at or below the watermark.
+            let mut rows: Vec<(i64, Row)> = raw
+                .iter()
+                .enumerate()
+                .map(|(value, &(left, key, time, jitter))| {
+                    (time + jitter % DELAY, Row { left, key, time, value: value as i64 })
+                })
+                .collect();
+            rows.sort_by_key(|(arrival, r)| (*arrival, r.value));
+            let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
+            let factory = StreamJoin::try_new(settings(join_type, spec.clone()), schema(), schema()).unwrap();
+            let windowed = matches!(spec, JoinSpec::Window(_));
+            let got = rows_of(&run(&factory, &rows, chunk, DELAY, &restores), windowed);
+            prop_assert_eq!(factory.late_records.get(), 0);
+            prop_assert_eq!(got, naive(&rows, join_type, &spec));
+        }
+    }
+
+    #[test]
+    fn late_rows_are_counted_and_dropped() {
+        let factory = StreamJoin::try_new(
+            settings(
+                JoinType::Inner,
+                JoinSpec::Interval {
+                    lower: 0,
+                    upper: 10,
+                },
+            ),
+            schema(),
+            schema(),
+        )
+        .unwrap();
+        let row = |left, time, value| Row {
+            left,
+            key: Some(1),
+            time,
+            value,
+        };
+        // The right row at 5 arrives after the watermark passed it.
+        let rows = [row(true, 0, 0), row(true, 100, 1), row(false, 5, 2)];
+        let out = run(&factory, &rows, 1, 0, &[]);
+        assert_eq!(factory.late_records.get(), 1);
+        assert!(rows_of(&out, false).is_empty());
+    }
+
+    #[test]
+    fn bad_joins_are_named() {
+        let other = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("t", DataType::Int64, false),
+        ]));
+        let err = StreamJoin::try_new(
+            settings(JoinType::Inner, JoinSpec::Regular { ttl: None }),
+            schema(),
+            other,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("key `k` is Int64 on the left but `k` is Utf8"),
+            "{err}"
+        );
+        let err = StreamJoin::try_new(
+            settings(JoinType::Inner, JoinSpec::Interval { lower: 5, upper: 1 }),
+            schema(),
+            schema(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("lower bound 5 ms is above the upper bound 1 ms"),
+            "{err}"
+        );
+        let mut no_time = settings(
+            JoinType::Inner,
+            JoinSpec::Window(WindowSpec::tumbling(Duration::from_secs(1))),
+        );
+        no_time.right_time = None;
+        let err = StreamJoin::try_new(no_time, schema(), schema())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("needs the event-time column of both inputs"),
+            "{err}"
+        );
+        let mut missing = settings(JoinType::Inner, JoinSpec::Regular { ttl: None });
+        missing.right_keys = vec!["nope".into()];
+        let err = StreamJoin::try_new(missing, schema(), schema())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("column `nope` not found"), "{err}");
+    }
+
+    #[test]
+    fn clashing_right_columns_are_prefixed_and_outer_ones_nullable() {
+        let factory = StreamJoin::try_new(
+            settings(
+                JoinType::LeftOuter,
+                JoinSpec::Window(WindowSpec::tumbling(Duration::from_secs(1))),
+            ),
+            schema(),
+            schema(),
+        )
+        .unwrap();
+        let names: Vec<String> = factory
+            .output_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "window_start",
+                "window_end",
+                "k",
+                "t",
+                "v",
+                "right_k",
+                "right_t",
+                "right_v"
+            ]
+        );
+        assert!(factory.output_schema().field(6).is_nullable());
+        assert_eq!(factory.inputs(), 2);
+    }
+}
