@@ -15,18 +15,59 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The queries this build runs.
-pub const QUERIES: [&str; 6] = ["q0", "q1", "q2", "q5", "q7", "q11"];
+pub const QUERIES: [&str; 8] = ["q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11"];
+
+/// The queries that join people or auctions with something: they need the generator, which
+/// is the only input with every table.
+pub const JOIN_QUERIES: [&str; 2] = ["q3", "q8"];
+
+/// Where a query reads its tables: the generator (every table), or a stream of bids alone
+/// (from Kafka or files).
+pub struct Input {
+    generator: Option<(Pipeline, NexmarkConfig, WatermarkStrategy)>,
+    bids: Option<Stream>,
+}
+
+impl Input {
+    /// Every table from the generator, each with `watermarks` (on `date_time`).
+    pub fn generator(
+        pipeline: Pipeline,
+        config: NexmarkConfig,
+        watermarks: WatermarkStrategy,
+    ) -> Self {
+        Input {
+            generator: Some((pipeline, config, watermarks)),
+            bids: None,
+        }
+    }
+
+    /// Bids only, from a stream with event time already set.
+    pub fn bids(bids: Stream) -> Self {
+        Input {
+            generator: None,
+            bids: Some(bids),
+        }
+    }
+
+    fn table(&mut self, table: NexmarkTable, query: &str) -> Result<Stream> {
+        if let Some((pipeline, config, watermarks)) = &self.generator {
+            return pipeline
+                .clone()
+                .source(NexmarkSource::try_new(config.clone(), table)?)
+                .with_watermarks(watermarks.clone());
+        }
+        match (table, self.bids.take()) {
+            (NexmarkTable::Bid, Some(bids)) => Ok(bids),
+            _ => Err(OxflowError::InvalidPipeline(format!(
+                "{query} reads the {table:?} table, and this input has bids only; run it on the generator"
+            ))),
+        }
+    }
+}
 
 /// The watermark every query uses: 4 s of bounded out-of-orderness on `date_time`.
 pub fn watermarks() -> WatermarkStrategy {
     WatermarkStrategy::bounded("date_time", Duration::from_secs(4))
-}
-
-/// The bid stream of the generator, with watermarks.
-pub fn bids(pipeline: Pipeline, config: NexmarkConfig) -> Result<Stream> {
-    pipeline
-        .source(NexmarkSource::try_new(config, NexmarkTable::Bid)?)
-        .with_watermarks(watermarks())
 }
 
 /// The columns of bids written as JSON (q0's output: `auction`, `bidder`, `price`,
@@ -62,9 +103,13 @@ pub fn file_bids(
     pipeline.source(source).with_watermarks(watermarks)
 }
 
-/// Applies query `query` to a bid stream (columns of the Nexmark bid table).
-pub fn apply(query: &str, bids: Stream) -> Result<Stream> {
+/// Builds query `query` over `input`'s tables.
+pub fn apply(query: &str, mut input: Input) -> Result<Stream> {
     let secs = Duration::from_secs;
+    if JOIN_QUERIES.contains(&query) {
+        return join_query(query, &mut input);
+    }
+    let bids = input.table(NexmarkTable::Bid, query)?;
     match query {
         "q0" => bids.select([
             col("auction"),
@@ -115,6 +160,48 @@ pub fn apply(query: &str, bids: Stream) -> Result<Stream> {
     }
 }
 
+/// The queries that join tables.
+fn join_query(query: &str, input: &mut Input) -> Result<Stream> {
+    let mut table = |t| input.table(t, query);
+    match query {
+        // Sellers in Oregon, Idaho or California of auctions in category 10: an unbounded
+        // join (every person and auction stays in state).
+        "q3" => {
+            let auctions = table(NexmarkTable::Auction)?
+                .select([col("id"), col("seller"), col("category")])?
+                .filter(col("category").eq(lit(10)))?
+                .select([col("id"), col("seller")])?;
+            let people = table(NexmarkTable::Person)?
+                .select([col("id"), col("name"), col("city"), col("state")])?
+                .filter(col("state").in_list(vec![lit("OR"), lit("ID"), lit("CA")], false))?;
+            auctions
+                .key_by(["seller"])
+                .join(people.key_by(["id"]))
+                .regular(None)?
+                .select([col("name"), col("city"), col("state"), col("id")])
+        }
+        // People who opened an auction in the same 10 s window they registered in: a window
+        // join, then one row per person and window however many auctions they opened.
+        "q8" => {
+            let people =
+                table(NexmarkTable::Person)?.select([col("id"), col("name"), col("date_time")])?;
+            let auctions =
+                table(NexmarkTable::Auction)?.select([col("seller"), col("date_time")])?;
+            people
+                .key_by(["id"])
+                .join(auctions.key_by(["seller"]))
+                .window(WindowSpec::tumbling(Duration::from_secs(10)))?
+                .key_by(["id", "name"])
+                .window(WindowSpec::Inherited)
+                .aggregate([count(col("seller")).alias("auctions")])?
+                .select([col("id"), col("name"), col("window_start")])
+        }
+        other => Err(OxflowError::InvalidPipeline(format!(
+            "`{other}` is not a join query"
+        ))),
+    }
+}
+
 /// Query `query` on the generator into `sink`.
 pub fn job(
     query: &str,
@@ -122,5 +209,5 @@ pub fn job(
     config: NexmarkConfig,
     sink: impl Sink + 'static,
 ) -> Result<Job> {
-    apply(query, bids(pipeline, config)?)?.sink(sink)
+    apply(query, Input::generator(pipeline, config, watermarks()))?.sink(sink)
 }

@@ -9,6 +9,7 @@ use crate::error::{OxflowError, Result};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::Expr;
+use oxflow_operators::join::{JoinSettings, JoinSpec, JoinType, StreamJoin};
 use oxflow_operators::map::{Filter, MapBatches, MapRows, Project, TypedRow};
 use oxflow_operators::topn::WindowTopN;
 use oxflow_operators::window::{WindowAggregate, WindowSettings};
@@ -18,7 +19,7 @@ use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::coordinator::SavepointRequests;
 use oxflow_runtime::exchange::{Partitioning, DEFAULT_MAX_PARALLELISM};
 use oxflow_runtime::executor::{execute, CancelHandle, ExecuteOptions, JobReport};
-use oxflow_runtime::graph::{JobGraph, Stage, StageInput};
+use oxflow_runtime::graph::{JobGraph, Stage, StageEdge, StageInput};
 use oxflow_runtime::metrics::JobMetrics;
 use oxflow_runtime::operator::{OperatorFactory, OperatorFactoryRef};
 use oxflow_runtime::sink::Sink;
@@ -176,10 +177,14 @@ impl Stream {
         let [stage] = self.stages.as_mut_slice() else {
             return false;
         };
-        let StageInput::Source { source, .. } = &mut stage.input else {
+        let StageInput::Source { source, watermarks } = &mut stage.input else {
             return false;
         };
-        if !stage.operators.is_empty() {
+        // The source's watermarks read its event-time column, so the source must keep it.
+        let drops_time = watermarks
+            .as_ref()
+            .is_some_and(|w| !columns.contains(&w.time_column));
+        if !stage.operators.is_empty() || drops_time {
             return false;
         }
         // A source keeps its own column order; use it only if that is the one asked.
@@ -197,6 +202,22 @@ impl Stream {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The event-time column the source's watermarks read, while the stream is the source alone.
+    fn source_time_column(&self) -> Option<String> {
+        match self.stages.as_slice() {
+            [Stage {
+                input:
+                    StageInput::Source {
+                        watermarks: Some(w),
+                        ..
+                    },
+                operators,
+                ..
+            }] if operators.is_empty() => Some(w.time_column.clone()),
+            _ => None,
         }
     }
 
@@ -237,7 +258,7 @@ impl Stream {
                 _ => None,
             })
             .collect();
-        let wanted = plain.unwrap_or_else(|| {
+        let mut wanted = plain.unwrap_or_else(|| {
             let read: Vec<String> = exprs
                 .iter()
                 .flat_map(|e| e.column_refs())
@@ -245,6 +266,13 @@ impl Stream {
                 .collect();
             in_schema_order(&self.schema, &read)
         });
+        // Watermarks need the event-time column from the source even if the select drops it.
+        if let Some(t) = self.source_time_column() {
+            if !wanted.contains(&t) {
+                wanted.push(t);
+                wanted = in_schema_order(&self.schema, &wanted);
+            }
+        }
         let op = if wanted.len() < self.schema.fields().len() && self.project_source(&wanted) {
             Project::try_new(&exprs, self.schema.clone())?
         } else {
@@ -350,6 +378,125 @@ impl KeyedStream {
     /// Groups the keyed records into event-time windows.
     pub fn window(self, window: WindowSpec) -> WindowedStream {
         WindowedStream::new(self.stream, self.keys, window)
+    }
+
+    /// Joins this stream (the left side) with `right`, matching equal keys (the two key
+    /// lists pair up in order and must have the same types). Say which rows join with
+    /// [`JoinedStreams::window`], [`JoinedStreams::interval`] or [`JoinedStreams::regular`].
+    pub fn join(self, right: KeyedStream) -> JoinedStreams {
+        JoinedStreams {
+            left: self,
+            right,
+            join_type: JoinType::Inner,
+        }
+    }
+}
+
+/// Two keyed streams about to be joined: an inner join unless [`JoinedStreams::left_outer`].
+///
+/// The join runs in a stage of its own, fed by both streams through hash exchanges on their
+/// keys. Its output is the left columns, then the right ones (a right column whose name is
+/// taken gets the prefix `right_`); its event time is the left side's. A pair is emitted when
+/// its second row arrives, so rows after an interval or TTL join can be behind the watermark
+/// by up to the bound: give windows after such a join that much allowed lateness.
+pub struct JoinedStreams {
+    left: KeyedStream,
+    right: KeyedStream,
+    join_type: JoinType,
+}
+
+impl JoinedStreams {
+    /// Also emits left rows that match nothing, with nulls for the right columns, once no
+    /// right row can match them any more (for an unbounded join: at the end of input).
+    pub fn left_outer(mut self) -> Self {
+        self.join_type = JoinType::LeftOuter;
+        self
+    }
+
+    /// Joins rows in the same tumbling or hopping window of both sides (on each side's event
+    /// time), when the window fires. Output starts with `window_start, window_end`.
+    pub fn window(self, window: WindowSpec) -> Result<Stream> {
+        self.build(JoinSpec::Window(window))
+    }
+
+    /// Joins left row `a` with right row `b` when `a.time + lower <= b.time <= a.time +
+    /// upper` (milliseconds of event time; `lower` may be negative).
+    pub fn interval(self, lower_ms: i64, upper_ms: i64) -> Result<Stream> {
+        self.build(JoinSpec::Interval {
+            lower: lower_ms,
+            upper: upper_ms,
+        })
+    }
+
+    /// Joins every pair of rows with equal keys. With a `ttl`, a row stays in state for that
+    /// long of event time after its own timestamp (so rows join when their times are at most
+    /// `ttl` apart); without one, every row is kept for the life of the job.
+    pub fn regular(self, ttl: Option<Duration>) -> Result<Stream> {
+        self.build(JoinSpec::Regular { ttl })
+    }
+
+    fn build(self, spec: JoinSpec) -> Result<Stream> {
+        let JoinedStreams {
+            left,
+            right,
+            join_type,
+        } = self;
+        let settings = JoinSettings {
+            join_type,
+            spec,
+            left_keys: left.keys.clone(),
+            right_keys: right.keys.clone(),
+            left_time: left.stream.time_column.clone(),
+            right_time: right.stream.time_column.clone(),
+        };
+        let join = StreamJoin::try_new(
+            settings,
+            left.stream.schema.clone(),
+            right.stream.schema.clone(),
+        )?;
+        let Stream {
+            pipeline,
+            mut stages,
+            time_column,
+            ..
+        } = left.stream;
+        let left_end = stages.len() - 1;
+        // The right stages follow the left ones; their `Exchange`s still name the stage
+        // just before them, which is still the right stream's own.
+        stages.extend(right.stream.stages.into_iter().map(|mut stage| {
+            if let StageInput::Inputs(edges) = &mut stage.input {
+                for e in edges {
+                    e.from += left_end + 1;
+                }
+            }
+            stage
+        }));
+        let right_end = stages.len() - 1;
+        stages.push(Stage {
+            name: join.name(),
+            parallelism: pipeline.parallelism,
+            input: StageInput::Inputs(vec![
+                StageEdge {
+                    from: left_end,
+                    partitioning: Partitioning::Hash(left.keys),
+                },
+                StageEdge {
+                    from: right_end,
+                    partitioning: Partitioning::Hash(right.keys),
+                },
+            ]),
+            operators: Vec::new(),
+            sink: None,
+        });
+        let stream = Stream {
+            pipeline,
+            stages,
+            schema: join.output_schema(),
+            time_column: None,
+        };
+        let mut joined = stream.push(Arc::new(join));
+        joined.time_column = time_column.filter(|t| joined.schema.index_of(t).is_ok());
+        Ok(joined)
     }
 }
 

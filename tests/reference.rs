@@ -270,7 +270,7 @@ fn run_query(query: &str, bids: &Bids, batch: usize, workers: usize) -> Vec<Reco
         .with_parallelism(1)
         .with_watermarks(oxflow::nexmark::watermarks())
         .unwrap();
-    collect(oxflow::nexmark::apply(query, stream).unwrap())
+    collect(oxflow::nexmark::apply(query, oxflow::nexmark::Input::bids(stream)).unwrap())
 }
 
 const NEXMARK_DELAY: i64 = 4000;

@@ -60,6 +60,19 @@ pub struct NexmarkConfig {
     pub rate_limit: Option<f64>,
 }
 
+impl NexmarkConfig {
+    /// `2h` ms, h being the event time in which 100 more auctions are generated (3 per
+    /// cycle): an auction expires `1 + uniform[0, 2h)` ms after it opens.
+    fn auction_spread(&self) -> u64 {
+        ((2 * 100 * CYCLE * 1000) / (3 * self.event_rate.max(1))).max(1)
+    }
+
+    /// The longest an auction stays open (`expires - date_time`), in ms.
+    pub fn max_auction_duration_ms(&self) -> i64 {
+        self.auction_spread() as i64
+    }
+}
+
 impl Default for NexmarkConfig {
     fn default() -> Self {
         NexmarkConfig {
@@ -319,9 +332,7 @@ impl Builder {
                 let id = last_auction(e);
                 let initial_bid = price(&mut rng);
                 let reserve = initial_bid + price(&mut rng);
-                // h: the event time in which 100 more auctions are generated (3 per cycle).
-                let two_h = ((2 * 100 * CYCLE * 1000) / (3 * cfg.event_rate)).max(1);
-                let expires = date_time + 1 + rng.below(two_h) as i64;
+                let expires = date_time + 1 + rng.below(cfg.auction_spread()) as i64;
                 let last_p = last_person(e);
                 let seller = if rng.chance(3, 4) {
                     (last_p / 100) * 100

@@ -817,10 +817,8 @@ impl JoinOperator {
                 },
             );
         }
-        // Restored entries are in the store already; nothing to rewrite.
-        let s = &mut self.sides[side];
-        s.dirty.remove(&(bucket, kg as u16));
-        s.written.insert((bucket, kg as u16));
+        // `insert` marked the bucket changed: a restored subtask starts a new store, and its
+        // next checkpoint must hold what it restored.
         Ok(())
     }
 }
@@ -1037,7 +1035,9 @@ mod tests {
         restores: &[usize],
     ) -> Vec<RecordBatch> {
         let dir = tempfile::tempdir().unwrap();
-        let mut backend = StateBackend::open(&dir.path().join("db")).unwrap();
+        // Each attempt writes a store of its own, as a restored subtask does.
+        let store = |n: usize| StateBackend::open(&dir.path().join(format!("db-{n}"))).unwrap();
+        let mut backend = store(0);
         let mut op = factory.create(info()).unwrap();
         let mut out = Output::default();
         let mut emitted = Vec::new();
@@ -1062,6 +1062,7 @@ mod tests {
                 let target = dir.path().join(format!("chk-{n}"));
                 backend.checkpoint(&target, dir.path()).unwrap();
                 let mut state = read_state(&[target], 1, key_group_range(0, 1, 16)).unwrap();
+                backend = store(n + 1);
                 op = factory.create(info()).unwrap();
                 let state = state.remove(0);
                 if !state.is_empty() {
@@ -1123,7 +1124,7 @@ mod tests {
             outer in any::<bool>(),
             raw in proptest::collection::vec((any::<bool>(), proptest::option::weighted(0.9, 0i64..4), 0i64..150, 0i64..20), 0..60),
             chunk in 1usize..6,
-            restores in proptest::collection::vec(0usize..30, 0..3),
+            restores in proptest::collection::vec(0usize..30, 0..4),
         ) {
             const DELAY: i64 = 20;
             let join_type = if outer { JoinType::LeftOuter } else { JoinType::Inner };

@@ -153,7 +153,19 @@ fn run_all(args: &NexmarkArgs) -> anyhow::Result<()> {
     if !matches!(args.sink.as_str(), "blackhole" | "stdout") {
         bail!("--query all writes every query's results to one sink: use blackhole or stdout");
     }
-    QUERIES.iter().try_for_each(|q| run_nexmark(args, q))
+    let queries: Vec<&str> = if args.source == "generator" {
+        QUERIES.to_vec()
+    } else {
+        eprintln!(
+            "skipping {}: they read people and auctions, which only the generator has",
+            nexmark::JOIN_QUERIES.join(" and ")
+        );
+        QUERIES
+            .into_iter()
+            .filter(|q| !nexmark::JOIN_QUERIES.contains(q))
+            .collect()
+    };
+    queries.iter().try_for_each(|q| run_nexmark(args, q))
 }
 
 fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
@@ -178,7 +190,7 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
     if let Some(ms) = args.idle_timeout_ms {
         watermarks = watermarks.with_idle_timeout(std::time::Duration::from_millis(ms));
     }
-    let bids = if args.source == "generator" {
+    let input = if args.source == "generator" {
         let config = NexmarkConfig {
             events: Some(args.events.unwrap_or(10_000_000)),
             event_rate: args.event_rate,
@@ -187,18 +199,20 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
             rate_limit: args.rate,
             ..Default::default()
         };
-        pipeline
-            .source(NexmarkSource::try_new(config, NexmarkTable::Bid)?)
-            .with_watermarks(watermarks)?
+        nexmark::Input::generator(pipeline, config, watermarks)
     } else if args.source.starts_with("kafka://") {
         let uri = KafkaUri::parse(&args.source)?;
         let mut config =
             KafkaSourceConfig::from_uri(&uri, RecordFormat::Json(nexmark::bid_json_schema()))?;
         config.max_records = args.events;
         config.max_rate = args.rate;
-        nexmark::kafka_bids(pipeline, config, watermarks)?
+        nexmark::Input::bids(nexmark::kafka_bids(pipeline, config, watermarks)?)
     } else if let Some(path) = args.source.strip_prefix("file:") {
-        nexmark::file_bids(pipeline, input_files(Path::new(path))?, watermarks)?
+        nexmark::Input::bids(nexmark::file_bids(
+            pipeline,
+            input_files(Path::new(path))?,
+            watermarks,
+        )?)
     } else {
         bail!(
             "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC or file:PATH",
@@ -206,7 +220,7 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         );
     };
     let mut job =
-        nexmark::apply(query, bids)?.sink(sink(&args.sink, args.checkpoint_dir.as_ref())?)?;
+        nexmark::apply(query, input)?.sink(sink(&args.sink, args.checkpoint_dir.as_ref())?)?;
     if let Some(dir) = &args.checkpoint_dir {
         if args.checkpoint_interval_ms == 0 {
             bail!("--checkpoint-interval-ms must be at least 1");
