@@ -2,9 +2,10 @@
 
 use crate::error::{OxflowError, Result};
 use crate::pipeline::{Job, Pipeline, Stream};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::functions_aggregate::expr_fn::count;
-use datafusion::prelude::{col, lit};
+use datafusion::functions_aggregate::expr_fn::{avg, count, max};
+use datafusion::prelude::{cast, col, lit};
 use oxflow_connectors::file::{FileFormat, FileSource};
 use oxflow_connectors::kafka::{KafkaSource, KafkaSourceConfig};
 use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource, NexmarkTable};
@@ -15,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The queries this build runs.
-pub const QUERIES: [&str; 8] = ["q0", "q1", "q2", "q3", "q5", "q7", "q8", "q11"];
+pub const QUERIES: [&str; 9] = ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8", "q11"];
 
 /// The queries that join people or auctions with something: they need the generator, which
 /// is the only input with every table.
-pub const JOIN_QUERIES: [&str; 2] = ["q3", "q8"];
+pub const JOIN_QUERIES: [&str; 3] = ["q3", "q4", "q8"];
 
 /// Where a query reads its tables: the generator (every table), or a stream of bids alone
 /// (from Kafka or files).
@@ -47,6 +48,13 @@ impl Input {
             generator: None,
             bids: Some(bids),
         }
+    }
+
+    /// The longest an auction stays open (none without the generator).
+    fn max_auction_duration_ms(&self) -> Option<i64> {
+        self.generator
+            .as_ref()
+            .map(|(_, config, _)| config.max_auction_duration_ms())
     }
 
     fn table(&mut self, table: NexmarkTable, query: &str) -> Result<Stream> {
@@ -162,6 +170,7 @@ pub fn apply(query: &str, mut input: Input) -> Result<Stream> {
 
 /// The queries that join tables.
 fn join_query(query: &str, input: &mut Input) -> Result<Stream> {
+    let max_open = input.max_auction_duration_ms();
     let mut table = |t| input.table(t, query);
     match query {
         // Sellers in Oregon, Idaho or California of auctions in category 10: an unbounded
@@ -179,6 +188,42 @@ fn join_query(query: &str, input: &mut Input) -> Result<Stream> {
                 .join(people.key_by(["id"]))
                 .regular(None)?
                 .select([col("name"), col("city"), col("state"), col("id")])
+        }
+        // Average closing price per category: each auction's bids while it is open (an
+        // interval join bounded by the longest an auction stays open, then `date_time <=
+        // expires`), the highest when it closes (a window per auction, [opened, expires]),
+        // and per category the running average of those, one row per closed auction.
+        "q4" => {
+            let auctions = table(NexmarkTable::Auction)?.select([
+                col("id"),
+                col("category"),
+                col("date_time"),
+                col("expires"),
+            ])?;
+            let bids = table(NexmarkTable::Bid)?.select([
+                col("auction"),
+                col("price"),
+                col("date_time"),
+            ])?;
+            let ms = |c: &str| cast(col(c), DataType::Int64);
+            auctions
+                .key_by(["id"])
+                .join(bids.key_by(["auction"]))
+                .interval(0, max_open.unwrap_or(0))?
+                .filter(col("right_date_time").lt_eq(col("expires")))?
+                .select([
+                    ms("date_time").alias("window_start"),
+                    (ms("expires") + lit(1i64)).alias("window_end"),
+                    col("id"),
+                    col("category"),
+                    col("price"),
+                ])?
+                .key_by(["id", "category"])
+                .window(WindowSpec::Inherited)
+                .aggregate([max(col("price")).alias("final")])?
+                .with_event_time("window_end")?
+                .key_by(["category"])
+                .aggregate([avg(col("final")).alias("avg_final")])
         }
         // People who opened an auction in the same 10 s window they registered in: a window
         // join, then one row per person and window however many auctions they opened.

@@ -11,6 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::Expr;
 use oxflow_operators::join::{JoinSettings, JoinSpec, JoinType, StreamJoin};
 use oxflow_operators::map::{Filter, MapBatches, MapRows, Project, TypedRow};
+use oxflow_operators::running::RunningAggregate;
 use oxflow_operators::topn::WindowTopN;
 use oxflow_operators::window::{WindowAggregate, WindowSettings};
 use oxflow_operators::{LateRecords, WindowSpec};
@@ -131,6 +132,31 @@ impl Stream {
             *watermarks = Some(strategy);
         }
         Ok(self)
+    }
+
+    /// Declares `column` (a `Timestamp(Millisecond)` or `Int64` column) the event time of the
+    /// records from here on, for the time-based operators that follow. Its values must not
+    /// be behind the watermark where the records are emitted: `window_end` after a window
+    /// qualifies (a window's rows go out as the watermark reaches its end).
+    pub fn with_event_time(mut self, column: &str) -> Result<Self> {
+        use datafusion::arrow::datatypes::{DataType, TimeUnit};
+        match self.schema.field_with_name(column).map(|f| f.data_type()) {
+            Ok(DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64) => {
+                self.time_column = Some(column.to_string());
+                Ok(self)
+            }
+            Ok(other) => invalid(format!(
+                "with_event_time: column `{column}` has type {other}, not Timestamp(Millisecond) or Int64"
+            )),
+            Err(_) => invalid(format!(
+                "with_event_time: column `{column}` not found; available columns: {:?}",
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+            )),
+        }
     }
 
     /// Sets the parallelism of the current stage (the source's, or the one after the last
@@ -378,6 +404,27 @@ impl KeyedStream {
     /// Groups the keyed records into event-time windows.
     pub fn window(self, window: WindowSpec) -> WindowedStream {
         WindowedStream::new(self.stream, self.keys, window)
+    }
+
+    /// Aggregates per key without windows, like a streaming `GROUP BY`: for every record, in
+    /// event-time order once the watermark has passed it, emits its key with the aggregates
+    /// over all of the key's records so far (a changelog; a key's last row is its current
+    /// value). Output: `keys.., aggregates..`.
+    pub fn aggregate(self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Stream> {
+        let aggregates: Vec<Expr> = aggregates.into_iter().collect();
+        let KeyedStream { stream, keys } = self;
+        let op = RunningAggregate::try_new(
+            keys.clone(),
+            stream.time_column.clone(),
+            &aggregates,
+            stream.schema.clone(),
+        )?;
+        let parallelism = stream.pipeline.parallelism;
+        let mut s = stream
+            .exchange("keyed", Partitioning::Hash(keys), parallelism)
+            .push(Arc::new(op));
+        s.time_column = None;
+        Ok(s)
     }
 
     /// Joins this stream (the left side) with `right`, matching equal keys (the two key

@@ -383,3 +383,172 @@ proptest! {
         }
     }
 }
+
+// The join queries against a naive join of the generator's tables.
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct PersonRow {
+    id: i64,
+    name: String,
+    city: String,
+    state: String,
+    date_time: i64,
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct AuctionRow {
+    id: i64,
+    seller: i64,
+    category: i64,
+    date_time: i64,
+    expires: i64,
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct Q3Row {
+    name: String,
+    city: String,
+    state: String,
+    id: i64,
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct BidRow {
+    auction: i64,
+    price: i64,
+    date_time: i64,
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct Q4Row {
+    category: i64,
+    avg_final: f64,
+}
+
+#[derive(Debug, Deserialize, PartialEq, PartialOrd)]
+struct Q8Row {
+    id: i64,
+    name: String,
+    window_start: i64,
+}
+
+/// 6,000 events over 6 s of event time (120 people, 360 auctions), with `seed`.
+fn join_config(seed: u64, batch_size: usize) -> NexmarkConfig {
+    NexmarkConfig {
+        events: Some(6_000),
+        event_rate: 1_000,
+        seed,
+        batch_size,
+        ..Default::default()
+    }
+}
+
+fn table<T: serde::de::DeserializeOwned + PartialOrd>(seed: u64, table: NexmarkTable) -> Vec<T> {
+    let source = NexmarkSource::try_new(join_config(seed, 1000), table).unwrap();
+    sorted_rows(&collect(Pipeline::new().with_parallelism(1).source(source)))
+}
+
+fn run_join_query(query: &str, seed: u64, batch: usize, workers: usize) -> Vec<RecordBatch> {
+    let input = oxflow::nexmark::Input::generator(
+        Pipeline::new().with_parallelism(workers),
+        join_config(seed, batch),
+        oxflow::nexmark::watermarks(),
+    );
+    collect(oxflow::nexmark::apply(query, input).unwrap())
+}
+
+fn q3_reference(people: &[PersonRow], auctions: &[AuctionRow]) -> Vec<Q3Row> {
+    let mut rows = Vec::new();
+    for a in auctions.iter().filter(|a| a.category == 10) {
+        for p in people.iter().filter(|p| p.id == a.seller) {
+            if ["OR", "ID", "CA"].contains(&p.state.as_str()) {
+                rows.push(Q3Row {
+                    name: p.name.clone(),
+                    city: p.city.clone(),
+                    state: p.state.clone(),
+                    id: a.id,
+                });
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+/// Each auction's highest bid while it was open, taken in order of closing (then opening,
+/// id), folded into a running average per category.
+fn q4_reference(auctions: &[AuctionRow], bids: &[BidRow]) -> Vec<Q4Row> {
+    let mut closed: Vec<(i64, i64, i64, i64, i64)> = auctions
+        .iter()
+        .filter_map(|a| {
+            let winning = bids
+                .iter()
+                .filter(|b| b.auction == a.id && (a.date_time..=a.expires).contains(&b.date_time))
+                .map(|b| b.price)
+                .max()?;
+            Some((a.expires + 1, a.date_time, a.id, a.category, winning))
+        })
+        .collect();
+    closed.sort();
+    let mut sums: std::collections::HashMap<i64, (f64, f64)> = Default::default();
+    let mut rows: Vec<Q4Row> = closed
+        .into_iter()
+        .map(|(_, _, _, category, winning)| {
+            let s = sums.entry(category).or_default();
+            *s = (s.0 + winning as f64, s.1 + 1.0);
+            Q4Row {
+                category,
+                avg_final: s.0 / s.1,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+fn q8_reference(people: &[PersonRow], auctions: &[AuctionRow]) -> Vec<Q8Row> {
+    let window = |t: i64| t - t.rem_euclid(10_000);
+    let mut rows: Vec<Q8Row> = people
+        .iter()
+        .filter(|p| {
+            auctions
+                .iter()
+                .any(|a| a.seller == p.id && window(a.date_time) == window(p.date_time))
+        })
+        .map(|p| Q8Row {
+            id: p.id,
+            name: p.name.clone(),
+            window_start: window(p.date_time),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nexmark_join_queries_match_reference(seed in any::<u64>()) {
+        let people: Vec<PersonRow> = table(seed, NexmarkTable::Person);
+        let auctions: Vec<AuctionRow> = table(seed, NexmarkTable::Auction);
+        prop_assert_eq!(people.len(), 120);
+        let bids: Vec<BidRow> = table(seed, NexmarkTable::Bid);
+        let (q3, q8) = (q3_reference(&people, &auctions), q8_reference(&people, &auctions));
+        let q4 = q4_reference(&auctions, &bids);
+        prop_assert!(!q3.is_empty() && !q8.is_empty() && !q4.is_empty());
+        for (batch, workers) in [(1000, 1), (7, 2), (50, 3), (333, 4)] {
+            prop_assert_eq!(&sorted_rows::<Q3Row>(&run_join_query("q3", seed, batch, workers)), &q3, "q3 batch {} workers {}", batch, workers);
+            prop_assert_eq!(&sorted_rows::<Q8Row>(&run_join_query("q8", seed, batch, workers)), &q8, "q8 batch {} workers {}", batch, workers);
+            // Averages agree to rounding: DataFusion's accumulator sums in its own way.
+            let got = sorted_rows::<Q4Row>(&run_join_query("q4", seed, batch, workers));
+            prop_assert_eq!(got.len(), q4.len(), "q4 batch {} workers {}", batch, workers);
+            for (g, e) in got.iter().zip(&q4) {
+                prop_assert!(
+                    g.category == e.category && (g.avg_final - e.avg_final).abs() <= 1e-9 * e.avg_final.abs(),
+                    "q4 batch {} workers {}: {:?} != {:?}", batch, workers, g, e
+                );
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{EmitTo, Expr, GroupsAccumulator};
+use datafusion::logical_expr::{Accumulator, EmitTo, Expr, GroupsAccumulator};
 use datafusion::optimizer::analyzer::type_coercion::TypeCoercionRewriter;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
@@ -127,6 +127,15 @@ impl Aggregates {
                 };
                 Ok((args, filter))
             })
+            .collect()
+    }
+
+    /// One row accumulator per aggregate, for a single group that is read after every
+    /// update (a running aggregate).
+    pub fn row_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.planned
+            .iter()
+            .map(|p| Ok(p.function.create_accumulator()?))
             .collect()
     }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod expr;
 pub mod join;
 pub mod map;
+pub mod running;
 pub mod session;
 mod state;
 pub mod topn;
