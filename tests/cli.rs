@@ -279,7 +279,34 @@ fn query_all_runs_every_query_with_a_line_each() {
         .collect();
     assert_eq!(
         queries,
-        ["\"q0\"", "\"q1\"", "\"q2\"", "\"q5\"", "\"q7\"", "\"q11\""]
+        [
+            "\"q0\"", "\"q1\"", "\"q2\"", "\"q3\"", "\"q4\"", "\"q5\"", "\"q7\"", "\"q8\"",
+            "\"q11\""
+        ]
+    );
+    // Bids from files: the join queries need people and auctions, so `all` skips them and
+    // asking for one is a clear error.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("part-0.jsonl"),
+        r#"{"auction":1000,"bidder":1001,"price":100,"date_time":"2024-01-01T00:00:00.000Z","extra":""}"#,
+    )
+    .unwrap();
+    let source = format!("file:{}", tmp.path().display());
+    let out = oxflow(&["nexmark", "--query", "all", "--source", &source]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 6);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipping q3, q4, q8"));
+    let out = oxflow(&["nexmark", "--query", "q3", "--source", &source]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("q3 reads the Auction table, and this input has bids only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let out = oxflow(&["nexmark", "--query", "all", "--sink", "file:/tmp/x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("use blackhole or stdout"));

@@ -158,7 +158,7 @@ fn run_all(args: &NexmarkArgs) -> anyhow::Result<()> {
     } else {
         eprintln!(
             "skipping {}: they read people and auctions, which only the generator has",
-            nexmark::JOIN_QUERIES.join(" and ")
+            nexmark::JOIN_QUERIES.join(", ")
         );
         QUERIES
             .into_iter()
