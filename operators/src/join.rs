@@ -35,7 +35,8 @@ use oxflow_runtime::operator::{Operator, OperatorFactory, Output, SubtaskInfo};
 use oxflow_runtime::state::{decode_batch, encode_batch, RestoredState, StateSnapshot};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::EventTime;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use datafusion::common::hash_utils::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -329,6 +330,12 @@ impl OperatorFactory for StreamJoin {
     }
 }
 
+/// Stored keys and rows: shared, so the key index, the bucket index and emitted pairs hold
+/// the same bytes.
+type Bytes = Arc<[u8]>;
+type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
+type HashSet<K> = std::collections::HashSet<K, RandomState>;
+
 const LEFT: usize = 0;
 const RIGHT: usize = 1;
 
@@ -338,7 +345,7 @@ struct Entry {
     time: EventTime,
     bucket: i64,
     /// The row in the side's row format.
-    row: Box<[u8]>,
+    row: Bytes,
     /// Whether a right row joined it (left rows of a left outer join).
     matched: bool,
 }
@@ -349,9 +356,9 @@ struct SideState {
     rows: RowConverter,
     slice: i64,
     /// Rows by join key (for a window join: window, then key).
-    by_key: HashMap<Box<[u8]>, Vec<Entry>>,
+    by_key: HashMap<Bytes, Vec<Entry>>,
     /// The keys with rows in each bucket and key group.
-    buckets: BTreeMap<i64, BTreeMap<u16, HashSet<Box<[u8]>>>>,
+    buckets: BTreeMap<i64, BTreeMap<u16, HashSet<Bytes>>>,
     /// Buckets changed since the last snapshot, and those the store holds.
     dirty: BTreeSet<(i64, u16)>,
     written: BTreeSet<(i64, u16)>,
@@ -359,9 +366,9 @@ struct SideState {
 
 /// The rows of a batch in storable form.
 struct PreparedRows {
-    keys: Vec<Option<Box<[u8]>>>,
+    keys: Vec<Option<Bytes>>,
     key_groups: Vec<u16>,
-    rows: Vec<Box<[u8]>>,
+    rows: Vec<Bytes>,
     times: Vec<EventTime>,
 }
 
@@ -377,7 +384,7 @@ impl SideState {
             layout,
             rows: RowConverter::new(fields)?,
             slice,
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             buckets: BTreeMap::new(),
             dirty: BTreeSet::new(),
             written: BTreeSet::new(),
@@ -405,7 +412,7 @@ impl SideState {
         let keys = (0..n)
             .map(|i| {
                 (!key_columns.iter().any(|c| c.is_null(i)))
-                    .then(|| Box::<[u8]>::from(encoded.row(i).as_ref()))
+                    .then(|| Bytes::from(encoded.row(i).as_ref()))
             })
             .collect();
         let key_groups = hashes
@@ -413,7 +420,7 @@ impl SideState {
             .map(|&h| key_group(h, max_parallelism) as u16)
             .collect();
         let all = self.rows.convert_columns(batch.columns())?;
-        let rows = (0..n).map(|i| Box::from(all.row(i).as_ref())).collect();
+        let rows = (0..n).map(|i| Bytes::from(all.row(i).as_ref())).collect();
         let times = match self.layout.time {
             Some(t) => {
                 let name = self.layout.schema.field(t).name().clone();
@@ -429,7 +436,7 @@ impl SideState {
         })
     }
 
-    fn insert(&mut self, key: Box<[u8]>, key_group: u16, entry: Entry) {
+    fn insert(&mut self, key: Bytes, key_group: u16, entry: Entry) {
         self.dirty.insert((entry.bucket, key_group));
         self.buckets
             .entry(entry.bucket)
@@ -441,7 +448,7 @@ impl SideState {
     }
 
     /// Removes every row of `bucket`, returning them with their keys.
-    fn drop_bucket(&mut self, bucket: i64) -> Vec<(Box<[u8]>, Entry)> {
+    fn drop_bucket(&mut self, bucket: i64) -> Vec<(Bytes, Entry)> {
         let mut dropped = Vec::new();
         let Some(groups) = self.buckets.remove(&bucket) else {
             return dropped;
@@ -525,10 +532,10 @@ struct JoinOperator {
 }
 
 /// A joined pair (or a left row alone), as stored rows.
-type Pair = (Box<[u8]>, Option<Box<[u8]>>);
+type Pair = (Bytes, Option<Bytes>);
 
 /// The window key prefix of a window join's stored key.
-fn windowed_key(end: EventTime, key: &[u8]) -> Box<[u8]> {
+fn windowed_key(end: EventTime, key: &[u8]) -> Bytes {
     let mut k = Vec::with_capacity(8 + key.len());
     k.extend_from_slice(&end.to_be_bytes());
     k.extend_from_slice(key);
@@ -568,7 +575,7 @@ impl JoinOperator {
             left.rows
                 .convert_rows(pairs.iter().map(|(l, _)| parser.parse(l)))?,
         );
-        let matched: Vec<&Box<[u8]>> = pairs.iter().filter_map(|(_, r)| r.as_ref()).collect();
+        let matched: Vec<&Bytes> = pairs.iter().filter_map(|(_, r)| r.as_ref()).collect();
         let right_parser = right.rows.parser();
         let right_columns = right
             .rows
@@ -713,7 +720,7 @@ impl JoinOperator {
             .collect();
         for end in ends {
             let left = self.sides[LEFT].drop_bucket(end);
-            let mut by_key: HashMap<Box<[u8]>, Vec<Box<[u8]>>> = HashMap::new();
+            let mut by_key: HashMap<Bytes, Vec<Bytes>> = HashMap::default();
             for (k, e) in self.sides[RIGHT].drop_bucket(end) {
                 by_key.entry(k).or_default().push(e.row);
             }
