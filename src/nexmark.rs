@@ -22,11 +22,47 @@ pub const QUERIES: [&str; 9] = ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8", 
 /// is the only input with every table.
 pub const JOIN_QUERIES: [&str; 3] = ["q3", "q4", "q8"];
 
-/// Where a query reads its tables: the generator (every table), or a stream of bids alone
-/// (from Kafka or files).
+/// Where a query reads its tables: the generator (every table), files of every table (as
+/// [`write_tables`] lays them out), or a stream of bids alone (from Kafka or files).
 pub struct Input {
     generator: Option<(Pipeline, NexmarkConfig, WatermarkStrategy)>,
+    files: Option<(Pipeline, std::path::PathBuf, WatermarkStrategy)>,
     bids: Option<Stream>,
+}
+
+/// The directory of `table` under a directory written by [`write_tables`].
+pub fn table_dir(dir: &std::path::Path, table: NexmarkTable) -> std::path::PathBuf {
+    dir.join(match table {
+        NexmarkTable::Person => "person",
+        NexmarkTable::Auction => "auction",
+        NexmarkTable::Bid => "bid",
+    })
+}
+
+/// Writes the generator's three tables as JSON lines under `dir` (`person/`, `auction/` and
+/// `bid/`, each a file sink's `part-*` files), so that another system can read exactly the
+/// events Oxflow's queries read. Returns the rows written per table.
+pub fn write_tables(
+    pipeline: Pipeline,
+    config: NexmarkConfig,
+    dir: &std::path::Path,
+) -> Result<Vec<(NexmarkTable, u64)>> {
+    [
+        NexmarkTable::Person,
+        NexmarkTable::Auction,
+        NexmarkTable::Bid,
+    ]
+    .into_iter()
+    .map(|table| {
+        let sink = oxflow_connectors::sinks::JsonFileSink::try_new(table_dir(dir, table))?;
+        let report = pipeline
+            .clone()
+            .source(NexmarkSource::try_new(config.clone(), table)?)
+            .sink(sink)?
+            .execute_blocking()?;
+        Ok((table, report.output_rows))
+    })
+    .collect()
 }
 
 impl Input {
@@ -38,6 +74,21 @@ impl Input {
     ) -> Self {
         Input {
             generator: Some((pipeline, config, watermarks)),
+            files: None,
+            bids: None,
+        }
+    }
+
+    /// Every table from files under `dir`, as [`write_tables`] lays them out (bids are read
+    /// with [`bid_json_schema`]'s columns), each with `watermarks`.
+    pub fn files(
+        pipeline: Pipeline,
+        dir: std::path::PathBuf,
+        watermarks: WatermarkStrategy,
+    ) -> Self {
+        Input {
+            generator: None,
+            files: Some((pipeline, dir, watermarks)),
             bids: None,
         }
     }
@@ -46,15 +97,47 @@ impl Input {
     pub fn bids(bids: Stream) -> Self {
         Input {
             generator: None,
+            files: None,
             bids: Some(bids),
         }
     }
 
-    /// The longest an auction stays open (none without the generator).
-    fn max_auction_duration_ms(&self) -> Option<i64> {
-        self.generator
-            .as_ref()
-            .map(|(_, config, _)| config.max_auction_duration_ms())
+    /// The longest an auction stays open: the generator's bound, or for files the longest
+    /// any auction in them stays open (read once, at build time). `None` without auctions.
+    fn max_auction_duration_ms(&self) -> Result<Option<i64>> {
+        if let Some((_, config, _)) = &self.generator {
+            return Ok(Some(config.max_auction_duration_ms()));
+        }
+        let Some((_, dir, _)) = &self.files else {
+            return Ok(None);
+        };
+        let schema = NexmarkTable::Auction.schema();
+        let paths = part_files(&table_dir(dir, NexmarkTable::Auction))?;
+        let out = oxflow_connectors::sinks::CollectSink::new();
+        Pipeline::new()
+            .with_parallelism(1)
+            .source(FileSource::try_new(
+                paths,
+                FileFormat::JsonLines,
+                Some(schema),
+            )?)
+            .select([(cast(col("expires"), DataType::Int64)
+                - cast(col("date_time"), DataType::Int64))
+            .alias("open")])?
+            .sink(out.clone())?
+            .execute_blocking()?;
+        let mut longest = 0;
+        for batch in out.batches() {
+            let open = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .ok_or_else(|| {
+                    OxflowError::InvalidPipeline("auction durations are not integers".into())
+                })?;
+            longest = open.iter().flatten().fold(longest, i64::max);
+        }
+        Ok(Some(longest))
     }
 
     fn table(&mut self, table: NexmarkTable, query: &str) -> Result<Stream> {
@@ -62,6 +145,19 @@ impl Input {
             return pipeline
                 .clone()
                 .source(NexmarkSource::try_new(config.clone(), table)?)
+                .with_watermarks(watermarks.clone());
+        }
+        if let Some((pipeline, dir, watermarks)) = &self.files {
+            let schema = match table {
+                NexmarkTable::Bid => bid_json_schema(),
+                other => other.schema(),
+            };
+            let dir = table_dir(dir, table);
+            let paths = part_files(&dir)?;
+            let source = FileSource::try_new(paths, FileFormat::JsonLines, Some(schema))?;
+            return pipeline
+                .clone()
+                .source(source)
                 .with_watermarks(watermarks.clone());
         }
         match (table, self.bids.take()) {
@@ -109,6 +205,36 @@ pub fn file_bids(
 ) -> Result<Stream> {
     let source = FileSource::try_new(paths, FileFormat::JsonLines, Some(bid_json_schema()))?;
     pipeline.source(source).with_watermarks(watermarks)
+}
+
+/// A file, or the committed `part-*` files of a directory (a file sink's output), sorted.
+pub fn part_files(path: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let listing = std::fs::read_dir(path).map_err(|e| {
+        OxflowError::InvalidPipeline(format!("cannot list {}: {e}", path.display()))
+    })?;
+    let mut files: Vec<std::path::PathBuf> = listing
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        })
+        .collect();
+    if files.is_empty() {
+        return Err(OxflowError::InvalidPipeline(format!(
+            "{} holds no part-* file to read",
+            path.display()
+        )));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Whether `dir` is laid out as [`write_tables`] writes (it has a `bid/` directory).
+pub fn is_tables_dir(dir: &std::path::Path) -> bool {
+    table_dir(dir, NexmarkTable::Bid).is_dir()
 }
 
 /// Builds query `query` over `input`'s tables.
@@ -170,7 +296,11 @@ pub fn apply(query: &str, mut input: Input) -> Result<Stream> {
 
 /// The queries that join tables.
 fn join_query(query: &str, input: &mut Input) -> Result<Stream> {
-    let max_open = input.max_auction_duration_ms();
+    let max_open = if query == "q4" {
+        input.max_auction_duration_ms()?
+    } else {
+        None
+    };
     let mut table = |t| input.table(t, query);
     match query {
         // Sellers in Oregon, Idaho or California of auctions in category 10: an unbounded

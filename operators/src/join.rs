@@ -29,13 +29,13 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::hash_utils::RandomState;
 use oxflow_runtime::exchange::{hash_keys, key_group};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::operator::{Operator, OperatorFactory, Output, SubtaskInfo};
 use oxflow_runtime::state::{decode_batch, encode_batch, RestoredState, StateSnapshot};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::EventTime;
-use datafusion::common::hash_utils::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

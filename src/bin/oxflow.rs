@@ -24,16 +24,69 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a Nexmark query on the built-in generator (or bids from Kafka) and prints, as its last line, one JSON
+    /// Runs a Nexmark query on the built-in generator (or on bids from Kafka, or tables from files) and prints, as its last line, one JSON
     /// object: {"query","events","workers","seconds","events_per_sec","cpu_seconds",
     /// "output_rows","checkpoints","last_checkpoint_ms","state_bytes","restored_from",
     /// "already_finished"}.
     Nexmark(NexmarkArgs),
+    /// Writes the generator's people, auctions and bids as JSON lines under OUT (`person/`,
+    /// `auction/`, `bid/`), for `nexmark --source file:OUT` and for other systems to read the
+    /// same events; prints the rows of each table as one JSON object.
+    NexmarkTables(TablesArgs),
+}
+
+#[derive(clap::Args)]
+struct TablesArgs {
+    /// Directory to write (must not hold output yet).
+    #[arg(long)]
+    out: PathBuf,
+    /// Events to generate (all kinds).
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Parallel writers (one part file each per table).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// The generator's events per second of event time.
+    #[arg(long, default_value_t = 100_000)]
+    event_rate: u64,
+    /// Seed of the generator's random choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn write_tables(args: &TablesArgs) -> anyhow::Result<()> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if nexmark::is_tables_dir(&args.out) {
+        bail!(
+            "{} already holds tables; choose a new directory",
+            args.out.display()
+        );
+    }
+    let config = NexmarkConfig {
+        events: Some(args.events),
+        event_rate: args.event_rate,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let written = nexmark::write_tables(
+        Pipeline::new().with_parallelism(args.workers),
+        config,
+        &args.out,
+    )?;
+    let counts: serde_json::Map<String, serde_json::Value> = written
+        .into_iter()
+        .map(|(table, rows)| (format!("{table:?}").to_lowercase(), rows.into()))
+        .collect();
+    println!("{}", serde_json::Value::Object(counts));
+    Ok(())
 }
 
 #[derive(clap::Args)]
 struct NexmarkArgs {
-    /// The query: q0, q1, q2, q5, q7 or q11; `all` runs each in turn (one JSON line each).
+    /// The query: q0, q1, q2, q3, q4, q5, q7, q8 or q11; `all` runs each in turn (one JSON
+    /// line each).
     #[arg(long, short)]
     query: String,
     /// Events to generate (persons, auctions and bids together; default 10000000). With a
@@ -44,7 +97,8 @@ struct NexmarkArgs {
     /// objects with q0's columns; options such as `group=G`, `start=earliest|latest|MILLIS`,
     /// `bad-records=fail|skip|dead-letter:TOPIC`, `connect-timeout-ms=N`, and librdkafka
     /// properties such as `security.protocol=SASL_SSL`); or `file:PATH`, JSON lines with
-    /// q0's columns in a file, or in the `part-*` files of a directory (a file sink's output).
+    /// q0's columns in a file, or in the `part-*` files of a directory (a file sink's output);
+    /// a directory written by `nexmark-tables` gives every table (for q3, q4 and q8 too).
     #[arg(long, default_value = "generator")]
     source: String,
     /// Watermark delay (bounded out-of-orderness) of bids, in milliseconds.
@@ -126,25 +180,6 @@ fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn 
     })
 }
 
-/// A file, or the committed `part-*` files of a directory, sorted.
-fn input_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", path.display()))?;
-        if entry.file_name().to_string_lossy().starts_with("part-") {
-            files.push(entry.path());
-        }
-    }
-    if files.is_empty() {
-        bail!("{} holds no part-* file to read", path.display());
-    }
-    files.sort();
-    Ok(files)
-}
-
 /// `--query all`: every query in turn, one JSON line each, on the same input.
 fn run_all(args: &NexmarkArgs) -> anyhow::Result<()> {
     if args.checkpoint_dir.is_some() || args.restore.is_some() {
@@ -153,11 +188,16 @@ fn run_all(args: &NexmarkArgs) -> anyhow::Result<()> {
     if !matches!(args.sink.as_str(), "blackhole" | "stdout") {
         bail!("--query all writes every query's results to one sink: use blackhole or stdout");
     }
-    let queries: Vec<&str> = if args.source == "generator" {
+    let all_tables = args.source == "generator"
+        || args
+            .source
+            .strip_prefix("file:")
+            .is_some_and(|p| nexmark::is_tables_dir(Path::new(p)));
+    let queries: Vec<&str> = if all_tables {
         QUERIES.to_vec()
     } else {
         eprintln!(
-            "skipping {}: they read people and auctions, which only the generator has",
+            "skipping {}: they read people and auctions, which this input does not have",
             nexmark::JOIN_QUERIES.join(", ")
         );
         QUERIES
@@ -208,11 +248,15 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         config.max_rate = args.rate;
         nexmark::Input::bids(nexmark::kafka_bids(pipeline, config, watermarks)?)
     } else if let Some(path) = args.source.strip_prefix("file:") {
-        nexmark::Input::bids(nexmark::file_bids(
-            pipeline,
-            input_files(Path::new(path))?,
-            watermarks,
-        )?)
+        if nexmark::is_tables_dir(Path::new(path)) {
+            nexmark::Input::files(pipeline, PathBuf::from(path), watermarks)
+        } else {
+            nexmark::Input::bids(nexmark::file_bids(
+                pipeline,
+                nexmark::part_files(Path::new(path))?,
+                watermarks,
+            )?)
+        }
     } else {
         bail!(
             "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC or file:PATH",
@@ -247,11 +291,16 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
     let events = match args.events {
         Some(n) if args.source == "generator" => n,
         None if args.source == "generator" => 10_000_000,
-        // From Kafka or files: the records the source delivered.
+        // From Kafka or files: the records the sources delivered.
         _ => report
             .metrics
             .iter()
-            .filter(|(name, _)| name.starts_with("stage0.") && name.ends_with(".records_in"))
+            .filter(|(name, _)| {
+                name.split('.')
+                    .nth(1)
+                    .is_some_and(|s| s.starts_with("source-"))
+                    && name.ends_with(".records_in")
+            })
             .map(|(_, v)| v)
             .sum(),
     };
@@ -288,5 +337,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Nexmark(args) if args.query == "all" => run_all(&args),
         Command::Nexmark(args) => run_nexmark(&args, &args.query),
+        Command::NexmarkTables(args) => write_tables(&args),
     }
 }
