@@ -5,11 +5,15 @@
 #
 # Installs Apache Flink's Python distribution from PyPI (apache-flink, which brings the Flink
 # runtime; Java 17 runs it) into a virtual environment under ~/.cache once. Oxflow's generator
-# writes the bids once as JSON lines (q0's columns); both systems then read that same
-# directory with the same watermark (4 s), at the same parallelism, into a blackhole sink:
-# Oxflow with `nexmark --source file:DIR`, Flink with the Nexmark queries in Flink SQL on its
-# local mini-cluster (benches/flink/nexmark.py). First, on small input, the results of both
-# are compared row for row.
+# writes its people, auctions and bids once as JSON lines (`oxflow nexmark-tables`); both
+# systems then read those same files with the same watermark (4 s), at the same parallelism,
+# into a blackhole sink: Oxflow with `nexmark --source file:DIR`, Flink with the Nexmark
+# queries in Flink SQL on its local mini-cluster (benches/flink/nexmark.py). First, on small
+# input, the results of both are compared row for row (q4, which both emit as a changelog,
+# by each category's final average).
+#
+# Records per second count the rows of the tables a query reads: bids for q0-q2, q5, q7 and
+# q11; people and auctions for q3 and q8; auctions and bids for q4.
 #
 # Prints a table: query, records/s of each (Flink: execution time, after the job is planned
 # and deployed), their ratio, CPU seconds and peak RSS of each (Oxflow's process from
@@ -45,24 +49,34 @@ measured() {
 }
 
 echo "== results compared on small input (200000 events, parallelism $parallelism)"
-"$bin" nexmark --query q0 --events 200000 --event-rate 10000 --workers 1 --sink "file:$work/small" > /dev/null
-for q in q2 q5 q7 q11; do
+"$bin" nexmark-tables --out "$work/small" --events 200000 --event-rate 10000 --workers 1 > /dev/null
+for q in q2 q3 q4 q5 q7 q8 q11; do
   "$py" "$root/benches/flink/nexmark.py" --input "$work/small" --query "$q" --parallelism "$parallelism" --collect \
     > "$work/$q.flink" 2> "$work/$q.flink.log"
   "$bin" nexmark --query "$q" --source "file:$work/small" --workers "$parallelism" --sink "file:$work/$q.oxflow" > /dev/null
-  printf '%-4s ' "$q"; python3 "$root/benches/flink/compare.py" "$work/$q.oxflow" "$work/$q.flink"
+  printf '%-4s ' "$q"
+  if [ "$q" = q4 ]; then
+    python3 "$root/benches/flink/compare.py" --changelog category avg_final "$work/$q.oxflow" "$work/$q.flink"
+  else
+    python3 "$root/benches/flink/compare.py" "$work/$q.oxflow" "$work/$q.flink"
+  fi
 done
 
 echo "== throughput: $events generated events, parallelism $parallelism, blackhole sinks"
-# One file per split (the file source spreads files over splits, as Flink spreads splits).
-"$bin" nexmark --query q0 --events "$events" --workers "$parallelism" --sink "file:$work/bids" > "$work/fill.json"
-records=$(field output_rows < "$work/fill.json")
-echo "input: $records bids, $(du -sh "$work/bids" | cut -f1) of JSON lines"
+# One file per split and table (the file source spreads files over splits, as Flink does).
+"$bin" nexmark-tables --out "$work/tables" --events "$events" --workers "$parallelism" > "$work/fill.json"
+people=$(field person < "$work/fill.json"); auctions=$(field auction < "$work/fill.json"); bids=$(field bid < "$work/fill.json")
+echo "input: $people people, $auctions auctions, $bids bids; $(du -sh "$work/tables" | cut -f1) of JSON lines"
 printf 'query\toxflow_records_per_sec\tflink_records_per_sec\tratio\toxflow_cpu_s\tflink_cpu_s\toxflow_rss_mb\tflink_rss_mb\toxflow_per_cpu_s\tflink_per_cpu_s\n' > "$out"
 printf '%-5s %14s %14s %7s %10s %10s %9s %9s\n' query oxflow/s flink/s ratio ox-cpu-s fl-cpu-s ox-rss fl-rss
-for q in q0 q1 q2 q5 q7 q11; do
-  read -r ox_cpu ox_rss < <(measured "$work/ox.json" "$bin" nexmark --query "$q" --source "file:$work/bids" --workers "$parallelism")
-  read -r fl_cpu fl_rss < <(measured "$work/fl.json" "$py" "$root/benches/flink/nexmark.py" --input "$work/bids" --query "$q" --parallelism "$parallelism" --records "$records")
+for q in ${QUERIES:-q0 q1 q2 q3 q4 q5 q7 q8 q11}; do
+  case $q in
+    q3|q8) records=$((people + auctions)) ;;
+    q4) records=$((auctions + bids)) ;;
+    *) records=$bids ;;
+  esac
+  read -r ox_cpu ox_rss < <(measured "$work/ox.json" "$bin" nexmark --query "$q" --source "file:$work/tables" --workers "$parallelism")
+  read -r fl_cpu fl_rss < <(measured "$work/fl.json" "$py" "$root/benches/flink/nexmark.py" --input "$work/tables" --query "$q" --parallelism "$parallelism" --records "$records")
   ox_rate=$(field events_per_sec < "$work/ox.json")
   fl_rate=$(field records_per_sec < "$work/fl.json")
   # Flink: its JVM's CPU and peak RSS (PyFlink's own Python process is small beside it).

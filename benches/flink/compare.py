@@ -1,6 +1,11 @@
 """Compares Oxflow's and Flink's results of one query as multisets of rows.
 
     python compare.py OXFLOW_DIR FLINK_JSON_LINES
+    python compare.py --changelog KEY VALUE OXFLOW_DIR FLINK_JSON_LINES
+
+The second form is for a query whose result both systems emit as a changelog per KEY (q4):
+Flink's final VALUE of each key (its last row for that key) must be among Oxflow's rows of
+that key (to a relative 1e-9: the two sum in different orders), and the keys the same.
 
 Timestamps are compared as milliseconds since the epoch (Oxflow writes RFC 3339, Flink's
 collected rows print Python datetimes); numbers as numbers. Exits 1 on any difference.
@@ -30,7 +35,30 @@ def load(lines):
     return collections.Counter(row(json.loads(l)) for l in lines if l.startswith("{") and '"records_per_sec"' not in l)
 
 
+def changelog(key, value, ours_dir, theirs_file):
+    ours = collections.defaultdict(list)
+    for f in sorted(glob.glob(f"{ours_dir}/part-*")):
+        for line in open(f):
+            r = json.loads(line)
+            ours[r[key]].append(float(r[value]))
+    final = {}
+    for line in open(theirs_file):
+        if line.startswith("{") and '"records_per_sec"' not in line:
+            r = json.loads(line)
+            final[r[key]] = float(r[value])
+    if set(final) != set(ours):
+        print(f"DIFFERENT keys: oxflow {sorted(ours)}, flink {sorted(final)}")
+        sys.exit(1)
+    for k, v in sorted(final.items()):
+        if not any(abs(o - v) <= 1e-9 * abs(v) for o in ours[k]):
+            print(f"DIFFERENT: flink's final {value} of {key}={k} is {v}, not among oxflow's {len(ours[k])} rows")
+            sys.exit(1)
+    print(f"equal: final {value} of {len(final)} keys ({sum(map(len, ours.values()))} oxflow changelog rows)")
+
+
 def main():
+    if sys.argv[1] == "--changelog":
+        return changelog(*sys.argv[2:6])
     ours = load(l for f in sorted(glob.glob(f"{sys.argv[1]}/part-*")) for l in open(f))
     theirs = load(open(sys.argv[2]))
     if ours == theirs:
