@@ -344,6 +344,57 @@ impl Stream {
         Ok(self.push(Arc::new(MapRows::<I, O>::new(name, Arc::new(f)))))
     }
 
+    /// Merges `other` into this stream (Flink's `union`): both must have the same schema. The
+    /// records meet in a new stage, round-robin; the merged watermark is the lesser of the
+    /// two, so event time stays correct for windows that follow.
+    pub fn union(self, other: Stream) -> Result<Stream> {
+        if self.schema != other.schema {
+            return invalid(format!(
+                "union: the streams' columns differ: {:?} and {:?}",
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>(),
+                other
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let time_column = (self.time_column == other.time_column)
+            .then_some(self.time_column.clone())
+            .flatten();
+        let parallelism = self.pipeline.parallelism;
+        let schema = self.schema.clone();
+        let (pipeline, stages, left_end, right_end) = merge_stages(self, other);
+        let mut stages = stages;
+        stages.push(Stage {
+            name: "union".into(),
+            parallelism,
+            input: StageInput::Inputs(vec![
+                StageEdge {
+                    from: left_end,
+                    partitioning: Partitioning::Rebalance,
+                },
+                StageEdge {
+                    from: right_end,
+                    partitioning: Partitioning::Rebalance,
+                },
+            ]),
+            operators: Vec::new(),
+            sink: None,
+        });
+        Ok(Stream {
+            pipeline,
+            stages,
+            schema,
+            time_column,
+        })
+    }
+
     /// Spreads batches round-robin over a new stage of `parallelism` subtasks.
     pub fn rebalance(self, parallelism: usize) -> Self {
         self.exchange("rebalance", Partitioning::Rebalance, parallelism)
@@ -382,6 +433,29 @@ impl Stream {
             savepoints: SavepointRequests::default(),
         })
     }
+}
+
+/// The stages of two streams in one list, left then right, with the index of each one's last
+/// stage (the two inputs of the stage that will join or merge them).
+fn merge_stages(left: Stream, right: Stream) -> (Pipeline, Vec<Stage>, usize, usize) {
+    let Stream {
+        pipeline,
+        mut stages,
+        ..
+    } = left;
+    let left_end = stages.len() - 1;
+    // The right stages follow the left ones; their `Exchange`s still name the stage just
+    // before them, which is still the right stream's own.
+    stages.extend(right.stages.into_iter().map(|mut stage| {
+        if let StageInput::Inputs(edges) = &mut stage.input {
+            for e in edges {
+                e.from += left_end + 1;
+            }
+        }
+        stage
+    }));
+    let right_end = stages.len() - 1;
+    (pipeline, stages, left_end, right_end)
 }
 
 /// The columns of `schema` named in `names`, in the schema's order.
@@ -501,24 +575,8 @@ impl JoinedStreams {
             left.stream.schema.clone(),
             right.stream.schema.clone(),
         )?;
-        let Stream {
-            pipeline,
-            mut stages,
-            time_column,
-            ..
-        } = left.stream;
-        let left_end = stages.len() - 1;
-        // The right stages follow the left ones; their `Exchange`s still name the stage
-        // just before them, which is still the right stream's own.
-        stages.extend(right.stream.stages.into_iter().map(|mut stage| {
-            if let StageInput::Inputs(edges) = &mut stage.input {
-                for e in edges {
-                    e.from += left_end + 1;
-                }
-            }
-            stage
-        }));
-        let right_end = stages.len() - 1;
+        let time_column = left.stream.time_column.clone();
+        let (pipeline, mut stages, left_end, right_end) = merge_stages(left.stream, right.stream);
         stages.push(Stage {
             name: join.name(),
             parallelism: pipeline.parallelism,

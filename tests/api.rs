@@ -567,3 +567,85 @@ fn a_user_defined_aggregate_runs_in_windows() {
         ]
     );
 }
+
+#[test]
+fn a_union_merges_two_streams_and_windows_after_it_see_both() {
+    // Left: keys 0..4 at times 0..40; right: the same keys at times 40..80. Windows of 20 ms
+    // after the union count each key's records from both.
+    let left = kv((0..40).map(|i| i % 4).collect(), (0..40).collect());
+    let right = kv((0..40).map(|i| i % 4).collect(), (40..80).collect());
+    let out = collect(
+        kv_stream(left)
+            .union(kv_stream(right))
+            .unwrap()
+            .key_by(["key"])
+            .window(WindowSpec::tumbling(Duration::from_millis(20)))
+            .aggregate([count(col("value")).alias("n")])
+            .unwrap(),
+    );
+    #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
+    struct Row {
+        window_start: i64,
+        key: i64,
+        n: i64,
+    }
+    let rows: Vec<Row> = sorted_rows(&out);
+    assert_eq!(rows.len(), 16, "4 windows of 4 keys");
+    assert!(rows.iter().all(|r| r.n == 5), "{rows:?}");
+
+    let other = Pipeline::new().source(
+        MemorySource::try_new(
+            bid_schema(),
+            &[bid_batch(vec![1], vec![1], vec![1], vec![1])],
+            1,
+        )
+        .unwrap(),
+    );
+    let err = err_text(kv_stream(kv(vec![1], vec![1])).union(other));
+    assert!(err.contains("union: the streams' columns differ"), "{err}");
+}
+
+#[test]
+fn joins_are_wired_through_the_api_and_bad_ones_named() {
+    // Left rows at times 0..20 (keys 0..4); right rows 5 ms later, same keys, one key (3)
+    // missing on the right: an interval join [5, 5] pairs each left row with the right
+    // row of its key 5 ms later; left outer also emits key 3's rows alone.
+    let left = kv((0..20).map(|i| i % 4).collect(), (0..20).collect());
+    let right = kv(
+        (0..20).map(|i| i % 4).filter(|k| *k != 3).collect(),
+        (0..20).filter(|i| i % 4 != 3).map(|i| i + 5).collect(),
+    );
+    let joined = |outer: bool| {
+        let j = kv_stream(left.clone())
+            .key_by(["key"])
+            .join(kv_stream(right.clone()).key_by(["key"]));
+        let j = if outer { j.left_outer() } else { j };
+        collect(j.interval(5, 5).unwrap())
+    };
+    #[derive(Deserialize, PartialEq, PartialOrd, Debug)]
+    struct Pair {
+        key: i64,
+        ts: i64,
+        right_key: Option<i64>,
+        right_ts: Option<i64>,
+    }
+    let inner: Vec<Pair> = sorted_rows(&joined(false));
+    assert_eq!(inner.len(), 15);
+    assert!(inner
+        .iter()
+        .all(|p| p.right_key == Some(p.key) && p.right_ts == Some(p.ts + 5)));
+    let outer: Vec<Pair> = sorted_rows(&joined(true));
+    assert_eq!(outer.len(), 20);
+    assert_eq!(outer.iter().filter(|p| p.right_key.is_none()).count(), 5);
+
+    let err = err_text(
+        kv_stream(kv(vec![1], vec![1]))
+            .key_by(["ts"])
+            .join(kv_stream(kv(vec![1], vec![1])).key_by(["key"]))
+            .regular(None),
+    );
+    assert!(
+        err.contains("key `ts` is Timestamp(ms) on the left but `key` is Int64"),
+        "{err}"
+    );
+}
