@@ -323,6 +323,7 @@ impl OperatorFactory for StreamJoin {
             sides: sides
                 .try_into()
                 .map_err(|_| OperatorError::State("a join has exactly two sides".into()))?,
+            unmatched: BTreeMap::new(),
             watermark: EventTime::MIN,
             late_records: self.late_records.clone(),
             max_parallelism: subtask.max_parallelism,
@@ -346,7 +347,8 @@ struct Entry {
     bucket: i64,
     /// The row in the side's row format.
     row: Bytes,
-    /// Whether a right row joined it (left rows of a left outer join).
+    /// Whether a right row joined it, or it went out alone already (left rows of a left
+    /// outer join): either way it needs no null-padded output any more.
     matched: bool,
 }
 
@@ -526,6 +528,10 @@ struct JoinOperator {
     /// Encodes keys of both sides alike (their types are equal).
     keys: RowConverter,
     sides: [SideState; 2],
+    /// Left rows of a bounded left outer join still without a match, by the watermark at
+    /// which nothing can match them any more (`time + upper`): they go out alone exactly
+    /// then, not when their whole time slice leaves state.
+    unmatched: BTreeMap<EventTime, Vec<(Bytes, u16)>>,
     watermark: EventTime,
     late_records: Counter,
     max_parallelism: usize,
@@ -543,6 +549,40 @@ fn windowed_key(end: EventTime, key: &[u8]) -> Bytes {
 }
 
 impl JoinOperator {
+    /// Remembers an unmatched left row of a bounded left outer join, to emit it alone when
+    /// the watermark passes its time plus the upper bound.
+    fn track_unmatched(&mut self, key: &Bytes, key_group: u16, time: EventTime) {
+        if let (JoinType::LeftOuter, Bounds::Interval { upper, .. }) = (self.join_type, self.bounds)
+        {
+            self.unmatched
+                .entry(time + upper)
+                .or_default()
+                .push((key.clone(), key_group));
+        }
+    }
+
+    /// Emits the left rows no right row can match any more at `watermark`.
+    fn emit_unmatched(&mut self, watermark: EventTime, pairs: &mut Vec<Pair>) {
+        let Bounds::Interval { upper, .. } = self.bounds else {
+            return;
+        };
+        let later = self.unmatched.split_off(&(watermark + 1));
+        let due = std::mem::replace(&mut self.unmatched, later);
+        let left = &mut self.sides[LEFT];
+        for (key, kg) in due.into_values().flatten() {
+            let Some(entries) = left.by_key.get_mut(&key) else {
+                continue;
+            };
+            for e in entries.iter_mut() {
+                if !e.matched && e.time + upper <= watermark {
+                    e.matched = true;
+                    pairs.push((e.row.clone(), None));
+                    left.dirty.insert((e.bucket, kg));
+                }
+            }
+        }
+    }
+
     fn is_late(&self, time: EventTime) -> bool {
         self.bounds != Bounds::Unbounded
             && self.watermark != EventTime::MIN
@@ -688,6 +728,9 @@ impl JoinOperator {
                         }
                     }
                     self.sides[other].dirty.extend(newly_matched);
+                    if side == LEFT && !matched {
+                        self.track_unmatched(&key, kg, t);
+                    }
                     let slice = self.sides[side].slice;
                     self.sides[side].insert(
                         key,
@@ -750,6 +793,9 @@ impl JoinOperator {
             _ => return Ok(()),
         };
         let mut pairs = Vec::new();
+        if let Some(w) = watermark {
+            self.emit_unmatched(w, &mut pairs);
+        }
         for side in [LEFT, RIGHT] {
             let slice = self.sides[side].slice;
             // A row of time t is needed while a future row (time > watermark) can join it:
@@ -813,6 +859,9 @@ impl JoinOperator {
                 (Some(k), _) => k.clone(),
                 (None, _) => return Err(bad("a stored row has a null key".into())),
             };
+            if side == LEFT && !matched.value(i) {
+                self.track_unmatched(&key, kg as u16, times.value(i));
+            }
             self.sides[side].insert(
                 key,
                 kg as u16,
@@ -1152,6 +1201,41 @@ mod tests {
             prop_assert_eq!(factory.late_records.get(), 0);
             prop_assert_eq!(got, naive(&rows, join_type, &spec));
         }
+    }
+
+    #[test]
+    fn an_unmatched_left_row_goes_out_as_soon_as_nothing_can_match_it() {
+        let factory = StreamJoin::try_new(
+            settings(
+                JoinType::LeftOuter,
+                JoinSpec::Interval {
+                    lower: 0,
+                    upper: 10,
+                },
+            ),
+            schema(),
+            schema(),
+        )
+        .unwrap();
+        let mut op = factory.create(info()).unwrap();
+        let mut out = Output::default();
+        let row = Row {
+            left: true,
+            key: Some(1),
+            time: 0,
+            value: 7,
+        };
+        op.on_input_batch(LEFT, batch(&[row]), &mut out).unwrap();
+        op.on_watermark(9, &mut out).unwrap();
+        assert!(out.is_empty(), "a right row at 10 could still match");
+        op.on_watermark(10, &mut out).unwrap();
+        let rows = rows_of(&out.drain().collect::<Vec<_>>(), false);
+        assert_eq!(
+            rows,
+            vec![(None, vec![Some(1), Some(0), Some(7), None, None, None])]
+        );
+        op.on_end_of_input(&mut out).unwrap();
+        assert!(out.is_empty(), "emitted once");
     }
 
     #[test]
