@@ -49,6 +49,7 @@
 pub mod error;
 pub mod nexmark;
 pub mod pipeline;
+pub mod spec;
 
 pub use error::{OxflowError, Result};
 

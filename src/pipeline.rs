@@ -6,6 +6,10 @@
 //! name, not when the first batch arrives.
 
 use crate::error::{OxflowError, Result};
+use crate::spec::{
+    self, CheckpointSpec, JobSpec, JoinOn, RegisteredMap, Registry, SinkSpec, SourceSpec, Step,
+    StreamSpec, WatermarkSpec, WindowCompute,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::Expr;
@@ -72,6 +76,34 @@ impl Pipeline {
 
     /// Starts the stream at `source`.
     pub fn source(self, source: impl Source + 'static) -> Stream {
+        let name = source.name();
+        self.start(
+            Arc::new(source),
+            Err(format!(
+                "its source `{name}` was built in Rust; start it with Pipeline::source_spec"
+            )),
+        )
+    }
+
+    /// Starts the stream at the source `spec` describes (a job built this way has a spec:
+    /// [`Job::to_spec`]).
+    pub fn source_spec(self, spec: SourceSpec) -> Result<Stream> {
+        let source = spec::build_source(&spec)?;
+        Ok(self.start(
+            source,
+            Ok(StreamSpec {
+                source: spec,
+                watermarks: None,
+                steps: Vec::new(),
+            }),
+        ))
+    }
+
+    fn start(
+        self,
+        source: Arc<dyn Source>,
+        spec: std::result::Result<StreamSpec, String>,
+    ) -> Stream {
         let schema = source.schema();
         let name = source.name();
         Stream {
@@ -79,7 +111,7 @@ impl Pipeline {
                 name: format!("source-{name}"),
                 parallelism: self.parallelism,
                 input: StageInput::Source {
-                    source: Arc::new(source),
+                    source,
                     watermarks: None,
                 },
                 operators: Vec::new(),
@@ -88,7 +120,48 @@ impl Pipeline {
             pipeline: self,
             schema,
             time_column: None,
+            spec,
         }
+    }
+
+    /// Builds the job `spec` describes, naming functions from `registry`. With a
+    /// `checkpoint_dir`, the job takes the checkpoints the spec asks for there.
+    pub fn from_spec(
+        spec: &JobSpec,
+        registry: &Registry,
+        checkpoint_dir: Option<&std::path::Path>,
+    ) -> Result<Job> {
+        let mut pipeline = Pipeline::new();
+        if let Some(p) = spec.parallelism {
+            pipeline = pipeline.with_parallelism(p);
+        }
+        if let Some(p) = spec.max_parallelism {
+            pipeline = pipeline.with_max_parallelism(p);
+        }
+        let stream = spec::build_stream(&pipeline, &spec.stream, registry)?;
+        let checkpoints = match (&spec.checkpoints, checkpoint_dir) {
+            (Some(c), Some(dir)) => {
+                if c.interval_ms == 0 {
+                    return Err(OxflowError::InvalidPipeline(
+                        "checkpoints.interval_ms must be at least 1".into(),
+                    ));
+                }
+                let mut config = CheckpointConfig::new(dir, Duration::from_millis(c.interval_ms));
+                if let Some(k) = c.retained {
+                    config.retained = k.max(1);
+                }
+                Some(config)
+            }
+            _ => None,
+        };
+        let job = stream.sink_spec(
+            spec.sink.clone(),
+            checkpoints.as_ref().map(|c| c.dir.as_path()),
+        )?;
+        Ok(match checkpoints {
+            Some(c) => job.with_checkpoints(c),
+            None => job,
+        })
     }
 }
 
@@ -98,6 +171,8 @@ pub struct Stream {
     stages: Vec<Stage>,
     schema: SchemaRef,
     time_column: Option<String>,
+    /// What the stream is as a spec, or why it has no spec form.
+    spec: std::result::Result<StreamSpec, String>,
 }
 
 fn invalid<T>(message: impl Into<String>) -> Result<T> {
@@ -105,6 +180,18 @@ fn invalid<T>(message: impl Into<String>) -> Result<T> {
 }
 
 impl Stream {
+    /// Adds `step` to the stream's spec (if it still has one): `Err` says why the stream has
+    /// no spec form from here on.
+    fn record(mut self, step: std::result::Result<Step, String>) -> Self {
+        if let Ok(spec) = &mut self.spec {
+            match step {
+                Ok(step) => spec.steps.push(step),
+                Err(why) => self.spec = Err(why),
+            }
+        }
+        self
+    }
+
     /// The schema of the stream at this point.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
@@ -128,6 +215,13 @@ impl Stream {
             ));
         }
         self.time_column = Some(strategy.time_column.clone());
+        if let Ok(spec) = &mut self.spec {
+            spec.watermarks = Some(WatermarkSpec {
+                column: strategy.time_column.clone(),
+                delay_ms: strategy.max_out_of_orderness.as_millis() as u64,
+                idle_timeout_ms: strategy.idle_timeout.map(|d| d.as_millis() as u64),
+            });
+        }
         if let StageInput::Source { watermarks, .. } = &mut self.stages[0].input {
             *watermarks = Some(strategy);
         }
@@ -143,7 +237,7 @@ impl Stream {
         match self.schema.field_with_name(column).map(|f| f.data_type()) {
             Ok(DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64) => {
                 self.time_column = Some(column.to_string());
-                Ok(self)
+                Ok(self.record(Ok(Step::WithEventTime(column.to_string()))))
             }
             Ok(other) => invalid(format!(
                 "with_event_time: column `{column}` has type {other}, not Timestamp(Millisecond) or Int64"
@@ -166,7 +260,9 @@ impl Stream {
             .last_mut()
             .expect("a stream has a stage")
             .parallelism = parallelism;
-        self
+        self.record(Err(
+            "a stage's own parallelism has no spec form (a spec sets one for the job)".into(),
+        ))
     }
 
     fn push(mut self, op: OperatorFactoryRef) -> Self {
@@ -264,12 +360,22 @@ impl Stream {
     /// Keeps records for which `predicate` is true.
     pub fn filter(self, predicate: Expr) -> Result<Self> {
         let op = Filter::try_new(&predicate, self.schema.clone())?;
-        Ok(self.push(Arc::new(op)))
+        let step = spec::expr_sql(&predicate).map(Step::Filter);
+        Ok(self.push(Arc::new(op)).record(step))
     }
 
     /// Replaces the columns by `exprs` (map and project): `[col("a"), (col("b") * lit(2)).alias("b2")]`.
-    pub fn select(mut self, exprs: impl IntoIterator<Item = Expr>) -> Result<Self> {
+    pub fn select(self, exprs: impl IntoIterator<Item = Expr>) -> Result<Self> {
         let exprs: Vec<Expr> = exprs.into_iter().collect();
+        let step = exprs
+            .iter()
+            .map(spec::expr_sql)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Step::Select);
+        Ok(self.select_exprs(exprs)?.record(step))
+    }
+
+    fn select_exprs(mut self, exprs: Vec<Expr>) -> Result<Self> {
         let op = Project::try_new(&exprs, self.schema.clone())?;
         let time_kept = self
             .time_column
@@ -323,7 +429,19 @@ impl Stream {
         output: SchemaRef,
         f: impl Fn(RecordBatch) -> oxflow_operators::Result<RecordBatch> + Send + Sync + 'static,
     ) -> Self {
+        let why = format!(
+            "map_batches `{name}` is a Rust closure: register it in a Registry and use Stream::map"
+        );
         self.push(Arc::new(MapBatches::new(name, output, Arc::new(f))))
+            .record(Err(why))
+    }
+
+    /// Applies a function registered in a [`Registry`] to every batch (a job using it keeps
+    /// its spec form: the spec names the function).
+    pub fn map(self, f: RegisteredMap) -> Self {
+        let step = Ok(Step::Map(f.name.clone()));
+        self.push(Arc::new(MapBatches::new(&f.name, f.output, f.function)))
+            .record(step)
     }
 
     /// Applies `f` to every row as a typed struct; each input row gives zero or more outputs.
@@ -341,7 +459,10 @@ impl Stream {
                 ));
             }
         }
-        Ok(self.push(Arc::new(MapRows::<I, O>::new(name, Arc::new(f)))))
+        let why = format!("flat_map_rows `{name}` is a Rust closure and has no spec form");
+        Ok(self
+            .push(Arc::new(MapRows::<I, O>::new(name, Arc::new(f))))
+            .record(Err(why)))
     }
 
     /// Merges `other` into this stream (Flink's `union`): both must have the same schema. The
@@ -367,6 +488,8 @@ impl Stream {
         let time_column = (self.time_column == other.time_column)
             .then_some(self.time_column.clone())
             .flatten();
+        let step = other.spec.clone().map(|o| Step::Union(Box::new(o)));
+        let left_spec = self.spec.clone();
         let parallelism = self.pipeline.parallelism;
         let schema = self.schema.clone();
         let (pipeline, stages, left_end, right_end) = merge_stages(self, other);
@@ -387,17 +510,20 @@ impl Stream {
             operators: Vec::new(),
             sink: None,
         });
-        Ok(Stream {
+        let merged = Stream {
             pipeline,
             stages,
             schema,
             time_column,
-        })
+            spec: left_spec,
+        };
+        Ok(merged.record(step))
     }
 
     /// Spreads batches round-robin over a new stage of `parallelism` subtasks.
     pub fn rebalance(self, parallelism: usize) -> Self {
         self.exchange("rebalance", Partitioning::Rebalance, parallelism)
+            .record(Ok(Step::Rebalance(parallelism)))
     }
 
     /// Partitions the stream by key columns: records with equal keys meet in one subtask.
@@ -415,8 +541,39 @@ impl Stream {
     }
 
     /// Ends the stream in `sink`, giving a job ready to run.
-    pub fn sink(mut self, sink: impl Sink + 'static) -> Result<Job> {
-        self.stages.last_mut().expect("a stream has a stage").sink = Some(Arc::new(sink));
+    pub fn sink(self, sink: impl Sink + 'static) -> Result<Job> {
+        // The first part without a spec form is the one to name.
+        let why = match &self.spec {
+            Err(why) => why.clone(),
+            Ok(_) => "its sink was built in Rust; end it with Stream::sink_spec".to_string(),
+        };
+        self.end(Arc::new(sink), Err(why))
+    }
+
+    /// Ends the stream in the sink `spec` describes. `checkpoint_dir`: where the job will keep
+    /// checkpoints, if it will (a Kafka sink is then exactly once).
+    pub fn sink_spec(
+        self,
+        spec: SinkSpec,
+        checkpoint_dir: Option<&std::path::Path>,
+    ) -> Result<Job> {
+        let sink = spec::build_sink(&spec, checkpoint_dir)?;
+        let job_spec = self.spec.clone().map(|stream| JobSpec {
+            parallelism: Some(self.pipeline.parallelism),
+            max_parallelism: Some(self.pipeline.max_parallelism),
+            stream,
+            sink: spec,
+            checkpoints: None,
+        });
+        self.end(sink, job_spec)
+    }
+
+    fn end(
+        mut self,
+        sink: Arc<dyn Sink>,
+        spec: std::result::Result<JobSpec, String>,
+    ) -> Result<Job> {
+        self.stages.last_mut().expect("a stream has a stage").sink = Some(sink);
         let graph = JobGraph {
             stages: self.stages,
             max_parallelism: self.pipeline.max_parallelism,
@@ -425,6 +582,7 @@ impl Stream {
         graph.validate()?;
         Ok(Job {
             graph,
+            spec,
             metrics: JobMetrics::default(),
             cancel: CancelHandle::default(),
             clock: Arc::new(SystemClock::new()),
@@ -433,6 +591,11 @@ impl Stream {
             savepoints: SavepointRequests::default(),
         })
     }
+}
+
+/// The SQL text of each expression, or why one has none.
+fn sql_list(exprs: &[Expr]) -> std::result::Result<Vec<String>, String> {
+    exprs.iter().map(spec::expr_sql).collect()
 }
 
 /// The stages of two streams in one list, left then right, with the index of each one's last
@@ -487,6 +650,10 @@ impl KeyedStream {
     pub fn aggregate(self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Stream> {
         let aggregates: Vec<Expr> = aggregates.into_iter().collect();
         let KeyedStream { stream, keys } = self;
+        let step = sql_list(&aggregates).map(|aggregates| Step::Aggregate {
+            keys: keys.clone(),
+            aggregates,
+        });
         let op = RunningAggregate::try_new(
             keys.clone(),
             stream.time_column.clone(),
@@ -498,7 +665,7 @@ impl KeyedStream {
             .exchange("keyed", Partitioning::Hash(keys), parallelism)
             .push(Arc::new(op));
         s.time_column = None;
-        Ok(s)
+        Ok(s.record(step))
     }
 
     /// Joins this stream (the left side) with `right`, matching equal keys (the two key
@@ -562,6 +729,24 @@ impl JoinedStreams {
             right,
             join_type,
         } = self;
+        let on = match &spec {
+            JoinSpec::Window(w) => JoinOn::Window(spec::window_kind(w)),
+            JoinSpec::Interval { lower, upper } => JoinOn::Interval {
+                lower_ms: *lower,
+                upper_ms: *upper,
+            },
+            JoinSpec::Regular { ttl } => JoinOn::Regular {
+                ttl_ms: ttl.map(|t| t.as_millis() as u64),
+            },
+        };
+        let step = right.stream.spec.clone().map(|right_spec| Step::Join {
+            keys: left.keys.clone(),
+            right: Box::new(right_spec),
+            right_keys: right.keys.clone(),
+            on,
+            left_outer: join_type == JoinType::LeftOuter,
+        });
+        let left_spec = left.stream.spec.clone();
         let settings = JoinSettings {
             join_type,
             spec,
@@ -598,10 +783,11 @@ impl JoinedStreams {
             stages,
             schema: join.output_schema(),
             time_column: None,
+            spec: left_spec,
         };
         let mut joined = stream.push(Arc::new(join));
         joined.time_column = time_column.filter(|t| joined.schema.index_of(t).is_ok());
-        Ok(joined)
+        Ok(joined.record(step))
     }
 }
 
@@ -712,6 +898,25 @@ impl WindowedStream {
     /// window. Output: `window_start, window_end, keys.., aggregates..`.
     pub fn aggregate(self, aggregates: impl IntoIterator<Item = Expr>) -> Result<Stream> {
         let aggregates: Vec<Expr> = aggregates.into_iter().collect();
+        let step =
+            sql_list(&aggregates).and_then(|a| self.window_step(WindowCompute::Aggregate(a)));
+        Ok(self.window_aggregate(aggregates)?.record(step))
+    }
+
+    /// The spec step of this window computing `compute`.
+    fn window_step(&self, compute: WindowCompute) -> std::result::Result<Step, String> {
+        if let LateRecords::SideOutput(_) = self.settings.late {
+            return Err("its late records go to a side-output sink built in Rust".into());
+        }
+        Ok(Step::Window {
+            keys: self.settings.keys.clone(),
+            window: spec::window_kind(&self.settings.window),
+            allowed_lateness_ms: self.settings.allowed_lateness.as_millis() as u64,
+            compute,
+        })
+    }
+
+    fn window_aggregate(self, aggregates: Vec<Expr>) -> Result<Stream> {
         let needed = self.columns_read(&aggregates);
         let (stream, settings) = self.prepare(needed)?;
         let op = WindowAggregate::try_new(settings.clone(), &aggregates, stream.schema.clone())?;
@@ -729,6 +934,14 @@ impl WindowedStream {
     /// Keeps, per key and window, the rows with the `n` largest `order_by` values, ties
     /// included. Output: `window_start, window_end` and the input columns.
     pub fn top_n(self, order_by: &str, n: usize) -> Result<Stream> {
+        let step = self.window_step(WindowCompute::TopN {
+            order_by: order_by.to_string(),
+            n,
+        });
+        Ok(self.window_top_n(order_by, n)?.record(step))
+    }
+
+    fn window_top_n(self, order_by: &str, n: usize) -> Result<Stream> {
         if self.settings.keys.is_empty() && self.settings.window != WindowSpec::Inherited {
             // Two phases: each upstream subtask keeps its local top rows per window, one
             // subtask merges them when the same watermark reaches it.
@@ -759,6 +972,7 @@ impl WindowedStream {
 /// A complete pipeline, ready to run.
 pub struct Job {
     graph: JobGraph,
+    spec: std::result::Result<JobSpec, String>,
     metrics: JobMetrics,
     cancel: CancelHandle,
     clock: Arc<dyn Clock>,
@@ -768,6 +982,19 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job as a spec (JSON with serde), which [`Pipeline::from_spec`] turns back into this
+    /// job; an error says which part was built in Rust and has no spec form.
+    pub fn to_spec(&self) -> Result<JobSpec> {
+        let mut spec = self.spec.clone().map_err(|why| {
+            OxflowError::InvalidPipeline(format!("this job has no spec form: {why}"))
+        })?;
+        spec.checkpoints = self.checkpoints.as_ref().map(|c| CheckpointSpec {
+            interval_ms: c.interval.as_millis() as u64,
+            retained: Some(c.retained),
+        });
+        Ok(spec)
+    }
+
     /// Takes checkpoints as `config` says: operator state in RocksDB, source positions and
     /// pending sink output, so that a restored run produces exactly the output of one that was
     /// never interrupted.

@@ -2,12 +2,11 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use oxflow::connectors::kafka::{
-    KafkaSink, KafkaSinkConfig, KafkaSourceConfig, KafkaUri, RecordFormat,
-};
+use oxflow::connectors::kafka::{KafkaSourceConfig, KafkaUri, RecordFormat};
 use oxflow::nexmark::{self, QUERIES};
 use oxflow::prelude::*;
 use oxflow::runtime::sink::Sink;
+use oxflow::spec::SinkSpec;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -146,38 +145,23 @@ struct NexmarkArgs {
     restore: Option<String>,
 }
 
+/// The sink a `--sink` argument names.
 fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn Sink>> {
-    Ok(match spec {
-        "blackhole" => Arc::new(BlackholeSink::default()),
-        "stdout" => Arc::new(StdoutSink),
-        s if s.starts_with("file:") && s.len() > 5 => Arc::new(
-            JsonFileSink::try_new(PathBuf::from(&s[5..])).context("setting up the file sink")?,
-        ),
-        s if s.starts_with("kafka://") => {
-            let uri = KafkaUri::parse(s)?;
-            // Exactly-once spools epochs beside the checkpoints; the transactional ids are
-            // derived from the checkpoint directory, stable across restarts of this job.
-            let exactly_once = checkpoint_dir
-                .map(|dir| -> anyhow::Result<_> {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                    let canonical = dir.canonicalize()?;
-                    let id = crc32fast::hash(canonical.to_string_lossy().as_bytes());
-                    Ok((
-                        dir.join("kafka-spool"),
-                        format!("oxflow-{}-{id:08x}", uri.topic),
-                    ))
-                })
-                .transpose()?;
-            Arc::new(KafkaSink::try_new(KafkaSinkConfig::from_uri(
-                &uri,
-                exactly_once,
-            )?)?)
-        }
+    let spec = match spec {
+        "blackhole" => SinkSpec::Blackhole,
+        "stdout" => SinkSpec::Stdout,
+        s if s.starts_with("file:") && s.len() > 5 => SinkSpec::File {
+            path: PathBuf::from(&s[5..]),
+        },
+        s if s.starts_with("kafka://") => SinkSpec::Kafka { uri: s.to_string() },
         other => bail!(
             "unknown sink `{other}`: use blackhole, stdout, file:DIR or kafka://HOST:PORT/TOPIC"
         ),
-    })
+    };
+    Ok(
+        oxflow::spec::build_sink(&spec, checkpoint_dir.map(|d| d.as_path()))
+            .context("setting up the sink")?,
+    )
 }
 
 /// `--query all`: every query in turn, one JSON line each, on the same input.

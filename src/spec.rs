@@ -1,0 +1,634 @@
+//! Job specs: the JSON form of a pipeline, for submitting it to a server.
+//!
+//! A spec says what the Rust API says, as data: a source, watermarks, steps (expressions as
+//! DataFusion SQL strings such as `"price > 1000"` or `"count(auction) AS num"`), windows,
+//! joins, a sink, parallelism and checkpoints. Rust closures cannot be data, so they are
+//! registered by name in a [`Registry`] compiled into the binary that runs the job (as a Flink
+//! job brings its jar), and a spec names them.
+//!
+//! [`Pipeline::from_spec`](crate::Pipeline::from_spec) builds a job from a spec;
+//! [`Job::to_spec`](crate::Job::to_spec) gives the spec of a job built with the API (from
+//! expressions, spec sources and sinks, and registered functions), and the two round-trip.
+
+use crate::error::{OxflowError, Result};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A whole job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Subtasks per stage (default: one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<usize>,
+    /// Number of key groups (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallelism: Option<usize>,
+    /// The stream: source, watermarks, steps.
+    pub stream: StreamSpec,
+    /// Where results go.
+    pub sink: SinkSpec,
+    /// Checkpoints (a server keeps them in the job's own directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointSpec>,
+}
+
+/// A stream: a source, its watermarks, and the steps applied in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Where records come from.
+    pub source: SourceSpec,
+    /// Event time and watermarks of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermarks: Option<WatermarkSpec>,
+    /// The transformations, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+}
+
+/// A source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// A table of the Nexmark generator.
+    Nexmark {
+        /// `person`, `auction` or `bid`.
+        table: String,
+        /// Events to generate (all kinds; none: unbounded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events: Option<u64>,
+        /// Events per second of event time (default 100 000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_rate: Option<u64>,
+        /// Seed of the random choices (default 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<u64>,
+        /// Throttle: events per second of wall time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<f64>,
+    },
+    /// JSON-lines or CSV files: a file, or the `part-*` files of a directory.
+    File {
+        /// The file or directory.
+        path: PathBuf,
+        /// `json` (default) or `csv` (with a header line).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+        /// The columns (default: inferred from the first file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        columns: Option<Vec<ColumnSpec>>,
+    },
+    /// A Kafka topic of JSON records: `kafka://HOST:PORT/TOPIC?options`, as on the CLI.
+    Kafka {
+        /// The URI.
+        uri: String,
+        /// The records' columns.
+        columns: Vec<ColumnSpec>,
+    },
+}
+
+/// A column of a source's schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    /// Column name.
+    pub name: String,
+    /// `int64`, `int32`, `float64`, `bool`, `string` or `timestamp_ms`.
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// Watermarks: bounded out-of-orderness on an event-time column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// The event-time column.
+    pub column: String,
+    /// How far behind the newest event time the watermark stays.
+    pub delay_ms: u64,
+    /// Mark a split idle after this long without records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// One transformation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Keep records for which the SQL predicate is true.
+    Filter(String),
+    /// Replace the columns by SQL expressions (`"price * 0.908 AS euros"`).
+    Select(Vec<String>),
+    /// A function registered under this name in the [`Registry`].
+    Map(String),
+    /// Spread batches round-robin over this many subtasks.
+    Rebalance(usize),
+    /// Declare a column the event time from here on.
+    WithEventTime(String),
+    /// Windows per key (no keys: over the whole stream), then aggregates or top-N.
+    Window {
+        /// Key columns.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keys: Vec<String>,
+        /// Which windows.
+        window: WindowKind,
+        /// Milliseconds a window waits for late records after its end.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        allowed_lateness_ms: u64,
+        /// What each window computes.
+        compute: WindowCompute,
+    },
+    /// A running (non-windowed) aggregate per key: a changelog.
+    Aggregate {
+        /// Key columns.
+        keys: Vec<String>,
+        /// SQL aggregates (`"avg(final) AS avg_final"`).
+        aggregates: Vec<String>,
+    },
+    /// Join with another stream.
+    Join {
+        /// This stream's key columns.
+        keys: Vec<String>,
+        /// The other stream (the right side).
+        right: Box<StreamSpec>,
+        /// The right side's key columns.
+        right_keys: Vec<String>,
+        /// Which rows join.
+        on: JoinOn,
+        /// Left outer rather than inner.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        left_outer: bool,
+    },
+    /// Merge another stream of the same columns.
+    Union(Box<StreamSpec>),
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A window kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowKind {
+    /// Fixed windows.
+    Tumbling {
+        /// Length.
+        size_ms: u64,
+    },
+    /// Fixed windows starting every `slide_ms`.
+    Hopping {
+        /// Length.
+        size_ms: u64,
+        /// Distance between starts.
+        slide_ms: u64,
+    },
+    /// Sessions closing after `gap_ms` without records.
+    Session {
+        /// Inactivity gap.
+        gap_ms: u64,
+    },
+    /// The windows of an upstream window (`window_start`, `window_end` columns).
+    Inherited,
+}
+
+/// What a window computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowCompute {
+    /// SQL aggregates (`"count(auction) AS num"`).
+    Aggregate(Vec<String>),
+    /// The rows with the `n` largest values of `order_by`, ties included.
+    TopN {
+        /// Column to rank by.
+        order_by: String,
+        /// How many.
+        n: usize,
+    },
+}
+
+/// Which rows of a join match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum JoinOn {
+    /// The same window of both sides.
+    Window(WindowKind),
+    /// `right.time` within `[left.time + lower_ms, left.time + upper_ms]`.
+    Interval {
+        /// Lower bound.
+        lower_ms: i64,
+        /// Upper bound.
+        upper_ms: i64,
+    },
+    /// Equal keys, rows kept `ttl_ms` of event time (none: forever).
+    Regular {
+        /// State time-to-live.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+}
+
+/// A sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// Discard everything.
+    Blackhole,
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON-lines files in a directory, exactly once with checkpoints.
+    File {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A Kafka topic (`kafka://HOST:PORT/TOPIC?options`, as on the CLI).
+    Kafka {
+        /// The URI.
+        uri: String,
+    },
+}
+
+/// Checkpoint settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Milliseconds between checkpoints.
+    pub interval_ms: u64,
+    /// Completed checkpoints kept (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained: Option<usize>,
+}
+
+/// A function over batches, as registered.
+pub type MapFn =
+    Arc<dyn Fn(RecordBatch) -> oxflow_operators::Result<RecordBatch> + Send + Sync + 'static>;
+
+/// Rust functions a spec may name, compiled into the binary that runs the job.
+#[derive(Clone, Default)]
+pub struct Registry {
+    maps: BTreeMap<String, (SchemaRef, MapFn)>,
+}
+
+/// A registered function, ready for [`Stream::map`](crate::Stream::map).
+#[derive(Clone)]
+pub struct RegisteredMap {
+    pub(crate) name: String,
+    pub(crate) output: SchemaRef,
+    pub(crate) function: MapFn,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `f`, which turns each batch into one of `output`'s schema, under `name`.
+    pub fn register_map(
+        &mut self,
+        name: &str,
+        output: SchemaRef,
+        f: impl Fn(RecordBatch) -> oxflow_operators::Result<RecordBatch> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.maps.insert(name.to_string(), (output, Arc::new(f)));
+        self
+    }
+
+    /// The function registered as `name`; the error lists those that are.
+    pub fn map(&self, name: &str) -> Result<RegisteredMap> {
+        let (output, function) = self.maps.get(name).ok_or_else(|| {
+            OxflowError::InvalidPipeline(format!(
+                "no function `{name}` is registered; registered: [{}]",
+                self.maps.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        Ok(RegisteredMap {
+            name: name.to_string(),
+            output: output.clone(),
+            function: function.clone(),
+        })
+    }
+}
+
+/// The Arrow type of a spec column type.
+fn data_type(name: &str, column: &str) -> Result<DataType> {
+    Ok(match name {
+        "int64" => DataType::Int64,
+        "int32" => DataType::Int32,
+        "float64" => DataType::Float64,
+        "bool" => DataType::Boolean,
+        "string" => DataType::Utf8,
+        "timestamp_ms" => DataType::Timestamp(TimeUnit::Millisecond, None),
+        other => {
+            return Err(OxflowError::InvalidPipeline(format!(
+                "column `{column}`: unknown type `{other}`; use int64, int32, float64, bool, string or timestamp_ms"
+            )))
+        }
+    })
+}
+
+/// The schema of spec columns.
+pub(crate) fn schema_of(columns: &[ColumnSpec]) -> Result<SchemaRef> {
+    let fields = columns
+        .iter()
+        .map(|c| Ok(Field::new(&c.name, data_type(&c.data_type, &c.name)?, true)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// A SQL expression's text, as a spec holds it; `None` if the unparser cannot say it.
+pub(crate) fn expr_sql(
+    expr: &datafusion::logical_expr::Expr,
+) -> std::result::Result<String, String> {
+    use datafusion::logical_expr::Expr;
+    let unparse = |e: &Expr| {
+        datafusion::sql::unparser::expr_to_sql(e)
+            .map(|ast| ast.to_string())
+            .map_err(|err| format!("`{e}` has no SQL form: {err}"))
+    };
+    match expr {
+        Expr::Alias(a) => Ok(format!("{} AS {}", unparse(&a.expr)?, quote(&a.name))),
+        other => unparse(other),
+    }
+}
+
+/// An identifier as SQL needs it (DataFusion lower-cases unquoted names).
+fn quote(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// The Nexmark table a spec names.
+fn nexmark_table(name: &str) -> Result<oxflow_connectors::nexmark::NexmarkTable> {
+    use oxflow_connectors::nexmark::NexmarkTable;
+    Ok(match name {
+        "person" => NexmarkTable::Person,
+        "auction" => NexmarkTable::Auction,
+        "bid" => NexmarkTable::Bid,
+        other => {
+            return Err(OxflowError::InvalidPipeline(format!(
+                "unknown Nexmark table `{other}`; use person, auction or bid"
+            )))
+        }
+    })
+}
+
+/// Builds the source a spec describes.
+pub(crate) fn build_source(spec: &SourceSpec) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
+    use oxflow_connectors::file::{FileFormat, FileSource};
+    use oxflow_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaUri, RecordFormat};
+    use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource};
+    Ok(match spec {
+        SourceSpec::Nexmark {
+            table,
+            events,
+            event_rate,
+            seed,
+            rate,
+        } => {
+            let defaults = NexmarkConfig::default();
+            let config = NexmarkConfig {
+                events: *events,
+                event_rate: event_rate.unwrap_or(defaults.event_rate),
+                seed: seed.unwrap_or(defaults.seed),
+                rate_limit: *rate,
+                ..defaults
+            };
+            Arc::new(NexmarkSource::try_new(config, nexmark_table(table)?)?)
+        }
+        SourceSpec::File {
+            path,
+            format,
+            columns,
+        } => {
+            let format = match format.as_deref() {
+                None | Some("json") => FileFormat::JsonLines,
+                Some("csv") => FileFormat::Csv {
+                    has_header: true,
+                    delimiter: b',',
+                },
+                Some(other) => {
+                    return Err(OxflowError::InvalidPipeline(format!(
+                        "file source {}: unknown format `{other}`; use json or csv",
+                        path.display()
+                    )))
+                }
+            };
+            let schema = columns.as_deref().map(schema_of).transpose()?;
+            Arc::new(FileSource::try_new(
+                crate::nexmark::part_files(path)?,
+                format,
+                schema,
+            )?)
+        }
+        SourceSpec::Kafka { uri, columns } => {
+            let uri = KafkaUri::parse(uri)?;
+            let config =
+                KafkaSourceConfig::from_uri(&uri, RecordFormat::Json(schema_of(columns)?))?;
+            Arc::new(KafkaSource::try_new(config)?)
+        }
+    })
+}
+
+/// Builds the sink a spec describes. `checkpoint_dir`: where the job keeps checkpoints, if it
+/// does (a Kafka sink is then exactly once, spooling beside them; else at least once).
+pub fn build_sink(
+    spec: &SinkSpec,
+    checkpoint_dir: Option<&std::path::Path>,
+) -> Result<Arc<dyn oxflow_runtime::sink::Sink>> {
+    use oxflow_connectors::kafka::{KafkaSink, KafkaSinkConfig, KafkaUri};
+    use oxflow_connectors::sinks::{BlackholeSink, JsonFileSink, StdoutSink};
+    Ok(match spec {
+        SinkSpec::Blackhole => Arc::new(BlackholeSink::default()),
+        SinkSpec::Stdout => Arc::new(StdoutSink),
+        SinkSpec::File { path } => Arc::new(JsonFileSink::try_new(path.clone())?),
+        SinkSpec::Kafka { uri } => {
+            let uri = KafkaUri::parse(uri)?;
+            // Exactly-once spools epochs beside the checkpoints; the transactional ids are
+            // derived from the checkpoint directory, stable across restarts of this job.
+            let exactly_once = checkpoint_dir
+                .map(|dir| -> Result<_> {
+                    let io = |e: std::io::Error| {
+                        OxflowError::InvalidPipeline(format!(
+                            "checkpoint directory {}: {e}",
+                            dir.display()
+                        ))
+                    };
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                    let canonical = dir.canonicalize().map_err(io)?;
+                    let id = crc32fast::hash(canonical.to_string_lossy().as_bytes());
+                    Ok((
+                        dir.join("kafka-spool"),
+                        format!("oxflow-{}-{id:08x}", uri.topic),
+                    ))
+                })
+                .transpose()?;
+            Arc::new(KafkaSink::try_new(KafkaSinkConfig::from_uri(
+                &uri,
+                exactly_once,
+            )?)?)
+        }
+    })
+}
+
+/// The window of a spec.
+pub(crate) fn window_spec(kind: &WindowKind) -> oxflow_operators::WindowSpec {
+    use oxflow_operators::WindowSpec;
+    let ms = std::time::Duration::from_millis;
+    match kind {
+        WindowKind::Tumbling { size_ms } => WindowSpec::tumbling(ms(*size_ms)),
+        WindowKind::Hopping { size_ms, slide_ms } => {
+            WindowSpec::hopping(ms(*size_ms), ms(*slide_ms))
+        }
+        WindowKind::Session { gap_ms } => WindowSpec::session(ms(*gap_ms)),
+        WindowKind::Inherited => WindowSpec::Inherited,
+    }
+}
+
+/// The spec of a window.
+pub(crate) fn window_kind(window: &oxflow_operators::WindowSpec) -> WindowKind {
+    use oxflow_operators::WindowSpec;
+    let ms = |d: &std::time::Duration| d.as_millis() as u64;
+    match window {
+        WindowSpec::Tumbling { size } => WindowKind::Tumbling { size_ms: ms(size) },
+        WindowSpec::Hopping { size, slide } => WindowKind::Hopping {
+            size_ms: ms(size),
+            slide_ms: ms(slide),
+        },
+        WindowSpec::Session { gap } => WindowKind::Session { gap_ms: ms(gap) },
+        WindowSpec::Inherited => WindowKind::Inherited,
+    }
+}
+
+/// Parses spec expressions against the stream's columns; errors say which step.
+fn parse_all(
+    sqls: &[String],
+    schema: &SchemaRef,
+    step: &str,
+) -> Result<Vec<datafusion::logical_expr::Expr>> {
+    sqls.iter()
+        .map(|sql| {
+            oxflow_operators::expr::parse_sql(sql, schema)
+                .map_err(|e| OxflowError::InvalidPipeline(format!("{step}: {e}")))
+        })
+        .collect()
+}
+
+/// Builds a stream from its spec.
+pub(crate) fn build_stream(
+    pipeline: &crate::Pipeline,
+    spec: &StreamSpec,
+    registry: &Registry,
+) -> Result<crate::Stream> {
+    let mut stream = pipeline.clone().source_spec(spec.source.clone())?;
+    if let Some(w) = &spec.watermarks {
+        let mut strategy = oxflow_runtime::watermark::WatermarkStrategy::bounded(
+            &w.column,
+            std::time::Duration::from_millis(w.delay_ms),
+        );
+        if let Some(ms) = w.idle_timeout_ms {
+            strategy = strategy.with_idle_timeout(std::time::Duration::from_millis(ms));
+        }
+        stream = stream.with_watermarks(strategy)?;
+    }
+    for (i, step) in spec.steps.iter().enumerate() {
+        let at = |what: &str| format!("step {} ({what})", i + 1);
+        stream = match step {
+            Step::Filter(sql) => {
+                let predicate =
+                    parse_all(std::slice::from_ref(sql), &stream.schema(), &at("filter"))?;
+                stream.filter(predicate.into_iter().next().expect("one expression"))?
+            }
+            Step::Select(sqls) => {
+                let exprs = parse_all(sqls, &stream.schema(), &at("select"))?;
+                stream.select(exprs)?
+            }
+            Step::Map(name) => stream.map(registry.map(name)?),
+            Step::Rebalance(parallelism) => stream.rebalance(*parallelism),
+            Step::WithEventTime(column) => stream.with_event_time(column)?,
+            Step::Window {
+                keys,
+                window,
+                allowed_lateness_ms,
+                compute,
+            } => {
+                let schema = stream.schema();
+                let windowed = if keys.is_empty() {
+                    stream.window_all(window_spec(window))
+                } else {
+                    stream.key_by(keys.clone()).window(window_spec(window))
+                }
+                .allowed_lateness(std::time::Duration::from_millis(*allowed_lateness_ms));
+                match compute {
+                    WindowCompute::Aggregate(sqls) => {
+                        windowed.aggregate(parse_all(sqls, &schema, &at("window aggregate"))?)?
+                    }
+                    WindowCompute::TopN { order_by, n } => windowed.top_n(order_by, *n)?,
+                }
+            }
+            Step::Aggregate { keys, aggregates } => {
+                let exprs = parse_all(aggregates, &stream.schema(), &at("aggregate"))?;
+                stream.key_by(keys.clone()).aggregate(exprs)?
+            }
+            Step::Join {
+                keys,
+                right,
+                right_keys,
+                on,
+                left_outer,
+            } => {
+                let right = build_stream(pipeline, right, registry)?;
+                let mut joined = stream
+                    .key_by(keys.clone())
+                    .join(right.key_by(right_keys.clone()));
+                if *left_outer {
+                    joined = joined.left_outer();
+                }
+                match on {
+                    JoinOn::Window(kind) => joined.window(window_spec(kind))?,
+                    JoinOn::Interval { lower_ms, upper_ms } => {
+                        joined.interval(*lower_ms, *upper_ms)?
+                    }
+                    JoinOn::Regular { ttl_ms } => {
+                        joined.regular(ttl_ms.map(std::time::Duration::from_millis))?
+                    }
+                }
+            }
+            Step::Union(other) => stream.union(build_stream(pipeline, other, registry)?)?,
+        };
+    }
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_types_are_checked_and_named() {
+        let err = schema_of(&[ColumnSpec {
+            name: "x".into(),
+            data_type: "decimal".into(),
+        }])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("column `x`: unknown type `decimal`"), "{err}");
+        assert_eq!(quote("num"), "num");
+        assert_eq!(quote("Num"), "\"Num\"");
+    }
+}
