@@ -108,6 +108,7 @@ impl OperatorFactory for RunningAggregate {
             groups: HashMap::new(),
             dirty: HashSet::new(),
             pending: Vec::new(),
+            earliest: EventTime::MAX,
             pending_changed: false,
             stored: StoredEntries::default(),
             watermark: EventTime::MIN,
@@ -138,8 +139,9 @@ struct RunningOperator {
     groups: HashMap<Box<[u8]>, KeyState>,
     /// Keys updated since the last snapshot.
     dirty: HashSet<Box<[u8]>>,
-    /// Rows waiting for the watermark to pass them.
+    /// Rows waiting for the watermark to pass them, and the earliest time among them.
     pending: Vec<RecordBatch>,
+    earliest: EventTime,
     pending_changed: bool,
     stored: StoredEntries,
     watermark: EventTime,
@@ -148,6 +150,15 @@ struct RunningOperator {
 }
 
 impl RunningOperator {
+    /// Keeps `batch` until the watermark passes its rows.
+    fn hold(&mut self, batch: RecordBatch) -> Result<()> {
+        let times = event_times(&batch, &self.time_column)?;
+        self.earliest = times.iter().copied().fold(self.earliest, EventTime::min);
+        self.pending.push(batch);
+        self.pending_changed = true;
+        Ok(())
+    }
+
     fn key_columns(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
         self.key_indices
             .iter()
@@ -157,7 +168,8 @@ impl RunningOperator {
 
     /// Applies the pending rows with a time at or below `watermark` (all: `None`), in order.
     fn apply_ready(&mut self, watermark: Option<EventTime>, out: &mut Output) -> Result<()> {
-        if self.pending.is_empty() {
+        // Most watermarks pass no waiting row: nothing to copy then.
+        if self.pending.is_empty() || watermark.is_some_and(|w| w < self.earliest) {
             return Ok(());
         }
         let all = concat_batches(&self.input, &self.pending)?;
@@ -169,8 +181,9 @@ impl RunningOperator {
             .map(|&t| Some(watermark.is_none_or(|w| t <= w)))
             .collect();
         let rest = filter_record_batch(&all, &datafusion::arrow::compute::not(&ready)?)?;
+        self.earliest = EventTime::MAX;
         if rest.num_rows() > 0 {
-            self.pending.push(rest);
+            self.hold(rest)?;
         }
         let ready = filter_record_batch(&all, &ready)?;
         if ready.num_rows() == 0 {
@@ -291,8 +304,7 @@ impl RunningOperator {
         if item == PENDING {
             let rows = RecordBatch::try_new(self.input.clone(), batch.columns().to_vec())
                 .map_err(|e| bad(format!("waiting rows do not fit this job's input: {e}")))?;
-            self.pending.push(rows);
-            self.pending_changed = true;
+            self.hold(rows)?;
             return Ok(());
         }
         if item.first() != Some(&KEY) || batch.num_rows() != 1 {
@@ -353,8 +365,7 @@ impl Operator for RunningOperator {
             take_record_batch(&batch, &UInt32Array::from(on_time)).map_err(OperatorError::from)?
         };
         if batch.num_rows() > 0 {
-            self.pending.push(batch);
-            self.pending_changed = true;
+            self.hold(batch)?;
         }
         Ok(())
     }
