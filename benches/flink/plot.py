@@ -27,7 +27,7 @@ def main():
         ax.set_ylabel("millions")
         ax.set_title(title)
         ax.legend()
-    fig.suptitle("Nexmark on the same bids, same parallelism (scripts/bench-flink.sh)")
+    fig.suptitle("Nexmark on the same events, same parallelism (scripts/bench-flink.sh)")
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=110)
 
