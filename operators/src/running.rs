@@ -221,13 +221,13 @@ impl RunningOperator {
         hash_keys(&keys, &mut hashes)?;
         let inputs = self.aggregates.evaluate_inputs(batch)?;
         let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); inputs.len()];
-        for row in 0..batch.num_rows() {
+        for (row, &hash) in hashes.iter().enumerate() {
             let key: Box<[u8]> = encoded.row(row).as_ref().into();
             let state = match self.groups.get_mut(&key) {
                 Some(state) => state,
                 None => {
                     let state = KeyState {
-                        key_group: key_group(hashes[row], self.max_parallelism) as u16,
+                        key_group: key_group(hash, self.max_parallelism) as u16,
                         accumulators: self.aggregates.row_accumulators()?,
                     };
                     self.groups.entry(key.clone()).or_insert(state)

@@ -158,10 +158,8 @@ fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn 
             "unknown sink `{other}`: use blackhole, stdout, file:DIR or kafka://HOST:PORT/TOPIC"
         ),
     };
-    Ok(
-        oxflow::spec::build_sink(&spec, checkpoint_dir.map(|d| d.as_path()))
-            .context("setting up the sink")?,
-    )
+    oxflow::spec::build_sink(&spec, checkpoint_dir.map(|d| d.as_path()))
+        .context("setting up the sink")
 }
 
 /// `--query all`: every query in turn, one JSON line each, on the same input.
