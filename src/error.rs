@@ -22,6 +22,9 @@ pub enum OxflowError {
     /// The job failed while running.
     #[error(transparent)]
     Runtime(Box<RuntimeError>),
+    /// The runtime server refused a request, or could not be reached.
+    #[error("server: {0}")]
+    Server(String),
 }
 
 impl From<OperatorError> for OxflowError {

@@ -46,9 +46,11 @@
 //! The crates depend one way: this facade -> operators, connectors -> runtime.
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod error;
 pub mod nexmark;
 pub mod pipeline;
+pub mod server;
 pub mod spec;
 
 pub use error::{OxflowError, Result};

@@ -564,6 +564,7 @@ impl Stream {
             stream,
             sink: spec,
             checkpoints: None,
+            restart: None,
         });
         self.end(sink, job_spec)
     }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A whole job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,9 @@ pub struct JobSpec {
     /// Checkpoints (a server keeps them in the job's own directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<CheckpointSpec>,
+    /// How a server restarts the job when it fails (default: 3 times, backoff from 1 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartSpec>,
 }
 
 /// A stream: a source, its watermarks, and the steps applied in order.
@@ -262,6 +266,51 @@ pub struct CheckpointSpec {
     /// Completed checkpoints kept (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained: Option<usize>,
+}
+
+/// Restart strategy of a job: exponential backoff, a maximum number of restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    /// Restarts allowed before the job is FAILED (default 3).
+    #[serde(default = "RestartSpec::default_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first restart (default 1000 ms); doubles each time.
+    #[serde(default = "RestartSpec::default_initial")]
+    pub initial_backoff_ms: u64,
+    /// The longest wait (default 60 000 ms).
+    #[serde(default = "RestartSpec::default_max")]
+    pub max_backoff_ms: u64,
+}
+
+impl RestartSpec {
+    fn default_attempts() -> u32 {
+        3
+    }
+    fn default_initial() -> u64 {
+        1000
+    }
+    fn default_max() -> u64 {
+        60_000
+    }
+    /// The wait before restart number `restarts + 1`.
+    pub fn backoff(&self, restarts: u32) -> Duration {
+        let ms = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << restarts.min(30))
+            .min(self.max_backoff_ms);
+        Duration::from_millis(ms)
+    }
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            max_attempts: Self::default_attempts(),
+            initial_backoff_ms: Self::default_initial(),
+            max_backoff_ms: Self::default_max(),
+        }
+    }
 }
 
 /// A function over batches, as registered.

@@ -311,3 +311,98 @@ fn query_all_runs_every_query_with_a_line_each() {
     let out = oxflow(&["nexmark", "--query", "all", "--sink", "file:/tmp/x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("use blackhole or stdout"));
 }
+
+#[test]
+#[allow(clippy::disallowed_methods)] // waits on a real server process
+fn the_server_commands_submit_watch_and_refuse_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(tmp.path().join("data"))
+        .arg("--token-file")
+        .arg(&token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let auth = [
+        "--server",
+        url.as_str(),
+        "--token-file",
+        token.to_str().unwrap(),
+    ];
+    let with_auth = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(auth);
+        oxflow(&all)
+    };
+    let started = std::time::Instant::now();
+    while !with_auth(&["list"]).status.success() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the server did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs/nexmark_q7.json");
+    let out = with_auth(&["submit", spec]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    loop {
+        let out = with_auth(&["status", &id]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if status["state"] == "FINISHED" {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listed = String::from_utf8_lossy(&with_auth(&["list"]).stdout).to_string();
+    assert!(listed.contains(&id), "{listed}");
+    let out = with_auth(&["stop", &id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_auth(&["cancel", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404: no job `nope`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = oxflow(&["list", "--server", &url]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, r#"{"stream": {}}"#).unwrap();
+    let out = with_auth(&["submit", bad.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a job spec"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -131,6 +131,7 @@ pub(crate) struct Coordinator {
     /// next one that completes (or at the end), never dropped.
     carried: Vec<PendingCommit>,
     pub completed_counter: Counter,
+    pub last_id_counter: Counter,
     pub duration_counter: Counter,
     pub bytes_counter: Counter,
     pending: Option<Pending>,
@@ -158,6 +159,7 @@ impl Coordinator {
             sources_finished: false,
             carried: Vec::new(),
             completed_counter: metrics.counter("checkpoints.completed"),
+            last_id_counter: metrics.counter("checkpoints.last_id"),
             duration_counter: metrics.counter("checkpoints.last_duration_ms"),
             bytes_counter: metrics.counter("checkpoints.state_bytes"),
             pending: None,
@@ -306,6 +308,7 @@ impl Coordinator {
         self.stats.completed += 1;
         self.stats.last_id = Some(manifest.id);
         self.completed_counter.set(self.stats.completed);
+        self.last_id_counter.set(manifest.id);
         if !manifest.finished {
             // The end-of-input manifest holds no state; the figures stay the last real ones.
             self.stats.state_bytes = manifest.state_bytes;

@@ -277,6 +277,8 @@ pub fn execute(
                 downstream,
                 records_out: records_out.clone(),
                 watermark: EventTime::MIN,
+                // Per subtask: a stage's watermark is the least of its subtasks'.
+                watermark_gauge: metrics.counter(&format!("{prefix}.watermark_ms.{index}")),
             };
             let checkpointing = TaskCheckpointing {
                 stage: s,
@@ -561,6 +563,8 @@ struct Chain {
     records_out: Counter,
     /// The last watermark the operators handled.
     watermark: EventTime,
+    /// The same, for monitoring (an i64 stored as its bits).
+    watermark_gauge: Counter,
 }
 
 impl Chain {
@@ -634,6 +638,7 @@ impl Chain {
             return Ok(());
         }
         self.watermark = wm;
+        self.watermark_gauge.set(wm as u64);
         self.each_operator(|op, out| op.on_watermark(wm, out))?;
         self.downstream.control(Message::Watermark(wm))
     }

@@ -32,6 +32,144 @@ enum Command {
     /// `auction/`, `bid/`), for `nexmark --source file:OUT` and for other systems to read the
     /// same events; prints the rows of each table as one JSON object.
     NexmarkTables(TablesArgs),
+    /// Runs the runtime server: jobs submitted as JSON specs over REST (docs/server.md).
+    Server(ServerArgs),
+    /// Submits a job spec (JSON) to a server; prints the job's id.
+    Submit {
+        /// The spec file.
+        spec: PathBuf,
+        /// Start from this savepoint or checkpoint directory.
+        #[arg(long)]
+        restore: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerOptions,
+    },
+    /// Lists a server's jobs.
+    List {
+        #[command(flatten)]
+        server: ServerOptions,
+    },
+    /// Shows a job: state, restarts, operators, watermarks, checkpoints, failure.
+    Status {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerOptions,
+    },
+    /// Takes a savepoint of a running job; prints its path.
+    Savepoint {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerOptions,
+    },
+    /// Stops a job with a savepoint; prints the savepoint's path (resume with submit --restore).
+    Stop {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerOptions,
+    },
+    /// Cancels a job.
+    Cancel {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        server: ServerOptions,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: std::net::SocketAddr,
+    /// Where jobs, their status and their checkpoints are kept.
+    #[arg(long, default_value = "oxflow-data")]
+    data_dir: PathBuf,
+    /// A file holding a bearer token every endpoint but /health then requires.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ServerOptions {
+    /// The server's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    server: String,
+    /// A file holding the server's bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    path.map(|p| {
+        let token = std::fs::read_to_string(p)
+            .with_context(|| format!("reading the token file {}", p.display()))?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            bail!("the token file {} is empty", p.display());
+        }
+        Ok(token)
+    })
+    .transpose()
+}
+
+fn client(options: &ServerOptions) -> anyhow::Result<oxflow::client::Client> {
+    Ok(oxflow::client::Client::new(
+        &options.server,
+        read_token(options.token_file.as_deref())?,
+    )?)
+}
+
+/// Runs `request`, showing on stderr how long it has been in flight (savepoints and stops
+/// wait for a checkpoint to complete).
+#[allow(clippy::disallowed_methods)] // wall time shown to the user, not job logic
+async fn with_progress<T>(
+    what: &str,
+    request: impl std::future::Future<Output = oxflow::Result<T>>,
+) -> anyhow::Result<T> {
+    use std::io::Write;
+    let started = std::time::Instant::now();
+    tokio::pin!(request);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            result = &mut request => {
+                eprintln!("\r{what}: done in {:.1} s   ", started.elapsed().as_secs_f64());
+                return Ok(result?);
+            }
+            _ = tick.tick() => {
+                eprint!("\r{what}: waiting for the checkpoint... {:.1} s", started.elapsed().as_secs_f64());
+                let _ = std::io::stderr().flush();
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn serve(args: &ServerArgs) -> anyhow::Result<()> {
+    let mut config = oxflow::server::ServerConfig::new(&args.data_dir);
+    config.listen = args.listen;
+    config.token = read_token(args.token_file.as_deref())?;
+    runtime()?.block_on(async {
+        let server = oxflow::server::Server::new(oxflow::spec::Registry::new())
+            .start(config)
+            .await?;
+        eprintln!("oxflow server listening on http://{}", server.addr);
+        server.wait().await?;
+        Ok(())
+    })
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -320,5 +458,45 @@ fn main() -> anyhow::Result<()> {
         Command::Nexmark(args) if args.query == "all" => run_all(&args),
         Command::Nexmark(args) => run_nexmark(&args, &args.query),
         Command::NexmarkTables(args) => write_tables(&args),
+        Command::Server(args) => serve(&args),
+        Command::Submit {
+            spec,
+            restore,
+            server,
+        } => {
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("reading {}", spec.display()))?;
+            let parsed: oxflow::spec::JobSpec = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a job spec", spec.display()))?;
+            let client = client(&server)?;
+            let id = runtime()?.block_on(client.submit(&parsed, restore.as_deref()))?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::List { server } => print_json(&runtime()?.block_on(client(&server)?.list())?),
+        Command::Status { id, server } => {
+            print_json(&runtime()?.block_on(client(&server)?.status(&id))?)
+        }
+        Command::Savepoint { id, server } => {
+            let client = client(&server)?;
+            let path = runtime()?.block_on(with_progress(
+                &format!("savepoint of {id}"),
+                client.savepoint(&id),
+            ))?;
+            println!("{path}");
+            Ok(())
+        }
+        Command::Stop { id, server } => {
+            let client = client(&server)?;
+            let path = runtime()?.block_on(with_progress(
+                &format!("stopping {id} with a savepoint"),
+                client.stop(&id),
+            ))?;
+            println!("{path}");
+            Ok(())
+        }
+        Command::Cancel { id, server } => {
+            print_json(&runtime()?.block_on(client(&server)?.cancel(&id))?)
+        }
     }
 }

@@ -1,0 +1,417 @@
+//! The runtime server as its users meet it: submit, watch, savepoint, stop, resume at another
+//! parallelism, cancel; a failing job restarting then FAILED while others run; a server
+//! killed with SIGKILL and started again; bad requests refused with clear messages.
+
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::*;
+use oxflow::arrow::array::RecordBatch;
+use oxflow::client::Client;
+use oxflow::prelude::*;
+use oxflow::server::{Server, ServerConfig};
+use oxflow::spec::{
+    CheckpointSpec, JobSpec, Registry, RestartSpec, SinkSpec, SourceSpec, Step, StreamSpec,
+    WatermarkSpec, WindowCompute, WindowKind,
+};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// q5-like: bid counts per auction in 2 s tumbling windows, from a throttled generator.
+fn windowed_spec(out: &Path, events: u64, rate: Option<f64>, parallelism: usize) -> JobSpec {
+    JobSpec {
+        parallelism: Some(parallelism),
+        max_parallelism: None,
+        stream: StreamSpec {
+            source: SourceSpec::Nexmark {
+                table: "bid".into(),
+                events: Some(events),
+                event_rate: Some(10_000),
+                seed: Some(1),
+                rate,
+            },
+            watermarks: Some(WatermarkSpec {
+                column: "date_time".into(),
+                delay_ms: 1000,
+                idle_timeout_ms: None,
+            }),
+            steps: vec![Step::Window {
+                keys: vec!["auction".into()],
+                window: WindowKind::Tumbling { size_ms: 2000 },
+                allowed_lateness_ms: 0,
+                compute: WindowCompute::Aggregate(vec!["count(price) AS bids".into()]),
+            }],
+        },
+        sink: SinkSpec::File {
+            path: out.to_path_buf(),
+        },
+        checkpoints: Some(CheckpointSpec {
+            interval_ms: 100,
+            retained: None,
+        }),
+        restart: None,
+    }
+}
+
+/// The same job run embedded, to its end: the output a server run must equal.
+fn embedded_lines(events: u64) -> Vec<String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let spec = windowed_spec(&out, events, None, 2);
+    Pipeline::from_spec(&spec, &Registry::new(), None)
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    committed_lines(&out)
+}
+
+/// A registry with `explode`, which panics on the bid of auction 1042.
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    let schema = oxflow::nexmark::bid_json_schema();
+    registry.register_map("explode", schema.clone(), move |batch: RecordBatch| {
+        let auctions = batch
+            .column_by_name("auction")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<oxflow::arrow::array::Int64Array>()
+            .unwrap()
+            .clone();
+        if auctions.iter().any(|a| a == Some(1042)) {
+            panic!("explode: auction 1042");
+        }
+        Ok(batch)
+    });
+    registry
+}
+
+async fn start(dir: &Path, token: Option<&str>) -> oxflow::server::RunningServer {
+    let mut config = ServerConfig::new(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.token = token.map(str::to_string);
+    config.max_body_bytes = 64 * 1024;
+    Server::new(registry()).start(config).await.unwrap()
+}
+
+async fn wait_for(client: &Client, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let status = client.status(id).await.unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{what}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn state(v: &Value) -> &str {
+    v["state"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(&tmp.path().join("data"), None).await;
+    let client = Client::new(&format!("http://{}", server.addr), None).unwrap();
+    let out = tmp.path().join("out");
+    const EVENTS: u64 = 200_000;
+
+    let id = client
+        .submit(&windowed_spec(&out, EVENTS, Some(40_000.0), 2), None)
+        .await
+        .unwrap();
+    let status = wait_for(&client, &id, "checkpoints", |s| {
+        s["checkpoint"]["completed"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    assert_eq!(state(&status), "RUNNING");
+    let operators = status["operators"].as_array().unwrap();
+    assert!(
+        operators
+            .iter()
+            .any(|o| o["records_in"].as_u64().unwrap_or(0) > 0),
+        "{status}"
+    );
+    assert!(
+        operators
+            .iter()
+            .any(|o| o["watermark_ms"].as_i64().is_some()),
+        "{status}"
+    );
+    let listed = client.list().await.unwrap();
+    assert!(listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
+
+    let savepoint = client.savepoint(&id).await.unwrap();
+    assert!(
+        Path::new(&savepoint).join("_manifest.json").exists() || Path::new(&savepoint).exists()
+    );
+    let stopped_at = client.stop(&id).await.unwrap();
+    assert_eq!(state(&client.status(&id).await.unwrap()), "STOPPED");
+
+    // Resume from the stop's savepoint at parallelism 1, unthrottled, into the same output.
+    let resumed = client
+        .submit(
+            &windowed_spec(&out, EVENTS, None, 1),
+            Some(Path::new(&stopped_at)),
+        )
+        .await
+        .unwrap();
+    wait_for(&client, &resumed, "the resumed job", |s| {
+        state(s) == "FINISHED"
+    })
+    .await;
+    assert_eq!(committed_lines(&out), embedded_lines(EVENTS));
+
+    // Cancel: a long job goes to CANCELLED and can no longer be cancelled.
+    let long = client
+        .submit(
+            &windowed_spec(&tmp.path().join("long"), 10_000_000, Some(10_000.0), 2),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_for(&client, &long, "running", |s| state(s) == "RUNNING").await;
+    let answer = client.cancel(&long).await.unwrap();
+    assert_eq!(answer["state"], "CANCELLED");
+    let again = client.cancel(&long).await.unwrap_err().to_string();
+    assert!(
+        again.contains("409") && again.contains("already Cancelled"),
+        "{again}"
+    );
+
+    let metrics = client
+        .send(hyper::Method::GET, "/metrics", None)
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains(&format!("oxflow_job_restarts{{job=\"{id}\"}} 0")),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_restarts_with_backoff_then_fails_while_others_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(&tmp.path().join("data"), None).await;
+    let client = Client::new(&format!("http://{}", server.addr), None).unwrap();
+    let mut failing = windowed_spec(&tmp.path().join("failing"), 100_000, None, 2);
+    failing.stream.steps.insert(
+        0,
+        Step::Select(vec![
+            "auction".into(),
+            "bidder".into(),
+            "price".into(),
+            "date_time".into(),
+            "extra".into(),
+        ]),
+    );
+    failing.stream.steps.insert(1, Step::Map("explode".into()));
+    failing.restart = Some(RestartSpec {
+        max_attempts: 2,
+        initial_backoff_ms: 100,
+        max_backoff_ms: 1000,
+    });
+    let started = Instant::now();
+    let bad = client.submit(&failing, None).await.unwrap();
+    let good = client
+        .submit(
+            &windowed_spec(&tmp.path().join("good"), 100_000, None, 2),
+            None,
+        )
+        .await
+        .unwrap();
+    let status = wait_for(&client, &bad, "the failing job", |s| state(s) == "FAILED").await;
+    // Two restarts, after 100 and 200 ms of backoff.
+    assert_eq!(status["restarts"], 2, "{status}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let failure = status["failure"].as_str().unwrap();
+    assert!(failure.contains("explode: auction 1042"), "{failure}");
+    wait_for(&client, &good, "the good job", |s| state(s) == "FINISHED").await;
+    assert_eq!(
+        committed_lines(&tmp.path().join("good")),
+        embedded_lines(100_000)
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_4xx_answers_and_the_server_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(&tmp.path().join("data"), Some("s3cret")).await;
+    let base = format!("http://{}", server.addr);
+    let anonymous = Client::new(&base, None).unwrap();
+    let wrong = Client::new(&base, Some("guess".into())).unwrap();
+    let client = Client::new(&base, Some("s3cret".into())).unwrap();
+    let (status, body) = anonymous
+        .send(hyper::Method::GET, "/health", None)
+        .await
+        .unwrap();
+    assert_eq!((status, body.contains("ok")), (200, true));
+    let (status, body) = anonymous
+        .send(hyper::Method::GET, "/v1/jobs", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let (status, _) = wrong
+        .send(hyper::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+
+    let spec = |steps: &str| {
+        format!(
+            r#"{{"spec": {{"stream": {{"source": {{"nexmark": {{"table": "bid", "events": 1000}}}}, "steps": [{steps}]}}, "sink": "blackhole"}}}}"#
+        )
+    };
+    // A body that is not JSON (sent as a JSON string): the parser's message.
+    let (status, body) = post(&client, "{\"spec\": ".into()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid request body"), "{body}");
+    let (status, body) = post(&client, spec(r#"{"map": "nope"}"#)).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("no function `nope` is registered; registered: [explode]"),
+        "{body}"
+    );
+    let (status, body) = post(&client, spec(r#"{"filter": "price >>> 3"}"#)).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("step 1 (filter)"), "{body}");
+    let (status, body) = post(&client, spec(r#"{"select": ["nope"]}"#)).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("nope"), "{body}");
+    let (status, body) = post(
+        &client,
+        r#"{"spec": {"stream": {"source": {"nexmark": {"table": "bid"}}}}}"#.into(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("missing field `sink`"), "{body}");
+    let (status, body) = post(
+        &client,
+        spec(&format!(
+            r#"{{"filter": "extra = '{}'"}}"#,
+            "x".repeat(100_000)
+        )),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than 65536 bytes"), "{body}");
+    let (status, body) = client
+        .send(hyper::Method::GET, "/v1/jobs/nope", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert!(body.contains("no job `nope`"), "{body}");
+    let (status, _) = client
+        .send(hyper::Method::PUT, "/v1/jobs", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 405);
+    // Unharmed: a good job still runs to its end.
+    let id = client
+        .submit(
+            &windowed_spec(&tmp.path().join("ok"), 20_000, None, 2),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_for(&client, &id, "a good job after bad requests", |s| {
+        state(s) == "FINISHED"
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_server_killed_with_sigkill_resumes_its_jobs_with_exactly_once_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = tmp.path().join("out");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut server = serve();
+    let client = Client::new(&url, None).unwrap();
+    const EVENTS: u64 = 300_000;
+    let id = runtime.block_on(async {
+        wait_healthy(&client).await;
+        let id = client
+            .submit(&windowed_spec(&out, EVENTS, Some(60_000.0), 2), None)
+            .await
+            .unwrap();
+        wait_for(&client, &id, "checkpoints before the kill", |s| {
+            s["checkpoint"]["completed"].as_u64().unwrap_or(0) >= 3
+        })
+        .await;
+        id
+    });
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let mut server = serve();
+    runtime.block_on(async {
+        wait_healthy(&client).await;
+        let status = wait_for(&client, &id, "the resumed job", |s| state(s) == "FINISHED").await;
+        assert_eq!(status["restarts"], 0, "{status}");
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(committed_lines(&out), embedded_lines(EVENTS));
+}
+
+/// Posts `body` to /v1/jobs: as JSON if it parses, else as a JSON string.
+async fn post(c: &Client, body: String) -> (u16, String) {
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    c.send(hyper::Method::POST, "/v1/jobs", Some(&body))
+        .await
+        .unwrap()
+}
+
+async fn wait_healthy(client: &Client) {
+    let started = Instant::now();
+    while client
+        .send(hyper::Method::GET, "/health", None)
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
