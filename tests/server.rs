@@ -280,6 +280,9 @@ async fn bad_requests_get_clear_4xx_answers_and_the_server_goes_on() {
     let (status, body) = post(&client, "{\"spec\": ".into()).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid request body"), "{body}");
+    let (status, body) = post(&client, spec(r#"{"flatten": "x"}"#)).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown variant `flatten`"), "{body}");
     let (status, body) = post(&client, spec(r#"{"map": "nope"}"#)).await;
     assert_eq!(status, 400);
     assert!(
