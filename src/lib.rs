@@ -43,6 +43,13 @@
 //!    fires a window when the minimum watermark over its inputs passes the window's end.
 //! 6. The results reach a **sink** (stdout, JSON-lines files, blackhole, collect).
 //!
+//! ## Jobs as data, and the server
+//!
+//! A pipeline also has a JSON form, [`spec::JobSpec`] ([`Pipeline::from_spec`],
+//! [`Job::to_spec`]), with Rust functions registered by name in a [`spec::Registry`]. The
+//! [`server`] runs such specs over REST, restarting failed jobs from their checkpoints and
+//! resuming them after its own restart; [`client`] talks to it (as `oxflow submit` does).
+//!
 //! The crates depend one way: this facade -> operators, connectors -> runtime.
 #![warn(missing_docs)]
 
