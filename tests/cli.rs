@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{oxflow, summary};
+use common::{free_port, oxflow, summary};
 
 #[test]
 fn nexmark_prints_one_json_summary_line_last() {
@@ -316,11 +316,7 @@ fn query_all_runs_every_query_with_a_line_each() {
 #[allow(clippy::disallowed_methods)] // waits on a real server process
 fn the_server_commands_submit_watch_and_refuse_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let token = tmp.path().join("token");
     std::fs::write(&token, "t0ken\n").unwrap();
     let url = format!("http://127.0.0.1:{port}");

@@ -410,11 +410,3 @@ async fn wait_healthy(client: &Client) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}

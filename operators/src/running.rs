@@ -11,8 +11,9 @@
 use crate::aggregate::Aggregates;
 use crate::error::{column_index, OperatorError, Result};
 use crate::state::{decode_entry, encode_by_key_group, state_batch, StoredEntries};
-use crate::window::key_fields;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use crate::window::{key_fields, LateSide};
+use crate::LateRecords;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{
     cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn,
 };
@@ -112,7 +113,12 @@ impl OperatorFactory for RunningAggregate {
             pending_changed: false,
             stored: StoredEntries::default(),
             watermark: EventTime::MIN,
-            late_records: self.late_records.clone(),
+            late: LateSide::try_new(
+                &LateRecords::Drop,
+                self.late_records.clone(),
+                subtask,
+                self.input.clone(),
+            )?,
             max_parallelism: subtask.max_parallelism,
         }))
     }
@@ -145,7 +151,8 @@ struct RunningOperator {
     pending_changed: bool,
     stored: StoredEntries,
     watermark: EventTime,
-    late_records: Counter,
+    /// Counts and drops late rows.
+    late: LateSide,
     max_parallelism: usize,
 }
 
@@ -350,20 +357,12 @@ impl RunningOperator {
 
 impl Operator for RunningOperator {
     fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
-        let times = event_times(&batch, &self.time_column)?;
         let watermark = self.watermark;
-        let late: Vec<u32> = (0..batch.num_rows() as u32)
-            .filter(|&i| watermark != EventTime::MIN && times[i as usize] <= watermark)
+        let late: Vec<bool> = event_times(&batch, &self.time_column)?
+            .iter()
+            .map(|&t| watermark != EventTime::MIN && t <= watermark)
             .collect();
-        let batch = if late.is_empty() {
-            batch
-        } else {
-            self.late_records.add(late.len() as u64);
-            let on_time: Vec<u32> = (0..batch.num_rows() as u32)
-                .filter(|i| late.binary_search(i).is_err())
-                .collect();
-            take_record_batch(&batch, &UInt32Array::from(on_time)).map_err(OperatorError::from)?
-        };
+        let batch = self.late.split(batch, &late)?;
         if batch.num_rows() > 0 {
             self.hold(batch)?;
         }

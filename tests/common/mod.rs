@@ -248,3 +248,12 @@ pub fn kv_schema() -> SchemaRef {
         Field::new("value", DataType::Int64, false),
     ]))
 }
+
+/// A loopback port nobody listens on right now, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
