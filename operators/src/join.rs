@@ -934,7 +934,6 @@ impl Operator for JoinOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxflow_runtime::state::{key_group_range, read_state, StateBackend};
     use proptest::prelude::*;
 
     /// A test row: side, key, time, value.
@@ -1090,10 +1089,7 @@ mod tests {
         delay: i64,
         restores: &[usize],
     ) -> Vec<RecordBatch> {
-        let dir = tempfile::tempdir().unwrap();
-        // Each attempt writes a store of its own, as a restored subtask does.
-        let store = |n: usize| StateBackend::open(&dir.path().join(format!("db-{n}"))).unwrap();
-        let mut backend = store(0);
+        let mut restarts = crate::state::Restarts::new();
         let mut op = factory.create(info()).unwrap();
         let mut out = Output::default();
         let mut emitted = Vec::new();
@@ -1112,18 +1108,7 @@ mod tests {
         }
         for (n, part) in batches.into_iter().enumerate() {
             if restores.contains(&n) {
-                let mut snapshot = StateSnapshot::default();
-                op.snapshot_state(&mut snapshot).unwrap();
-                backend.apply(0, 0, snapshot).unwrap();
-                let target = dir.path().join(format!("chk-{n}"));
-                backend.checkpoint(&target, dir.path()).unwrap();
-                let mut state = read_state(&[target], 1, key_group_range(0, 1, 16)).unwrap();
-                backend = store(n + 1);
-                op = factory.create(info()).unwrap();
-                let state = state.remove(0);
-                if !state.is_empty() {
-                    op.restore_state(state).unwrap();
-                }
+                restarts.restart(&mut op, factory, info());
                 if watermark != EventTime::MIN {
                     op.on_watermark(watermark, &mut out).unwrap();
                 }

@@ -401,7 +401,6 @@ mod tests {
     use datafusion::arrow::datatypes::DataType;
     use datafusion::functions_aggregate::expr_fn::{count, sum};
     use datafusion::prelude::col;
-    use oxflow_runtime::state::{key_group_range, read_state, StateBackend};
     use proptest::prelude::*;
 
     fn schema() -> SchemaRef {
@@ -464,25 +463,13 @@ mod tests {
                 raw.iter().map(|&(k, t, j, v)| (t + j % DELAY, (k, t, v))).collect();
             arrivals.sort();
             let factory = factory();
-            let dir = tempfile::tempdir().unwrap();
-            let store = |n: usize| StateBackend::open(&dir.path().join(format!("db-{n}"))).unwrap();
-            let mut backend = store(0);
+            let mut restarts = crate::state::Restarts::new();
             let mut op = factory.create(info()).unwrap();
             let (mut out, mut emitted) = (Output::default(), Vec::new());
             let (mut max_time, mut watermark) = (i64::MIN, EventTime::MIN);
             for (n, part) in arrivals.chunks(chunk).enumerate() {
                 if restores.contains(&n) {
-                    let mut snapshot = StateSnapshot::default();
-                    op.snapshot_state(&mut snapshot).unwrap();
-                    backend.apply(0, 0, snapshot).unwrap();
-                    let target = dir.path().join(format!("chk-{n}"));
-                    backend.checkpoint(&target, dir.path()).unwrap();
-                    let state = read_state(&[target], 1, key_group_range(0, 1, 8)).unwrap().remove(0);
-                    backend = store(n + 1);
-                    op = factory.create(info()).unwrap();
-                    if !state.is_empty() {
-                        op.restore_state(state).unwrap();
-                    }
+                    restarts.restart(&mut op, &factory, info());
                 }
                 let col = |f: fn(&(i64, i64, i64)) -> i64| -> ArrayRef {
                     Arc::new(Int64Array::from_iter_values(part.iter().map(|(_, r)| f(r))))

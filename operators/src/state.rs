@@ -156,6 +156,54 @@ pub(crate) fn max_i64(values: &[Vec<u8>]) -> Result<Option<i64>> {
         })
 }
 
+/// A subtask restarting from its own checkpoints, for operator tests: each restart snapshots
+/// the operator into RocksDB, checkpoints the store, and restores a fresh operator into a
+/// fresh store, as a restored subtask of a real job does.
+#[cfg(test)]
+pub(crate) struct Restarts {
+    dir: tempfile::TempDir,
+    backend: oxflow_runtime::state::StateBackend,
+    count: usize,
+}
+
+#[cfg(test)]
+impl Restarts {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = oxflow_runtime::state::StateBackend::open(&dir.path().join("db-0")).unwrap();
+        Restarts {
+            dir,
+            backend,
+            count: 0,
+        }
+    }
+
+    /// Replaces `op` by a new operator of `factory` restored from `op`'s state.
+    pub(crate) fn restart(
+        &mut self,
+        op: &mut Box<dyn oxflow_runtime::Operator>,
+        factory: &dyn oxflow_runtime::OperatorFactory,
+        subtask: oxflow_runtime::SubtaskInfo,
+    ) {
+        use oxflow_runtime::state::{key_group_range, read_state, StateBackend};
+        let mut snapshot = StateSnapshot::default();
+        op.snapshot_state(&mut snapshot).unwrap();
+        self.backend.apply(0, 0, snapshot).unwrap();
+        self.count += 1;
+        let target = self.dir.path().join(format!("chk-{}", self.count));
+        self.backend.checkpoint(&target, self.dir.path()).unwrap();
+        let key_groups =
+            key_group_range(subtask.index, subtask.parallelism, subtask.max_parallelism);
+        let state = read_state(&[target], 1, key_groups).unwrap().remove(0);
+        self.backend =
+            StateBackend::open(&self.dir.path().join(format!("db-{}", self.count))).unwrap();
+        *op = factory.create(subtask).unwrap();
+        if !state.is_empty() {
+            op.restore_state(state).unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
