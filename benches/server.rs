@@ -52,6 +52,7 @@ fn spec(events: u64) -> JobSpec {
         sink: SinkSpec::Blackhole,
         checkpoints: None,
         restart: None,
+        state: None,
     }
 }
 

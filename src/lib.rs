@@ -98,6 +98,7 @@ pub mod prelude {
     pub use oxflow_operators::map::TypedRow;
     pub use oxflow_operators::{LateRecords, WindowSpec};
     pub use oxflow_runtime::checkpoint::{CheckpointConfig, RestoreFrom};
+    pub use oxflow_runtime::state::StateStorage;
     pub use oxflow_runtime::watermark::WatermarkStrategy;
 }
 

@@ -29,6 +29,7 @@ use oxflow_runtime::metrics::JobMetrics;
 use oxflow_runtime::operator::{OperatorFactory, OperatorFactoryRef};
 use oxflow_runtime::sink::Sink;
 use oxflow_runtime::source::Source;
+use oxflow_runtime::state::StateStorage;
 use oxflow_runtime::watermark::WatermarkStrategy;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +159,15 @@ impl Pipeline {
             spec.sink.clone(),
             checkpoints.as_ref().map(|c| c.dir.as_path()),
         )?;
+        let job = match &spec.state {
+            Some(state) if state.memory_budget_mb == 0 => {
+                return Err(OxflowError::InvalidPipeline(
+                    "state.memory_budget_mb must be at least 1".into(),
+                ))
+            }
+            Some(state) => job.with_state_storage(state.storage()),
+            None => job,
+        };
         Ok(match checkpoints {
             Some(c) => job.with_checkpoints(c),
             None => job,
@@ -565,6 +575,7 @@ impl Stream {
             sink: spec,
             checkpoints: None,
             restart: None,
+            state: None,
         });
         self.end(sink, job_spec)
     }
@@ -590,6 +601,7 @@ impl Stream {
             checkpoints: None,
             restore: None,
             savepoints: SavepointRequests::default(),
+            state: StateStorage::Memory,
         })
     }
 }
@@ -980,6 +992,7 @@ pub struct Job {
     checkpoints: Option<CheckpointConfig>,
     restore: Option<RestoreFrom>,
     savepoints: SavepointRequests,
+    state: StateStorage,
 }
 
 impl Job {
@@ -993,7 +1006,22 @@ impl Job {
             interval_ms: c.interval.as_millis() as u64,
             retained: Some(c.retained),
         });
+        spec.state = match self.state {
+            StateStorage::Memory => None,
+            StateStorage::RocksDb { memory_budget } => Some(spec::StateSpec {
+                memory_budget_mb: memory_budget.div_ceil(1 << 20) as u64,
+            }),
+        };
         Ok(spec)
+    }
+
+    /// Keeps state as `storage` says. With [`StateStorage::RocksDb`], window aggregates keep at
+    /// most the memory budget in memory per subtask and the rest in RocksDB, so their state
+    /// may be larger than memory; the default keeps everything in memory (faster while it
+    /// fits).
+    pub fn with_state_storage(mut self, storage: StateStorage) -> Self {
+        self.state = storage;
+        self
     }
 
     /// Takes checkpoints as `config` says: operator state in RocksDB, source positions and
@@ -1039,6 +1067,7 @@ impl Job {
         let mut options = ExecuteOptions {
             checkpoints: self.checkpoints,
             savepoints: self.savepoints,
+            state: self.state,
             ..Default::default()
         };
         match self.restore {

@@ -39,6 +39,26 @@ pub struct JobSpec {
     /// How a server restarts the job when it fails (default: 3 times, backoff from 1 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartSpec>,
+    /// Where operators keep state while running (default: in memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSpec>,
+}
+
+/// State kept in RocksDB while the job runs, so that it may be larger than memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    /// MiB of state each window operator subtask keeps in memory before writing to RocksDB.
+    pub memory_budget_mb: u64,
+}
+
+impl StateSpec {
+    /// The storage this spec asks for.
+    pub fn storage(&self) -> oxflow_runtime::state::StateStorage {
+        oxflow_runtime::state::StateStorage::RocksDb {
+            memory_budget: (self.memory_budget_mb as usize).saturating_mul(1 << 20),
+        }
+    }
 }
 
 /// A stream: a source, its watermarks, and the steps applied in order.

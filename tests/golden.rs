@@ -221,6 +221,43 @@ fn killed_and_restored_runs_match_golden_files() {
 }
 
 #[test]
+fn state_in_rocksdb_matches_golden_files_straight_and_killed_and_restored() {
+    // A budget so small that window state lives in RocksDB; attempts switch between that and
+    // state in memory, so each restores the other's checkpoints.
+    let rocks = StateStorage::RocksDb {
+        memory_budget: 4 << 10,
+    };
+    let plans: [&[(usize, u64, StateStorage)]; 3] = [
+        &[(2, 0, rocks)],
+        &[(2, 3, rocks), (3, 2, StateStorage::Memory), (1, 0, rocks)],
+        &[(1, 2, StateStorage::Memory), (2, 0, rocks)],
+    ];
+    for query in QUERIES {
+        for plan in plans {
+            let tmp = tempfile::tempdir().unwrap();
+            let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
+            let (last, killed) = plan.split_last().unwrap();
+            for &(workers, wait, storage) in killed {
+                let job = checkpointed_job(query, workers, &out, &checkpoints)
+                    .with_state_storage(storage)
+                    .restore_from(RestoreFrom::Latest);
+                run_until_checkpoints(job, wait);
+            }
+            checkpointed_job(query, last.0, &out, &checkpoints)
+                .with_state_storage(last.2)
+                .restore_from(RestoreFrom::Latest)
+                .execute_blocking()
+                .unwrap();
+            assert_same_lines(
+                &committed_lines(&out),
+                &golden(query),
+                &format!("{query} with state in RocksDB, as {plan:?}"),
+            );
+        }
+    }
+}
+
+#[test]
 fn a_savepoint_restores_to_the_same_output() {
     let tmp = tempfile::tempdir().unwrap();
     let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));

@@ -53,6 +53,7 @@ fn run_windows(
     lateness: i64,
     batch: usize,
     workers: usize,
+    storage: StateStorage,
 ) -> (Vec<AggRow>, u64) {
     let data = RecordBatch::try_new(
         kv_schema(),
@@ -64,6 +65,7 @@ fn run_windows(
     )
     .unwrap();
     let out = CollectSink::new();
+    let spills = !matches!(window, WindowSpec::Session { .. });
     let job = Pipeline::new()
         .with_parallelism(workers)
         .source(MemorySource::try_new(kv_schema(), &[data], batch).unwrap())
@@ -86,15 +88,23 @@ fn run_windows(
         ])
         .unwrap()
         .sink(out.clone())
-        .unwrap();
+        .unwrap()
+        .with_state_storage(storage);
     let metrics = job.metrics();
     job.execute_blocking().unwrap();
-    let late = metrics
-        .snapshot()
-        .iter()
-        .filter(|(n, _)| n.ends_with("late_records"))
-        .map(|(_, v)| v)
-        .sum();
+    let counted = |suffix: &str| -> u64 {
+        metrics
+            .snapshot()
+            .iter()
+            .filter(|(n, _)| n.ends_with(suffix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let late = counted("late_records");
+    if storage != StateStorage::Memory && spills {
+        // Nothing fits a one-byte budget: every batch's groups went through RocksDB.
+        assert!(counted("spilled_bytes") > 0, "nothing was spilled");
+    }
     let mut rows: Vec<AggRow> = sorted_rows(&out.batches());
     for r in &mut rows {
         r.mean = round_mean(r.mean);
@@ -144,25 +154,31 @@ fn check_window(
 ) {
     let values: Vec<i64> = (0..keys.len() as i64).map(|i| (i * 7919) % 1000).collect();
     let expected = reference_aggregates(&keys, &times, &values, reference, lateness);
-    for batch in BATCH_SIZES {
-        for workers in 1..=4 {
-            let got = run_windows(
-                &keys,
-                &times,
-                &values,
-                window.clone(),
-                lateness,
-                batch,
-                workers,
-            );
-            if got != expected {
-                let missing: Vec<_> = expected.0.iter().filter(|r| !got.0.contains(r)).collect();
-                let extra: Vec<_> = got.0.iter().filter(|r| !expected.0.contains(r)).collect();
-                panic!(
-                    "{window:?}, lateness {lateness}, batch size {batch}, {workers} workers: late {} vs expected {}\nmissing {missing:?}\nunexpected {extra:?}",
+    // State in memory at every batch size and parallelism; in RocksDB with a budget so small
+    // that every batch spills, at a few.
+    let spilling = StateStorage::RocksDb { memory_budget: 1 };
+    let runs = BATCH_SIZES
+        .iter()
+        .flat_map(|&b| (1..=4).map(move |w| (b, w, StateStorage::Memory)))
+        .chain([(1, 1), (7, 3), (50, 2)].map(|(b, w)| (b, w, spilling)));
+    for (batch, workers, storage) in runs {
+        let got = run_windows(
+            &keys,
+            &times,
+            &values,
+            window.clone(),
+            lateness,
+            batch,
+            workers,
+            storage,
+        );
+        if got != expected {
+            let missing: Vec<_> = expected.0.iter().filter(|r| !got.0.contains(r)).collect();
+            let extra: Vec<_> = got.0.iter().filter(|r| !expected.0.contains(r)).collect();
+            panic!(
+                    "{window:?}, lateness {lateness}, batch size {batch}, {workers} workers, state {storage:?}: late {} vs expected {}\nmissing {missing:?}\nunexpected {extra:?}",
                     got.1, expected.1
                 );
-            }
         }
     }
 }

@@ -52,6 +52,7 @@ fn windowed_spec(out: &Path, events: u64, rate: Option<f64>, parallelism: usize)
             retained: None,
         }),
         restart: None,
+        state: None,
     }
 }
 

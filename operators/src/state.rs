@@ -36,6 +36,33 @@ pub(crate) fn parse_window_key(key: &[u8]) -> Result<(EventTime, EventTime)> {
     ))
 }
 
+/// The entry key of run `run` of window (or pane) `[start, end)`: a partial state spilled to
+/// the store, merged with the window's other runs when it fires.
+pub(crate) fn run_key(end: EventTime, start: EventTime, run: u32) -> Vec<u8> {
+    let mut k = window_key(end, start);
+    k.extend_from_slice(&run.to_be_bytes());
+    k
+}
+
+/// The `(end, start, run)` of a window's entry key: a run key, or a plain window key (run 0,
+/// as state kept in memory writes it).
+pub(crate) fn parse_run_key(key: &[u8]) -> Result<(EventTime, EventTime, u32)> {
+    match key.len() {
+        16 => {
+            let (end, start) = parse_window_key(key)?;
+            Ok((end, start, 0))
+        }
+        20 => {
+            let (end, start) = parse_window_key(&key[..16])?;
+            let run = u32::from_be_bytes(key[16..].try_into().expect("4 bytes"));
+            Ok((end, start, run))
+        }
+        n => Err(OperatorError::State(format!(
+            "a window entry key has {n} bytes, not 16 or 20"
+        ))),
+    }
+}
+
 /// A batch of `columns` with positional names (state entries carry no user schema).
 pub(crate) fn state_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     let fields: Vec<Field> = columns
@@ -194,7 +221,9 @@ impl Restarts {
         self.backend.checkpoint(&target, self.dir.path()).unwrap();
         let key_groups =
             key_group_range(subtask.index, subtask.parallelism, subtask.max_parallelism);
-        let state = read_state(&[target], 1, key_groups).unwrap().remove(0);
+        let state = read_state(&[target], 1, key_groups, None)
+            .unwrap()
+            .remove(0);
         self.backend =
             StateBackend::open(&self.dir.path().join(format!("db-{}", self.count))).unwrap();
         *op = factory.create(subtask).unwrap();
@@ -246,6 +275,9 @@ mod tests {
             "{text}"
         );
         assert_eq!(parse_window_key(&window_key(-5, 7)).unwrap(), (-5, 7));
+        assert_eq!(parse_run_key(&run_key(-5, 7, 9)).unwrap(), (-5, 7, 9));
+        assert_eq!(parse_run_key(&window_key(-5, 7)).unwrap(), (-5, 7, 0));
+        assert!(parse_run_key(&[0; 17]).is_err());
         assert!(parse_window_key(&[1, 2]).is_err());
         assert_eq!(max_i64(&[encode_i64(3), encode_i64(-1)]).unwrap(), Some(3));
         assert!(max_i64(&[vec![1]]).is_err());

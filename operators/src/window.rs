@@ -10,21 +10,22 @@
 use crate::aggregate::{take_inputs, Aggregates, Groups, GroupsState};
 use crate::error::{column_index, OperatorError, Result};
 use crate::state::{
-    decode_entry, encode_by_key_group, encode_i64, max_i64, parse_window_key, state_batch,
+    decode_entry, encode_by_key_group, encode_i64, max_i64, parse_run_key, run_key, state_batch,
     window_key, StoredEntries,
 };
 use datafusion::arrow::array::{
     Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{take, take_record_batch};
+use datafusion::arrow::compute::{concat_batches, take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::logical_expr::Expr;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::sink::{SinkRef, SinkWriter};
-use oxflow_runtime::state::{RestoredState, StateSnapshot};
+use oxflow_runtime::state::{RestoredState, StateSnapshot, StateStore};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::{EventTime, Operator, OperatorFactory, Output, SubtaskInfo};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -456,6 +457,8 @@ pub struct WindowAggregate {
     aggregates: Aggregates,
     output: SchemaRef,
     late_records: Counter,
+    /// Bytes written to RocksDB as runs (with state in RocksDB).
+    spilled_bytes: Counter,
     phase: Phase,
 }
 
@@ -505,6 +508,7 @@ impl WindowAggregate {
             aggregates,
             output,
             late_records: Counter::default(),
+            spilled_bytes: Counter::default(),
             phase: Phase::Single,
         };
         // Build one operator now so that a bad window fails when the pipeline is built.
@@ -550,6 +554,7 @@ impl WindowAggregate {
             input: partial,
             key_indices: (2..2 + key_count).collect(),
             late_records: Counter::default(),
+            spilled_bytes: Counter::default(),
             phase: Phase::Global,
             ..self.clone()
         };
@@ -592,12 +597,12 @@ impl OperatorFactory for WindowAggregate {
         self.output.clone()
     }
     fn counters(&self) -> Vec<(String, Counter)> {
+        let spilled = ("spilled_bytes".to_string(), self.spilled_bytes.clone());
         match self.phase {
             // Late records are caught where records are: in the local phase.
-            Phase::Global => Vec::new(),
-            Phase::Single | Phase::Local => {
-                vec![("late_records".into(), self.late_records.clone())]
-            }
+            Phase::Global => vec![spilled],
+            Phase::Local => vec![("late_records".into(), self.late_records.clone())],
+            Phase::Single => vec![("late_records".into(), self.late_records.clone()), spilled],
         }
     }
     fn create(&self, subtask: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn Operator>> {
@@ -644,6 +649,8 @@ impl OperatorFactory for WindowAggregate {
                     partition: partition_columns(&self.settings),
                     dirty: BTreeSet::new(),
                     stored: StoredEntries::default(),
+                    spill: None,
+                    spilled_bytes: self.spilled_bytes.clone(),
                 })
             }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
@@ -726,7 +733,32 @@ struct FixedWindows {
     /// Windows or panes changed since the last snapshot.
     dirty: BTreeSet<(EventTime, EventTime)>,
     stored: StoredEntries,
+    /// With state in RocksDB: what is in the store.
+    spill: Option<Spill>,
+    spilled_bytes: Counter,
 }
+
+/// A window aggregate's state in RocksDB ([`oxflow_runtime::state::StateStorage::RocksDb`]).
+///
+/// Memory holds a write buffer: the groups updated since the last spill. When they outgrow
+/// the budget, and at every barrier, each window's (or pane's) groups are written to the store
+/// as a *run*: their keys and partial accumulator states, one entry per key group, and memory
+/// is freed. A window that fires merges its runs key group by key group, so only one key
+/// group's groups are in memory at a time, however large the window. A barrier writes only
+/// the groups updated since the previous one: checkpoints are incremental by key, not by
+/// window.
+struct Spill {
+    store: StateStore,
+    spilled_bytes: Counter,
+    /// The entry keys of every run, by window or pane and key group.
+    runs: BTreeMap<(EventTime, EventTime), BTreeMap<usize, Vec<Vec<u8>>>>,
+    next_run: u32,
+    /// Runs of fired windows, deleted with the next write (not while a checkpoint is cut).
+    pending: StateSnapshot,
+}
+
+/// Rows emitted at once when a window is merged key group by key group.
+const EMIT_ROWS: usize = 8192;
 
 impl FixedWindows {
     fn emit(
@@ -736,16 +768,21 @@ impl FixedWindows {
         groups: Groups,
         out: &mut Output,
     ) -> Result<()> {
+        out.emit(self.finished(start, end, groups)?);
+        Ok(())
+    }
+
+    /// The results of `groups` in window `[start, end)`.
+    fn finished(&self, start: EventTime, end: EventTime, groups: Groups) -> Result<RecordBatch> {
         let (keys, aggregates) = groups.finish()?;
         let n = aggregates.first().map(|a| a.len()).unwrap_or(0);
-        out.emit(with_bounds(
+        with_bounds(
             &self.output,
             start,
             end,
             n,
             keys.into_iter().chain(aggregates),
-        )?);
-        Ok(())
+        )
     }
 
     /// The groups of the window or pane `[start, end)`, created empty if new.
@@ -811,39 +848,59 @@ impl FixedWindows {
         }
     }
 
+    /// Windows and panes with state, in memory or in the store, in order of end.
+    fn state_keys(&self) -> BTreeSet<(EventTime, EventTime)> {
+        let mut keys: BTreeSet<_> = self.groups.keys().copied().collect();
+        if let Some(spill) = &self.spill {
+            keys.extend(spill.runs.keys().copied());
+        }
+        keys
+    }
+
     fn fire(&mut self, up_to: Option<EventTime>, out: &mut Output) -> Result<()> {
         if self.phase == Phase::Local {
             return self.ship_partials(up_to, out);
         }
         let lateness = self.lateness;
         let due = |end: EventTime| up_to.is_none_or(|w| end - 1 + lateness <= w);
+        let spilled = self.spill.as_ref().is_some_and(|s| !s.runs.is_empty());
         match self.layout {
             Layout::PerWindow => {
-                while let Some(entry) = self.groups.first_entry() {
-                    let (end, start) = *entry.key();
-                    if !due(end) {
-                        break;
-                    }
-                    let groups = entry.remove();
-                    self.emit(start, end, groups, out)?;
+                let windows: Vec<_> = self
+                    .state_keys()
+                    .into_iter()
+                    .take_while(|&(end, _)| due(end))
+                    .collect();
+                if spilled {
+                    // A window partly in the store is merged there, whole.
+                    let in_store: BTreeSet<_> = self.spill.as_ref().map_or(BTreeSet::new(), |s| {
+                        windows
+                            .iter()
+                            .filter(|w| s.runs.contains_key(w))
+                            .copied()
+                            .collect()
+                    });
+                    self.spill_where(|w| in_store.contains(w))?;
                 }
+                for &(end, start) in &windows {
+                    self.fire_window(start, end, (end, start)..=(end, start), out)?;
+                }
+                self.retire(|&(end, _)| !due(end))?;
             }
             Layout::Panes { size, slide } => {
                 // The windows holding pane [start, end) end from `end` to `start + size`.
-                let ends: std::collections::BTreeSet<EventTime> = self
-                    .groups
-                    .keys()
-                    .flat_map(|&(end, start)| (end..=start + size).step_by(slide as usize))
+                let ends: BTreeSet<EventTime> = self
+                    .state_keys()
+                    .into_iter()
+                    .flat_map(|(end, start)| (end..=start + size).step_by(slide as usize))
                     .filter(|&end| end > self.fired_up_to && due(end))
                     .collect();
+                if let (true, Some(&last)) = (spilled, ends.last()) {
+                    self.spill_where(|&(pane_end, _)| pane_end <= last)?;
+                }
                 for end in ends {
-                    let mut window = Groups::try_new(&self.key_schema, &self.aggregates)?;
-                    let first_pane = (end - size + slide, end - size);
-                    let last_pane = (end, end - slide);
-                    for (_, pane) in self.groups.range_mut(first_pane..=last_pane) {
-                        window.merge(&pane.state(&self.key_schema, &self.aggregates)?)?;
-                    }
-                    self.emit(end - size, end, window, out)?;
+                    let panes = (end - size + slide, end - size)..=(end, end - slide);
+                    self.fire_window(end - size, end, panes, out)?;
                     self.fired_up_to = end;
                 }
                 // Every window due by now counts as fired, even one that held nothing yet: a
@@ -854,10 +911,189 @@ impl FixedWindows {
                 }
                 // A pane whose last window has fired is done.
                 let fired = self.fired_up_to;
-                self.groups.retain(|&(_, start), _| start + size > fired);
+                self.retire(|&(_, start)| start + size > fired)?;
             }
         }
         Ok(())
+    }
+
+    /// Emits window `[start, end)`, the merge of the windows or panes in `panes`.
+    fn fire_window(
+        &mut self,
+        start: EventTime,
+        end: EventTime,
+        panes: RangeInclusive<(EventTime, EventTime)>,
+        out: &mut Output,
+    ) -> Result<()> {
+        let mut runs: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+        if let Some(spill) = &self.spill {
+            for (_, by_group) in spill.runs.range(panes.clone()) {
+                for (&kg, keys) in by_group {
+                    runs.entry(kg).or_default().extend(keys.iter().cloned());
+                }
+            }
+        }
+        if runs.is_empty() {
+            let window = match self.layout {
+                // The window is its only pane: emitted as it is, without a copy.
+                Layout::PerWindow => match self.groups.remove(panes.start()) {
+                    Some(groups) => groups,
+                    None => return Ok(()),
+                },
+                Layout::Panes { .. } => {
+                    let mut window = Groups::try_new(&self.key_schema, &self.aggregates)?;
+                    for (_, pane) in self.groups.range_mut(panes) {
+                        window.merge(&pane.state(&self.key_schema, &self.aggregates)?)?;
+                    }
+                    window
+                }
+            };
+            return self.emit(start, end, window, out);
+        }
+        // The window's state is in the store (`fire` spilled what memory held of it).
+        let store = self
+            .spill
+            .as_ref()
+            .expect("runs come from the store")
+            .store
+            .clone();
+        let mut ready: Vec<RecordBatch> = Vec::new();
+        let mut ready_rows = 0;
+        for (kg, keys) in runs {
+            let mut groups = Groups::try_new(&self.key_schema, &self.aggregates)?;
+            for key in keys {
+                let bytes = store.get(kg, &key)?.ok_or_else(|| {
+                    OperatorError::State(format!(
+                        "window [{start}, {end}): a spilled state entry of key group {kg} is missing from the store"
+                    ))
+                })?;
+                let partial = self.partial_of(kg, &key, &decode_entry(kg, &bytes)?)?;
+                groups.merge(&partial)?;
+            }
+            let batch = self.finished(start, end, groups)?;
+            ready_rows += batch.num_rows();
+            ready.push(batch);
+            if ready_rows >= EMIT_ROWS {
+                out.emit(concat_batches(&self.output, &std::mem::take(&mut ready))?);
+                ready_rows = 0;
+            }
+        }
+        if !ready.is_empty() {
+            out.emit(concat_batches(&self.output, &ready)?);
+        }
+        Ok(())
+    }
+
+    /// Drops the windows or panes `keep` rejects, in memory and in the store.
+    fn retire(&mut self, keep: impl Fn(&(EventTime, EventTime)) -> bool) -> Result<()> {
+        self.groups.retain(|w, _| keep(w));
+        let Some(spill) = &mut self.spill else {
+            return Ok(());
+        };
+        let gone: Vec<_> = spill.runs.keys().filter(|w| !keep(w)).copied().collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for w in gone {
+            for (kg, keys) in spill.runs.remove(&w).unwrap_or_default() {
+                for key in keys {
+                    spill.pending.delete(kg, &key);
+                }
+            }
+        }
+        // Deleted now unless a checkpoint is being cut; else with the next write (a barrier's
+        // at the latest, so a checkpoint never holds runs of windows fired before it).
+        spill.pending = spill
+            .store
+            .try_write(std::mem::take(&mut spill.pending))?
+            .unwrap_or_default();
+        Ok(())
+    }
+
+    /// The keys and partial states of a state entry, checked against this aggregate.
+    fn partial_of(&self, kg: usize, key: &[u8], batch: &RecordBatch) -> Result<GroupsState> {
+        let expected = self.key_indices.len() + self.state_widths.iter().sum::<usize>();
+        if batch.num_columns() != expected {
+            let (end, start, _) = parse_run_key(key)?;
+            return Err(OperatorError::State(format!(
+                "window [{start}, {end}) in key group {kg} has {} columns; this aggregate keeps {expected}: the checkpoint is of another job",
+                batch.num_columns()
+            )));
+        }
+        Ok(self.groups_state(batch.columns().to_vec()))
+    }
+
+    /// The partial state of `groups` of window (or pane) `[start, end)`, split by key group
+    /// and encoded.
+    fn encode_partial(
+        &self,
+        start: EventTime,
+        end: EventTime,
+        partial: GroupsState,
+    ) -> Result<Vec<(usize, Vec<u8>)>> {
+        let columns = partial
+            .keys
+            .into_iter()
+            .chain(partial.states.into_iter().flatten())
+            .collect();
+        let batch = state_batch(columns)?;
+        let keys = partition_arrays(
+            &self.partition,
+            batch.columns(),
+            start,
+            end,
+            batch.num_rows(),
+        );
+        encode_by_key_group(&batch, &keys, self.max_parallelism)
+    }
+
+    /// With state in RocksDB: writes the groups of the windows or panes `which` selects to
+    /// the store as new runs, with the pending deletes, and frees them.
+    fn spill_where(&mut self, which: impl Fn(&(EventTime, EventTime)) -> bool) -> Result<()> {
+        if self.spill.is_none() {
+            return Ok(());
+        }
+        let chosen: Vec<_> = self.groups.keys().filter(|w| which(w)).copied().collect();
+        let mut runs = Vec::new();
+        for (end, start) in chosen {
+            let groups = self.groups.remove(&(end, start)).expect("listed above");
+            self.dirty.remove(&(end, start));
+            runs.push((
+                end,
+                start,
+                self.encode_partial(start, end, groups.into_state()?)?,
+            ));
+        }
+        let spill = self.spill.as_mut().expect("checked above");
+        let mut changes = std::mem::take(&mut spill.pending);
+        let run = spill.next_run;
+        spill.next_run += 1;
+        for (end, start, parts) in runs {
+            let by_group = spill.runs.entry((end, start)).or_default();
+            for (kg, bytes) in parts {
+                spill.spilled_bytes.add(bytes.len() as u64);
+                let key = run_key(end, start, run);
+                changes.put(kg, &key, bytes);
+                by_group.entry(kg).or_default().push(key);
+            }
+        }
+        Ok(spill.store.write(changes)?)
+    }
+
+    /// With state in RocksDB: spills every window once memory holds more than the budget
+    /// (the buffer then starts empty; the next updates of the same keys make new runs).
+    fn spill_if_full(&mut self) -> Result<()> {
+        match &self.spill {
+            Some(spill) if self.memory_used() > spill.store.memory_budget() => {
+                self.spill_where(|_| true)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes the groups in memory hold.
+    fn memory_used(&self) -> usize {
+        self.groups.values().map(Groups::size).sum()
     }
 }
 
@@ -882,7 +1118,8 @@ pub(crate) fn late_flags(
 impl Operator for FixedWindows {
     fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
         if self.phase == Phase::Global {
-            return Ok(self.merge_partials(&batch)?);
+            self.merge_partials(&batch)?;
+            return Ok(self.spill_if_full()?);
         }
         let last_ends = self.windows_of.last_ends(&batch)?;
         let late = late_flags(&last_ends, self.lateness, self.watermark);
@@ -918,6 +1155,7 @@ impl Operator for FixedWindows {
                 }
             }
         }
+        self.spill_if_full()?;
         Ok(())
     }
 
@@ -935,7 +1173,29 @@ impl Operator for FixedWindows {
         Ok(self.late.finish()?)
     }
 
+    fn use_state_store(&mut self, store: StateStore) -> bool {
+        if self.phase == Phase::Local {
+            // Its state is a pre-aggregate shipped when each pane completes: it stays small.
+            return false;
+        }
+        self.spill = Some(Spill {
+            store,
+            spilled_bytes: self.spilled_bytes.clone(),
+            runs: BTreeMap::new(),
+            next_run: 0,
+            pending: StateSnapshot::default(),
+        });
+        true
+    }
+
     fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        if self.spill.is_some() {
+            // What changed since the last barrier becomes a run of its own: the checkpoint
+            // writes those keys only.
+            self.spill_where(|_| true)?;
+            state.set_operator_state(encode_i64(self.fired_up_to));
+            return Ok(());
+        }
         let live: BTreeSet<Vec<u8>> = self
             .groups
             .keys()
@@ -947,20 +1207,7 @@ impl Operator for FixedWindows {
                 continue;
             };
             let partial = groups.state(&self.key_schema, &self.aggregates)?;
-            let columns = partial
-                .keys
-                .into_iter()
-                .chain(partial.states.into_iter().flatten())
-                .collect();
-            let batch = state_batch(columns)?;
-            let keys = partition_arrays(
-                &self.partition,
-                batch.columns(),
-                start,
-                end,
-                batch.num_rows(),
-            );
-            let parts = encode_by_key_group(&batch, &keys, self.max_parallelism)?;
+            let parts = self.encode_partial(start, end, partial)?;
             self.stored.replace(state, window_key(end, start), parts);
         }
         state.set_operator_state(encode_i64(self.fired_up_to));
@@ -969,20 +1216,26 @@ impl Operator for FixedWindows {
 
     fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
         for (kg, key, value) in state.keyed {
-            let (end, start) = parse_window_key(&key)?;
-            let batch = decode_entry(kg, &value)?;
-            let expected = self.key_indices.len() + self.state_widths.iter().sum::<usize>();
-            if batch.num_columns() != expected {
-                return Err(OperatorError::State(format!(
-                    "window [{start}, {end}) in key group {kg} has {} columns; this aggregate keeps {expected}: the checkpoint is of another job",
-                    batch.num_columns()
-                ))
-                .into());
-            }
-            let partial = self.groups_state(batch.columns().to_vec());
+            let (end, start, _) = parse_run_key(&key)?;
+            let partial = self.partial_of(kg, &key, &decode_entry(kg, &value)?)?;
             // Marked dirty: this run's store starts empty.
             self.groups_of(end, start)?.merge(&partial)?;
         }
+        if let Some(spill) = &mut self.spill {
+            // Copied into the store as they were: each entry is a run of its window.
+            for (kg, key) in state.stored {
+                let (end, start, run) = parse_run_key(&key)?;
+                spill.next_run = spill.next_run.max(run + 1);
+                spill
+                    .runs
+                    .entry((end, start))
+                    .or_default()
+                    .entry(kg)
+                    .or_default()
+                    .push(key);
+            }
+        }
+        self.spill_if_full()?;
         if let Some(fired) = max_i64(&state.operator)? {
             self.fired_up_to = self.fired_up_to.max(fired);
         }

@@ -23,7 +23,7 @@ use crate::metrics::{Counter, JobMetrics};
 use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
-use crate::state::{key_group_range, read_state, StateBackend, StateSnapshot};
+use crate::state::{key_group_range, read_state, StateBackend, StateSnapshot, StateStorage};
 use crate::watermark::{InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkUpdate};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, VecDeque};
@@ -34,6 +34,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Envelope = (usize, Message);
+
+/// Numbers scratch state directories of the jobs of one process.
+static SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+/// A working directory no checkpoint refers to, removed when the job ends however it ends.
+struct ScratchDir(Option<PathBuf>);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
 
 /// Lets the owner of a running job stop it.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +93,8 @@ pub struct ExecuteOptions {
     pub roll_back_output: bool,
     /// Where savepoint requests arrive.
     pub savepoints: SavepointRequests,
+    /// Where operators keep state while running.
+    pub state: StateStorage,
 }
 
 /// Checks that a checkpoint was taken from this job: same stages, same operators.
@@ -151,18 +167,27 @@ pub fn execute(
         }
         None => 1,
     };
-    let work_root = match &options.checkpoints {
-        Some(c) => {
-            let work = c.dir.join(".work");
-            // Working state of an earlier (crashed) run: its checkpoints hold all that counts.
-            if work.exists() {
-                std::fs::remove_dir_all(&work)
-                    .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
-            }
-            Some(work)
-        }
-        None => None,
+    let work_root = match (&options.checkpoints, options.state) {
+        (Some(c), _) => Some(c.dir.join(".work")),
+        // State in RocksDB without checkpoints: a scratch directory for this run alone.
+        (None, StateStorage::RocksDb { .. }) => Some(std::env::temp_dir().join(format!(
+            "oxflow-state-{}-{}",
+            std::process::id(),
+            SCRATCH.fetch_add(1, Ordering::Relaxed)
+        ))),
+        (None, StateStorage::Memory) => None,
     };
+    if let Some(work) = &work_root {
+        // Working state of an earlier (crashed) run: its checkpoints hold all that counts.
+        if work.exists() {
+            std::fs::remove_dir_all(work)
+                .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
+        }
+    }
+    let _scratch = ScratchDir(match (&options.checkpoints, &work_root) {
+        (None, Some(w)) => Some(w.clone()),
+        _ => None,
+    });
     let shape = JobShape {
         stages: graph
             .stages
@@ -288,6 +313,7 @@ pub fn execute(
                     .as_ref()
                     .map(|w| w.join(format!("stage{s}-{index}"))),
                 reports: report_tx.clone(),
+                storage: options.state,
                 backend: None,
                 background: None,
                 restore: restore.clone(),
@@ -682,7 +708,8 @@ struct TaskCheckpointing {
     /// This subtask's RocksDB working directory.
     work: Option<PathBuf>,
     reports: Sender<Report>,
-    /// Opened at the first snapshot that holds state.
+    storage: StateStorage,
+    /// Opened at the first snapshot that holds state (at the start with state in RocksDB).
     backend: Option<StateBackend>,
     /// The slow part of the previous snapshot (RocksDB checkpoint, checksums).
     background: Option<std::thread::JoinHandle<StateBackend>>,
@@ -711,9 +738,27 @@ impl TaskCheckpointing {
         Ok(())
     }
 
-    /// Hands each operator the state of the key groups this subtask owns, and the watermark
-    /// they had reached.
-    fn restore(&self, chain: &mut Chain) -> Result<()> {
+    /// Before any input: gives operators that can keep state in RocksDB their store, then
+    /// restores.
+    fn start(&mut self, chain: &mut Chain) -> Result<()> {
+        let mut in_store = vec![false; chain.operators.len()];
+        if let StateStorage::RocksDb { memory_budget } = self.storage {
+            let work = self
+                .work
+                .as_ref()
+                .expect("a work directory with state in RocksDB");
+            let backend = StateBackend::open(work)?;
+            for (k, op) in chain.operators.iter_mut().enumerate() {
+                in_store[k] = op.use_state_store(backend.store(k, self.info.index, memory_budget));
+            }
+            self.backend = Some(backend);
+        }
+        self.restore(chain, &in_store)
+    }
+
+    /// Hands each operator the state of the key groups this subtask owns (copied into the
+    /// store for operators `in_store` marks), and the watermark they had reached.
+    fn restore(&self, chain: &mut Chain, in_store: &[bool]) -> Result<()> {
         let Some(r) = &self.restore else {
             return Ok(());
         };
@@ -726,7 +771,8 @@ impl TaskCheckpointing {
         let started = Instant::now();
         if !dirs.is_empty() {
             let key_groups = key_group_range(info.index, info.parallelism, info.max_parallelism);
-            let states = read_state(&dirs, chain.operators.len(), key_groups)?;
+            let into = self.backend.as_ref().map(|b| (b, in_store));
+            let states = read_state(&dirs, chain.operators.len(), key_groups, into)?;
             for (op, state) in chain.operators.iter_mut().zip(states) {
                 if !state.is_empty() {
                     op.restore_state(state)?;
@@ -801,6 +847,8 @@ impl TaskCheckpointing {
             .clone()
             .expect("a backend exists only with checkpoints on");
         let reports = self.reports.clone();
+        // Operators keeping state in the store write nothing until the copy is cut.
+        backend.freeze();
         let handle = std::thread::Builder::new()
             .name(format!("snapshot-{stage}-{subtask}"))
             .spawn(move || {
@@ -860,7 +908,7 @@ struct SourceTask {
 }
 
 fn run_source(mut t: SourceTask) -> Result<()> {
-    t.checkpointing.restore(&mut t.chain)?;
+    t.checkpointing.start(&mut t.chain)?;
     let mut pending = Vec::new();
     let mut last_data = t.clock.elapsed();
     let mut idle = false;
@@ -998,7 +1046,7 @@ fn run_exchange_input(
     records_in: Counter,
     mut checkpointing: TaskCheckpointing,
 ) -> Result<()> {
-    checkpointing.restore(&mut chain)?;
+    checkpointing.start(&mut chain)?;
     let inputs = sides.len();
     let mut watermarks = InputWatermarks::new(inputs);
     watermarks.restore(chain.watermark);

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::message::EventTime;
 use crate::metrics::Counter;
-use crate::state::{RestoredState, StateSnapshot};
+use crate::state::{RestoredState, StateSnapshot, StateStore};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
@@ -77,6 +77,16 @@ pub trait Operator: Send {
     fn snapshot_state(&mut self, state: &mut StateSnapshot) -> Result<()> {
         let _ = state;
         Ok(())
+    }
+
+    /// The job keeps state in RocksDB ([`crate::state::StateStorage::RocksDb`]): an operator
+    /// that can keep its state in `store`, with at most `store.memory_budget()` bytes in
+    /// memory, takes it and returns true; it is then restored through the store too
+    /// ([`RestoredState::stored`]). Called before [`Operator::restore_state`] and any input.
+    /// The default keeps state in memory.
+    fn use_state_store(&mut self, store: StateStore) -> bool {
+        let _ = store;
+        false
     }
 
     /// Before any input: take back the state of the key groups this subtask now owns, as

@@ -8,11 +8,18 @@
 //! keyed (an operator's watermark, say) use the reserved key group [`OPERATOR_STATE`] and are
 //! handed to every restoring subtask (Flink's union list state).
 //!
-//! Operators keep their hot state in memory (Arrow accumulators are far faster than a
-//! key-value store per record) and write it to RocksDB at each barrier, only what changed
-//! since the previous one. The write skips the WAL: durability comes from the checkpoint,
-//! which flushes the memtable and hard-links the immutable SST files, so a checkpoint costs
-//! the changed bytes, not the whole state.
+//! Where state lives while the job runs is the job's [`StateStorage`]:
+//!
+//! - `Memory` (the default, Flink's heap backend): operators keep their state in memory
+//!   (Arrow accumulators are far faster than a key-value store per record) and write to
+//!   RocksDB at each barrier only what changed since the previous one.
+//! - `RocksDb` (Flink's RocksDB backend): operators that can spill get a [`StateStore`] and
+//!   keep in memory only a write buffer of at most the memory budget; what does not fit, and
+//!   everything at a barrier, goes to RocksDB, so state larger than memory works.
+//!
+//! Writes skip the WAL: durability comes from the checkpoint, which flushes the memtable and
+//! hard-links the immutable SST files, so a checkpoint costs the changed bytes, not the whole
+//! state.
 
 use crate::error::{Result, RuntimeError};
 use datafusion::arrow::array::RecordBatch;
@@ -25,6 +32,23 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Where operators keep their state while the job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateStorage {
+    /// In memory; written to RocksDB only at checkpoints. Fastest while state fits in memory.
+    #[default]
+    Memory,
+    /// In RocksDB, with at most `memory_budget` bytes buffered in memory per stateful
+    /// operator and subtask: state may be larger than memory. Operators that cannot spill
+    /// (joins, sessions, top-N, running aggregates) keep their state in memory as with
+    /// `Memory`.
+    RocksDb {
+        /// Bytes of state an operator subtask keeps in memory before writing it to RocksDB.
+        memory_budget: usize,
+    },
+}
 
 /// The key group of entries that belong to an operator instance, not to a key.
 pub const OPERATOR_STATE: u16 = u16::MAX;
@@ -76,6 +100,9 @@ impl StateSnapshot {
 pub struct RestoredState {
     /// `(key group, key, value)` of the key groups this subtask owns now, in key order.
     pub keyed: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    /// For an operator that took a [`StateStore`]: `(key group, key)` of the entries copied
+    /// into that store instead of being handed over in `keyed` (state may not fit in memory).
+    pub stored: Vec<(usize, Vec<u8>)>,
     /// The non-keyed state of every subtask of the checkpointed job, in subtask order.
     pub operator: Vec<Vec<u8>>,
 }
@@ -83,7 +110,92 @@ pub struct RestoredState {
 impl RestoredState {
     /// Whether there is nothing to restore.
     pub fn is_empty(&self) -> bool {
-        self.keyed.is_empty() && self.operator.is_empty()
+        self.keyed.is_empty() && self.stored.is_empty() && self.operator.is_empty()
+    }
+}
+
+/// Closed while a RocksDB checkpoint is being cut: operators' writes wait, so a checkpoint
+/// holds exactly the state at its barrier, never a write made after it.
+#[derive(Debug, Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = closed;
+        if !closed {
+            self.opened.notify_all();
+        }
+    }
+    fn wait_open(&self) {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        while *closed {
+            closed = self.opened.wait(closed).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    fn is_open(&self) -> bool {
+        !*self.closed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Opens the gate when dropped: a failed checkpoint must not stall the task.
+struct Reopen<'a>(&'a Gate);
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// One operator's part of its subtask's RocksDB instance, for operators that keep state
+/// there while running ([`StateStorage::RocksDb`]). Keys are the operator's own (they are
+/// prefixed with the operator and key group here).
+#[derive(Clone)]
+pub struct StateStore {
+    db: Arc<DB>,
+    operator: u16,
+    subtask: usize,
+    gate: Arc<Gate>,
+    memory_budget: usize,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("operator", &self.operator)
+            .field("memory_budget", &self.memory_budget)
+            .finish()
+    }
+}
+
+impl StateStore {
+    /// Bytes of state the operator may keep in memory.
+    pub fn memory_budget(&self) -> usize {
+        self.memory_budget
+    }
+
+    /// Applies `changes`, waiting while a checkpoint is being cut.
+    pub fn write(&self, changes: StateSnapshot) -> Result<()> {
+        self.gate.wait_open();
+        write_changes(&self.db, self.operator, self.subtask, changes)
+    }
+
+    /// Applies `changes` unless a checkpoint is being cut; gives them back if it is.
+    pub fn try_write(&self, changes: StateSnapshot) -> Result<Option<StateSnapshot>> {
+        if !self.gate.is_open() {
+            return Ok(Some(changes));
+        }
+        self.write(changes)?;
+        Ok(None)
+    }
+
+    /// The value of `key` in `key_group`.
+    pub fn get(&self, key_group: usize, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get(entry_key(self.operator, key_group as u16, key))
+            .map_err(|e| rocks("reading state", e))
     }
 }
 
@@ -97,6 +209,37 @@ fn entry_key(operator: u16, key_group: u16, key: &[u8]) -> Vec<u8> {
 
 fn rocks(context: impl std::fmt::Display, e: rocksdb::Error) -> RuntimeError {
     RuntimeError::State(format!("{context}: {e}"))
+}
+
+/// Bytes a restore copies into a store per write.
+const COPY_BATCH_BYTES: usize = 32 << 20;
+
+fn write_batch(db: &DB, batch: WriteBatch) -> Result<()> {
+    let mut options = WriteOptions::default();
+    // The checkpoint is the durable copy; a WAL would only write everything twice.
+    options.disable_wal(true);
+    db.write_opt(batch, &options)
+        .map_err(|e| rocks("writing state", e))
+}
+
+fn write_changes(db: &DB, op: u16, subtask: usize, changes: StateSnapshot) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    for (kg, key) in &changes.deletes {
+        batch.delete(entry_key(op, *kg, key));
+    }
+    for (kg, key, value) in &changes.puts {
+        batch.put(entry_key(op, *kg, key), value);
+    }
+    if let Some(value) = &changes.operator {
+        batch.put(
+            entry_key(op, OPERATOR_STATE, &(subtask as u32).to_be_bytes()),
+            value,
+        );
+    }
+    write_batch(db, batch)
 }
 
 /// One file of a checkpoint, with what verifies it.
@@ -133,7 +276,8 @@ pub fn file_crc32(path: &Path) -> Result<(u64, u32)> {
 
 /// A subtask's state store: a RocksDB instance in a working directory.
 pub struct StateBackend {
-    db: DB,
+    db: Arc<DB>,
+    gate: Arc<Gate>,
     /// Checksums of SST files already described by an earlier checkpoint (SST files are
     /// immutable and never reuse a name), so each checkpoint only reads its new files.
     known: HashMap<String, (u64, u32)>,
@@ -157,50 +301,49 @@ impl StateBackend {
         let db = DB::open(&options, dir)
             .map_err(|e| rocks(format!("opening state in {}", dir.display()), e))?;
         Ok(StateBackend {
-            db,
+            db: Arc::new(db),
+            gate: Arc::default(),
             known: HashMap::new(),
         })
     }
 
     /// Applies one operator's snapshot.
     pub fn apply(&self, operator: usize, subtask: usize, snapshot: StateSnapshot) -> Result<()> {
-        if snapshot.is_empty() {
-            return Ok(());
+        write_changes(&self.db, operator as u16, subtask, snapshot)
+    }
+
+    /// Operator `operator`'s handle on this store, for keeping state in it while running.
+    pub fn store(&self, operator: usize, subtask: usize, memory_budget: usize) -> StateStore {
+        StateStore {
+            db: self.db.clone(),
+            operator: operator as u16,
+            subtask,
+            gate: self.gate.clone(),
+            memory_budget,
         }
-        let op = operator as u16;
-        let mut batch = WriteBatch::default();
-        for (kg, key) in &snapshot.deletes {
-            batch.delete(entry_key(op, *kg, key));
-        }
-        for (kg, key, value) in &snapshot.puts {
-            batch.put(entry_key(op, *kg, key), value);
-        }
-        if let Some(value) = &snapshot.operator {
-            batch.put(
-                entry_key(op, OPERATOR_STATE, &(subtask as u32).to_be_bytes()),
-                value,
-            );
-        }
-        let mut options = WriteOptions::default();
-        // The checkpoint is the durable copy; a WAL would only write everything twice.
-        options.disable_wal(true);
-        self.db
-            .write_opt(batch, &options)
-            .map_err(|e| rocks("writing state", e))
+    }
+
+    /// Holds back writes through [`StateStore`]s until the next [`StateBackend::checkpoint`]
+    /// has cut its copy: called at the barrier, before the task goes on processing.
+    pub fn freeze(&self) {
+        self.gate.set(true);
     }
 
     /// Writes a consistent copy of the store into `target` (which must not exist): the memtable
     /// is flushed and SST files are hard-linked where the file system allows. `relative_to` is
     /// the checkpoint directory the file paths are relative to.
     pub fn checkpoint(&mut self, target: &Path, relative_to: &Path) -> Result<StateFiles> {
-        let checkpoint =
-            Checkpoint::new(&self.db).map_err(|e| rocks("preparing a checkpoint", e))?;
-        checkpoint.create_checkpoint(target).map_err(|e| {
-            rocks(
-                format!("writing the state checkpoint {}", target.display()),
-                e,
-            )
-        })?;
+        {
+            let _reopen = Reopen(&self.gate);
+            let checkpoint =
+                Checkpoint::new(&self.db).map_err(|e| rocks("preparing a checkpoint", e))?;
+            checkpoint.create_checkpoint(target).map_err(|e| {
+                rocks(
+                    format!("writing the state checkpoint {}", target.display()),
+                    e,
+                )
+            })?;
+        }
         let mut files = Vec::new();
         let mut new_bytes = 0;
         for entry in std::fs::read_dir(target)
@@ -238,11 +381,14 @@ impl StateBackend {
 }
 
 /// Reads the state of operators `0..operators` of a chain for `key_groups` out of old
-/// subtasks' checkpointed stores, one [`RestoredState`] per operator.
+/// subtasks' checkpointed stores, one [`RestoredState`] per operator. The keyed entries of an
+/// operator `into` says keeps its state in the store are copied there (a batch at a time, so
+/// state larger than memory restores) and only their keys are listed.
 pub fn read_state(
     dirs: &[PathBuf],
     operators: usize,
     key_groups: Range<usize>,
+    into: Option<(&StateBackend, &[bool])>,
 ) -> Result<Vec<RestoredState>> {
     let mut restored: Vec<RestoredState> =
         (0..operators).map(|_| RestoredState::default()).collect();
@@ -256,13 +402,35 @@ pub fn read_state(
             let op = op as u16;
             let from = entry_key(op, key_groups.start as u16, &[]);
             let to = entry_key(op, key_groups.end as u16, &[]);
+            let copy_to = into.and_then(|(backend, ops)| {
+                ops.get(op as usize)
+                    .copied()
+                    .unwrap_or(false)
+                    .then_some(backend)
+            });
+            let (mut batch, mut batch_bytes) = (WriteBatch::default(), 0);
             for item in db.iterator(IteratorMode::From(&from, Direction::Forward)) {
                 let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
                 if k.as_ref() >= to.as_slice() {
                     break;
                 }
                 let kg = u16::from_be_bytes([k[2], k[3]]) as usize;
-                state.keyed.push((kg, k[4..].to_vec(), v.to_vec()));
+                match copy_to {
+                    None => state.keyed.push((kg, k[4..].to_vec(), v.to_vec())),
+                    Some(backend) => {
+                        // Same operator, same key group: the entry key is the same.
+                        batch.put(&k, &v);
+                        batch_bytes += k.len() + v.len();
+                        state.stored.push((kg, k[4..].to_vec()));
+                        if batch_bytes >= COPY_BATCH_BYTES {
+                            write_batch(&backend.db, std::mem::take(&mut batch))?;
+                            batch_bytes = 0;
+                        }
+                    }
+                }
+            }
+            if let Some(backend) = copy_to {
+                write_batch(&backend.db, batch)?;
             }
             let prefix = entry_key(op, OPERATOR_STATE, &[]);
             for item in db.prefix_iterator(&prefix) {
@@ -348,7 +516,7 @@ mod tests {
                 .any(|f| f.path.starts_with(&format!("chk{subtask}/"))));
             dirs.push(target);
         }
-        let mut restored = read_state(&dirs, 2, 10..20).unwrap();
+        let mut restored = read_state(&dirs, 2, 10..20, None).unwrap();
         let other = restored.pop().unwrap();
         assert!(
             other.keyed.iter().all(|(kg, _, _)| *kg == 10),
@@ -363,7 +531,24 @@ mod tests {
             .iter()
             .all(|(kg, k, v)| k == b"k" && v == &vec![*kg as u8]));
         assert_eq!(restored.operator, vec![vec![0], vec![1]]);
-        let other = read_state(&dirs, 2, 0..128).unwrap().pop().unwrap();
+        let other = read_state(&dirs, 2, 0..128, None).unwrap().pop().unwrap();
+        assert_eq!(other.keyed.len(), 2);
+
+        // Copied into a store instead: only keys come back, values are in the store.
+        let backend = StateBackend::open(&tmp.path().join("new")).unwrap();
+        let mut restored = read_state(&dirs, 2, 10..20, Some((&backend, &[true, false]))).unwrap();
+        let other = restored.pop().unwrap();
+        let copied = restored.pop().unwrap();
+        assert!(copied.keyed.is_empty());
+        assert_eq!(copied.stored.len(), 10);
+        assert_eq!(copied.operator, vec![vec![0], vec![1]]);
+        assert_eq!(other.keyed.len(), 2, "operator 1 was not copied");
+        let store = backend.store(0, 0, 0);
+        for (kg, key) in &copied.stored {
+            assert_eq!(store.get(*kg, key).unwrap(), Some(vec![*kg as u8]));
+        }
+        assert_eq!(backend.store(1, 0, 0).get(10, b"x").unwrap(), None);
+        let other = read_state(&dirs, 2, 0..128, None).unwrap().pop().unwrap();
         assert_eq!(other.keyed.len(), 2);
     }
 
@@ -395,6 +580,41 @@ mod tests {
             .unwrap();
         assert!(first.new_bytes > 100_000, "{first:?}");
         assert!(second.new_bytes < first.new_bytes / 2, "{second:?}");
+    }
+
+    #[test]
+    fn a_write_after_the_barrier_waits_and_stays_out_of_the_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut backend = StateBackend::open(&tmp.path().join("work")).unwrap();
+        let store = backend.store(0, 0, 1 << 20);
+        let mut before = StateSnapshot::default();
+        before.put(3, b"before", vec![1]);
+        store.write(before).unwrap();
+        // The barrier: the task freezes the store and hands the checkpoint to a thread.
+        backend.freeze();
+        let mut after = StateSnapshot::default();
+        after.put(3, b"after", vec![2]);
+        let after = store
+            .try_write(after)
+            .unwrap()
+            .expect("refused while frozen");
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(after).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!writer.is_finished(), "the write waits for the checkpoint");
+        let target = tmp.path().join("chk");
+        backend.checkpoint(&target, tmp.path()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(store.get(3, b"after").unwrap(), Some(vec![2]));
+        let restored = read_state(&[target], 1, 0..128, None).unwrap().remove(0);
+        let keys: Vec<&[u8]> = restored
+            .keyed
+            .iter()
+            .map(|(_, k, _)| k.as_slice())
+            .collect();
+        assert_eq!(keys, vec![b"before".as_slice()]);
     }
 
     #[test]

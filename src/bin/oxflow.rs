@@ -6,7 +6,7 @@ use oxflow::connectors::kafka::{KafkaSourceConfig, KafkaUri, RecordFormat};
 use oxflow::nexmark::{self, QUERIES};
 use oxflow::prelude::*;
 use oxflow::runtime::sink::Sink;
-use oxflow::spec::SinkSpec;
+use oxflow::spec::{SinkSpec, StateSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -281,6 +281,10 @@ struct NexmarkArgs {
     /// beginning if there is none yet) or the path of a checkpoint or savepoint directory.
     #[arg(long)]
     restore: Option<String>,
+    /// Keep window state in RocksDB with at most this many MiB in memory per window operator
+    /// subtask, so state may be larger than memory (default: all state in memory).
+    #[arg(long)]
+    state_memory_budget_mb: Option<u64>,
 }
 
 /// The sink a `--sink` argument names.
@@ -395,6 +399,18 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         );
         checkpoints.retained = args.checkpoints_retained.max(1);
         job = job.with_checkpoints(checkpoints);
+    }
+    match args.state_memory_budget_mb {
+        None => {}
+        Some(0) => bail!("--state-memory-budget-mb must be at least 1"),
+        Some(mb) => {
+            job = job.with_state_storage(
+                StateSpec {
+                    memory_budget_mb: mb,
+                }
+                .storage(),
+            );
+        }
     }
     match args.restore.as_deref() {
         None => {}
