@@ -5,9 +5,12 @@
 //! load.
 //!
 //! ```text
-//! cargo bench --bench state -- run DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS]
-//! cargo bench --bench state -- restore DIR [KEYS]
+//! cargo bench --bench state -- run DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB]
+//! cargo bench --bench state -- restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB]
 //! ```
+//!
+//! `BUDGET_MB` 0 (the default) keeps state in memory; more keeps it in RocksDB with that much
+//! in memory per subtask (`StateStorage::RocksDb`).
 
 // A benchmark measures wall time.
 #![allow(clippy::disallowed_methods)]
@@ -24,7 +27,7 @@ fn peak_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
-fn job(dir: &PathBuf, keys: u64, interval: Duration) -> Job {
+fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize) -> Job {
     let config = DatagenConfig {
         rows: None,
         key_cardinality: keys,
@@ -54,6 +57,12 @@ fn job(dir: &PathBuf, keys: u64, interval: Duration) -> Job {
         .sink(BlackholeSink::default())
         .unwrap()
         .with_checkpoints(CheckpointConfig::new(dir, interval))
+        .with_state_storage(match budget_mb {
+            0 => StateStorage::Memory,
+            mb => StateStorage::RocksDb {
+                memory_budget: mb << 20,
+            },
+        })
 }
 
 fn main() {
@@ -62,7 +71,7 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let (Some(phase), Some(dir)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: state run|restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS]");
+        eprintln!("usage: state run|restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB]");
         return;
     };
     let dir = PathBuf::from(dir);
@@ -72,7 +81,8 @@ fn main() {
         args.get(4)
             .map_or(1000, |k| k.parse().expect("INTERVAL_MS")),
     );
-    let mut job = job(&dir, keys, interval);
+    let budget_mb: usize = args.get(5).map_or(0, |k| k.parse().expect("BUDGET_MB"));
+    let mut job = job(&dir, keys, interval, budget_mb);
     if phase == "restore" {
         job = job.restore_from(RestoreFrom::Latest);
     }
@@ -92,7 +102,7 @@ fn main() {
     let _ = runner.join();
     if phase == "restore" {
         println!(
-            "{{\"phase\":\"restore\",\"keys\":{keys},\"restore_state_ms\":{},\"peak_rss_mib\":{:.0}}}",
+            "{{\"phase\":\"restore\",\"keys\":{keys},\"budget_mb\":{budget_mb},\"restore_state_ms\":{},\"peak_rss_mib\":{:.0}}}",
             restore_ms.get(),
             peak_rss_mib()
         );
@@ -110,7 +120,7 @@ fn main() {
     }
     let rows = records.get();
     println!(
-        "{{\"phase\":\"run\",\"keys\":{keys},\"records\":{rows},\"seconds\":{seconds:.1},\"events_per_sec\":{:.0},\"peak_rss_mib\":{:.0}}}",
+        "{{\"phase\":\"run\",\"keys\":{keys},\"budget_mb\":{budget_mb},\"records\":{rows},\"seconds\":{seconds:.1},\"events_per_sec\":{:.0},\"peak_rss_mib\":{:.0}}}",
         rows as f64 / seconds,
         peak_rss_mib()
     );

@@ -36,29 +36,45 @@ pub(crate) fn parse_window_key(key: &[u8]) -> Result<(EventTime, EventTime)> {
     ))
 }
 
-/// The entry key of run `run` of window (or pane) `[start, end)`: a partial state spilled to
-/// the store, merged with the window's other runs when it fires.
-pub(crate) fn run_key(end: EventTime, start: EventTime, run: u32) -> Vec<u8> {
+/// Which run of a window's partial state an entry holds: runs spilled from memory are level
+/// 0; merging runs of level `l` makes one of level `l + 1`. `seq` tells runs apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct RunId {
+    pub level: u8,
+    pub seq: u32,
+}
+
+/// The entry key of run `run` of window (or pane) `[start, end)`: a partial state in the
+/// store, merged with the window's other runs when it fires.
+pub(crate) fn run_key(end: EventTime, start: EventTime, run: RunId) -> Vec<u8> {
     let mut k = window_key(end, start);
-    k.extend_from_slice(&run.to_be_bytes());
+    k.push(run.level);
+    k.extend_from_slice(&run.seq.to_be_bytes());
     k
 }
 
-/// The `(end, start, run)` of a window's entry key: a run key, or a plain window key (run 0,
-/// as state kept in memory writes it).
-pub(crate) fn parse_run_key(key: &[u8]) -> Result<(EventTime, EventTime, u32)> {
+/// The `(end, start, run)` of a window's entry key: a run key, or a plain window key (as
+/// state kept in memory writes it; a run of level 0).
+pub(crate) fn parse_run_key(key: &[u8]) -> Result<(EventTime, EventTime, RunId)> {
     match key.len() {
         16 => {
             let (end, start) = parse_window_key(key)?;
-            Ok((end, start, 0))
+            Ok((end, start, RunId { level: 0, seq: 0 }))
         }
-        20 => {
+        21 => {
             let (end, start) = parse_window_key(&key[..16])?;
-            let run = u32::from_be_bytes(key[16..].try_into().expect("4 bytes"));
-            Ok((end, start, run))
+            let seq = u32::from_be_bytes(key[17..].try_into().expect("4 bytes"));
+            Ok((
+                end,
+                start,
+                RunId {
+                    level: key[16],
+                    seq,
+                },
+            ))
         }
         n => Err(OperatorError::State(format!(
-            "a window entry key has {n} bytes, not 16 or 20"
+            "a window entry key has {n} bytes, not 16 or 21"
         ))),
     }
 }
@@ -275,8 +291,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(parse_window_key(&window_key(-5, 7)).unwrap(), (-5, 7));
-        assert_eq!(parse_run_key(&run_key(-5, 7, 9)).unwrap(), (-5, 7, 9));
-        assert_eq!(parse_run_key(&window_key(-5, 7)).unwrap(), (-5, 7, 0));
+        let run = RunId { level: 2, seq: 9 };
+        assert_eq!(parse_run_key(&run_key(-5, 7, run)).unwrap(), (-5, 7, run));
+        let first = RunId { level: 0, seq: 0 };
+        assert_eq!(parse_run_key(&window_key(-5, 7)).unwrap(), (-5, 7, first));
         assert!(parse_run_key(&[0; 17]).is_err());
         assert!(parse_window_key(&[1, 2]).is_err());
         assert_eq!(max_i64(&[encode_i64(3), encode_i64(-1)]).unwrap(), Some(3));

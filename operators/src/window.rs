@@ -11,7 +11,7 @@ use crate::aggregate::{take_inputs, Aggregates, Groups, GroupsState};
 use crate::error::{column_index, OperatorError, Result};
 use crate::state::{
     decode_entry, encode_by_key_group, encode_i64, max_i64, parse_run_key, run_key, state_batch,
-    window_key, StoredEntries,
+    window_key, RunId, StoredEntries,
 };
 use datafusion::arrow::array::{
     Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array,
@@ -21,7 +21,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::logical_expr::Expr;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::sink::{SinkRef, SinkWriter};
-use oxflow_runtime::state::{RestoredState, StateSnapshot, StateStore};
+use oxflow_runtime::state::{encode_batch, RestoredState, StateSnapshot, StateStore};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::{EventTime, Operator, OperatorFactory, Output, SubtaskInfo};
 use std::collections::{BTreeMap, BTreeSet};
@@ -651,6 +651,7 @@ impl OperatorFactory for WindowAggregate {
                     stored: StoredEntries::default(),
                     spill: None,
                     spilled_bytes: self.spilled_bytes.clone(),
+                    local_budget: None,
                 })
             }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
@@ -736,6 +737,8 @@ struct FixedWindows {
     /// With state in RocksDB: what is in the store.
     spill: Option<Spill>,
     spilled_bytes: Counter,
+    /// With state in RocksDB, for the local phase: its memory budget.
+    local_budget: Option<usize>,
 }
 
 /// A window aggregate's state in RocksDB ([`oxflow_runtime::state::StateStorage::RocksDb`]).
@@ -747,11 +750,18 @@ struct FixedWindows {
 /// group's groups are in memory at a time, however large the window. A barrier writes only
 /// the groups updated since the previous one: checkpoints are incremental by key, not by
 /// window.
+///
+/// Runs of a long window pile up, one per spill; like an LSM tree, [`MERGE_RUNS`] runs of one
+/// level are merged into one of the next level, a key group at a time between batches, so a
+/// window's state grows with the logarithm of its spills (and at most with its keys), and no
+/// merge stalls the task for long.
 struct Spill {
     store: StateStore,
     spilled_bytes: Counter,
     /// The entry keys of every run, by window or pane and key group.
     runs: BTreeMap<(EventTime, EventTime), BTreeMap<usize, Vec<Vec<u8>>>>,
+    /// Windows' key groups with [`MERGE_RUNS`] runs of one level.
+    crowded: BTreeSet<((EventTime, EventTime), usize)>,
     next_run: u32,
     /// Runs of fired windows, deleted with the next write (not while a checkpoint is cut).
     pending: StateSnapshot,
@@ -759,6 +769,42 @@ struct Spill {
 
 /// Rows emitted at once when a window is merged key group by key group.
 const EMIT_ROWS: usize = 8192;
+
+/// A window's spill of at least this many bytes goes to RocksDB as a file of its own.
+const INGEST_BYTES: usize = 4 << 20;
+
+/// Runs of one level of a window's key group merged into one of the next level.
+const MERGE_RUNS: usize = 4;
+
+/// The lowest level of which `keys` (runs of one window and key group) hold [`MERGE_RUNS`].
+fn crowded_level(keys: &[Vec<u8>]) -> Option<u8> {
+    let mut per_level: BTreeMap<u8, usize> = BTreeMap::new();
+    for key in keys {
+        if let Ok((_, _, run)) = parse_run_key(key) {
+            *per_level.entry(run.level).or_default() += 1;
+        }
+    }
+    per_level
+        .into_iter()
+        .find(|&(_, n)| n >= MERGE_RUNS)
+        .map(|(level, _)| level)
+}
+
+impl Spill {
+    /// Records run `key` of window `w` in key group `kg`.
+    fn add_run(&mut self, w: (EventTime, EventTime), kg: usize, key: Vec<u8>) {
+        let keys = self.runs.entry(w).or_default().entry(kg).or_default();
+        keys.push(key);
+        if crowded_level(keys).is_some() {
+            self.crowded.insert((w, kg));
+        }
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.next_run = self.next_run.wrapping_add(1);
+        self.next_run
+    }
+}
 
 impl FixedWindows {
     fn emit(
@@ -994,6 +1040,7 @@ impl FixedWindows {
         if gone.is_empty() {
             return Ok(());
         }
+        spill.crowded.retain(|(w, _)| keep(w));
         for w in gone {
             for (kg, keys) in spill.runs.remove(&w).unwrap_or_default() {
                 for key in keys {
@@ -1054,30 +1101,95 @@ impl FixedWindows {
             return Ok(());
         }
         let chosen: Vec<_> = self.groups.keys().filter(|w| which(w)).copied().collect();
-        let mut runs = Vec::new();
+        let run = RunId {
+            level: 0,
+            seq: self.spill.as_mut().expect("checked above").next_seq(),
+        };
+        // A window at a time, so that memory holds one window's encoded state, not all.
         for (end, start) in chosen {
             let groups = self.groups.remove(&(end, start)).expect("listed above");
             self.dirty.remove(&(end, start));
-            runs.push((
-                end,
-                start,
-                self.encode_partial(start, end, groups.into_state()?)?,
-            ));
-        }
-        let spill = self.spill.as_mut().expect("checked above");
-        let mut changes = std::mem::take(&mut spill.pending);
-        let run = spill.next_run;
-        spill.next_run += 1;
-        for (end, start, parts) in runs {
-            let by_group = spill.runs.entry((end, start)).or_default();
-            for (kg, bytes) in parts {
-                spill.spilled_bytes.add(bytes.len() as u64);
-                let key = run_key(end, start, run);
-                changes.put(kg, &key, bytes);
-                by_group.entry(kg).or_default().push(key);
+            let parts = self.encode_partial(start, end, groups.into_state()?)?;
+            let spill = self.spill.as_mut().expect("checked above");
+            let key = run_key(end, start, run);
+            let bytes: usize = parts.iter().map(|(_, b)| b.len()).sum();
+            spill.spilled_bytes.add(bytes as u64);
+            for (kg, _) in &parts {
+                spill.add_run((end, start), *kg, key.clone());
+            }
+            if bytes >= INGEST_BYTES {
+                let entries = parts
+                    .into_iter()
+                    .map(|(kg, value)| (kg, key.clone(), value))
+                    .collect();
+                spill.store.ingest(entries)?;
+            } else {
+                let mut changes = StateSnapshot::default();
+                for (kg, value) in parts {
+                    changes.put(kg, &key, value);
+                }
+                spill.store.write(changes)?;
             }
         }
-        Ok(spill.store.write(changes)?)
+        let spill = self.spill.as_mut().expect("checked above");
+        Ok(spill.store.write(std::mem::take(&mut spill.pending))?)
+    }
+
+    /// With state in RocksDB: merges the runs of one crowded window key group (see [`Spill`]),
+    /// unless a checkpoint is being cut (then after a later batch).
+    fn merge_runs(&mut self) -> Result<()> {
+        let Some(spill) = &mut self.spill else {
+            return Ok(());
+        };
+        if !spill.store.can_write() {
+            return Ok(());
+        }
+        let Some((w, kg)) = spill.crowded.pop_first() else {
+            return Ok(());
+        };
+        let keys = spill
+            .runs
+            .get(&w)
+            .and_then(|g| g.get(&kg))
+            .cloned()
+            .unwrap_or_default();
+        let Some(level) = crowded_level(&keys) else {
+            return Ok(());
+        };
+        let (merged, kept): (Vec<_>, Vec<_>) = keys
+            .into_iter()
+            .partition(|k| parse_run_key(k).is_ok_and(|(_, _, r)| r.level == level));
+        let store = spill.store.clone();
+        let (end, start) = w;
+        let mut groups = Groups::try_new(&self.key_schema, &self.aggregates)?;
+        let mut changes = StateSnapshot::default();
+        for key in &merged {
+            let bytes = store.get(kg, key)?.ok_or_else(|| {
+                OperatorError::State(format!(
+                    "window [{start}, {end}): a spilled state entry of key group {kg} is missing from the store"
+                ))
+            })?;
+            groups.merge(&self.partial_of(kg, key, &decode_entry(kg, &bytes)?)?)?;
+            changes.delete(kg, key);
+        }
+        let spill = self.spill.as_mut().expect("checked above");
+        let run = RunId {
+            level: level.saturating_add(1),
+            seq: spill.next_seq(),
+        };
+        let key = run_key(end, start, run);
+        let partial = groups.into_state()?;
+        let columns = partial
+            .keys
+            .into_iter()
+            .chain(partial.states.into_iter().flatten())
+            .collect();
+        changes.put(kg, &key, encode_batch(&state_batch(columns)?)?);
+        spill.store.write(changes)?;
+        let by_group = spill.runs.entry(w).or_default();
+        by_group.insert(kg, kept);
+        spill.add_run(w, kg, key);
+        Ok(())
     }
 
     /// With state in RocksDB: spills every window once memory holds more than the budget
@@ -1116,10 +1228,11 @@ pub(crate) fn late_flags(
 }
 
 impl Operator for FixedWindows {
-    fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
+    fn on_batch(&mut self, batch: RecordBatch, out: &mut Output) -> oxflow_runtime::Result<()> {
         if self.phase == Phase::Global {
             self.merge_partials(&batch)?;
-            return Ok(self.spill_if_full()?);
+            self.spill_if_full()?;
+            return Ok(self.merge_runs()?);
         }
         let last_ends = self.windows_of.last_ends(&batch)?;
         let late = late_flags(&last_ends, self.lateness, self.watermark);
@@ -1156,6 +1269,10 @@ impl Operator for FixedWindows {
             }
         }
         self.spill_if_full()?;
+        self.merge_runs()?;
+        if self.local_budget.is_some_and(|b| self.memory_used() > b) {
+            self.ship_partials(None, out)?;
+        }
         Ok(())
     }
 
@@ -1175,13 +1292,17 @@ impl Operator for FixedWindows {
 
     fn use_state_store(&mut self, store: StateStore) -> bool {
         if self.phase == Phase::Local {
-            // Its state is a pre-aggregate shipped when each pane completes: it stays small.
+            // A pre-aggregate: instead of spilling, it ships its partials early when they
+            // outgrow the budget (the global phase merges however many come). Its state
+            // stays in memory, under the budget.
+            self.local_budget = Some(store.memory_budget());
             return false;
         }
         self.spill = Some(Spill {
             store,
             spilled_bytes: self.spilled_bytes.clone(),
             runs: BTreeMap::new(),
+            crowded: BTreeSet::new(),
             next_run: 0,
             pending: StateSnapshot::default(),
         });
@@ -1225,14 +1346,8 @@ impl Operator for FixedWindows {
             // Copied into the store as they were: each entry is a run of its window.
             for (kg, key) in state.stored {
                 let (end, start, run) = parse_run_key(&key)?;
-                spill.next_run = spill.next_run.max(run + 1);
-                spill
-                    .runs
-                    .entry((end, start))
-                    .or_default()
-                    .entry(kg)
-                    .or_default()
-                    .push(key);
+                spill.next_run = spill.next_run.max(run.seq);
+                spill.add_run((end, start), kg, key);
             }
         }
         self.spill_if_full()?;

@@ -26,12 +26,14 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use rocksdb::{
-    checkpoint::Checkpoint, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    checkpoint::Checkpoint, Direction, IngestExternalFileOptions, IteratorMode, Options,
+    SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Where operators keep their state while the job runs.
@@ -155,6 +157,8 @@ impl Drop for Reopen<'_> {
 #[derive(Clone)]
 pub struct StateStore {
     db: Arc<DB>,
+    /// Numbers the SST files this store's operators ingest.
+    files: Arc<AtomicU64>,
     operator: u16,
     subtask: usize,
     gate: Arc<Gate>,
@@ -182,6 +186,11 @@ impl StateStore {
         write_changes(&self.db, self.operator, self.subtask, changes)
     }
 
+    /// Whether a write would go through now (no checkpoint is being cut).
+    pub fn can_write(&self) -> bool {
+        self.gate.is_open()
+    }
+
     /// Applies `changes` unless a checkpoint is being cut; gives them back if it is.
     pub fn try_write(&self, changes: StateSnapshot) -> Result<Option<StateSnapshot>> {
         if !self.gate.is_open() {
@@ -189,6 +198,31 @@ impl StateStore {
         }
         self.write(changes)?;
         Ok(None)
+    }
+
+    /// Writes `entries` (ascending by key group, then key) as one SST file that RocksDB takes
+    /// in whole: a large spill then costs one sequential write, not a copy into the memtable
+    /// and a flush at the next checkpoint. Waits while a checkpoint is being cut.
+    pub fn ingest(&self, entries: Vec<(usize, Vec<u8>, Vec<u8>)>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if let Some(w) = entries
+            .windows(2)
+            .find(|w| (w[0].0, &w[0].1) >= (w[1].0, &w[1].1))
+        {
+            return Err(RuntimeError::State(format!(
+                "entries to ingest are out of order: key group {} after {}",
+                w[1].0, w[0].0
+            )));
+        }
+        let options = sst_options();
+        let mut copy = SstCopy::new(&self.db, &self.files, &options)?;
+        for (kg, key, value) in entries {
+            copy.put(&entry_key(self.operator, kg as u16, &key), &value)?;
+        }
+        self.gate.wait_open();
+        copy.ingest()
     }
 
     /// The value of `key` in `key_group`.
@@ -210,9 +244,6 @@ fn entry_key(operator: u16, key_group: u16, key: &[u8]) -> Vec<u8> {
 fn rocks(context: impl std::fmt::Display, e: rocksdb::Error) -> RuntimeError {
     RuntimeError::State(format!("{context}: {e}"))
 }
-
-/// Bytes a restore copies into a store per write.
-const COPY_BATCH_BYTES: usize = 32 << 20;
 
 fn write_batch(db: &DB, batch: WriteBatch) -> Result<()> {
     let mut options = WriteOptions::default();
@@ -274,10 +305,75 @@ pub fn file_crc32(path: &Path) -> Result<(u64, u32)> {
     Ok((size, hasher.finalize()))
 }
 
+/// Entries written into an SST file beside a store, then moved into it whole.
+struct SstCopy<'a> {
+    db: &'a DB,
+    path: PathBuf,
+    writer: SstFileWriter<'a>,
+    empty: bool,
+}
+
+/// Options of the SST files written for a store: spilled Arrow state of distinct keys barely
+/// compresses, and is read back once.
+fn sst_options() -> Options {
+    let mut options = Options::default();
+    options.set_compression_type(rocksdb::DBCompressionType::None);
+    options
+}
+
+impl<'a> SstCopy<'a> {
+    fn new(db: &'a DB, files: &AtomicU64, options: &'a Options) -> Result<Self> {
+        let path = db.path().join(format!(
+            "ingest-{}.sst",
+            files.fetch_add(1, Ordering::Relaxed)
+        ));
+        let writer = SstFileWriter::create(options);
+        writer
+            .open(&path)
+            .map_err(|e| rocks(format!("writing {}", path.display()), e))?;
+        Ok(SstCopy {
+            db,
+            path,
+            writer,
+            empty: true,
+        })
+    }
+
+    /// Adds an entry; keys must ascend.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.empty = false;
+        self.writer
+            .put(key, value)
+            .map_err(|e| rocks(format!("writing {}", self.path.display()), e))
+    }
+
+    /// Moves the file into the store.
+    fn ingest(mut self) -> Result<()> {
+        let result = if self.empty {
+            Ok(())
+        } else {
+            self.writer
+                .finish()
+                .map_err(|e| rocks(format!("writing {}", self.path.display()), e))
+                .and_then(|_| {
+                    let mut ingest = IngestExternalFileOptions::default();
+                    ingest.set_move_files(true);
+                    self.db
+                        .ingest_external_file_opts(&ingest, vec![&self.path])
+                        .map_err(|e| rocks(format!("ingesting {}", self.path.display()), e))
+                })
+        };
+        // Moved into the store when ingested; a failed ingestion leaves nothing behind either.
+        let _ = std::fs::remove_file(&self.path);
+        result
+    }
+}
+
 /// A subtask's state store: a RocksDB instance in a working directory.
 pub struct StateBackend {
     db: Arc<DB>,
     gate: Arc<Gate>,
+    files: Arc<AtomicU64>,
     /// Checksums of SST files already described by an earlier checkpoint (SST files are
     /// immutable and never reuse a name), so each checkpoint only reads its new files.
     known: HashMap<String, (u64, u32)>,
@@ -303,6 +399,7 @@ impl StateBackend {
         Ok(StateBackend {
             db: Arc::new(db),
             gate: Arc::default(),
+            files: Arc::default(),
             known: HashMap::new(),
         })
     }
@@ -316,6 +413,7 @@ impl StateBackend {
     pub fn store(&self, operator: usize, subtask: usize, memory_budget: usize) -> StateStore {
         StateStore {
             db: self.db.clone(),
+            files: self.files.clone(),
             operator: operator as u16,
             subtask,
             gate: self.gate.clone(),
@@ -408,29 +506,30 @@ pub fn read_state(
                     .unwrap_or(false)
                     .then_some(backend)
             });
-            let (mut batch, mut batch_bytes) = (WriteBatch::default(), 0);
+            // Copied entries go into an SST file the store then takes in whole: one
+            // sequential write, no memtable (the old store's keys come in order).
+            let options = sst_options();
+            let mut copy = match copy_to {
+                Some(backend) => Some(SstCopy::new(&backend.db, &backend.files, &options)?),
+                None => None,
+            };
             for item in db.iterator(IteratorMode::From(&from, Direction::Forward)) {
                 let (k, v) = item.map_err(|e| rocks(format!("reading {}", dir.display()), e))?;
                 if k.as_ref() >= to.as_slice() {
                     break;
                 }
                 let kg = u16::from_be_bytes([k[2], k[3]]) as usize;
-                match copy_to {
+                match &mut copy {
                     None => state.keyed.push((kg, k[4..].to_vec(), v.to_vec())),
-                    Some(backend) => {
+                    Some(copy) => {
                         // Same operator, same key group: the entry key is the same.
-                        batch.put(&k, &v);
-                        batch_bytes += k.len() + v.len();
+                        copy.put(&k, &v)?;
                         state.stored.push((kg, k[4..].to_vec()));
-                        if batch_bytes >= COPY_BATCH_BYTES {
-                            write_batch(&backend.db, std::mem::take(&mut batch))?;
-                            batch_bytes = 0;
-                        }
                     }
                 }
             }
-            if let Some(backend) = copy_to {
-                write_batch(&backend.db, batch)?;
+            if let Some(copy) = copy {
+                copy.ingest()?;
             }
             let prefix = entry_key(op, OPERATOR_STATE, &[]);
             for item in db.prefix_iterator(&prefix) {
@@ -615,6 +714,37 @@ mod tests {
             .map(|(_, k, _)| k.as_slice())
             .collect();
         assert_eq!(keys, vec![b"before".as_slice()]);
+    }
+
+    #[test]
+    fn ingested_entries_are_read_back_and_checkpointed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut backend = StateBackend::open(&tmp.path().join("work")).unwrap();
+        let store = backend.store(2, 0, 0);
+        let entries: Vec<_> = (0..128usize)
+            .map(|kg| (kg, b"run".to_vec(), vec![kg as u8; 1000]))
+            .collect();
+        store.ingest(entries).unwrap();
+        let err = store
+            .ingest(vec![(5, b"b".to_vec(), vec![]), (4, b"a".to_vec(), vec![])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of order"), "{err}");
+        assert_eq!(store.get(77, b"run").unwrap(), Some(vec![77; 1000]));
+        let target = tmp.path().join("chk");
+        backend.checkpoint(&target, tmp.path()).unwrap();
+        let restored = read_state(&[target], 3, 10..12, None).unwrap().remove(2);
+        assert_eq!(restored.keyed.len(), 2);
+        assert!(
+            std::fs::read_dir(tmp.path().join("work"))
+                .unwrap()
+                .all(|f| !f
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("spill-")),
+            "the ingested file was moved into the store"
+        );
     }
 
     #[test]
