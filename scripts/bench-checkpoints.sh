@@ -2,7 +2,8 @@
 # Throughput with checkpoints every second against none, side by side in one run: each query
 # at 2 workers, alternating the two modes, RUNS times each (default 3), median of each.
 # Usage: scripts/bench-checkpoints.sh [EVENTS] (default 30,000,000: long enough for several
-# checkpoints).
+# checkpoints). STATE_MB=N runs both sides with state in RocksDB and N MiB in memory per
+# window operator subtask (--state-memory-budget-mb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}"
@@ -13,10 +14,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 printf "%-5s %-12s %12s %14s %12s %14s %12s\n" query checkpoints events/s events/cpu-s completed last_ms state_bytes
 for q in ${QUERIES:-q5 q7 q11}; do
-  plain=() checkpointed=()
+  plain=() checkpointed=() state=()
+  if [ -n "${STATE_MB:-}" ]; then state=(--state-memory-budget-mb "$STATE_MB"); fi
   for i in $(seq "${RUNS:-3}"); do
-    plain+=("$("$bin" nexmark --query "$q" --events "$events" --workers 2 | tail -n 1)")
-    checkpointed+=("$("$bin" nexmark --query "$q" --events "$events" --workers 2 \
+    plain+=("$("$bin" nexmark --query "$q" --events "$events" --workers 2 "${state[@]}" | tail -n 1)")
+    checkpointed+=("$("$bin" nexmark --query "$q" --events "$events" --workers 2 "${state[@]}" \
       --checkpoint-dir "$work/$q-$i" --checkpoint-interval-ms 1000 | tail -n 1)")
   done
   for mode in none 1s; do

@@ -5,11 +5,15 @@
 # compares the committed output with an uninterrupted run: they must be equal as multisets.
 #
 #   scripts/chaos.sh [--query q5] [--events 300000] [--rate 60000] [--kills 8] [--seed N]
+#                    [--state-mb N]
+#
+# With --state-mb, two attempts in three keep window state in RocksDB with N MiB in memory
+# (--state-memory-budget-mb), the others in memory: each restores the other's checkpoints.
 #
 # Prints one line per attempt and a final verdict; exits non-zero on any difference.
 set -euo pipefail
 
-query=q5 events=300000 rate=60000 kills=8 seed=${RANDOM}
+query=q5 events=300000 rate=60000 kills=8 seed=${RANDOM} state_mb=
 while [ $# -gt 0 ]; do
   case "$1" in
     --query) query=$2; shift 2 ;;
@@ -17,6 +21,7 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --kills) kills=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
+    --state-mb) state_mb=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +44,12 @@ attempt=0 corrupted=no
 while :; do
   attempt=$((attempt + 1))
   workers=$((RANDOM % 2 + 1))
-  "$bin" "${common[@]}" --workers "$workers" --rate "$rate" --sink "file:$work/out" \
+  state=() label="$workers workers"
+  if [ -n "$state_mb" ] && [ $((RANDOM % 3)) -ne 0 ]; then
+    state=(--state-memory-budget-mb "$state_mb")
+    label="$label, state in RocksDB"
+  fi
+  "$bin" "${common[@]}" --workers "$workers" "${state[@]}" --rate "$rate" --sink "file:$work/out" \
     --checkpoint-dir "$work/chk" --checkpoint-interval-ms 100 --restore latest \
     > "$work/attempt.json" 2> "$work/attempt-$attempt.log" &
   pid=$!
@@ -49,9 +59,9 @@ while :; do
     sleep 0.3
     if kill -9 "$pid" 2>/dev/null; then
       wait "$pid" 2>/dev/null || true
-      echo "attempt $attempt ($workers workers): killed; $(ls "$work/chk" 2>/dev/null | grep -c '^chk-' || true) checkpoint directories"
+      echo "attempt $attempt ($label): killed; $(ls "$work/chk" 2>/dev/null | grep -c '^chk-' || true) checkpoint directories"
     else
-      wait "$pid" && echo "attempt $attempt ($workers workers): finished before the kill"
+      wait "$pid" && echo "attempt $attempt ($label): finished before the kill"
       break
     fi
   else
@@ -60,7 +70,7 @@ while :; do
       tail -20 "$work/attempt-$attempt.log" >&2
       exit 1
     fi
-    echo "attempt $attempt ($workers workers): finished: $(tail -1 "$work/attempt.json")"
+    echo "attempt $attempt ($label): finished: $(tail -1 "$work/attempt.json")"
     break
   fi
   # Half way, flip a byte in the newest complete checkpoint: the next attempt must notice and

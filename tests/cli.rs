@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{free_port, oxflow, summary};
+use common::{committed_lines, free_port, oxflow, summary};
 
 #[test]
 fn nexmark_prints_one_json_summary_line_last() {
@@ -212,6 +212,33 @@ fn checkpoint_arguments_are_checked() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/chk-1"));
+    let out = oxflow(&["nexmark", "--query", "q5", "--state-memory-budget-mb", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("--state-memory-budget-mb must be at least 1"));
+}
+
+#[test]
+fn window_state_in_rocksdb_gives_the_same_output_as_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let sink = format!("--sink=file:{}", tmp.path().join(name).display());
+        let mut args = vec!["nexmark", "--query", "q5", "--events", "300000", &sink];
+        args.extend_from_slice(extra);
+        let out = oxflow(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        committed_lines(&tmp.path().join(name))
+    };
+    let in_memory = run("memory", &[]);
+    assert!(!in_memory.is_empty());
+    assert_eq!(
+        run("rocksdb", &["--state-memory-budget-mb", "1"]),
+        in_memory
+    );
 }
 
 #[test]

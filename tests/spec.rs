@@ -7,7 +7,7 @@ use common::*;
 use oxflow::arrow::array::{Int64Array, RecordBatch};
 use oxflow::arrow::datatypes::{DataType, Field, Schema};
 use oxflow::prelude::*;
-use oxflow::spec::{JobSpec, Registry, SinkSpec, SourceSpec};
+use oxflow::spec::{JobSpec, Registry, SinkSpec, SourceSpec, StateSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +122,10 @@ fn a_job_round_trips_through_json_and_runs_to_the_same_output() {
     assert_eq!(parsed, spec);
     let mut rebuilt_spec = parsed.clone();
     rebuilt_spec.sink = SinkSpec::File { path: b.clone() };
+    // The rebuilt job keeps its window state in RocksDB, under a 1 MiB budget.
+    rebuilt_spec.state = Some(StateSpec {
+        memory_budget_mb: 1,
+    });
     let rebuilt = Pipeline::from_spec(&rebuilt_spec, &registry, None).unwrap();
     // The rebuilt job's spec is the spec it was built from.
     assert_eq!(rebuilt.to_spec().unwrap(), rebuilt_spec);
@@ -238,6 +242,16 @@ fn bad_specs_say_what_and_where() {
         err.contains("tumbling window size must be a positive"),
         "{err}"
     );
+    let with_state = |state: &str| {
+        format!(r#"{{"stream": {{"source": {source}}}, "sink": "blackhole", "state": {state}}}"#)
+    };
+    let err = build(&with_state(r#"{"memory_budget_mb": 0}"#));
+    assert!(
+        err.contains("state.memory_budget_mb must be at least 1"),
+        "{err}"
+    );
+    let err = build(&with_state(r#"{"memory_budget": 64}"#));
+    assert!(err.contains("unknown field `memory_budget`"), "{err}");
 }
 
 #[test]
