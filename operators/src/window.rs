@@ -652,6 +652,7 @@ impl OperatorFactory for WindowAggregate {
                     spill: None,
                     spilled_bytes: self.spilled_bytes.clone(),
                     local_budget: None,
+                    buffered: 0,
                 })
             }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
@@ -739,6 +740,8 @@ struct FixedWindows {
     spilled_bytes: Counter,
     /// With state in RocksDB, for the local phase: its memory budget.
     local_budget: Option<usize>,
+    /// About how many bytes the groups in memory hold.
+    buffered: usize,
 }
 
 /// A window aggregate's state in RocksDB ([`oxflow_runtime::state::StateStorage::RocksDb`]).
@@ -850,7 +853,9 @@ impl FixedWindows {
             if up_to.is_some_and(|w| end - 1 > w) {
                 break;
             }
-            let state = entry.remove().into_state()?;
+            let groups = entry.remove();
+            self.buffered = self.buffered.saturating_sub(groups.size());
+            let state = groups.into_state()?;
             let columns = state
                 .keys
                 .into_iter()
@@ -873,7 +878,7 @@ impl FixedWindows {
                 .map(|i| rows.take(batch.column(i)))
                 .collect::<Result<Vec<_>>>()?;
             let state = self.groups_state(columns);
-            self.groups_of(rows.end, rows.start)?.merge(&state)?;
+            self.update_groups(rows.end, rows.start, |g| g.merge(&state))?;
         }
         Ok(())
     }
@@ -982,7 +987,7 @@ impl FixedWindows {
         if runs.is_empty() {
             let window = match self.layout {
                 // The window is its only pane: emitted as it is, without a copy.
-                Layout::PerWindow => match self.groups.remove(panes.start()) {
+                Layout::PerWindow => match self.take_groups(*panes.start()) {
                     Some(groups) => groups,
                     None => return Ok(()),
                 },
@@ -1032,7 +1037,14 @@ impl FixedWindows {
 
     /// Drops the windows or panes `keep` rejects, in memory and in the store.
     fn retire(&mut self, keep: impl Fn(&(EventTime, EventTime)) -> bool) -> Result<()> {
-        self.groups.retain(|w, _| keep(w));
+        let buffered = &mut self.buffered;
+        self.groups.retain(|w, g| {
+            let kept = keep(w);
+            if !kept {
+                *buffered = buffered.saturating_sub(g.size());
+            }
+            kept
+        });
         let Some(spill) = &mut self.spill else {
             return Ok(());
         };
@@ -1105,9 +1117,11 @@ impl FixedWindows {
             level: 0,
             seq: self.spill.as_mut().expect("checked above").next_seq(),
         };
-        // A window at a time, so that memory holds one window's encoded state, not all.
+        // A window at a time, so that memory holds one window's encoded state, not all; small
+        // ones go in one write.
+        let mut small = StateSnapshot::default();
         for (end, start) in chosen {
-            let groups = self.groups.remove(&(end, start)).expect("listed above");
+            let groups = self.take_groups((end, start)).expect("listed above");
             self.dirty.remove(&(end, start));
             let parts = self.encode_partial(start, end, groups.into_state()?)?;
             let spill = self.spill.as_mut().expect("checked above");
@@ -1124,14 +1138,13 @@ impl FixedWindows {
                     .collect();
                 spill.store.ingest(entries)?;
             } else {
-                let mut changes = StateSnapshot::default();
                 for (kg, value) in parts {
-                    changes.put(kg, &key, value);
+                    small.put(kg, &key, value);
                 }
-                spill.store.write(changes)?;
             }
         }
         let spill = self.spill.as_mut().expect("checked above");
+        spill.store.write(small)?;
         Ok(spill.store.write(std::mem::take(&mut spill.pending))?)
     }
 
@@ -1195,17 +1208,44 @@ impl FixedWindows {
     /// With state in RocksDB: spills every window once memory holds more than the budget
     /// (the buffer then starts empty; the next updates of the same keys make new runs).
     fn spill_if_full(&mut self) -> Result<()> {
-        match &self.spill {
-            Some(spill) if self.memory_used() > spill.store.memory_budget() => {
-                self.spill_where(|_| true)
-            }
+        match self.spill.as_ref().map(|s| s.store.memory_budget()) {
+            Some(budget) if self.over(budget) => self.spill_where(|_| true),
             _ => Ok(()),
         }
     }
 
-    /// Bytes the groups in memory hold.
-    fn memory_used(&self) -> usize {
-        self.groups.values().map(Groups::size).sum()
+    /// Whether the groups in memory hold more than `budget` bytes. The running count is
+    /// checked against a full count before it is believed (it drifts when groups are read
+    /// without being updated).
+    fn over(&mut self, budget: usize) -> bool {
+        if self.buffered <= budget {
+            return false;
+        }
+        self.buffered = self.groups.values().map(Groups::size).sum();
+        self.buffered > budget
+    }
+
+    /// Updates the groups of window or pane `[start, end)` (created empty if new) with `f`,
+    /// counting the memory they hold: one window's size per update, not every window's.
+    fn update_groups(
+        &mut self,
+        end: EventTime,
+        start: EventTime,
+        f: impl FnOnce(&mut Groups) -> Result<()>,
+    ) -> Result<()> {
+        let groups = self.groups_of(end, start)?;
+        let before = groups.size();
+        f(groups)?;
+        let after = groups.size();
+        self.buffered = (self.buffered + after).saturating_sub(before);
+        Ok(())
+    }
+
+    /// Removes the groups of window or pane `w` from memory.
+    fn take_groups(&mut self, w: (EventTime, EventTime)) -> Option<Groups> {
+        let groups = self.groups.remove(&w)?;
+        self.buffered = self.buffered.saturating_sub(groups.size());
+        Some(groups)
     }
 }
 
@@ -1256,21 +1296,20 @@ impl Operator for FixedWindows {
             if window_fired(last_end, self.lateness, self.watermark) {
                 continue;
             }
-            let groups = self.groups_of(rows.end, rows.start)?;
-            match &rows.indices {
-                None => groups.update(&keys, &inputs, batch.num_rows())?,
+            self.update_groups(rows.end, rows.start, |groups| match &rows.indices {
+                None => groups.update(&keys, &inputs, batch.num_rows()),
                 Some(indices) => {
                     let keys = keys
                         .iter()
                         .map(|k| rows.take(k))
                         .collect::<Result<Vec<_>>>()?;
-                    groups.update(&keys, &take_inputs(&inputs, indices)?, indices.len())?
+                    groups.update(&keys, &take_inputs(&inputs, indices)?, indices.len())
                 }
-            }
+            })?;
         }
         self.spill_if_full()?;
         self.merge_runs()?;
-        if self.local_budget.is_some_and(|b| self.memory_used() > b) {
+        if self.local_budget.is_some_and(|b| self.over(b)) {
             self.ship_partials(None, out)?;
         }
         Ok(())
@@ -1340,7 +1379,7 @@ impl Operator for FixedWindows {
             let (end, start, _) = parse_run_key(&key)?;
             let partial = self.partial_of(kg, &key, &decode_entry(kg, &value)?)?;
             // Marked dirty: this run's store starts empty.
-            self.groups_of(end, start)?.merge(&partial)?;
+            self.update_groups(end, start, |g| g.merge(&partial))?;
         }
         if let Some(spill) = &mut self.spill {
             // Copied into the store as they were: each entry is a run of its window.
