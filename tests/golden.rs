@@ -188,34 +188,48 @@ fn checkpointed_runs_match_golden_files() {
     }
 }
 
+/// Runs `query` attempt by attempt as `plan` says — (workers, checkpoints to wait for before
+/// killing it, where state lives) — each restoring the latest checkpoint, the last to the end;
+/// the committed output must be the golden file's.
+fn killed_and_restored(query: &str, plan: &[(usize, u64, StateStorage)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
+    let (last, killed) = plan.split_last().unwrap();
+    for &(workers, wait, storage) in killed {
+        let job = checkpointed_job(query, workers, &out, &checkpoints)
+            .with_state_storage(storage)
+            .restore_from(RestoreFrom::Latest);
+        run_until_checkpoints(job, wait);
+    }
+    checkpointed_job(query, last.0, &out, &checkpoints)
+        .with_state_storage(last.2)
+        .restore_from(RestoreFrom::Latest)
+        .execute_blocking()
+        .unwrap();
+    assert_same_lines(
+        &committed_lines(&out),
+        &golden(query),
+        &format!("{query} killed and restored as {plan:?}"),
+    );
+}
+
 #[test]
 fn killed_and_restored_runs_match_golden_files() {
-    // (workers of each attempt, checkpoints to wait for before killing it); the last attempt
-    // runs to the end. Rescaling up and down, and a kill before any checkpoint.
-    let plans: [&[(usize, u64)]; 3] = [
-        &[(2, 3), (2, 0)],
-        &[(1, 0), (3, 2), (2, 4), (1, 0)],
-        &[(4, 5), (2, 0)],
+    // Rescaling up and down, and a kill before any checkpoint.
+    let memory = StateStorage::Memory;
+    let plans: [&[(usize, u64, StateStorage)]; 3] = [
+        &[(2, 3, memory), (2, 0, memory)],
+        &[
+            (1, 0, memory),
+            (3, 2, memory),
+            (2, 4, memory),
+            (1, 0, memory),
+        ],
+        &[(4, 5, memory), (2, 0, memory)],
     ];
     for query in QUERIES {
         for plan in plans {
-            let tmp = tempfile::tempdir().unwrap();
-            let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
-            let (last, killed) = plan.split_last().unwrap();
-            for &(workers, wait) in killed {
-                let job = checkpointed_job(query, workers, &out, &checkpoints)
-                    .restore_from(RestoreFrom::Latest);
-                run_until_checkpoints(job, wait);
-            }
-            checkpointed_job(query, last.0, &out, &checkpoints)
-                .restore_from(RestoreFrom::Latest)
-                .execute_blocking()
-                .unwrap();
-            assert_same_lines(
-                &committed_lines(&out),
-                &golden(query),
-                &format!("{query} killed and restored as {plan:?}"),
-            );
+            killed_and_restored(query, plan);
         }
     }
 }
@@ -227,32 +241,15 @@ fn state_in_rocksdb_matches_golden_files_straight_and_killed_and_restored() {
     let rocks = StateStorage::RocksDb {
         memory_budget: 4 << 10,
     };
+    let memory = StateStorage::Memory;
     let plans: [&[(usize, u64, StateStorage)]; 3] = [
         &[(2, 0, rocks)],
-        &[(2, 3, rocks), (3, 2, StateStorage::Memory), (1, 0, rocks)],
-        &[(1, 2, StateStorage::Memory), (2, 0, rocks)],
+        &[(2, 3, rocks), (3, 2, memory), (1, 0, rocks)],
+        &[(1, 2, memory), (2, 0, rocks)],
     ];
     for query in QUERIES {
         for plan in plans {
-            let tmp = tempfile::tempdir().unwrap();
-            let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
-            let (last, killed) = plan.split_last().unwrap();
-            for &(workers, wait, storage) in killed {
-                let job = checkpointed_job(query, workers, &out, &checkpoints)
-                    .with_state_storage(storage)
-                    .restore_from(RestoreFrom::Latest);
-                run_until_checkpoints(job, wait);
-            }
-            checkpointed_job(query, last.0, &out, &checkpoints)
-                .with_state_storage(last.2)
-                .restore_from(RestoreFrom::Latest)
-                .execute_blocking()
-                .unwrap();
-            assert_same_lines(
-                &committed_lines(&out),
-                &golden(query),
-                &format!("{query} with state in RocksDB, as {plan:?}"),
-            );
+            killed_and_restored(query, plan);
         }
     }
 }
