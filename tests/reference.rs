@@ -51,9 +51,7 @@ fn run_windows(
     values: &[i64],
     window: WindowSpec,
     lateness: i64,
-    batch: usize,
-    workers: usize,
-    storage: StateStorage,
+    (batch, workers, storage): (usize, usize, StateStorage),
 ) -> (Vec<AggRow>, u64) {
     let data = RecordBatch::try_new(
         kv_schema(),
@@ -168,9 +166,7 @@ fn check_window(
             &values,
             window.clone(),
             lateness,
-            batch,
-            workers,
-            storage,
+            (batch, workers, storage),
         );
         if got != expected {
             let missing: Vec<_> = expected.0.iter().filter(|r| !got.0.contains(r)).collect();

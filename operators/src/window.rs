@@ -762,13 +762,16 @@ struct Spill {
     store: StateStore,
     spilled_bytes: Counter,
     /// The entry keys of every run, by window or pane and key group.
-    runs: BTreeMap<(EventTime, EventTime), BTreeMap<usize, Vec<Vec<u8>>>>,
+    runs: BTreeMap<(EventTime, EventTime), RunKeys>,
     /// Windows' key groups with [`MERGE_RUNS`] runs of one level.
     crowded: BTreeSet<((EventTime, EventTime), usize)>,
     next_run: u32,
     /// Runs of fired windows, deleted with the next write (not while a checkpoint is cut).
     pending: StateSnapshot,
 }
+
+/// The entry keys of a window's runs, by key group.
+type RunKeys = BTreeMap<usize, Vec<Vec<u8>>>;
 
 /// Rows emitted at once when a window is merged key group by key group.
 const EMIT_ROWS: usize = 8192;
@@ -976,7 +979,7 @@ impl FixedWindows {
         panes: RangeInclusive<(EventTime, EventTime)>,
         out: &mut Output,
     ) -> Result<()> {
-        let mut runs: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut runs = RunKeys::new();
         if let Some(spill) = &self.spill {
             for (_, by_group) in spill.runs.range(panes.clone()) {
                 for (&kg, keys) in by_group {
