@@ -236,16 +236,22 @@ fn killed_and_restored_runs_match_golden_files() {
 
 #[test]
 fn state_in_rocksdb_matches_golden_files_straight_and_killed_and_restored() {
-    // A budget so small that window state lives in RocksDB; attempts switch between that and
-    // state in memory, so each restores the other's checkpoints.
+    // A budget so small that window state lives in RocksDB; attempts switch between that,
+    // a budget nothing outgrows, and state in memory, so each restores the others'
+    // checkpoints.
     let rocks = StateStorage::RocksDb {
         memory_budget: 4 << 10,
     };
+    // A budget nothing outgrows: windows are copied at barriers, not spilled.
+    let roomy = StateStorage::RocksDb {
+        memory_budget: 1 << 30,
+    };
     let memory = StateStorage::Memory;
-    let plans: [&[(usize, u64, StateStorage)]; 3] = [
+    let plans: [&[(usize, u64, StateStorage)]; 4] = [
         &[(2, 0, rocks)],
         &[(2, 3, rocks), (3, 2, memory), (1, 0, rocks)],
         &[(1, 2, memory), (2, 0, rocks)],
+        &[(2, 3, roomy), (1, 2, rocks), (3, 2, roomy), (2, 0, memory)],
     ];
     for query in QUERIES {
         for plan in plans {

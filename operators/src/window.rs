@@ -750,9 +750,13 @@ struct FixedWindows {
 /// the budget, and at every barrier, each window's (or pane's) groups are written to the store
 /// as a *run*: their keys and partial accumulator states, one entry per key group, and memory
 /// is freed. A window that fires merges its runs key group by key group, so only one key
-/// group's groups are in memory at a time, however large the window. A barrier writes only
-/// the groups updated since the previous one: checkpoints are incremental by key, not by
-/// window.
+/// group's groups are in memory at a time, however large the window.
+///
+/// At a barrier, a window whose changed groups in memory are large is spilled: the checkpoint
+/// writes the keys updated since the previous spill, incremental by key. A small one is
+/// copied as it is, as with state in memory (a *copy*, replaced at each barrier and dropped
+/// once the window is spilled or fires), so that a small state costs what it does in memory.
+/// A restored copy is a run like any other.
 ///
 /// Runs of a long window pile up, one per spill; like an LSM tree, [`MERGE_RUNS`] runs of one
 /// level are merged into one of the next level, a key group at a time between batches, so a
@@ -766,6 +770,8 @@ struct Spill {
     /// Windows' key groups with [`MERGE_RUNS`] runs of one level.
     crowded: BTreeSet<((EventTime, EventTime), usize)>,
     next_run: u32,
+    /// The sequence number of this instance's copies (above every restored run's).
+    copy_seq: u32,
     /// Runs of fired windows, deleted with the next write (not while a checkpoint is cut).
     pending: StateSnapshot,
 }
@@ -786,8 +792,8 @@ const MERGE_RUNS: usize = 4;
 fn crowded_level(keys: &[Vec<u8>]) -> Option<u8> {
     let mut per_level: BTreeMap<u8, usize> = BTreeMap::new();
     for key in keys {
-        if let Ok((_, _, run)) = parse_run_key(key) {
-            *per_level.entry(run.level).or_default() += 1;
+        if let Ok(level) = merge_level(key) {
+            *per_level.entry(level).or_default() += 1;
         }
     }
     per_level
@@ -795,6 +801,20 @@ fn crowded_level(keys: &[Vec<u8>]) -> Option<u8> {
         .find(|&(_, n)| n >= MERGE_RUNS)
         .map(|(level, _)| level)
 }
+
+/// The level of a run (of an entry key) for merging: a copy restored from a checkpoint is a
+/// run like a spilled one.
+fn merge_level(key: &[u8]) -> Result<u8> {
+    let (_, _, run) = parse_run_key(key)?;
+    Ok(if run.level == COPY_LEVEL {
+        0
+    } else {
+        run.level
+    })
+}
+
+/// The level of the entries that copy a window's groups at a barrier (see [`Spill`]).
+const COPY_LEVEL: u8 = u8::MAX;
 
 impl Spill {
     /// Records run `key` of window `w` in key group `kg`.
@@ -1174,7 +1194,7 @@ impl FixedWindows {
         };
         let (merged, kept): (Vec<_>, Vec<_>) = keys
             .into_iter()
-            .partition(|k| parse_run_key(k).is_ok_and(|(_, _, r)| r.level == level));
+            .partition(|k| merge_level(k).is_ok_and(|l| l == level));
         let store = spill.store.clone();
         let (end, start) = w;
         let mut groups = Groups::try_new(&self.key_schema, &self.aggregates)?;
@@ -1345,33 +1365,47 @@ impl Operator for FixedWindows {
             spilled_bytes: self.spilled_bytes.clone(),
             runs: BTreeMap::new(),
             crowded: BTreeSet::new(),
-            next_run: 0,
+            next_run: 1,
+            copy_seq: 0,
             pending: StateSnapshot::default(),
         });
         true
     }
 
     fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        // With state in RocksDB, the entry of a window's groups in memory is a copy, keyed
+        // apart from runs; in memory, it is the window's only entry.
+        let copy_seq = self.spill.as_ref().map(|s| s.copy_seq);
+        let item = |(end, start): (EventTime, EventTime)| match copy_seq {
+            Some(seq) => run_key(
+                end,
+                start,
+                RunId {
+                    level: COPY_LEVEL,
+                    seq,
+                },
+            ),
+            None => window_key(end, start),
+        };
         if self.spill.is_some() {
-            // What changed since the last barrier becomes a run of its own: the checkpoint
-            // writes those keys only.
-            self.spill_where(|_| true)?;
-            state.set_operator_state(encode_i64(self.fired_up_to));
-            return Ok(());
+            // A large change becomes a run: the checkpoint writes those keys only.
+            let large: BTreeSet<_> = self
+                .groups
+                .iter()
+                .filter(|(w, g)| self.dirty.contains(w) && g.size() >= INGEST_BYTES)
+                .map(|(w, _)| *w)
+                .collect();
+            self.spill_where(|w| large.contains(w))?;
         }
-        let live: BTreeSet<Vec<u8>> = self
-            .groups
-            .keys()
-            .map(|&(end, start)| window_key(end, start))
-            .collect();
-        self.stored.retain(state, |item| live.contains(item));
+        let live: BTreeSet<Vec<u8>> = self.groups.keys().map(|&w| item(w)).collect();
+        self.stored.retain(state, |entry| live.contains(entry));
         for (end, start) in std::mem::take(&mut self.dirty) {
             let Some(groups) = self.groups.get_mut(&(end, start)) else {
                 continue;
             };
             let partial = groups.state(&self.key_schema, &self.aggregates)?;
             let parts = self.encode_partial(start, end, partial)?;
-            self.stored.replace(state, window_key(end, start), parts);
+            self.stored.replace(state, item((end, start)), parts);
         }
         state.set_operator_state(encode_i64(self.fired_up_to));
         Ok(())
@@ -1391,6 +1425,7 @@ impl Operator for FixedWindows {
                 spill.next_run = spill.next_run.max(run.seq);
                 spill.add_run((end, start), kg, key);
             }
+            spill.copy_seq = spill.next_seq();
         }
         self.spill_if_full()?;
         if let Some(fired) = max_i64(&state.operator)? {
