@@ -747,9 +747,8 @@ struct FixedWindows {
 /// A window aggregate's state in RocksDB ([`oxflow_runtime::state::StateStorage::RocksDb`]).
 ///
 /// Memory holds a write buffer: the groups updated since the last spill. When they outgrow
-/// the budget, and at every barrier, each window's (or pane's) groups are written to the store
-/// as a *run*: their keys and partial accumulator states, one entry per key group, and memory
-/// is freed. A window that fires merges its runs key group by key group, so only one key
+/// the budget, each window's (or pane's) groups are written to the store as a *run*: their
+/// keys and partial accumulator states, one entry per key group, and memory is freed. A window that fires merges its runs key group by key group, so only one key
 /// group's groups are in memory at a time, however large the window.
 ///
 /// At a barrier, a window whose changed groups in memory are large is spilled: the checkpoint
@@ -940,11 +939,16 @@ impl FixedWindows {
         let spilled = self.spill.as_ref().is_some_and(|s| !s.runs.is_empty());
         match self.layout {
             Layout::PerWindow => {
-                let windows: Vec<_> = self
-                    .state_keys()
-                    .into_iter()
-                    .take_while(|&(end, _)| due(end))
+                // In order of end: only the due ones are looked at.
+                let mut windows: BTreeSet<_> = self
+                    .groups
+                    .keys()
+                    .take_while(|&&(end, _)| due(end))
+                    .copied()
                     .collect();
+                if let Some(spill) = &self.spill {
+                    windows.extend(spill.runs.keys().take_while(|&&(end, _)| due(end)));
+                }
                 if spilled {
                     // A window partly in the store is merged there, whole.
                     let in_store: BTreeSet<_> = self.spill.as_ref().map_or(BTreeSet::new(), |s| {
@@ -959,7 +963,7 @@ impl FixedWindows {
                 for &(end, start) in &windows {
                     self.fire_window(start, end, (end, start)..=(end, start), out)?;
                 }
-                self.retire(|&(end, _)| !due(end))?;
+                self.forget(windows.into_iter().collect())?;
             }
             Layout::Panes { size, slide } => {
                 // The windows holding pane [start, end) end from `end` to `start + size`.
@@ -1060,35 +1064,37 @@ impl FixedWindows {
 
     /// Drops the windows or panes `keep` rejects, in memory and in the store.
     fn retire(&mut self, keep: impl Fn(&(EventTime, EventTime)) -> bool) -> Result<()> {
-        let buffered = &mut self.buffered;
-        self.groups.retain(|w, g| {
-            let kept = keep(w);
-            if !kept {
-                *buffered = buffered.saturating_sub(g.size());
-            }
-            kept
-        });
+        let gone: Vec<_> = self.state_keys().into_iter().filter(|w| !keep(w)).collect();
+        self.forget(gone)
+    }
+
+    /// Drops windows or panes, in memory and in the store.
+    fn forget(&mut self, windows: Vec<(EventTime, EventTime)>) -> Result<()> {
+        for w in &windows {
+            self.take_groups(*w);
+        }
         let Some(spill) = &mut self.spill else {
             return Ok(());
         };
-        let gone: Vec<_> = spill.runs.keys().filter(|w| !keep(w)).copied().collect();
-        if gone.is_empty() {
-            return Ok(());
-        }
-        spill.crowded.retain(|(w, _)| keep(w));
-        for w in gone {
+        let mut deleted = false;
+        for w in windows {
             for (kg, keys) in spill.runs.remove(&w).unwrap_or_default() {
+                spill.crowded.remove(&(w, kg));
                 for key in keys {
                     spill.pending.delete(kg, &key);
+                    deleted = true;
                 }
             }
         }
-        // Deleted now unless a checkpoint is being cut; else with the next write (a barrier's
-        // at the latest, so a checkpoint never holds runs of windows fired before it).
-        spill.pending = spill
-            .store
-            .try_write(std::mem::take(&mut spill.pending))?
-            .unwrap_or_default();
+        if deleted {
+            // Deleted now unless a checkpoint is being cut; else with the next write (a
+            // barrier's at the latest, so a checkpoint never holds runs of windows fired
+            // before it).
+            spill.pending = spill
+                .store
+                .try_write(std::mem::take(&mut spill.pending))?
+                .unwrap_or_default();
+        }
         Ok(())
     }
 
