@@ -81,7 +81,8 @@ while :; do
   else
     if ! wait "$pid"; then
       echo "attempt $attempt failed:" >&2
-      tail -20 "$work/attempt-$attempt.log" >&2
+      # The error, not the frames of its backtrace.
+      grep -v -E '^ +([0-9]+:|at )' "$work/attempt-$attempt.log" | tail -20 >&2
       [ "$attempt" -le $((kills + 3)) ] && continue
       exit 1
     fi

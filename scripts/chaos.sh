@@ -67,7 +67,7 @@ while :; do
   else
     if ! wait "$pid"; then
       echo "attempt $attempt failed:" >&2
-      tail -20 "$work/attempt-$attempt.log" >&2
+      grep -v -E '^ +([0-9]+:|at )' "$work/attempt-$attempt.log" | tail -20 >&2
       exit 1
     fi
     echo "attempt $attempt ($label): finished: $(tail -1 "$work/attempt.json")"

@@ -118,6 +118,20 @@ impl KafkaUri {
     }
 }
 
+/// How long a request is retried while its group or transaction coordinator is moving.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether `e` says the coordinator is loading, moving or not yet elected: transient.
+fn coordinator_moving(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::NotCoordinator | Code::CoordinatorLoadInProgress | Code::CoordinatorNotAvailable
+        )
+    )
+}
+
 /// What librdkafka gets for every client of a source or sink.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KafkaConnection {
@@ -162,7 +176,13 @@ impl KafkaConnection {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     let waited = clock.elapsed();
-                    match self.connect_timeout {
+                    // A coordinator moving or loading (after a broker restart, say) is retried
+                    // even without a connect timeout, as every Kafka client does.
+                    let limit = match self.connect_timeout {
+                        None if coordinator_moving(&e) => Some(COORDINATOR_WAIT),
+                        limit => limit,
+                    };
+                    match limit {
                         Some(limit) if waited + backoff < limit => {
                             tracing::warn!(brokers = %self.brokers, error = %e, ?backoff, "{what}: retrying");
                             std::thread::sleep(backoff);
@@ -297,6 +317,24 @@ pub(crate) fn kafka_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_moving_coordinator_is_transient_and_other_errors_are_not() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        assert!(coordinator_moving(&KafkaError::MetadataFetch(
+            Code::NotCoordinator
+        )));
+        assert!(coordinator_moving(&KafkaError::MetadataFetch(
+            Code::CoordinatorLoadInProgress
+        )));
+        assert!(coordinator_moving(&KafkaError::MetadataFetch(
+            Code::CoordinatorNotAvailable
+        )));
+        assert!(!coordinator_moving(&KafkaError::MetadataFetch(
+            Code::UnknownTopicOrPartition
+        )));
+    }
 
     #[test]
     fn uri_splits_brokers_topic_options_and_properties() {
