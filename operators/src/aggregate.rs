@@ -190,6 +190,17 @@ pub struct GroupsState {
     pub groups: usize,
 }
 
+impl GroupsState {
+    /// The key columns, then each aggregate's state columns: how partials and state entries
+    /// lay them out.
+    pub fn into_columns(self) -> Vec<ArrayRef> {
+        self.keys
+            .into_iter()
+            .chain(self.states.into_iter().flatten())
+            .collect()
+    }
+}
+
 /// The groups of one window (or one batch of sessions): distinct keys and their accumulators.
 pub struct Groups {
     values: Option<Box<dyn GroupValues>>,

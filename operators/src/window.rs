@@ -878,16 +878,13 @@ impl FixedWindows {
             let groups = entry.remove();
             self.buffered = self.buffered.saturating_sub(groups.size());
             let state = groups.into_state()?;
-            let columns = state
-                .keys
-                .into_iter()
-                .chain(state.states.into_iter().flatten());
+            let rows = state.groups;
             out.emit(with_bounds(
                 &self.output,
                 start,
                 end,
-                state.groups,
-                columns,
+                rows,
+                state.into_columns(),
             )?);
         }
         Ok(())
@@ -1040,13 +1037,7 @@ impl FixedWindows {
         for (kg, keys) in runs {
             let mut groups = Groups::try_new(&self.key_schema, &self.aggregates)?;
             for key in keys {
-                let bytes = store.get(kg, &key)?.ok_or_else(|| {
-                    OperatorError::State(format!(
-                        "window [{start}, {end}): a spilled state entry of key group {kg} is missing from the store"
-                    ))
-                })?;
-                let partial = self.partial_of(kg, &key, &decode_entry(kg, &bytes)?)?;
-                groups.merge(&partial)?;
+                groups.merge(&self.read_run(&store, kg, &key)?)?;
             }
             let batch = self.finished(start, end, groups)?;
             ready_rows += batch.num_rows();
@@ -1098,6 +1089,19 @@ impl FixedWindows {
         Ok(())
     }
 
+    /// The partial state run `key` of key group `kg` holds in the store.
+    fn read_run(&self, store: &StateStore, kg: usize, key: &[u8]) -> Result<GroupsState> {
+        let bytes = store.get(kg, key)?.ok_or_else(|| {
+            let window = parse_run_key(key)
+                .map(|(end, start, _)| format!("window [{start}, {end})"))
+                .unwrap_or_else(|_| "a window".into());
+            OperatorError::State(format!(
+                "{window}: a spilled state entry of key group {kg} is missing from the store"
+            ))
+        })?;
+        self.partial_of(kg, key, &decode_entry(kg, &bytes)?)
+    }
+
     /// The keys and partial states of a state entry, checked against this aggregate.
     fn partial_of(&self, kg: usize, key: &[u8], batch: &RecordBatch) -> Result<GroupsState> {
         let expected = self.key_indices.len() + self.state_widths.iter().sum::<usize>();
@@ -1119,12 +1123,7 @@ impl FixedWindows {
         end: EventTime,
         partial: GroupsState,
     ) -> Result<Vec<(usize, Vec<u8>)>> {
-        let columns = partial
-            .keys
-            .into_iter()
-            .chain(partial.states.into_iter().flatten())
-            .collect();
-        let batch = state_batch(columns)?;
+        let batch = state_batch(partial.into_columns())?;
         let keys = partition_arrays(
             &self.partition,
             batch.columns(),
@@ -1206,12 +1205,7 @@ impl FixedWindows {
         let mut groups = Groups::try_new(&self.key_schema, &self.aggregates)?;
         let mut changes = StateSnapshot::default();
         for key in &merged {
-            let bytes = store.get(kg, key)?.ok_or_else(|| {
-                OperatorError::State(format!(
-                    "window [{start}, {end}): a spilled state entry of key group {kg} is missing from the store"
-                ))
-            })?;
-            groups.merge(&self.partial_of(kg, key, &decode_entry(kg, &bytes)?)?)?;
+            groups.merge(&self.read_run(&store, kg, key)?)?;
             changes.delete(kg, key);
         }
         let spill = self.spill.as_mut().expect("checked above");
@@ -1220,13 +1214,8 @@ impl FixedWindows {
             seq: spill.next_seq(),
         };
         let key = run_key(end, start, run);
-        let partial = groups.into_state()?;
-        let columns = partial
-            .keys
-            .into_iter()
-            .chain(partial.states.into_iter().flatten())
-            .collect();
-        changes.put(kg, &key, encode_batch(&state_batch(columns)?)?);
+        let batch = state_batch(groups.into_state()?.into_columns())?;
+        changes.put(kg, &key, encode_batch(&batch)?);
         spill.store.write(changes)?;
         let by_group = spill.runs.entry(w).or_default();
         by_group.insert(kg, kept);
@@ -1262,7 +1251,12 @@ impl FixedWindows {
         start: EventTime,
         f: impl FnOnce(&mut Groups) -> Result<()>,
     ) -> Result<()> {
+        // Only a budget needs the count: state in memory skips measuring on this hot path.
+        let counted = self.spill.is_some() || self.local_budget.is_some();
         let groups = self.groups_of(end, start)?;
+        if !counted {
+            return f(groups);
+        }
         let before = groups.size();
         f(groups)?;
         let after = groups.size();
