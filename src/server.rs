@@ -215,6 +215,14 @@ impl Manager {
             savepoint: None,
         };
         write_record(&dir, &record)?;
+        let entry = self.register(record, dir);
+        self.supervise(entry, false);
+        Ok(id)
+    }
+
+    /// Adds a job, kept in `dir`, to those the server knows.
+    fn register(&self, record: JobRecord, dir: PathBuf) -> Arc<JobEntry> {
+        let id = record.id.clone();
         let entry = Arc::new(JobEntry {
             record: Mutex::new(record),
             attempt: Mutex::new(None),
@@ -224,9 +232,8 @@ impl Manager {
         self.jobs
             .lock()
             .expect("jobs lock")
-            .insert(id.clone(), entry.clone());
-        self.supervise(entry, false);
-        Ok(id)
+            .insert(id, entry.clone());
+        entry
     }
 
     /// Loads the jobs of the data directory, resuming those that were running.
@@ -247,18 +254,10 @@ impl Manager {
                 }
             };
             let resume = !record.state.is_terminal();
-            let entry = Arc::new(JobEntry {
-                record: Mutex::new(record.clone()),
-                attempt: Mutex::new(None),
-                ending: Mutex::new(None),
-                dir,
-            });
-            self.jobs
-                .lock()
-                .expect("jobs lock")
-                .insert(record.id.clone(), entry.clone());
+            let id = record.id.clone();
+            let entry = self.register(record, dir);
             if resume {
-                tracing::info!(job = %record.id, "resuming a job that was running");
+                tracing::info!(job = %id, "resuming a job that was running");
                 self.supervise(entry, true);
             }
         }
