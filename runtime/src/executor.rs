@@ -167,15 +167,18 @@ pub fn execute(
         }
         None => 1,
     };
-    let work_root = match (&options.checkpoints, options.state) {
-        (Some(c), _) => Some(c.dir.join(".work")),
-        // State in RocksDB without checkpoints: a scratch directory for this run alone.
+    // State in RocksDB without checkpoints: a scratch directory for this run alone.
+    let scratch = match (&options.checkpoints, options.state) {
         (None, StateStorage::RocksDb { .. }) => Some(std::env::temp_dir().join(format!(
             "oxflow-state-{}-{}",
             std::process::id(),
             SCRATCH.fetch_add(1, Ordering::Relaxed)
         ))),
-        (None, StateStorage::Memory) => None,
+        _ => None,
+    };
+    let work_root = match &options.checkpoints {
+        Some(c) => Some(c.dir.join(".work")),
+        None => scratch.clone(),
     };
     if let Some(work) = &work_root {
         // Working state of an earlier (crashed) run: its checkpoints hold all that counts.
@@ -184,10 +187,7 @@ pub fn execute(
                 .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
         }
     }
-    let _scratch = ScratchDir(match (&options.checkpoints, &work_root) {
-        (None, Some(w)) => Some(w.clone()),
-        _ => None,
-    });
+    let _scratch = ScratchDir(scratch);
     let shape = JobShape {
         stages: graph
             .stages

@@ -193,7 +193,7 @@ impl StateStore {
 
     /// Applies `changes` unless a checkpoint is being cut; gives them back if it is.
     pub fn try_write(&self, changes: StateSnapshot) -> Result<Option<StateSnapshot>> {
-        if !self.gate.is_open() {
+        if !self.can_write() {
             return Ok(Some(changes));
         }
         self.write(changes)?;
