@@ -133,6 +133,23 @@ pub struct Manifest {
     pub sink_pending: Vec<serde_json::Value>,
 }
 
+impl Manifest {
+    /// Everything a restore from this checkpoint must commit again (commits are idempotent):
+    /// the output it lists as its own to commit, which includes what its sink subtasks handed
+    /// over for abandoned checkpoints before it ([`Manifest::sink_pending`]), and the sink
+    /// stage's own pending output (all a manifest written before `sink_pending` existed has).
+    pub fn pending_commits(&self) -> Vec<serde_json::Value> {
+        let mut pending = self.sink_pending.clone();
+        let own = self.stages.last().into_iter().flat_map(|s| &s.subtasks);
+        for p in own.filter_map(|t| t.sink.as_ref()) {
+            if !pending.contains(p) {
+                pending.push(p.clone());
+            }
+        }
+        pending
+    }
+}
+
 /// The directory name of checkpoint `id`.
 pub fn checkpoint_dir(root: &Path, id: u64) -> PathBuf {
     root.join(format!("chk-{id:010}"))

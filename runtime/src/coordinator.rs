@@ -178,43 +178,7 @@ impl Coordinator {
                 _ => Duration::from_millis(100),
             };
             match reports.recv_timeout(wait) {
-                Ok(Report::Ack {
-                    id,
-                    stage,
-                    subtask,
-                    snapshot,
-                    new_bytes,
-                }) => {
-                    let Some(p) = self.pending.as_mut().filter(|p| p.id == id) else {
-                        // A late part of an abandoned checkpoint: its sink output still counts.
-                        self.carried.extend(snapshot.sink);
-                        continue;
-                    };
-                    if p.acks[stage][subtask].replace(snapshot).is_none() {
-                        p.missing -= 1;
-                        p.new_bytes += new_bytes;
-                    }
-                    if p.missing == 0 {
-                        let p = self.pending.take().expect("just matched");
-                        self.complete(p)?;
-                        last_done = Instant::now();
-                    }
-                }
-                Ok(Report::Decline { id, reason }) => {
-                    if self.pending.as_ref().is_some_and(|p| p.id == id) {
-                        tracing::warn!(checkpoint = id, %reason, "checkpoint abandoned");
-                        self.abandon(&format!("checkpoint {id} was abandoned: {reason}"));
-                        last_done = Instant::now();
-                    }
-                }
-                Ok(Report::SourceFinished) => {
-                    if !self.sources_finished && self.config.is_some() {
-                        tracing::info!("a source split has finished: no further checkpoint until the end of input");
-                    }
-                    self.sources_finished = true;
-                    self.abandon("the job reached the end of its input first");
-                }
-                Ok(Report::Final { subtask, pending }) => self.finals[subtask] = pending,
+                Ok(report) => self.handle(report, &mut last_done)?,
                 Err(RecvTimeoutError::Timeout) => {
                     let due = self
                         .config
@@ -228,6 +192,52 @@ impl Coordinator {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
+    }
+
+    /// Takes in one subtask's report; `last_done` is when a checkpoint last ended.
+    fn handle(&mut self, report: Report, last_done: &mut Instant) -> Result<()> {
+        match report {
+            Report::Ack {
+                id,
+                stage,
+                subtask,
+                snapshot,
+                new_bytes,
+            } => {
+                let Some(p) = self.pending.as_mut().filter(|p| p.id == id) else {
+                    // A late part of an abandoned checkpoint: its sink output still counts.
+                    self.carried.extend(snapshot.sink);
+                    return Ok(());
+                };
+                if p.acks[stage][subtask].replace(snapshot).is_none() {
+                    p.missing -= 1;
+                    p.new_bytes += new_bytes;
+                }
+                if p.missing == 0 {
+                    let p = self.pending.take().expect("just matched");
+                    self.complete(p)?;
+                    *last_done = Instant::now();
+                }
+            }
+            Report::Decline { id, reason } => {
+                if self.pending.as_ref().is_some_and(|p| p.id == id) {
+                    tracing::warn!(checkpoint = id, %reason, "checkpoint abandoned");
+                    self.abandon(&format!("checkpoint {id} was abandoned: {reason}"));
+                    *last_done = Instant::now();
+                }
+            }
+            Report::SourceFinished => {
+                if !self.sources_finished && self.config.is_some() {
+                    tracing::info!(
+                        "a source split has finished: no further checkpoint until the end of input"
+                    );
+                }
+                self.sources_finished = true;
+                self.abandon("the job reached the end of its input first");
+            }
+            Report::Final { subtask, pending } => self.finals[subtask] = pending,
+        }
+        Ok(())
     }
 
     fn start(&mut self) {
@@ -381,5 +391,98 @@ impl Coordinator {
         let manifest = self.manifest(id, true, stages);
         self.publish(&manifest)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::read_manifest;
+    use crate::sink::{Sink, SinkWriter};
+    use crate::SubtaskInfo;
+    use datafusion::arrow::datatypes::SchemaRef;
+    use serde_json::json;
+
+    /// Records what it is asked to commit; the first `fail` commits fail, as a crash right
+    /// after the manifest is written would leave them undone.
+    #[derive(Default)]
+    struct RecordingSink {
+        committed: Mutex<Vec<PendingCommit>>,
+        fail: AtomicU64,
+    }
+
+    impl Sink for RecordingSink {
+        fn name(&self) -> String {
+            "recording".into()
+        }
+        fn create_writer(&self, _: SubtaskInfo, _: SchemaRef) -> Result<Box<dyn SinkWriter>> {
+            Err(RuntimeError::InvalidJob("not run".into()))
+        }
+        fn commit(&self, _: u64, pending: &[PendingCommit]) -> Result<()> {
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(RuntimeError::Connector("crashed before the commit".into()));
+            }
+            self.committed.lock().unwrap().extend_from_slice(pending);
+            Ok(())
+        }
+    }
+
+    fn ack(id: u64, subtask: usize, sink: &str) -> Report {
+        Report::Ack {
+            id,
+            stage: 0,
+            subtask,
+            snapshot: TaskSnapshot {
+                sink: Some(json!(sink)),
+                ..Default::default()
+            },
+            new_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn output_of_a_declined_checkpoint_survives_a_crash_between_the_next_manifest_and_its_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = Arc::new(RecordingSink::default());
+        let shape = JobShape {
+            stages: vec![("sink".into(), vec!["op".into()], 2)],
+            fingerprints: vec![vec!["f".into()]],
+            max_parallelism: 128,
+        };
+        let config = CheckpointConfig::new(tmp.path(), Duration::from_secs(3600));
+        let mut c = Coordinator::new(
+            Some(config),
+            1,
+            shape,
+            sink.clone(),
+            SavepointRequests::default(),
+            &JobMetrics::default(),
+        );
+        let mut last = Instant::now();
+        // Checkpoint 1: one sink subtask pre-commits, the other declines.
+        c.start();
+        c.handle(ack(1, 0, "p1-a"), &mut last).unwrap();
+        c.handle(
+            Report::Decline {
+                id: 1,
+                reason: "injected".into(),
+            },
+            &mut last,
+        )
+        .unwrap();
+        // Checkpoint 2 completes; the process dies after its manifest, before the commit.
+        sink.fail.store(1, Ordering::SeqCst);
+        c.start();
+        c.handle(ack(2, 0, "p2-a"), &mut last).unwrap();
+        let crash = c.handle(ack(2, 1, "p2-b"), &mut last).unwrap_err();
+        assert!(crash.to_string().contains("crashed"), "{crash}");
+        assert!(sink.committed.lock().unwrap().is_empty());
+        // The restore commits everything the manifest lists, carried output included.
+        let manifest = read_manifest(&checkpoint_dir(tmp.path(), 2)).unwrap();
+        crate::executor::commit_restored(sink.as_ref(), &manifest).unwrap();
+        let mut committed = sink.committed.lock().unwrap().clone();
+        committed.sort_by_key(|v| v.to_string());
+        assert_eq!(committed, vec![json!("p1-a"), json!("p2-a"), json!("p2-b")]);
     }
 }

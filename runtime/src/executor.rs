@@ -10,7 +10,8 @@
 #![allow(clippy::disallowed_methods)]
 
 use crate::checkpoint::{
-    checkpoint_dir, checkpoint_ids, CheckpointConfig, Restored, SourceSnapshot, TaskSnapshot,
+    checkpoint_dir, checkpoint_ids, CheckpointConfig, Manifest, Restored, SourceSnapshot,
+    TaskSnapshot,
 };
 use crate::clock::Clock;
 pub use crate::coordinator::CheckpointStats;
@@ -114,7 +115,30 @@ fn check_compatible(graph: &JobGraph, restored: &Restored) -> Result<()> {
             graph.max_parallelism
         )));
     }
+    for ((i, stage), theirs) in graph.stages.iter().enumerate().zip(&m.stages) {
+        // A manifest written before fingerprints existed has none: names alone decide.
+        let pairs = stage.operators.iter().zip(&theirs.fingerprints);
+        for (position, (op, fingerprint)) in pairs.enumerate() {
+            let ours = op.state_fingerprint();
+            if &ours != fingerprint {
+                return Err(RuntimeError::Checkpoint(format!(
+                    "{} was taken from a different job: operator `{}` (stage {i} `{}`, position {position}) kept state of schema {fingerprint}, this job's keeps {ours}; restore it with the job that took it, or start without state",
+                    restored.dir.display(),
+                    op.name(),
+                    stage.name,
+                )));
+            }
+        }
+    }
     Ok(())
+}
+
+/// Heals a crash between a checkpoint's manifest and its commit: commits again everything the
+/// manifest lists (its own and carried output; commits are idempotent), then drops what later
+/// attempts wrote, which the replay writes again.
+pub fn commit_restored(sink: &dyn crate::sink::Sink, manifest: &Manifest) -> Result<()> {
+    sink.commit(manifest.id, &manifest.pending_commits())?;
+    sink.roll_back_after(manifest.id)
 }
 
 /// Runs `graph` to completion on the calling thread (subtasks on their own threads).
@@ -139,13 +163,7 @@ pub fn execute(
         // Heal a crash between the manifest and the commit, then drop what later attempts
         // wrote: the replay writes it again.
         let m = &r.manifest;
-        let pending: Vec<_> = m.stages[n - 1]
-            .subtasks
-            .iter()
-            .filter_map(|t| t.sink.clone())
-            .collect();
-        sink.commit(m.id, &pending)?;
-        sink.roll_back_after(m.id)?;
+        commit_restored(sink.as_ref(), m)?;
         if m.finished {
             return Ok(JobReport {
                 elapsed: started.elapsed(),
