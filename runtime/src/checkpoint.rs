@@ -103,6 +103,10 @@ pub struct StageSnapshot {
     pub name: String,
     /// Names of its chained operators, to recognise the job on restore.
     pub operators: Vec<String>,
+    /// Each operator's state schema fingerprint ([`crate::OperatorFactory::state_fingerprint`]),
+    /// so that a changed job fails its restore before any state is read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fingerprints: Vec<String>,
     /// One entry per subtask, in order (their number is the stage's parallelism).
     pub subtasks: Vec<TaskSnapshot>,
 }
@@ -219,6 +223,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     }
     let manifest: Manifest = serde_json::from_str(body)
         .map_err(|e| corrupt(dir, format!("{MANIFEST} is not a manifest: {e}")))?;
+    check_paths(dir, &manifest)?;
     if manifest.format != FORMAT {
         return Err(corrupt(
             dir,
@@ -229,6 +234,36 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         ));
     }
     Ok(manifest)
+}
+
+/// Every path a manifest names is relative and stays inside its checkpoint directory: a
+/// crafted manifest must not make a restore read (or a later retention delete) anything else.
+fn check_paths(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let tasks = manifest.stages.iter().flat_map(|s| &s.subtasks);
+    for task in tasks {
+        let paths = task
+            .state_dir
+            .iter()
+            .chain(task.files.iter().map(|f| &f.path));
+        for path in paths {
+            if !is_contained(path) {
+                return Err(corrupt(
+                    dir,
+                    format!("{MANIFEST} names `{path}`, which is not a path inside the checkpoint"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is relative, non-empty and made only of plain names (no `..`, no root).
+pub fn is_contained(path: &str) -> bool {
+    let path = Path::new(path);
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// Checks every state file the manifest names: present, of its size, of its checksum.
@@ -394,6 +429,7 @@ mod tests {
             stages: vec![StageSnapshot {
                 name: "s".into(),
                 operators: vec!["op".into()],
+                fingerprints: Vec::new(),
                 subtasks: vec![TaskSnapshot {
                     state_dir: Some("stage0-0".into()),
                     files,
@@ -461,6 +497,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("never completed"));
+    }
+
+    #[test]
+    fn a_manifest_naming_a_path_outside_its_checkpoint_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for bad in ["../../etc/passwd", "/etc/passwd", "stage0-0/../../x", ""] {
+            let dir = checkpoint_dir(tmp.path(), 1);
+            std::fs::create_dir_all(&dir).unwrap();
+            let entry = FileEntry {
+                path: bad.into(),
+                size: 0,
+                crc32: 0,
+            };
+            write_manifest(&dir, &manifest(1, vec![entry])).unwrap();
+            let e = load(&dir).unwrap_err().to_string();
+            assert!(e.contains("not a path inside the checkpoint"), "{bad}: {e}");
+        }
+        assert!(is_contained("stage0-0/000001.sst"));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub(crate) enum Report {
 #[derive(Debug, Clone)]
 pub(crate) struct JobShape {
     pub stages: Vec<(String, Vec<String>, usize)>,
+    /// Each operator's state fingerprint, stage by stage.
+    pub fingerprints: Vec<Vec<String>>,
     pub max_parallelism: usize,
 }
 
@@ -295,12 +297,16 @@ impl Coordinator {
                 .shape
                 .stages
                 .iter()
+                .zip(&self.shape.fingerprints)
                 .zip(stages)
-                .map(|((name, operators, _), subtasks)| StageSnapshot {
-                    name: name.clone(),
-                    operators: operators.clone(),
-                    subtasks,
-                })
+                .map(
+                    |(((name, operators, _), fingerprints), subtasks)| StageSnapshot {
+                        name: name.clone(),
+                        operators: operators.clone(),
+                        fingerprints: fingerprints.clone(),
+                        subtasks,
+                    },
+                )
                 .collect(),
             sink_pending,
         }

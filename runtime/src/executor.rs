@@ -98,7 +98,17 @@ pub struct ExecuteOptions {
     pub state: StateStorage,
 }
 
-/// Checks that a checkpoint was taken from this job: same stages, same operators.
+/// The state fingerprint of every operator, stage by stage.
+fn fingerprints(graph: &JobGraph) -> Vec<Vec<String>> {
+    graph
+        .stages
+        .iter()
+        .map(|s| s.operators.iter().map(|o| o.state_fingerprint()).collect())
+        .collect()
+}
+
+/// Checks that a checkpoint was taken from this job: same stages, same operators, and the
+/// same state schema for each, before any state is read.
 fn check_compatible(graph: &JobGraph, restored: &Restored) -> Result<()> {
     let m = &restored.manifest;
     let ours: Vec<Vec<String>> = graph
@@ -218,6 +228,7 @@ pub fn execute(
                 )
             })
             .collect(),
+        fingerprints: fingerprints(&graph),
         max_parallelism: graph.max_parallelism,
     };
     let mut coordinator = Coordinator::new(

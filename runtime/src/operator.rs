@@ -111,6 +111,15 @@ pub trait OperatorFactory: Send + Sync {
     fn inputs(&self) -> usize {
         1
     }
+    /// A fingerprint of the layout of the state the operator checkpoints, recorded in every
+    /// manifest (as Flink records a state's serializer snapshot): a restore into an operator
+    /// whose fingerprint differs fails with a clear error before any state is read. The
+    /// default covers the operator's name and the columns and types it emits, which change
+    /// with its keys and aggregates; an operator whose state holds more (its input rows, say)
+    /// should mix that in too.
+    fn state_fingerprint(&self) -> String {
+        schema_fingerprint(&self.name(), &[&self.output_schema()])
+    }
     /// Creates the operator for one subtask.
     fn create(&self, subtask: SubtaskInfo) -> Result<Box<dyn Operator>>;
     /// Counters the operator keeps besides records in and out (e.g. late records), shared
@@ -122,3 +131,21 @@ pub trait OperatorFactory: Send + Sync {
 
 /// Shared handle to an operator factory.
 pub type OperatorFactoryRef = Arc<dyn OperatorFactory>;
+
+/// A short, stable fingerprint of a name and the fields (names, types, nullability) of some
+/// schemas: CRC-32 over a canonical text, so it is the same in every process and release.
+pub fn schema_fingerprint(name: &str, schemas: &[&SchemaRef]) -> String {
+    let mut text = String::from(name);
+    for schema in schemas {
+        text.push('|');
+        for field in schema.fields() {
+            text.push_str(&format!(
+                "{}:{}:{};",
+                field.name(),
+                field.data_type(),
+                field.is_nullable()
+            ));
+        }
+    }
+    format!("{:08x}", crc32fast::hash(text.as_bytes()))
+}
