@@ -25,6 +25,7 @@ use oxflow_runtime::coordinator::SavepointRequests;
 use oxflow_runtime::exchange::{Partitioning, DEFAULT_MAX_PARALLELISM};
 use oxflow_runtime::executor::{execute, CancelHandle, ExecuteOptions, JobReport};
 use oxflow_runtime::graph::{JobGraph, Stage, StageEdge, StageInput};
+use oxflow_runtime::message::span_millis;
 use oxflow_runtime::metrics::JobMetrics;
 use oxflow_runtime::operator::{OperatorFactory, OperatorFactoryRef};
 use oxflow_runtime::sink::Sink;
@@ -40,6 +41,7 @@ pub struct Pipeline {
     parallelism: usize,
     max_parallelism: usize,
     channel_capacity: usize,
+    max_line_bytes: usize,
 }
 
 impl Default for Pipeline {
@@ -50,6 +52,7 @@ impl Default for Pipeline {
                 .unwrap_or(1),
             max_parallelism: DEFAULT_MAX_PARALLELISM,
             channel_capacity: 16,
+            max_line_bytes: oxflow_connectors::file::DEFAULT_MAX_LINE_BYTES,
         }
     }
 }
@@ -75,6 +78,12 @@ impl Pipeline {
         self
     }
 
+    /// The longest line a file source built from a spec reads (a longer one is a bad record).
+    pub fn with_max_line_bytes(mut self, bytes: usize) -> Self {
+        self.max_line_bytes = bytes;
+        self
+    }
+
     /// Starts the stream at `source`.
     pub fn source(self, source: impl Source + 'static) -> Stream {
         let name = source.name();
@@ -89,7 +98,7 @@ impl Pipeline {
     /// Starts the stream at the source `spec` describes (a job built this way has a spec:
     /// [`Job::to_spec`]).
     pub fn source_spec(self, spec: SourceSpec) -> Result<Stream> {
-        let source = spec::build_source(&spec)?;
+        let source = spec::build_source(&spec, self.max_line_bytes)?;
         Ok(self.start(
             source,
             Ok(StreamSpec {
@@ -132,7 +141,17 @@ impl Pipeline {
         registry: &Registry,
         checkpoint_dir: Option<&std::path::Path>,
     ) -> Result<Job> {
-        let mut pipeline = Pipeline::new();
+        Pipeline::new().job_from_spec(spec, registry, checkpoint_dir)
+    }
+
+    /// [`Pipeline::from_spec`] on this pipeline's settings (the spec's own take precedence).
+    pub fn job_from_spec(
+        self,
+        spec: &JobSpec,
+        registry: &Registry,
+        checkpoint_dir: Option<&std::path::Path>,
+    ) -> Result<Job> {
+        let mut pipeline = self;
         if let Some(p) = spec.parallelism {
             pipeline = pipeline.with_parallelism(p);
         }
@@ -213,6 +232,7 @@ impl Stream {
         if self.stages.len() != 1 || !self.stages[0].operators.is_empty() {
             return invalid("with_watermarks must come right after source");
         }
+        span_millis("the watermark delay", strategy.max_out_of_orderness)?;
         if self.schema.index_of(&strategy.time_column).is_err() {
             return invalid(format!(
                 "event-time column `{}` not found in the source's columns {:?}",
@@ -230,6 +250,15 @@ impl Stream {
                 column: strategy.time_column.clone(),
                 delay_ms: strategy.max_out_of_orderness.as_millis() as u64,
                 idle_timeout_ms: strategy.idle_timeout.map(|d| d.as_millis() as u64),
+                max_ahead_ms: strategy
+                    .max_ahead_of_wall_clock
+                    .map(|d| d.as_millis() as u64),
+                out_of_range: match strategy.out_of_range {
+                    oxflow_runtime::watermark::OutOfRange::Fail => None,
+                    oxflow_runtime::watermark::OutOfRange::Skip => {
+                        Some(crate::spec::OutOfRangeSpec::Skip)
+                    }
+                },
             });
         }
         if let StageInput::Source { watermarks, .. } = &mut self.stages[0].input {
@@ -723,6 +752,12 @@ impl JoinedStreams {
     /// Joins left row `a` with right row `b` when `a.time + lower <= b.time <= a.time +
     /// upper` (milliseconds of event time; `lower` may be negative).
     pub fn interval(self, lower_ms: i64, upper_ms: i64) -> Result<Stream> {
+        for bound in [lower_ms, upper_ms] {
+            span_millis(
+                "an interval join bound",
+                Duration::from_millis(bound.unsigned_abs()),
+            )?;
+        }
         self.build(JoinSpec::Interval {
             lower: lower_ms,
             upper: upper_ms,
@@ -733,6 +768,9 @@ impl JoinedStreams {
     /// long of event time after its own timestamp (so rows join when their times are at most
     /// `ttl` apart); without one, every row is kept for the life of the job.
     pub fn regular(self, ttl: Option<Duration>) -> Result<Stream> {
+        if let Some(ttl) = ttl {
+            span_millis("a join's state TTL", ttl)?;
+        }
         self.build(JoinSpec::Regular { ttl })
     }
 
@@ -903,6 +941,7 @@ impl WindowedStream {
     }
 
     fn keyed_stage(self, needed: Option<Vec<String>>) -> Result<(Stream, WindowSettings)> {
+        span_millis("the allowed lateness", self.settings.allowed_lateness)?;
         let (stream, settings) = self.prepare(needed)?;
         Ok((Self::exchange(stream, &settings), settings))
     }
@@ -996,6 +1035,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// The number of subtasks the job runs, over all its stages.
+    pub fn subtasks(&self) -> usize {
+        self.graph.stages.iter().map(|s| s.parallelism).sum()
+    }
+
     /// The job as a spec (JSON with serde), which [`Pipeline::from_spec`] turns back into this
     /// job; an error says which part was built in Rust and has no spec form.
     pub fn to_spec(&self) -> Result<JobSpec> {

@@ -138,10 +138,37 @@ pub struct WatermarkSpec {
     /// Mark a split idle after this long without records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    /// Records whose event time is more than this far ahead of the wall clock go to
+    /// `out_of_range` instead of pushing the watermark into the future.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ahead_ms: Option<u64>,
+    /// What happens to a record whose event time is out of range (beyond `max_ahead_ms`, or
+    /// outside the years 1 to 9999): `fail` (the default) or `skip` (dropped and counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_range: Option<OutOfRangeSpec>,
+}
+
+/// What a source does with a record whose event time is out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutOfRangeSpec {
+    /// Fail the job, naming the record's time.
+    Fail,
+    /// Drop the record and count it.
+    Skip,
+}
+
+impl From<OutOfRangeSpec> for oxflow_runtime::watermark::OutOfRange {
+    fn from(s: OutOfRangeSpec) -> Self {
+        match s {
+            OutOfRangeSpec::Fail => Self::Fail,
+            OutOfRangeSpec::Skip => Self::Skip,
+        }
+    }
 }
 
 /// One transformation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Keep records for which the SQL predicate is true.
@@ -612,6 +639,15 @@ pub(crate) fn build_stream(
         );
         if let Some(ms) = w.idle_timeout_ms {
             strategy = strategy.with_idle_timeout(std::time::Duration::from_millis(ms));
+        }
+        if let Some(ms) = w.max_ahead_ms {
+            strategy = strategy.with_max_ahead_of_wall_clock(
+                std::time::Duration::from_millis(ms),
+                Default::default(),
+            );
+        }
+        if let Some(policy) = w.out_of_range {
+            strategy.out_of_range = policy.into();
         }
         stream = stream.with_watermarks(strategy)?;
     }

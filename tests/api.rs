@@ -649,3 +649,136 @@ fn joins_are_wired_through_the_api_and_bad_ones_named() {
         "{err}"
     );
 }
+
+/// The q5-like job the restore tests change: counts (or `aggregate`) per key in 1 s windows.
+fn keyed_windows(aggregate: Expr, dir: &std::path::Path) -> Job {
+    let times: Vec<i64> = (0..2000).map(|i| i * 10).collect();
+    let keys: Vec<i64> = (0..2000).map(|i| i % 7).collect();
+    kv_stream(kv(keys, times))
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(Duration::from_secs(1)))
+        .aggregate([aggregate.alias("n")])
+        .unwrap()
+        .sink(CollectSink::new())
+        .unwrap()
+        .with_checkpoints(CheckpointConfig::new(dir, Duration::from_millis(1)))
+}
+
+#[test]
+fn restoring_a_checkpoint_into_a_changed_job_fails_before_reading_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    keyed_windows(count(col("value")), tmp.path())
+        .execute_blocking()
+        .unwrap();
+    // Same operators and names, but the state now holds averages, not counts.
+    let e = err_text(
+        keyed_windows(avg(col("value")), tmp.path())
+            .restore_from(RestoreFrom::Latest)
+            .execute_blocking(),
+    );
+    assert!(
+        e.contains("was taken from a different job") && e.contains("kept state of schema"),
+        "{e}"
+    );
+    // The job that took it restores from it.
+    keyed_windows(count(col("value")), tmp.path())
+        .restore_from(RestoreFrom::Latest)
+        .execute_blocking()
+        .unwrap();
+}
+
+#[test]
+fn an_event_time_out_of_range_is_a_clear_error_or_skipped_and_counted() {
+    let times = vec![1_000, i64::MAX - 1, 2_000, -i64::MAX];
+    let run = |policy: Option<oxflow::runtime::watermark::OutOfRange>| {
+        let mut strategy = WatermarkStrategy::bounded("ts", Duration::ZERO);
+        if let Some(p) = policy {
+            strategy.out_of_range = p;
+        }
+        let out = CollectSink::new();
+        let job = Pipeline::new()
+            .with_parallelism(1)
+            .source(
+                MemorySource::try_new(kv_schema(), &[kv(vec![1, 2, 3, 4], times.clone())], 10)
+                    .unwrap(),
+            )
+            .with_watermarks(strategy)
+            .unwrap()
+            .key_by(["key"])
+            .window(WindowSpec::tumbling(Duration::from_secs(1)))
+            .aggregate([count(col("value")).alias("n")])
+            .unwrap()
+            .sink(out.clone())
+            .unwrap();
+        let metrics = job.metrics();
+        job.execute_blocking().map(|_| (out, metrics))
+    };
+    let e = err_text(run(None));
+    assert!(
+        e.contains(&format!("event time {}", i64::MAX - 1)) && e.contains("years 1 to 9999"),
+        "{e}"
+    );
+    let (out, metrics) = run(Some(oxflow::runtime::watermark::OutOfRange::Skip)).unwrap();
+    let rows: usize = out.batches().iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 2, "the windows of the two records in range");
+    let dropped: u64 = metrics
+        .snapshot()
+        .iter()
+        .filter(|(k, _)| k.ends_with(".event_time_out_of_range"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(dropped, 2);
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // the wall clock the bound is measured against
+fn a_record_far_ahead_of_the_wall_clock_does_not_close_every_window() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let year = 365 * 24 * 3600 * 1000;
+    // Two records now, one a year ahead (a bad clock upstream), then one more now.
+    let times = vec![now, now + 10, now + year, now + 20];
+    let strategy = WatermarkStrategy::bounded("ts", Duration::ZERO).with_max_ahead_of_wall_clock(
+        Duration::from_secs(3600),
+        oxflow::runtime::watermark::OutOfRange::Skip,
+    );
+    let out = CollectSink::new();
+    let job = Pipeline::new()
+        .with_parallelism(1)
+        .source(MemorySource::try_new(kv_schema(), &[kv(vec![1, 1, 1, 1], times)], 1).unwrap())
+        .with_watermarks(strategy)
+        .unwrap()
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(Duration::from_secs(60)))
+        .aggregate([count(col("value")).alias("n")])
+        .unwrap()
+        .sink(out.clone())
+        .unwrap();
+    let metrics = job.metrics();
+    job.execute_blocking().unwrap();
+    // Had the future record passed, the last one would have been late and dropped.
+    let counted: i64 = out
+        .batches()
+        .iter()
+        .map(|b| {
+            b.column_by_name("n")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .iter()
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(counted, 3);
+    let dropped: u64 = metrics
+        .snapshot()
+        .iter()
+        .filter(|(k, _)| k.ends_with(".event_time_out_of_range"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(dropped, 1);
+}

@@ -90,7 +90,9 @@ impl WindowSpec {
                     "{what} must be a positive whole number of milliseconds, got {d:?}"
                 )))
             } else {
-                Ok(())
+                oxflow_runtime::message::span_millis(what, *d)
+                    .map(|_| ())
+                    .map_err(|e| OperatorError::InvalidWindow(e.to_string()))
             }
         };
         match self {
@@ -958,6 +960,7 @@ impl FixedWindows {
                     self.spill_where(|w| in_store.contains(w))?;
                 }
                 for &(end, start) in &windows {
+                    out.check_cancelled()?;
                     self.fire_window(start, end, (end, start)..=(end, start), out)?;
                 }
                 self.forget(windows.into_iter().collect())?;
@@ -974,6 +977,7 @@ impl FixedWindows {
                     self.spill_where(|&(pane_end, _)| pane_end <= last)?;
                 }
                 for end in ends {
+                    out.check_cancelled()?;
                     let panes = (end - size + slide, end - size)..=(end, end - slide);
                     self.fire_window(end - size, end, panes, out)?;
                     self.fired_up_to = end;

@@ -10,12 +10,18 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn elapsed(&self) -> Duration;
     /// Waits for `d` (a manual clock advances instead).
     fn sleep(&self, d: Duration);
+    /// Milliseconds since the Unix epoch (a manual clock's epoch is its origin).
+    fn unix_millis(&self) -> i64 {
+        self.elapsed().as_millis() as i64
+    }
 }
 
 /// The real clock.
 #[derive(Debug)]
 pub struct SystemClock {
     origin: Instant,
+    /// The origin, in milliseconds since the Unix epoch.
+    origin_unix_ms: i64,
 }
 
 impl SystemClock {
@@ -24,6 +30,9 @@ impl SystemClock {
     pub fn new() -> Self {
         SystemClock {
             origin: Instant::now(),
+            origin_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
         }
     }
 }
@@ -40,6 +49,10 @@ impl Clock for SystemClock {
     }
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d)
+    }
+    fn unix_millis(&self) -> i64 {
+        self.origin_unix_ms
+            .saturating_add(self.origin.elapsed().as_millis() as i64)
     }
 }
 

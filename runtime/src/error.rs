@@ -56,6 +56,10 @@ pub enum RuntimeError {
     /// what was being done.
     #[error("connector: {0}")]
     Connector(String),
+    /// A transactional sink was fenced by another producer of the same id: a second
+    /// instance of the job is writing. Fatal: restarting would fence that one in turn.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// Another task failed first and this one was cancelled.
     #[error("job cancelled")]
     Cancelled,
@@ -68,6 +72,16 @@ impl From<DataFusionError> for RuntimeError {
 }
 
 impl RuntimeError {
+    /// Whether running the job again cannot help (a sink fenced by another instance of the
+    /// job): a supervisor fails the job instead of restarting it.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            RuntimeError::Fenced(_) => true,
+            RuntimeError::Task { source, .. } => source.is_fatal(),
+            _ => false,
+        }
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         RuntimeError::Io {

@@ -25,7 +25,9 @@ use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
 use crate::state::{key_group_range, read_state, StateBackend, StateSnapshot, StateStorage};
-use crate::watermark::{InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkUpdate};
+use crate::watermark::{
+    InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkStrategy, WatermarkUpdate,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -333,6 +335,7 @@ pub fn execute(
                 watermark: EventTime::MIN,
                 // Per subtask: a stage's watermark is the least of its subtasks'.
                 watermark_gauge: metrics.counter(&format!("{prefix}.watermark_ms.{index}")),
+                cancel: cancel.clone(),
             };
             let checkpointing = TaskCheckpointing {
                 stage: s,
@@ -391,12 +394,17 @@ pub fn execute(
                     let (clock, cancel, records_in) =
                         (clock.clone(), cancel.clone(), records_in.clone());
                     let trigger = trigger.clone();
+                    let screen = watermarks.clone();
+                    let out_of_range =
+                        metrics.counter(&format!("{prefix}.event_time_out_of_range"));
                     Box::new(move || {
                         run_source(SourceTask {
                             reader,
                             generator,
                             partitioned,
                             idle_timeout,
+                            screen,
+                            out_of_range,
                             chain,
                             clock,
                             cancel,
@@ -620,6 +628,8 @@ struct Chain {
     watermark: EventTime,
     /// The same, for monitoring (an i64 stored as its bits).
     watermark_gauge: Counter,
+    /// Handed to operators through their [`Output`], so that long loops can stop early.
+    cancel: CancelHandle,
 }
 
 impl Chain {
@@ -628,7 +638,9 @@ impl Chain {
             self.outputs
                 .resize_with(self.operators.len(), Output::default);
         }
-        std::mem::take(&mut self.outputs[level])
+        let mut out = std::mem::take(&mut self.outputs[level]);
+        out.watch(&self.cancel.0);
+        out
     }
 
     /// A batch from input `side` of the stage, into the first operator.
@@ -928,6 +940,10 @@ struct SourceTask {
     /// Used instead of `generator` for readers of several partitions.
     partitioned: Option<PartitionWatermarks>,
     idle_timeout: Option<Duration>,
+    /// Checks every record's event time is in range before it reaches the watermarks.
+    screen: Option<WatermarkStrategy>,
+    /// Records dropped for an out-of-range event time.
+    out_of_range: Counter,
     chain: Chain,
     clock: Arc<dyn Clock>,
     cancel: CancelHandle,
@@ -994,6 +1010,16 @@ fn run_source(mut t: SourceTask) -> Result<()> {
                 t.clock.sleep(wait);
                 continue;
             }
+            SourcePoll::Unavailable(wait) => {
+                // The idle timeout counts from the end of the outage.
+                last_data = t.clock.elapsed();
+                if let Some(p) = &mut t.partitioned {
+                    p.sync(t.reader.partitions(), last_data);
+                    p.hold(last_data);
+                }
+                t.clock.sleep(wait);
+                continue;
+            }
             SourcePoll::Finished => {
                 t.checkpointing.report(Report::SourceFinished);
                 return t.chain.end(&mut t.checkpointing);
@@ -1005,6 +1031,17 @@ fn run_source(mut t: SourceTask) -> Result<()> {
         t.records_in.add(batch.num_rows() as u64);
         last_data = t.clock.elapsed();
         idle = false;
+        let batch = match &t.screen {
+            Some(strategy) => {
+                let (batch, dropped) = strategy.screen(batch, t.clock.unix_millis())?;
+                t.out_of_range.add(dropped as u64);
+                batch
+            }
+            None => batch,
+        };
+        if batch.num_rows() == 0 {
+            continue;
+        }
         match (partition, &mut t.partitioned, &mut t.generator) {
             (Some(i), Some(p), _) => {
                 p.sync(t.reader.partitions(), last_data);

@@ -6,6 +6,7 @@ use crate::metrics::Counter;
 use crate::state::{RestoredState, StateSnapshot, StateStore};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Where a subtask sits in its stage.
@@ -23,9 +24,29 @@ pub struct SubtaskInfo {
 #[derive(Debug, Default)]
 pub struct Output {
     batches: Vec<RecordBatch>,
+    /// The job's cancellation flag, when run by the executor.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Output {
+    /// Lets [`Output::check_cancelled`] see the job's cancellation flag.
+    pub(crate) fn watch(&mut self, cancel: &Arc<AtomicBool>) {
+        if self.cancel.is_none() {
+            self.cancel = Some(cancel.clone());
+        }
+    }
+
+    /// Fails with [`crate::RuntimeError::Cancelled`] once the job is being cancelled. An
+    /// operator whose work for one message can be long (firing many windows, emitting many
+    /// join pairs) calls this between bounded units of it, so that a cancel or stop takes
+    /// effect within a second even then.
+    pub fn check_cancelled(&self) -> Result<()> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(crate::RuntimeError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
     /// Emits a batch downstream. Empty batches are dropped here so operators need not check.
     pub fn emit(&mut self, batch: RecordBatch) {
         if batch.num_rows() > 0 {

@@ -17,6 +17,11 @@ pub enum SourcePoll {
     PartitionBatch(usize, RecordBatch),
     /// Nothing now (an unbounded source waiting for data); ask again after about this long.
     Pending(Duration),
+    /// Nothing now because the external system cannot be reached (brokers down); ask again
+    /// after about this long. Unlike [`SourcePoll::Pending`] this never counts toward the
+    /// idle timeout: an outage is not an empty partition, and marking the split idle would
+    /// let the watermark run ahead of the records still to come.
+    Unavailable(Duration),
     /// This split is exhausted (a bounded source): end of stream.
     Finished,
 }

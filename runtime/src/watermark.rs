@@ -20,7 +20,32 @@ pub struct WatermarkStrategy {
     /// A split with no data for this long is marked idle and stops holding back the
     /// watermark downstream. `None`: never idle.
     pub idle_timeout: Option<Duration>,
+    /// Records whose event time is more than this ahead of the wall clock are not trusted
+    /// to advance the watermark: they go to [`WatermarkStrategy::out_of_range`] instead. One
+    /// record stamped in the year 3000 would otherwise close every window of the split
+    /// (Flink and Kafka Streams have no such guard). `None`: no bound.
+    pub max_ahead_of_wall_clock: Option<Duration>,
+    /// What happens to a record whose event time is out of range: beyond the bound above,
+    /// or outside the years 1 to 9999 (where window arithmetic could overflow).
+    pub out_of_range: OutOfRange,
 }
+
+/// What a source does with a record whose event time is out of range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutOfRange {
+    /// Fail the job, naming the record's time and the bound (the default, as for any bad
+    /// record).
+    #[default]
+    Fail,
+    /// Drop the record and count it (`<stage>.event_time_out_of_range`).
+    Skip,
+}
+
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z. Far from `i64::MAX`, so that
+/// window ends, lateness and out-of-orderness never overflow.
+pub const MAX_EVENT_TIME: EventTime = 253_402_300_799_999;
+/// The earliest event time accepted: 0001-01-01T00:00:00Z.
+pub const MIN_EVENT_TIME: EventTime = -62_135_596_800_000;
 
 impl WatermarkStrategy {
     /// Bounded out-of-orderness on `time_column`, never idle.
@@ -29,7 +54,56 @@ impl WatermarkStrategy {
             time_column: time_column.into(),
             max_out_of_orderness,
             idle_timeout: None,
+            max_ahead_of_wall_clock: None,
+            out_of_range: OutOfRange::Fail,
         }
+    }
+    /// Sends records more than `bound` ahead of the wall clock to `policy` instead of letting
+    /// them advance the watermark.
+    pub fn with_max_ahead_of_wall_clock(mut self, bound: Duration, policy: OutOfRange) -> Self {
+        self.max_ahead_of_wall_clock = Some(bound);
+        self.out_of_range = policy;
+        self
+    }
+
+    /// Checks the event times of `batch` against the accepted range (and, with a bound, the
+    /// wall clock at `now_ms`, milliseconds since the epoch): returns the batch without the
+    /// rows out of range and how many were dropped, or an error naming the first one.
+    pub fn screen(&self, batch: RecordBatch, now_ms: i64) -> Result<(RecordBatch, usize)> {
+        let times = event_times(&batch, &self.time_column)?;
+        let ahead = self
+            .max_ahead_of_wall_clock
+            .map(|b| now_ms.saturating_add(b.as_millis().min(i64::MAX as u128) as i64));
+        let latest = ahead.map_or(MAX_EVENT_TIME, |a| a.min(MAX_EVENT_TIME));
+        let in_range = |t: i64| (MIN_EVENT_TIME..=latest).contains(&t);
+        if times.iter().all(|&t| in_range(t)) {
+            return Ok((batch, 0));
+        }
+        if self.out_of_range == OutOfRange::Fail {
+            let (row, t) = times
+                .iter()
+                .enumerate()
+                .find(|(_, &t)| !in_range(t))
+                .expect("one is out of range");
+            let why = match ahead {
+                Some(a) if *t <= MAX_EVENT_TIME && *t > a => format!(
+                    "more than {:?} ahead of the wall clock ({now_ms})",
+                    self.max_ahead_of_wall_clock.unwrap_or_default()
+                ),
+                _ => {
+                    format!("outside the years 1 to 9999 ({MIN_EVENT_TIME} to {MAX_EVENT_TIME} ms)")
+                }
+            };
+            return Err(RuntimeError::BadInput(format!(
+                "event time {t} in column `{}` (row {row} of a batch) is {why}; skip such records with the watermark's out-of-range policy",
+                self.time_column
+            )));
+        }
+        let keep: datafusion::arrow::array::BooleanArray =
+            times.iter().map(|&t| Some(in_range(t))).collect();
+        let dropped = keep.false_count();
+        let kept = datafusion::arrow::compute::filter_record_batch(&batch, &keep)?;
+        Ok((kept, dropped))
     }
     /// Marks a split idle after `timeout` without data.
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
@@ -235,6 +309,14 @@ impl PartitionWatermarks {
             }
         }
         Ok(())
+    }
+
+    /// The split's source is unavailable at `now` (an outage): no partition's idle timeout
+    /// counts the outage, so none becomes idle because of it.
+    pub fn hold(&mut self, now: Duration) {
+        for (_, _, last) in &mut self.partitions {
+            *last = (*last).max(now);
+        }
     }
 
     /// Marks partitions without data for the idle timeout as idle, and returns what to send:
