@@ -236,8 +236,9 @@ fn kafka_missing_topic_and_unreachable_broker_are_clear_errors() {
         &format!("kafka://{b}/{missing}"),
     ]));
     assert!(err.contains(&format!("topic `{missing}`")), "{err}");
-    // Nothing listens on port 1: fail at once, or retry with backoff for a while, then fail.
-    let err = failed(&run("kafka://127.0.0.1:1/bids"));
+    // Nothing listens on port 1: fail at once (connect-timeout-ms=0), or retry with backoff
+    // for a while (by default a minute, so that a broker blip spends no restart), then fail.
+    let err = failed(&run("kafka://127.0.0.1:1/bids?connect-timeout-ms=0"));
     assert!(err.contains("127.0.0.1:1"), "{err}");
     let start = std::time::Instant::now();
     let err = failed(&run("kafka://127.0.0.1:1/bids?connect-timeout-ms=3000"));

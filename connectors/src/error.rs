@@ -42,6 +42,15 @@ pub enum ConnectorError {
         /// librdkafka's error.
         source: rdkafka::error::KafkaError,
     },
+    /// Another producer with the sink's transactional id took over (a second instance of the
+    /// job, or a zombie's successor): fatal for this attempt, never retried in place.
+    #[error("kafka: {context}: fenced by another producer with the same transactional id (is a second instance of this job running?): {source}")]
+    Fenced {
+        /// What was being done.
+        context: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
     /// Records sent to Kafka were not written (librdkafka reported it after the send).
     #[error("kafka: {0}")]
     Delivery(String),
@@ -83,6 +92,7 @@ impl From<ConnectorError> for RuntimeError {
                 RuntimeError::Connector(e.to_string())
             }
             ConnectorError::Config { .. } => RuntimeError::InvalidJob(e.to_string()),
+            ConnectorError::Fenced { .. } => RuntimeError::Fenced(e.to_string()),
         }
     }
 }

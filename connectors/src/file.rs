@@ -14,7 +14,7 @@ use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader, SourceRef};
 use oxflow_runtime::SubtaskInfo;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -51,7 +51,12 @@ pub struct FileSource {
     batch_size: usize,
     policy: BadRecordPolicy,
     bad_records: Counter,
+    max_line_bytes: usize,
 }
+
+/// The longest line a file source reads by default: a file without newlines must not be read
+/// into memory whole.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 4 << 20;
 
 impl FileSource {
     /// A source over `paths`; with no schema it is inferred from the first file (up to
@@ -84,12 +89,20 @@ impl FileSource {
             batch_size: 8192,
             policy: BadRecordPolicy::Fail,
             bad_records: Counter::default(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         })
     }
 
     /// Sets the policy for lines that do not parse.
     pub fn with_bad_records(mut self, policy: BadRecordPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Sets the longest line read (default [`DEFAULT_MAX_LINE_BYTES`]); a longer one is a bad
+    /// record (skipped, up to its end, with the `skip` policy).
+    pub fn with_max_line_bytes(mut self, max: usize) -> Self {
+        self.max_line_bytes = max.max(1);
         self
     }
 
@@ -267,16 +280,49 @@ impl FileReader {
             let f = self.current.as_mut().expect("opened above");
             let mut bytes = Vec::new();
             let mut lines = Vec::new();
+            let max = self.source.max_line_bytes;
             while lines.len() < self.source.batch_size {
                 let start = bytes.len();
-                let n = f.reader.read_until(b'\n', &mut bytes).map_err(|e| {
-                    ConnectorError::io(format!("reading {} at line {}", f.path, f.line + 1), e)
-                })?;
+                let (path, line) = (f.path.clone(), f.line + 1);
+                let reading =
+                    move |e| ConnectorError::io(format!("reading {path} at line {line}"), e);
+                // At most one byte more than a line may hold, so that memory stays bounded.
+                let n = (&mut f.reader)
+                    .take(max as u64 + 1)
+                    .read_until(b'\n', &mut bytes)
+                    .map_err(reading.clone())?;
                 if n == 0 {
                     break;
                 }
                 f.offset += n as u64;
                 f.line += 1;
+                if n > max && bytes.last() != Some(&b'\n') {
+                    bytes.truncate(start);
+                    let line = f.line;
+                    if self.source.policy == BadRecordPolicy::Fail {
+                        return Err(ConnectorError::BadRecord {
+                            path: f.path.clone(),
+                            line,
+                            reason: format!("the line is longer than {max} bytes"),
+                        });
+                    }
+                    // Skip the rest of the line, a bounded piece at a time.
+                    let mut rest = Vec::new();
+                    loop {
+                        rest.clear();
+                        let m = (&mut f.reader)
+                            .take(64 << 10)
+                            .read_until(b'\n', &mut rest)
+                            .map_err(reading.clone())?;
+                        f.offset += m as u64;
+                        if m == 0 || rest.last() == Some(&b'\n') {
+                            break;
+                        }
+                    }
+                    tracing::warn!(path = %f.path, line, max, "skipping a line longer than the limit");
+                    self.source.bad_records.add(1);
+                    continue;
+                }
                 if bytes[start..].iter().all(|b| b.is_ascii_whitespace()) {
                     bytes.truncate(start);
                     continue;
@@ -404,6 +450,29 @@ mod tests {
             read(&s).unwrap(),
             2,
             "the good lines around the bad one are kept"
+        );
+        assert_eq!(s.bad_records().get(), 1);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_a_bad_record_read_in_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{{\"a\":2,\"b\":\"{}\"}}", "x".repeat(300_000));
+        let text = format!("{{\"a\":1}}\n{long}\n{{\"a\":3}}\n");
+        let p = write(&dir, "in.jsonl", &text);
+        let s = FileSource::try_new(vec![p.clone()], FileFormat::JsonLines, Some(schema()))
+            .unwrap()
+            .with_max_line_bytes(1000);
+        let err = read(&s).unwrap_err().to_string();
+        assert!(
+            err.contains(":2:") && err.contains("longer than 1000 bytes"),
+            "{err}"
+        );
+        let s = s.with_bad_records(BadRecordPolicy::Skip);
+        assert_eq!(
+            read(&s).unwrap(),
+            2,
+            "the lines around the long one are kept"
         );
         assert_eq!(s.bad_records().get(), 1);
     }

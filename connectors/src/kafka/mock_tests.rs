@@ -74,7 +74,7 @@ fn drain(reader: &mut Box<dyn SourceReader>, limit: usize) -> Vec<i64> {
                 );
             }
             SourcePoll::Batch(_) => panic!("a Kafka reader names the partition of each batch"),
-            SourcePoll::Pending(_) => idle += 1,
+            SourcePoll::Pending(_) | SourcePoll::Unavailable(_) => idle += 1,
             SourcePoll::Finished => break,
         }
     }
@@ -477,4 +477,61 @@ fn raw_output_writes_value_and_key_columns_as_they_are() {
         .unwrap()
         .to_string();
     assert!(bad.contains("column `value`"), "{bad}");
+}
+
+#[test]
+fn json_tombstones_are_skipped_and_counted_not_bad_records() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("table", 1, 1).unwrap();
+    let producer: ThreadedProducer<DeliveryContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create_with_context(DeliveryContext::default())
+        .unwrap();
+    for value in [
+        Some(r#"{"a":1,"t":1}"#),
+        None,
+        Some(r#"{"a":2,"t":2}"#),
+        None,
+    ] {
+        let mut record = BaseRecord::<[u8], [u8]>::to("table").key(b"k");
+        if let Some(v) = value {
+            record = record.payload(v.as_bytes());
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    // The default policy fails on a bad record: a tombstone must not be one.
+    let s = source(&brokers, "table", Some(2));
+    let mut reader = s.create_reader(split(0, 1)).unwrap();
+    assert_eq!(drain(&mut reader, 2), vec![1, 2]);
+    assert_eq!(s.bad_records().get(), 0);
+    assert!(s.tombstones().get() >= 1, "{}", s.tombstones().get());
+}
+
+#[test]
+fn brokers_that_go_away_make_the_split_unavailable_not_idle() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("bids", 1, 1).unwrap();
+    produce(&brokers, "bids", &[(0, r#"{"a":1,"t":1}"#.to_string())]);
+    let s = source(&brokers, "bids", None);
+    let mut reader = s.create_reader(split(0, 1)).unwrap();
+    assert_eq!(drain(&mut reader, 1), vec![1]);
+    cluster.broker_down(1).unwrap();
+    let mut unavailable = false;
+    for _ in 0..300 {
+        match reader.poll_next().unwrap() {
+            SourcePoll::Unavailable(_) => {
+                unavailable = true;
+                break;
+            }
+            SourcePoll::Pending(d) => std::thread::sleep(d),
+            other => panic!("no records while the broker is down, got {other:?}"),
+        }
+    }
+    assert!(unavailable, "the reader never said the brokers were away");
+    cluster.broker_up(1).unwrap();
+    produce(&brokers, "bids", &[(0, r#"{"a":2,"t":2}"#.to_string())]);
+    assert_eq!(drain(&mut reader, 1), vec![2]);
 }

@@ -47,7 +47,7 @@ impl KafkaUri {
     pub fn parse(uri: &str) -> Result<Self> {
         let bad = |reason: String| ConnectorError::Config {
             connector: "kafka",
-            reason: format!("`{uri}`: {reason}"),
+            reason: format!("`{}`: {reason}", redact_uri(uri)),
         };
         let rest = uri
             .strip_prefix("kafka://")
@@ -74,9 +74,12 @@ impl KafkaUri {
             properties: BTreeMap::new(),
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(format!("`{pair}` in the query is not key=value")))?;
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                bad(format!(
+                    "`{}` in the query is not key=value",
+                    redact_uri(&format!("?{pair}")).trim_start_matches('?')
+                ))
+            })?;
             if key == "group" {
                 parsed.properties.insert("group.id".into(), value.into());
             } else if key.contains('.') {
@@ -116,6 +119,46 @@ impl KafkaUri {
             })
             .transpose()
     }
+}
+
+/// How long a source or sink keeps retrying brokers it cannot reach when it starts, unless
+/// its URI says otherwise: a broker blip must not spend a job's restart budget.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `connect-timeout-ms` of a URI: [`DEFAULT_CONNECT_TIMEOUT`] when absent, none (fail at
+/// once) when 0.
+pub(crate) fn connect_timeout(uri: &KafkaUri) -> Result<Option<Duration>> {
+    Ok(match uri.millis("connect-timeout-ms")? {
+        None => Some(DEFAULT_CONNECT_TIMEOUT),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    })
+}
+
+/// Whether a librdkafka property or URI option holds a secret (`sasl.password`,
+/// `ssl.key.password`, `sasl.oauthbearer.client.secret`, `sasl.jaas.config`...): its value is
+/// never shown in answers, logs or error messages.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "jaas", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
+        || key == "sasl.oauthbearer.config"
+}
+
+/// `uri` with the value of every secret property replaced by `***`, for messages and logs.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((base, query)) = uri.split_once('?') else {
+        return uri.to_string();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
 }
 
 /// How long a request is retried while its group or transaction coordinator is moving.
@@ -304,13 +347,19 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// A librdkafka error, typed: a fenced producer is [`ConnectorError::Fenced`], so that
+/// whoever runs the job can tell it from a transient failure.
 pub(crate) fn kafka_error(
     context: impl Into<String>,
     source: rdkafka::error::KafkaError,
 ) -> ConnectorError {
-    ConnectorError::Kafka {
-        context: context.into(),
-        source,
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let context = context.into();
+    match source.rdkafka_error_code() {
+        Some(Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch) => {
+            ConnectorError::Fenced { context, source }
+        }
+        _ => ConnectorError::Kafka { context, source },
     }
 }
 
@@ -349,6 +398,63 @@ mod tests {
         assert_eq!(uri.options["start"], "earliest");
         let err = uri.check_options(&["format"]).unwrap_err().to_string();
         assert!(err.contains("unknown option `start`"), "{err}");
+    }
+
+    #[test]
+    fn a_fenced_producer_is_its_own_error() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let e = kafka_error(
+            "committing",
+            KafkaError::MetadataFetch(Code::ProducerFenced),
+        );
+        assert!(matches!(e, ConnectorError::Fenced { .. }), "{e}");
+        let runtime: oxflow_runtime::RuntimeError = e.into();
+        assert!(runtime.is_fatal(), "{runtime}");
+        let e = kafka_error(
+            "fetching",
+            KafkaError::MetadataFetch(Code::BrokerNotAvailable),
+        );
+        assert!(matches!(e, ConnectorError::Kafka { .. }), "{e}");
+    }
+
+    #[test]
+    fn secrets_in_a_uri_are_redacted_in_messages() {
+        let uri = "kafka://h:1/t?sasl.username=u&sasl.password=hunter2&ssl.key.password=k&oops";
+        let redacted = redact_uri(uri);
+        assert!(
+            !redacted.contains("hunter2") && !redacted.contains("=k&"),
+            "{redacted}"
+        );
+        assert!(redacted.contains("sasl.username=u"), "{redacted}");
+        let err = KafkaUri::parse(uri).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(is_secret_key("sasl.oauthbearer.client.secret"));
+        assert!(!is_secret_key("security.protocol"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+        /// Fuzz: any string is a URI or an error, never a panic; a parsed one's secrets are
+        /// never in its redacted form.
+        #[test]
+        fn parsing_any_uri_never_panics(
+            tail in "[ -~]{0,60}",
+            any in "\\PC{0,40}",
+        ) {
+            for uri in [format!("kafka://{tail}"), any.clone(), format!("kafka://h:1/t?{any}")] {
+                if let Ok(parsed) = KafkaUri::parse(&uri) {
+                    let redacted = redact_uri(&uri);
+                    for (k, v) in &parsed.properties {
+                        if is_secret_key(k) && v.len() > 3 {
+                            let shown = format!("{k}={v}");
+                            proptest::prop_assert!(!redacted.contains(&shown), "{}", redacted);
+                        }
+                    }
+                    let _ = parsed.millis("connect-timeout-ms");
+                }
+            }
+        }
     }
 
     #[test]

@@ -863,7 +863,7 @@ impl KafkaSinkConfig {
             connection: super::KafkaConnection {
                 brokers: uri.brokers.clone(),
                 properties: uri.properties.clone(),
-                connect_timeout: uri.millis("connect-timeout-ms")?,
+                connect_timeout: super::connect_timeout(uri)?,
             },
             topic: uri.topic.clone(),
             format,

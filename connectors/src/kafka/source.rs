@@ -129,6 +129,8 @@ pub struct KafkaSource {
     config: KafkaSourceConfig,
     schema: SchemaRef,
     bad_records: Counter,
+    /// Records with a null value (tombstones) skipped by the JSON format.
+    tombstones: Counter,
     /// Records still to read when bounded, shared by the splits of one run.
     budget: Arc<Mutex<Option<Arc<AtomicU64>>>>,
 }
@@ -224,6 +226,7 @@ impl KafkaSource {
             schema: Arc::new(schema),
             config,
             bad_records: Counter::default(),
+            tombstones: Counter::default(),
             budget: Arc::default(),
         })
     }
@@ -293,6 +296,12 @@ impl KafkaSource {
     /// Records that did not decode (skipped or sent to the dead-letter topic).
     pub fn bad_records(&self) -> Counter {
         self.bad_records.clone()
+    }
+
+    /// Records with a null value (tombstones: a compacted topic's deletes) that the JSON
+    /// format skipped. They are not bad records: a JSON source has no row to make of them.
+    pub fn tombstones(&self) -> Counter {
+        self.tombstones.clone()
     }
 
     fn consumer(&self) -> Result<BaseConsumer> {
@@ -423,6 +432,7 @@ impl Source for KafkaSource {
             last_warning: None,
             clock: SystemClock::new(),
             throttle: Throttle::new(self.config.max_rate, split.parallelism),
+            outage: None,
             decoder: match &self.config.format {
                 RecordFormat::Json(schema) => {
                     Some(RecordDecoder::new(TextFormat::Json, schema.clone()))
@@ -471,6 +481,9 @@ struct KafkaReader {
     clock: SystemClock,
     /// The source's rate limit, this split's share.
     throttle: Throttle,
+    /// Since when (reader time) the brokers have been unreachable, and when that was last
+    /// checked: an outage is reported as such, never as an idle split.
+    outage: Option<(Duration, Duration)>,
 }
 
 impl KafkaReader {
@@ -563,10 +576,16 @@ impl KafkaReader {
             };
             wait = Duration::ZERO;
             let message = match polled {
-                Ok(m) => m,
+                Ok(m) => {
+                    self.outage = None;
+                    m
+                }
                 Err(e) => {
-                    // librdkafka retries broker failures itself; say so, at most every 10 s.
                     let now = self.clock.elapsed();
+                    if broker_unreachable(&e) && self.outage.is_none() {
+                        self.outage = Some((now, now));
+                    }
+                    // librdkafka retries broker failures itself; say so, at most every 10 s.
                     if self
                         .last_warning
                         .is_none_or(|t| now.saturating_sub(t) > Duration::from_secs(10))
@@ -614,9 +633,14 @@ impl KafkaReader {
         let (topic, partition) = &self.partitions[i];
         let policy = &self.source.config.bad_records;
         let counter = &self.source.bad_records;
+        let tombstones = &self.source.tombstones;
         let dead_letter = &self.dead_letter;
         let decoded = decoder.decode(&records.values, &records.spans, |r, reason| {
             let offset = records.offsets[r];
+            if records.nulls[r] {
+                tombstones.add(1);
+                return Ok(());
+            }
             match policy {
                 BadRecords::Fail => {
                     return Err(ConnectorError::BadKafkaRecord {
@@ -821,6 +845,49 @@ where
     }
 }
 
+/// Whether a consumer error says the brokers cannot be reached (as opposed to a bad record
+/// or a setting): the split is then unavailable, not idle.
+fn broker_unreachable(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::AllBrokersDown
+                | Code::BrokerTransportFailure
+                | Code::Resolve
+                | Code::BrokerNotAvailable
+                | Code::NetworkException
+                | Code::LeaderNotAvailable
+                | Code::NotLeaderForPartition
+        )
+    )
+}
+
+impl KafkaReader {
+    /// Whether the brokers are still away: after an error saying so, and until a record
+    /// arrives or (checked at most every second) a metadata request succeeds.
+    fn brokers_away(&mut self) -> bool {
+        let Some((since, checked)) = self.outage else {
+            return false;
+        };
+        let now = self.clock.elapsed();
+        if now.saturating_sub(checked) < Duration::from_secs(1) {
+            return true;
+        }
+        let reachable = self
+            .consumer
+            .fetch_metadata(None, Duration::from_millis(500))
+            .is_ok();
+        self.outage = if reachable {
+            tracing::info!(split = self.split.index, "kafka brokers reachable again");
+            None
+        } else {
+            Some((since, now))
+        };
+        !reachable
+    }
+}
+
 impl SourceReader for KafkaReader {
     fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
         if self
@@ -849,6 +916,9 @@ impl SourceReader for KafkaReader {
             self.fetch()?;
         }
         let Some(mut ready) = self.ready.pop_front() else {
+            if self.brokers_away() {
+                return Ok(SourcePoll::Unavailable(Duration::from_millis(100)));
+            }
             return Ok(SourcePoll::Pending(Duration::from_millis(10)));
         };
         let rows = ready.batch.num_rows();
@@ -888,7 +958,7 @@ impl KafkaSourceConfig {
     /// Settings from a parsed `kafka://` URI, reading `format`. Options: `start`
     /// (`earliest`, `latest` or milliseconds since the epoch), `bad-records` (`fail`, `skip`
     /// or `dead-letter:TOPIC`), `connect-timeout-ms` (keep retrying unreachable brokers this
-    /// long; default: fail at once), `discovery-interval-ms` (0: never), `batch-size`,
+    /// long; default 60 000, 0: fail at once), `discovery-interval-ms` (0: never), `batch-size`,
     /// `timestamp-column`. The topic may be a comma-separated list, or a regex starting with
     /// `^`.
     pub fn from_uri(uri: &super::KafkaUri, format: RecordFormat) -> Result<Self> {
@@ -942,7 +1012,7 @@ impl KafkaSourceConfig {
             connection: super::KafkaConnection {
                 brokers: uri.brokers.clone(),
                 properties: uri.properties.clone(),
-                connect_timeout: uri.millis("connect-timeout-ms")?,
+                connect_timeout: super::connect_timeout(uri)?,
             },
             topics,
             format,
