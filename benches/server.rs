@@ -41,6 +41,8 @@ fn spec(events: u64) -> JobSpec {
                 column: "date_time".into(),
                 delay_ms: 4000,
                 idle_timeout_ms: None,
+                max_ahead_ms: None,
+                out_of_range: None,
             }),
             steps: vec![Step::Window {
                 keys: vec!["auction".into()],
@@ -117,7 +119,7 @@ async fn main() {
     let mut config = ServerConfig::new(tmp.path());
     config.listen = "127.0.0.1:0".parse().unwrap();
     let server = Server::new(Registry::new()).start(config).await.unwrap();
-    let client = Client::new(&format!("http://{}", server.addr), None).unwrap();
+    let client = Client::new(&format!("http://{}", server.addr), server.token.clone()).unwrap();
 
     // Submit-to-first-output on a small job, five times.
     let mut first: Vec<f64> = Vec::new();

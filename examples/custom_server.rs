@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = ServerConfig::new(data.path());
     config.listen = "127.0.0.1:0".parse()?;
     let server = Server::new(registry).start(config).await?;
-    let client = Client::new(&format!("http://{}", server.addr), None)?;
+    let client = Client::new(&format!("http://{}", server.addr), server.token.clone())?;
 
     let spec: JobSpec = serde_json::from_str(
         r#"{

@@ -27,6 +27,13 @@ pub enum OxflowError {
     Server(String),
 }
 
+impl OxflowError {
+    /// Whether running the job again cannot help ([`RuntimeError::is_fatal`]).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, OxflowError::Runtime(e) if e.is_fatal())
+    }
+}
+
 impl From<OperatorError> for OxflowError {
     fn from(e: OperatorError) -> Self {
         OxflowError::Operator(Box::new(e))

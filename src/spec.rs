@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A whole job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Subtasks per stage (default: one per core).
@@ -45,7 +45,7 @@ pub struct JobSpec {
 }
 
 /// State kept in RocksDB while the job runs, so that it may be larger than memory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateSpec {
     /// MiB of state each window operator subtask keeps in memory before writing to RocksDB.
@@ -62,7 +62,7 @@ impl StateSpec {
 }
 
 /// A stream: a source, its watermarks, and the steps applied in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
     /// Where records come from.
@@ -76,7 +76,7 @@ pub struct StreamSpec {
 }
 
 /// A source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceSpec {
     /// A table of the Nexmark generator.
@@ -117,7 +117,7 @@ pub enum SourceSpec {
 }
 
 /// A column of a source's schema.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// Column name.
@@ -128,7 +128,7 @@ pub struct ColumnSpec {
 }
 
 /// Watermarks: bounded out-of-orderness on an event-time column.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatermarkSpec {
     /// The event-time column.
@@ -224,7 +224,7 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// A window kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum WindowKind {
     /// Fixed windows.
@@ -249,7 +249,7 @@ pub enum WindowKind {
 }
 
 /// What a window computes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum WindowCompute {
     /// SQL aggregates (`"count(auction) AS num"`).
@@ -264,7 +264,7 @@ pub enum WindowCompute {
 }
 
 /// Which rows of a join match.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum JoinOn {
     /// The same window of both sides.
@@ -285,7 +285,7 @@ pub enum JoinOn {
 }
 
 /// A sink.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkSpec {
     /// Discard everything.
@@ -305,7 +305,7 @@ pub enum SinkSpec {
 }
 
 /// Checkpoint settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
     /// Milliseconds between checkpoints.
@@ -316,7 +316,7 @@ pub struct CheckpointSpec {
 }
 
 /// Restart strategy of a job: exponential backoff, a maximum number of restarts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
     /// Restarts allowed before the job is FAILED (default 3).
@@ -485,7 +485,10 @@ fn nexmark_table(name: &str) -> Result<oxflow_connectors::nexmark::NexmarkTable>
 }
 
 /// Builds the source a spec describes.
-pub(crate) fn build_source(spec: &SourceSpec) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
+pub(crate) fn build_source(
+    spec: &SourceSpec,
+    max_line_bytes: usize,
+) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
     use oxflow_connectors::file::{FileFormat, FileSource};
     use oxflow_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaUri, RecordFormat};
     use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource};
@@ -526,11 +529,10 @@ pub(crate) fn build_source(spec: &SourceSpec) -> Result<Arc<dyn oxflow_runtime::
                 }
             };
             let schema = columns.as_deref().map(schema_of).transpose()?;
-            Arc::new(FileSource::try_new(
-                crate::nexmark::part_files(path)?,
-                format,
-                schema,
-            )?)
+            Arc::new(
+                FileSource::try_new(crate::nexmark::part_files(path)?, format, schema)?
+                    .with_max_line_bytes(max_line_bytes),
+            )
         }
         SourceSpec::Kafka { uri, columns } => {
             let uri = KafkaUri::parse(uri)?;

@@ -418,6 +418,17 @@ fn the_server_commands_submit_watch_and_refuse_clearly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The token may come from the environment instead of a file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args(["list", "--server", &url])
+        .env("OXFLOW_TOKEN", "t0ken")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bad = tmp.path().join("bad.json");
     std::fs::write(&bad, r#"{"stream": {}}"#).unwrap();
     let out = with_auth(&["submit", bad.to_str().unwrap()]);

@@ -36,6 +36,8 @@ fn windowed_spec(out: &Path, events: u64, rate: Option<f64>, parallelism: usize)
                 column: "date_time".into(),
                 delay_ms: 1000,
                 idle_timeout_ms: None,
+                max_ahead_ms: None,
+                out_of_range: None,
             }),
             steps: vec![Step::Window {
                 keys: vec!["auction".into()],
@@ -92,7 +94,9 @@ async fn start(dir: &Path, token: Option<&str>) -> oxflow::server::RunningServer
     let mut config = ServerConfig::new(dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.token = token.map(str::to_string);
-    config.max_body_bytes = 64 * 1024;
+    config.limits.max_body_bytes = 64 * 1024;
+    // The tests write their output beside the data directory.
+    config.allowed_paths = vec![dir.parent().unwrap().to_path_buf()];
     Server::new(registry()).start(config).await.unwrap()
 }
 
@@ -119,7 +123,7 @@ fn state(v: &Value) -> &str {
 async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() {
     let tmp = tempfile::tempdir().unwrap();
     let server = start(&tmp.path().join("data"), None).await;
-    let client = Client::new(&format!("http://{}", server.addr), None).unwrap();
+    let client = Client::new(&format!("http://{}", server.addr), server.token.clone()).unwrap();
     let out = tmp.path().join("out");
     const EVENTS: u64 = 200_000;
 
@@ -196,7 +200,7 @@ async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() 
         .unwrap()
         .1;
     assert!(
-        metrics.contains(&format!("oxflow_job_restarts{{job=\"{id}\"}} 0")),
+        metrics.contains(&format!("oxflow_job_restarts_total{{job=\"{id}\"}} 0")),
         "{metrics}"
     );
     server.shutdown().await.unwrap();
@@ -206,7 +210,7 @@ async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() 
 async fn a_failing_job_restarts_with_backoff_then_fails_while_others_run() {
     let tmp = tempfile::tempdir().unwrap();
     let server = start(&tmp.path().join("data"), None).await;
-    let client = Client::new(&format!("http://{}", server.addr), None).unwrap();
+    let client = Client::new(&format!("http://{}", server.addr), server.token.clone()).unwrap();
     let mut failing = windowed_spec(&tmp.path().join("failing"), 100_000, None, 2);
     failing.stream.steps.insert(
         0,
@@ -352,8 +356,10 @@ fn a_server_killed_with_sigkill_resumes_its_jobs_with_exactly_once_output() {
                 "server",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
-                "--data-dir",
+                "--allow-path",
             ])
+            .arg(tmp.path())
+            .arg("--data-dir")
             .arg(&data)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -362,10 +368,13 @@ fn a_server_killed_with_sigkill_resumes_its_jobs_with_exactly_once_output() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut server = serve();
-    let client = Client::new(&url, None).unwrap();
+    let anonymous = Client::new(&url, None).unwrap();
+    runtime.block_on(wait_healthy(&anonymous));
+    // The server made its token on first start; the restarted one keeps it.
+    let token = std::fs::read_to_string(data.join("token")).unwrap();
+    let client = Client::new(&url, Some(token.trim().to_string())).unwrap();
     const EVENTS: u64 = 300_000;
     let id = runtime.block_on(async {
-        wait_healthy(&client).await;
         let id = client
             .submit(&windowed_spec(&out, EVENTS, Some(60_000.0), 2), None)
             .await
@@ -410,4 +419,74 @@ async fn wait_healthy(client: &Client) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs promtool: scripts/test.sh sets OXFLOW_PROMTOOL (scripts/promtool.sh)"]
+async fn metrics_pass_promtool_check_metrics() {
+    let promtool = std::env::var("OXFLOW_PROMTOOL").expect("OXFLOW_PROMTOOL: the path of promtool");
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(&tmp.path().join("data"), None).await;
+    let client = Client::new(&format!("http://{}", server.addr), server.token.clone()).unwrap();
+    // Two windowed stages of the same name, checkpoints, watermarks per subtask.
+    let mut spec = windowed_spec(&tmp.path().join("out"), 400_000, Some(50_000.0), 2);
+    spec.stream.steps.push(Step::Window {
+        keys: vec!["window_start".into(), "window_end".into()],
+        window: WindowKind::Inherited,
+        allowed_lateness_ms: 0,
+        compute: WindowCompute::TopN {
+            order_by: "bids".into(),
+            n: 1,
+        },
+    });
+    let id = client.submit(&spec, None).await.unwrap();
+    wait_for(&client, &id, "a checkpoint", |s| {
+        s["checkpoint"]["completed"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let (status, text) = client
+        .send(hyper::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    for family in [
+        "oxflow_stage_records_in_total",
+        "oxflow_subtask_watermark_seconds",
+        "oxflow_checkpoint_last_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: {text}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family}: {text}"
+        );
+    }
+    let mut check = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+    client.cancel(&id).await.unwrap();
+    server.shutdown().await.unwrap();
 }

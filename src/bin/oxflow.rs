@@ -6,6 +6,7 @@ use oxflow::connectors::kafka::{KafkaSourceConfig, KafkaUri, RecordFormat};
 use oxflow::nexmark::{self, QUERIES};
 use oxflow::prelude::*;
 use oxflow::runtime::sink::Sink;
+use oxflow::server::Limits;
 use oxflow::spec::{SinkSpec, StateSpec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ enum Command {
     NexmarkTables(TablesArgs),
     /// Runs the runtime server: jobs submitted as JSON specs over REST (docs/server.md).
     Server(ServerArgs),
+    /// Prints the server's API as OpenAPI (what docs/openapi.yaml holds).
+    Openapi,
     /// Submits a job spec (JSON) to a server; prints the job's id.
     Submit {
         /// The spec file.
@@ -87,9 +90,65 @@ struct ServerArgs {
     /// Where jobs, their status and their checkpoints are kept.
     #[arg(long, default_value = "oxflow-data")]
     data_dir: PathBuf,
-    /// A file holding a bearer token every endpoint but /health then requires.
-    #[arg(long)]
+    /// A file holding the bearer token every endpoint but /health requires (default: the
+    /// token in DATA_DIR/token, made on first start, mode 0600).
+    #[arg(long, conflicts_with = "no_auth")]
     token_file: Option<PathBuf>,
+    /// Require no token; refused unless --listen is a loopback address.
+    #[arg(long)]
+    no_auth: bool,
+    /// A directory (besides the data directory) that submitted specs may read and write;
+    /// repeatable.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_paths: Vec<PathBuf>,
+    /// Jobs running or restarting at once.
+    #[arg(long, default_value_t = Limits::default().max_running_jobs)]
+    max_running_jobs: usize,
+    /// Subtasks of one job, over all its stages.
+    #[arg(long, default_value_t = Limits::default().max_subtasks_per_job)]
+    max_subtasks_per_job: usize,
+    /// Windows one record of a hopping window may belong to (size / slide).
+    #[arg(long, default_value_t = Limits::default().max_window_panes)]
+    max_window_panes: u64,
+    /// The shortest checkpoint interval a job may ask for.
+    #[arg(long, default_value_t = Limits::default().min_checkpoint_interval.as_millis() as u64)]
+    min_checkpoint_interval_ms: u64,
+    /// The most restarts a job's restart strategy may allow.
+    #[arg(long, default_value_t = Limits::default().max_restart_attempts)]
+    max_restart_attempts: u32,
+    /// The shortest first restart backoff a job may ask for.
+    #[arg(long, default_value_t = Limits::default().min_restart_backoff.as_millis() as u64)]
+    min_restart_backoff_ms: u64,
+    /// The longest restart backoff a job may ask for.
+    #[arg(long, default_value_t = Limits::default().max_restart_backoff.as_millis() as u64)]
+    max_restart_backoff_ms: u64,
+    /// The largest request body, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// The longest line a file source of a submitted job reads, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_line_bytes)]
+    max_line_bytes: usize,
+    /// How long a request may take (a savepoint waits for its checkpoint within it).
+    #[arg(long, default_value_t = Limits::default().request_timeout.as_millis() as u64)]
+    request_timeout_ms: u64,
+}
+
+impl ServerArgs {
+    fn limits(&self) -> Limits {
+        use std::time::Duration;
+        Limits {
+            max_running_jobs: self.max_running_jobs,
+            max_subtasks_per_job: self.max_subtasks_per_job,
+            max_window_panes: self.max_window_panes,
+            min_checkpoint_interval: Duration::from_millis(self.min_checkpoint_interval_ms),
+            max_restart_attempts: self.max_restart_attempts,
+            min_restart_backoff: Duration::from_millis(self.min_restart_backoff_ms),
+            max_restart_backoff: Duration::from_millis(self.max_restart_backoff_ms),
+            max_body_bytes: self.max_body_bytes,
+            max_line_bytes: self.max_line_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -97,7 +156,8 @@ struct ServerOptions {
     /// The server's URL.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     server: String,
-    /// A file holding the server's bearer token.
+    /// A file holding the server's bearer token (default: $OXFLOW_TOKEN, else none; a
+    /// server's own token is in its DATA_DIR/token).
     #[arg(long)]
     token_file: Option<PathBuf>,
 }
@@ -116,10 +176,14 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
 }
 
 fn client(options: &ServerOptions) -> anyhow::Result<oxflow::client::Client> {
-    Ok(oxflow::client::Client::new(
-        &options.server,
-        read_token(options.token_file.as_deref())?,
-    )?)
+    let token = match read_token(options.token_file.as_deref())? {
+        Some(t) => Some(t),
+        None => std::env::var("OXFLOW_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
+    };
+    Ok(oxflow::client::Client::new(&options.server, token)?)
 }
 
 /// Runs `request`, showing on stderr how long it has been in flight (savepoints and stops
@@ -157,11 +221,22 @@ fn serve(args: &ServerArgs) -> anyhow::Result<()> {
     let mut config = oxflow::server::ServerConfig::new(&args.data_dir);
     config.listen = args.listen;
     config.token = read_token(args.token_file.as_deref())?;
+    config.no_auth = args.no_auth;
+    config.allowed_paths = args.allow_paths.clone();
+    config.limits = args.limits();
     runtime()?.block_on(async {
         let server = oxflow::server::Server::new(oxflow::spec::Registry::new())
             .start(config)
             .await?;
         eprintln!("oxflow server listening on http://{}", server.addr);
+        match (&server.token, &args.token_file) {
+            (None, _) => eprintln!("no authentication (--no-auth)"),
+            (Some(_), Some(file)) => eprintln!("clients need the token of {}", file.display()),
+            (Some(_), None) => eprintln!(
+                "clients need the token in {} (--token-file, or OXFLOW_TOKEN)",
+                args.data_dir.join(oxflow::server::TOKEN_FILE).display()
+            ),
+        }
         server.wait().await?;
         Ok(())
     })
@@ -475,6 +550,10 @@ fn main() -> anyhow::Result<()> {
         Command::Nexmark(args) => run_nexmark(&args, &args.query),
         Command::NexmarkTables(args) => write_tables(&args),
         Command::Server(args) => serve(&args),
+        Command::Openapi => {
+            print!("{}", oxflow::server::openapi_text());
+            Ok(())
+        }
         Command::Submit {
             spec,
             restore,

@@ -9,12 +9,28 @@
 //! with its cause. Jobs run on threads of their own, so a failing job never stops the server.
 //!
 //! The API (`docs/server.md`, `docs/openapi.yaml`) is versioned under `/v1`; every error is
-//! JSON `{"error": "..."}`; with a token, every endpoint but `/health` needs
-//! `Authorization: Bearer <token>`.
+//! JSON `{"error": "..."}`.
+//!
+//! Closed by default: every endpoint but `/health` needs `Authorization: Bearer <token>`
+//! (the token of `--token-file`, else one the server makes in `DATA_DIR/token`, mode 0600);
+//! only an explicit `--no-auth` on a loopback address opens it. POST bodies must be JSON, a
+//! loopback server answers only to loopback Host names (no DNS rebinding), and no CORS
+//! header is ever sent. A submitted spec passes the `policy`: its paths stay under the data
+//! directory or an `--allow-path`, its Kafka properties pass an allow-list, its windows,
+//! checkpoints and restarts stay within [`Limits`], and its secrets never appear in answers
+//! or logs. Metrics are made in `metrics`.
 
 // The server reports wall-clock times (start, uptime, records per second) and backs off in
 // real time; jobs themselves run on the runtime's clock.
 #![allow(clippy::disallowed_methods)]
+
+mod metrics;
+mod openapi;
+mod policy;
+
+pub use openapi::{openapi, openapi_text};
+pub use policy::Limits;
+use policy::{redacted, scrub, secrets_of, Policy, Refusal};
 
 use crate::error::{OxflowError, Result};
 use crate::spec::{JobSpec, Registry};
@@ -39,29 +55,76 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How a server listens and where it keeps its jobs.
+/// How a server listens, where it keeps its jobs, and what it allows them.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Address to listen on (default `127.0.0.1:8081`; port 0 picks a free one).
     pub listen: SocketAddr,
     /// Where jobs, their status and their checkpoints are kept.
     pub data_dir: PathBuf,
-    /// A bearer token every endpoint but `/health` requires.
+    /// The bearer token every endpoint but `/health` requires. `None`: the token kept in
+    /// `DATA_DIR/token`, made (random, mode 0600) when there is none.
     pub token: Option<String>,
-    /// The largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
+    /// Require no token at all; refused unless `listen` is a loopback address.
+    pub no_auth: bool,
+    /// Directories besides the data directory that submitted specs may read and write.
+    pub allowed_paths: Vec<PathBuf>,
+    /// The bounds every job is held to.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
-    /// Loopback on port 8081, jobs under `data_dir`, no token, bodies up to 1 MiB.
+    /// Loopback on port 8081, jobs under `data_dir`, the token of `DATA_DIR/token`, the
+    /// default limits.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             data_dir: data_dir.into(),
             token: None,
-            max_body_bytes: 1 << 20,
+            no_auth: false,
+            allowed_paths: Vec::new(),
+            limits: Limits::default(),
         }
     }
+}
+
+/// The file, in the data directory, holding the token a server made for itself.
+pub const TOKEN_FILE: &str = "token";
+
+/// The token of `DATA_DIR/token`, or a new random one written there (mode 0600) if there is
+/// none: kept across restarts, so clients keep working.
+fn load_or_create_token(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(TOKEN_FILE);
+    let io = |what: &str, e: std::io::Error| {
+        OxflowError::Server(format!("{what} the token file {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {
+            return Err(OxflowError::Server(format!(
+                "the token file {} is empty",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("reading", e)),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| OxflowError::Server(format!("making a token: {e}")))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(data_dir).map_err(|e| io("creating the directory of", e))?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io("creating", e))?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| io("writing", e))?;
+    Ok(token)
 }
 
 /// Where a job is in its life.
@@ -108,6 +171,10 @@ struct JobRecord {
     restore_from: Option<PathBuf>,
     /// The savepoint a stop took.
     savepoint: Option<PathBuf>,
+    /// Times a restarted server resumed the job: each counts against its restart budget,
+    /// so that a job that takes its server down does not do it forever.
+    #[serde(default)]
+    resumes: u32,
 }
 
 /// The live handles of a running attempt.
@@ -137,6 +204,10 @@ impl JobEntry {
         let mut record = self.record.lock().expect("job lock");
         let before = record.state;
         change(&mut record);
+        // A failure quotes errors, which may quote a URI: no secret is kept in it.
+        if let Some(failure) = &record.failure {
+            record.failure = Some(scrub(failure, &secrets_of(&record.spec)));
+        }
         if record.state != before {
             tracing::info!(job = %record.id, from = ?before, to = ?record.state, failure = record.failure.as_deref(), "job state changed");
         }
@@ -154,8 +225,15 @@ fn write_record(dir: &Path, record: &JobRecord) -> Result<()> {
         .map_err(|e| OxflowError::InvalidPipeline(format!("encoding job {}: {e}", record.id)))?;
     {
         use std::io::Write;
-        let mut file =
-            std::fs::File::create(&tmp).map_err(|e| io("writing the job record in", e))?;
+        // The record holds the spec, secrets included: readable by the server's user alone.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("writing the job record in", e))?;
         file.write_all(&bytes)
             .map_err(|e| io("writing the job record in", e))?;
         file.sync_all()
@@ -174,6 +252,7 @@ fn now_ms() -> u64 {
 /// The jobs of a server.
 struct Manager {
     registry: Registry,
+    policy: Policy,
     jobs_dir: PathBuf,
     jobs: Mutex<BTreeMap<String, Arc<JobEntry>>>,
     next: AtomicU64,
@@ -189,8 +268,38 @@ impl Manager {
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))
     }
 
-    /// Checks a spec builds, stores the job and starts it.
-    fn submit(self: &Arc<Self>, spec: JobSpec, restore_from: Option<PathBuf>) -> Result<String> {
+    /// A pipeline with this server's limits, to build jobs on.
+    fn pipeline(&self) -> Pipeline {
+        Pipeline::new().with_max_line_bytes(self.policy.limits.max_line_bytes)
+    }
+
+    /// Jobs running or waiting to restart.
+    fn active_jobs(&self) -> usize {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        jobs.values()
+            .filter(|j| !j.record().state.is_terminal())
+            .count()
+    }
+
+    /// Checks a spec against the policy and that it builds, stores the job and starts it.
+    fn submit(
+        self: &Arc<Self>,
+        mut spec: JobSpec,
+        restore_from: Option<PathBuf>,
+    ) -> std::result::Result<String, ApiError> {
+        let secrets = secrets_of(&spec);
+        let refused = |e: OxflowError| ApiError::bad_request(scrub(&e.to_string(), &secrets));
+        self.policy.check_spec(&mut spec)?;
+        let restore_from = restore_from
+            .map(|p| self.policy.check_path("restore_from", &p))
+            .transpose()?;
+        let max = self.policy.limits.max_running_jobs;
+        if self.active_jobs() >= max {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("this server already runs {max} jobs (--max-running-jobs); cancel or stop one first"),
+            ));
+        }
         let id = format!(
             "{:x}{:04x}",
             now_ms(),
@@ -198,9 +307,14 @@ impl Manager {
         );
         let dir = self.jobs_dir.join(&id);
         // Built once here so that a bad spec is refused now, with its reason.
-        Pipeline::from_spec(&spec, &self.registry, Some(&dir.join("checkpoints")))?;
+        let job = self
+            .pipeline()
+            .job_from_spec(&spec, &self.registry, Some(&dir.join("checkpoints")))
+            .map_err(refused)?;
+        self.policy.check_subtasks(job.subtasks())?;
+        drop(job);
         if let Some(path) = &restore_from {
-            oxflow_runtime::checkpoint::load(path)?;
+            oxflow_runtime::checkpoint::load(path).map_err(|e| refused(OxflowError::from(e)))?;
         }
         let record = JobRecord {
             id: id.clone(),
@@ -213,8 +327,9 @@ impl Manager {
             failure: None,
             restore_from,
             savepoint: None,
+            resumes: 0,
         };
-        write_record(&dir, &record)?;
+        write_record(&dir, &record).map_err(refused)?;
         let entry = self.register(record, dir);
         self.supervise(entry, false);
         Ok(id)
@@ -255,11 +370,32 @@ impl Manager {
             };
             let resume = !record.state.is_terminal();
             let id = record.id.clone();
+            let budget = record.spec.restart.clone().unwrap_or_default().max_attempts;
             let entry = self.register(record, dir);
-            if resume {
-                tracing::info!(job = %id, "resuming a job that was running");
-                self.supervise(entry, true);
+            if !resume {
+                continue;
             }
+            // The server died while this job ran, maybe because of it: a resume spends the
+            // restart budget like a failed attempt, so a job that kills its server is FAILED
+            // after a few tries instead of a crash loop.
+            let record = entry.record();
+            if record.resumes + record.restarts >= budget {
+                let failure = format!(
+                    "the server stopped {} times while this job ran, and the job had restarted {} times: its {budget} restarts are spent, so it is not resumed",
+                    record.resumes + 1,
+                    record.restarts
+                );
+                tracing::error!(job = %id, "{failure}");
+                entry.update(|r| {
+                    r.state = JobState::Failed;
+                    r.failure = Some(failure);
+                    r.finished_at_ms = Some(now_ms());
+                })?;
+                continue;
+            }
+            entry.update(|r| r.resumes += 1)?;
+            tracing::info!(job = %id, "resuming a job that was running");
+            self.supervise(entry, true);
         }
         Ok(())
     }
@@ -290,9 +426,11 @@ impl Manager {
             let outcome = match (result, ending) {
                 (_, Some(state)) => Some((state, None)),
                 (Ok(()), None) => Some((JobState::Finished, None)),
-                (Err(e), None) if record.restarts >= restart.max_attempts => {
+                (Err(e), None) if record.restarts + record.resumes >= restart.max_attempts => {
                     Some((JobState::Failed, Some(e.to_string())))
                 }
+                // Running again cannot help (fenced by another instance, an invalid job).
+                (Err(e), None) if e.is_fatal() => Some((JobState::Failed, Some(e.to_string()))),
                 (Err(e), None) => {
                     let _ = entry.update(|r| {
                         r.state = JobState::Restarting;
@@ -300,6 +438,7 @@ impl Manager {
                         r.failure = Some(e.to_string());
                     });
                     let backoff = restart.backoff(record.restarts);
+                    let e = scrub(&e.to_string(), &secrets_of(&record.spec));
                     tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "attempt failed; restarting from the latest checkpoint");
                     if self.wait_or_end(entry, backoff) {
                         continue;
@@ -340,7 +479,9 @@ impl Manager {
     /// One attempt: builds the job from its spec and runs it to its end.
     fn attempt(&self, entry: &JobEntry, record: &JobRecord, first: bool) -> Result<()> {
         let checkpoints = entry.dir.join("checkpoints");
-        let mut job = Pipeline::from_spec(&record.spec, &self.registry, Some(&checkpoints))?;
+        let mut job =
+            self.pipeline()
+                .job_from_spec(&record.spec, &self.registry, Some(&checkpoints))?;
         let has_checkpoints = record.spec.checkpoints.is_some();
         // A later attempt (a restart, or a resume after the server died) goes on from the
         // job's own latest checkpoint; until it has one, from the savepoint it was submitted
@@ -412,7 +553,9 @@ impl Manager {
         if let Some(attempt) = entry.attempt.lock().expect("attempt lock").as_ref() {
             attempt.cancel.cancel();
         }
-        let until = Instant::now() + Duration::from_secs(30);
+        // Operators check for cancellation between bounded units of work: a job ends well
+        // within this, even in a hot loop.
+        let until = Instant::now() + Duration::from_secs(10);
         while !entry.record().state.is_terminal() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -450,6 +593,15 @@ impl From<OxflowError> for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, m),
+            Refusal::Invalid(m) => ApiError::bad_request(m),
+        }
+    }
+}
+
 type ApiResult = std::result::Result<Response, ApiError>;
 
 #[derive(Clone)]
@@ -457,6 +609,9 @@ struct AppState {
     manager: Arc<Manager>,
     token: Option<Arc<str>>,
     max_body_bytes: usize,
+    request_timeout: Duration,
+    /// Listening on a loopback address: only loopback Host names are answered.
+    loopback: bool,
 }
 
 /// A submission: the spec, and optionally where to start from.
@@ -477,6 +632,8 @@ pub struct Server {
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The token clients must send (none with `no_auth`).
+    pub token: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -511,8 +668,40 @@ impl Server {
     /// Loads the jobs of the data directory (resuming those that were running), binds and
     /// serves in the background.
     pub async fn start(self, config: ServerConfig) -> Result<RunningServer> {
+        let loopback = config.listen.ip().is_loopback();
+        let token = match (&config.token, config.no_auth) {
+            (Some(_), true) => {
+                return Err(OxflowError::Server(
+                    "a token and no authentication were both asked for; choose one".into(),
+                ))
+            }
+            (None, true) if !loopback => {
+                return Err(OxflowError::Server(format!(
+                "--no-auth is refused on {}: without a token only a loopback address may be served",
+                config.listen
+            )))
+            }
+            (None, true) => {
+                tracing::warn!("serving without authentication (--no-auth), on loopback only");
+                None
+            }
+            (Some(t), false) if t.trim().is_empty() => {
+                return Err(OxflowError::Server("the token is empty".into()))
+            }
+            (Some(t), false) => Some(t.trim().to_string()),
+            (None, false) => Some(load_or_create_token(&config.data_dir)?),
+        };
+        let policy = Policy::new(
+            &config.data_dir,
+            &config.allowed_paths,
+            config.limits.clone(),
+        )
+        .map_err(|e| {
+            OxflowError::Server(format!("data directory {}: {e}", config.data_dir.display()))
+        })?;
         let manager = Arc::new(Manager {
             registry: self.registry,
+            policy,
             jobs_dir: config.data_dir.join("jobs"),
             jobs: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(0),
@@ -520,8 +709,10 @@ impl Server {
         manager.load()?;
         let state = AppState {
             manager,
-            token: config.token.map(Arc::from),
-            max_body_bytes: config.max_body_bytes,
+            token: token.clone().map(Arc::from),
+            max_body_bytes: config.limits.max_body_bytes,
+            request_timeout: config.limits.request_timeout,
+            loopback,
         };
         let app = router(state);
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -543,6 +734,7 @@ impl Server {
         });
         Ok(RunningServer {
             addr,
+            token,
             shutdown: Some(tx),
             handle,
         })
@@ -572,8 +764,81 @@ fn router(state: AppState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// What every request passes, before any handler: a loopback server answers only to
+/// loopback Host names (a page on another site that rebinds its name to 127.0.0.1 gets
+/// nothing), POST bodies are JSON (so no "simple" cross-site request gets through), and a
+/// request takes at most the request timeout.
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.loopback {
+        if let Some(host) = request.headers().get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !is_loopback_host(host) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("Host `{host}` is not a loopback name; this server listens on loopback and answers only to localhost, 127.0.0.1 or [::1]"),
+                )
+                .into_response();
+            }
+        }
+    }
+    if request.method() == axum::http::Method::POST {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        // HTTP/1.1: a request has a body only with a Content-Length or a Transfer-Encoding.
+        let headers = request.headers();
+        let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|l| l.to_str().ok() != Some("0"));
+        let json = content_type.is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if (content_type.is_some() || has_body) && !json {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "POST bodies must be application/json, not {}",
+                    content_type.unwrap_or("a body without Content-Type")
+                ),
+            )
+            .into_response();
+        }
+    }
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {} s (--request-timeout-ms)",
+                state.request_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Whether a Host header names this machine's loopback: `localhost` (or a name under it),
+/// an address of 127.0.0.0/8, or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -582,11 +847,15 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_ref()) {
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant time: how much of a guess matches must not show in how long it takes.
+        use subtle::ConstantTimeEq;
+        let matches: bool = given.as_bytes().ct_eq(token.as_bytes()).into();
+        if !matches {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token (Authorization: Bearer <token>)",
+                "missing or wrong bearer token (Authorization: Bearer <token>; the CLI takes --token-file or OXFLOW_TOKEN, and a server made its own in DATA_DIR/token)",
             )
             .into_response();
         }
@@ -624,6 +893,7 @@ async fn submit(State(state): State<AppState>, request: Request) -> ApiResult {
     let id = tokio::task::spawn_blocking(move || manager.submit(submit.spec, submit.restore_from))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(job = %id, "job submitted");
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
 
@@ -732,7 +1002,7 @@ fn job_status(entry: &JobEntry) -> serde_json::Value {
         "savepoint": r.savepoint,
         "operators": operators,
         "checkpoint": checkpoint,
-        "spec": r.spec,
+        "spec": redacted(&r.spec),
     })
 }
 
@@ -785,8 +1055,6 @@ async fn cancel(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> 
 
 /// Prometheus text format: the figures of `GET /v1/jobs/{id}` for every job.
 async fn metrics(State(state): State<AppState>) -> ApiResult {
-    use std::fmt::Write;
-    let mut out = String::new();
     let jobs: Vec<Arc<JobEntry>> = state
         .manager
         .jobs
@@ -795,75 +1063,11 @@ async fn metrics(State(state): State<AppState>) -> ApiResult {
         .values()
         .cloned()
         .collect();
-    let mut families: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for entry in &jobs {
-        let r = entry.record();
-        let job = &r.id;
-        families
-            .entry("oxflow_job_restarts")
-            .or_default()
-            .push(format!(
-                "oxflow_job_restarts{{job=\"{job}\"}} {}",
-                r.restarts
-            ));
-        families
-            .entry("oxflow_job_running")
-            .or_default()
-            .push(format!(
-                "oxflow_job_running{{job=\"{job}\"}} {}",
-                u8::from(r.state == JobState::Running)
-            ));
-        let attempt = entry.attempt.lock().expect("attempt lock");
-        let Some(a) = attempt.as_ref() else { continue };
-        let snapshot = a.metrics.snapshot();
-        for s in stages(&snapshot, a.started.elapsed().as_secs_f64()) {
-            let labels = format!("job=\"{job}\",stage=\"{}\"", s.name);
-            for (family, value) in [
-                ("oxflow_records_in_total", s.records_in as i64),
-                ("oxflow_records_out_total", s.records_out as i64),
-                ("oxflow_backpressure_ms_total", s.backpressure_ms as i64),
-            ] {
-                families
-                    .entry(family)
-                    .or_default()
-                    .push(format!("{family}{{{labels}}} {value}"));
-            }
-            if let Some(w) = s.watermark_ms {
-                families
-                    .entry("oxflow_watermark_ms")
-                    .or_default()
-                    .push(format!("oxflow_watermark_ms{{{labels}}} {w}"));
-            }
-        }
-        for (name, family) in [
-            (
-                "checkpoints.completed",
-                "oxflow_checkpoints_completed_total",
-            ),
-            (
-                "checkpoints.last_duration_ms",
-                "oxflow_checkpoint_last_duration_ms",
-            ),
-            ("checkpoints.state_bytes", "oxflow_checkpoint_state_bytes"),
-        ] {
-            if let Some((_, v)) = snapshot.iter().find(|(k, _)| k == name) {
-                families
-                    .entry(family)
-                    .or_default()
-                    .push(format!("{family}{{job=\"{job}\"}} {v}"));
-            }
-        }
-    }
-    for (family, lines) in families {
-        let kind = if family.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(out, "# TYPE {family} {kind}");
-        for line in lines {
-            let _ = writeln!(out, "{line}");
-        }
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    let text = metrics::render(&jobs).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response())
 }

@@ -1,0 +1,229 @@
+//! The server's API as an OpenAPI 3.0 document (`docs/openapi.yaml`, `oxflow openapi`): the
+//! endpoints and every status each can answer are written here, beside the router, and the
+//! job spec's schema is derived from its serde types, so the document cannot drift from what
+//! the server accepts (a test compares the file with this).
+
+use crate::spec::JobSpec;
+use serde_json::{json, Map, Value};
+
+/// An error answer, by status.
+fn errors(codes: &[(&str, &str)]) -> Map<String, Value> {
+    codes
+        .iter()
+        .map(|(code, why)| {
+            (
+                code.to_string(),
+                json!({
+                    "description": why,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+                }),
+            )
+        })
+        .collect()
+}
+
+/// The statuses every endpoint behind the token can answer.
+const GUARDED: &[(&str, &str)] = &[
+    ("401", "No bearer token, or the wrong one."),
+    (
+        "403",
+        "A Host header that is not a loopback name, on a loopback server.",
+    ),
+    (
+        "503",
+        "The request took longer than the server's request timeout.",
+    ),
+];
+
+fn responses(ok: (&str, Value), more: &[(&str, &str)]) -> Value {
+    let mut all = errors(GUARDED);
+    all.extend(errors(more));
+    all.insert(ok.0.to_string(), ok.1);
+    Value::Object(all)
+}
+
+fn json_ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The answer to a submission, linked to what can be done with the job it made.
+fn created() -> Value {
+    let mut answer = json_ok(
+        "Created.",
+        json!({"type": "object", "properties": {"id": {"type": "string"}}}),
+    );
+    let link = |operation: &str| json!({"operationId": operation, "parameters": {"id": "$response.body#/id"}});
+    answer["links"] = json!({
+        "status": link("getJob"),
+        "savepoint": link("takeSavepoint"),
+        "stop": link("stopJob"),
+        "cancel": link("cancelJob"),
+    });
+    answer
+}
+
+/// The whole document.
+pub fn openapi() -> Value {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let spec_schema = generator.subschema_for::<JobSpec>();
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    schemas.insert(
+        "Error".into(),
+        json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}),
+    );
+    schemas.insert(
+        "JobState".into(),
+        json!({"type": "string", "enum": ["RUNNING", "RESTARTING", "FINISHED", "FAILED", "CANCELLED", "STOPPED"]}),
+    );
+    schemas.insert(
+        "Stage".into(),
+        json!({"type": "object", "properties": {
+            "name": {"type": "string"},
+            "records_in": {"type": "integer"},
+            "records_out": {"type": "integer"},
+            "records_out_per_sec": {"type": "number"},
+            "backpressure_ms": {"type": "integer"},
+            "watermark_ms": {"type": "integer", "nullable": true}
+        }}),
+    );
+    schemas.insert(
+        "JobStatus".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "string"},
+            "state": {"$ref": "#/components/schemas/JobState"},
+            "submitted_at_ms": {"type": "integer"},
+            "started_at_ms": {"type": "integer", "nullable": true},
+            "finished_at_ms": {"type": "integer", "nullable": true},
+            "restarts": {"type": "integer"},
+            "failure": {"type": "string", "nullable": true},
+            "restore_from": {"type": "string", "nullable": true},
+            "savepoint": {"type": "string", "nullable": true},
+            "operators": {"type": "array", "items": {"$ref": "#/components/schemas/Stage"}},
+            "checkpoint": {"type": "object", "nullable": true, "properties": {
+                "completed": {"type": "integer", "nullable": true},
+                "last_id": {"type": "integer", "nullable": true},
+                "last_duration_ms": {"type": "integer", "nullable": true},
+                "state_bytes": {"type": "integer", "nullable": true}
+            }},
+            "spec": {"description": "The job's spec, secrets redacted.", "allOf": [spec_schema.clone()]}
+        }}),
+    );
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let on_a_job = [
+        ("404", "No job of this id."),
+        ("409", "The job is not running (or already ended)."),
+        ("415", "A body that is not application/json."),
+    ];
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Oxflow runtime server",
+            "version": "1",
+            "description": "Submit, watch, savepoint, stop and cancel stream processing jobs. Every error is JSON {\"error\": \"...\"}. Every path but /health needs \"Authorization: Bearer <token>\": the token of `oxflow server --token-file`, or the one the server made in DATA_DIR/token. POST bodies are application/json. A server on a loopback address answers only to loopback Host names. See docs/server.md. Generated by `oxflow openapi`."
+        },
+        "servers": [{"url": "http://127.0.0.1:8081"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas
+        },
+        "paths": {
+            "/health": {"get": {
+                "security": [],
+                "summary": "Liveness.",
+                "responses": {
+                    "200": json_ok("{\"status\": \"ok\"}", json!({"type": "object", "properties": {"status": {"type": "string"}}})),
+                    "403": errors(&[("403", "A Host header that is not a loopback name.")])["403"]
+                }
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus text format, per job, stage and subtask.",
+                "responses": responses(("200", json!({"description": "Prometheus text format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}})), &[])
+            }},
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "submitJob",
+                    "summary": "Submit a job.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "required": ["spec"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "spec": spec_schema,
+                            "restore_from": {"type": "string", "nullable": true, "description": "A savepoint or checkpoint directory, under the data directory or an --allow-path."}
+                        }
+                    }}}},
+                    "responses": responses(
+                        ("201", created()),
+                        &[
+                            ("400", "A malformed body or spec, a refused Kafka property, or a setting beyond a limit; the message says which."),
+                            ("403", "A path outside the data directory and every --allow-path, or a Host that is not a loopback name."),
+                            ("413", "A body larger than --max-body-bytes."),
+                            ("415", "A body that is not application/json."),
+                            ("429", "The server already runs --max-running-jobs jobs."),
+                        ]
+                    )
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "List jobs.",
+                    "responses": responses(("200", json_ok("Every job.", json!({"type": "object", "properties": {"jobs": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"},
+                        "state": {"$ref": "#/components/schemas/JobState"},
+                        "submitted_at_ms": {"type": "integer"},
+                        "restarts": {"type": "integer"}
+                    }}}}}))), &[])
+                }
+            },
+            "/v1/jobs/{id}": {
+                "parameters": id.clone(),
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "A job's status.",
+                    "responses": responses(("200", json_ok("The job.", json!({"$ref": "#/components/schemas/JobStatus"}))), &[("404", "No job of this id.")])
+                },
+                "delete": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a job; answers once it has ended (within seconds).",
+                    "responses": responses(("200", json_ok("{\"state\": \"CANCELLED\"}", json!({"type": "object", "properties": {"state": {"$ref": "#/components/schemas/JobState"}}}))), &on_a_job[..2])
+                }
+            },
+            "/v1/jobs/{id}/savepoints": {
+                "parameters": id.clone(),
+                "post": {
+                    "operationId": "takeSavepoint",
+                    "summary": "Take a savepoint; answers when its checkpoint has completed.",
+                    "responses": responses(("200", json_ok("{\"path\": \"...\"}", json!({"type": "object", "properties": {"path": {"type": "string"}}}))), &[on_a_job[0], on_a_job[1], on_a_job[2], ("504", "No savepoint within 120 s.")])
+                }
+            },
+            "/v1/jobs/{id}/stop": {
+                "parameters": id,
+                "post": {
+                    "operationId": "stopJob",
+                    "summary": "Stop a job with a savepoint.",
+                    "responses": responses(("200", json_ok("{\"state\": \"STOPPED\", \"savepoint\": \"...\"}", json!({"type": "object", "properties": {"state": {"$ref": "#/components/schemas/JobState"}, "savepoint": {"type": "string"}}}))), &[on_a_job[0], on_a_job[1], on_a_job[2], ("504", "No savepoint within 120 s.")])
+                }
+            }
+        }
+    })
+}
+
+/// The document as `docs/openapi.yaml` holds it: JSON, which every YAML reader takes.
+pub fn openapi_text() -> String {
+    let mut text = serde_json::to_string_pretty(&openapi()).expect("a JSON value encodes");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn docs_openapi_is_what_the_server_answers() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
+        let file = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            file == super::openapi_text(),
+            "docs/openapi.yaml is out of date: run `oxflow openapi > docs/openapi.yaml`"
+        );
+    }
+}
