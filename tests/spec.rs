@@ -268,3 +268,88 @@ fn a_job_with_a_closure_has_no_spec_and_says_why() {
         "{err}"
     );
 }
+
+/// Every leaf of `value` (and every object and array), by path, for mutation.
+fn leaf_paths(value: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    out.push(path.clone());
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                path.push(k.clone());
+                leaf_paths(v, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(i.to_string());
+                leaf_paths(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn at_path<'a>(value: &'a mut serde_json::Value, path: &[String]) -> &'a mut serde_json::Value {
+    path.iter().fold(value, |v, key| match v {
+        serde_json::Value::Array(items) => &mut items[key.parse::<usize>().unwrap()],
+        other => &mut other[key.as_str()],
+    })
+}
+
+/// A JSON leaf of the kinds a spec holds, often extreme.
+fn json_leaf() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        prop_oneof![
+            Just(0i64),
+            Just(-1),
+            Just(i64::MAX),
+            Just(i64::MIN),
+            any::<i64>()
+        ]
+        .prop_map(serde_json::Value::from),
+        prop_oneof![Just(u64::MAX), any::<u64>()].prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        "[ -~]{0,24}".prop_map(serde_json::Value::from),
+        Just(serde_json::json!([])),
+        Just(serde_json::json!({})),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+    /// Fuzz: the example specs with values replaced at random parse and build into a job or
+    /// fail with an error; neither the spec parser nor the builder panics.
+    #[test]
+    fn mutated_specs_never_panic_the_parser_or_the_builder(
+        example in 0usize..4,
+        edits in proptest::collection::vec((proptest::num::usize::ANY, json_leaf()), 1..4),
+    ) {
+        let files = ["kafka_hot_items.json", "nexmark_q5.json", "nexmark_q7.json", "readings_to_files.json"];
+        let path = format!("{}/examples/jobs/{}", env!("CARGO_MANIFEST_DIR"), files[example]);
+        let mut value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        // No directory is made by a mutated file sink's path.
+        value["sink"] = serde_json::json!("blackhole");
+        for (at, leaf) in edits {
+            let mut paths = Vec::new();
+            leaf_paths(&value, &mut Vec::new(), &mut paths);
+            let target = paths[at % paths.len()].clone();
+            *at_path(&mut value, &target) = leaf;
+        }
+        if let Ok(spec) = serde_json::from_value::<JobSpec>(value.clone()) {
+            let _ = Pipeline::from_spec(&spec, &Registry::new(), None);
+        }
+        let _ = serde_json::from_str::<JobSpec>(&value.to_string());
+    }
+
+    /// Fuzz: any text as a spec is an error or a spec.
+    #[test]
+    fn any_text_as_a_spec_never_panics(text in "\\PC{0,200}") {
+        let _ = serde_json::from_str::<JobSpec>(&text);
+    }
+}

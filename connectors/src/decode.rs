@@ -153,6 +153,37 @@ mod tests {
         (bytes, spans)
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// Fuzz: any bytes, cut into records anywhere, decode (JSON and CSV) into rows or
+        /// bad records, never a panic; every record is either kept or reported.
+        #[test]
+        fn decoding_any_records_never_panics(
+            texts in proptest::collection::vec("[ -~\\n{}\"\\[\\]:,0-9a-z\\\\]{0,40}", 0..12),
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("a", DataType::Int64, true),
+                Field::new("b", DataType::Utf8, true),
+            ]));
+            let mut all: Vec<String> = texts.iter().map(|t| t.replace('\n', " ")).collect();
+            all.push(String::from_utf8_lossy(&raw).replace('\n', " "));
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            let (bytes, spans) = records(&refs);
+            for format in [TextFormat::Json, TextFormat::Csv { delimiter: b',' }] {
+                let d = RecordDecoder::new(format, schema.clone());
+                let mut bad = 0;
+                if let Ok(out) = d.decode::<ArrowError>(&bytes, &spans, |_, _| {
+                    bad += 1;
+                    Ok(())
+                }) {
+                    proptest::prop_assert_eq!(out.kept.len() + bad, spans.len());
+                    proptest::prop_assert_eq!(out.batch.num_rows(), out.kept.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_records_are_named_by_index_and_the_rest_kept() {
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));

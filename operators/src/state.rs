@@ -252,6 +252,19 @@ impl Restarts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// Fuzz: window and run keys, and entries, from a corrupt store are errors, not
+        /// panics.
+        #[test]
+        fn state_key_and_entry_decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = parse_window_key(&bytes);
+            let _ = parse_run_key(&bytes);
+            let _ = decode_entry(3, &bytes);
+            let _ = max_i64(&[bytes.clone()]);
+        }
+    }
     use datafusion::arrow::array::Int64Array;
 
     #[test]

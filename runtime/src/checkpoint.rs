@@ -454,6 +454,36 @@ mod tests {
         dir
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Fuzz: any bytes as a manifest are an error or a manifest, never a panic.
+        #[test]
+        fn reading_any_manifest_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let tmp = tempfile::tempdir().unwrap();
+            std::fs::write(tmp.path().join(MANIFEST), &bytes).unwrap();
+            let _ = load(tmp.path());
+        }
+
+        /// Fuzz: JSON with a valid checksum (so the decoder itself is reached), from a real
+        /// manifest with its text mutated.
+        #[test]
+        fn reading_mutated_manifest_json_never_panics(
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::char::any()), 1..6)
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let entry = FileEntry { path: "stage0-0/000001.sst".into(), size: 5, crc32: 7 };
+            let mut body: Vec<char> = serde_json::to_string(&manifest(3, vec![entry])).unwrap().chars().collect();
+            for (at, c) in edits {
+                let n = body.len();
+                body[at % n] = c;
+            }
+            let body: String = body.into_iter().collect();
+            let text = format!("{body}\n{:08x}\n", crc32fast::hash(body.as_bytes()));
+            std::fs::write(tmp.path().join(MANIFEST), text).unwrap();
+            let _ = load(tmp.path());
+        }
+    }
+
     #[test]
     fn a_manifest_round_trips_and_leaves_no_temporary_file() {
         let tmp = tempfile::tempdir().unwrap();
