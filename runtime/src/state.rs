@@ -588,7 +588,11 @@ pub fn decode_batch(bytes: &[u8], what: &str) -> Result<RecordBatch> {
         }
         // The older format: a bare IPC stream, which starts with its continuation marker.
         None if bytes.starts_with(&[0xff; 4]) => bytes,
-        None => return Err(corrupt("it is not a state entry of any known format".into())),
+        None => {
+            return Err(corrupt(
+                "it is not a state entry of any known format".into(),
+            ))
+        }
     };
     let decoded = std::panic::catch_unwind(|| -> Result<RecordBatch> {
         let mut reader = StreamReader::try_new(ipc, None).map_err(|e| corrupt(e.to_string()))?;
