@@ -687,47 +687,63 @@ fn restoring_a_checkpoint_into_a_changed_job_fails_before_reading_state() {
         .unwrap();
 }
 
+/// Counts per key in tumbling windows of `window` over `keys` at `times`, with `strategy`:
+/// the sink and the job's metrics, or the job's error.
+fn count_windows(
+    keys: Vec<i64>,
+    times: Vec<i64>,
+    strategy: WatermarkStrategy,
+    window: Duration,
+) -> oxflow::Result<(CollectSink, Vec<(String, u64)>)> {
+    let out = CollectSink::new();
+    let job = Pipeline::new()
+        .with_parallelism(1)
+        .source(MemorySource::try_new(kv_schema(), &[kv(keys, times)], 1).unwrap())
+        .with_watermarks(strategy)
+        .unwrap()
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(window))
+        .aggregate([count(col("value")).alias("n")])
+        .unwrap()
+        .sink(out.clone())
+        .unwrap();
+    let metrics = job.metrics();
+    job.execute_blocking()?;
+    Ok((out, metrics.snapshot()))
+}
+
+/// Records the sources dropped for an event time out of range.
+fn out_of_range(metrics: &[(String, u64)]) -> u64 {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.ends_with(".event_time_out_of_range"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 #[test]
 fn an_event_time_out_of_range_is_a_clear_error_or_skipped_and_counted() {
+    use oxflow::runtime::watermark::OutOfRange;
     let times = vec![1_000, i64::MAX - 1, 2_000, -i64::MAX];
-    let run = |policy: Option<oxflow::runtime::watermark::OutOfRange>| {
+    let run = |policy: OutOfRange| {
         let mut strategy = WatermarkStrategy::bounded("ts", Duration::ZERO);
-        if let Some(p) = policy {
-            strategy.out_of_range = p;
-        }
-        let out = CollectSink::new();
-        let job = Pipeline::new()
-            .with_parallelism(1)
-            .source(
-                MemorySource::try_new(kv_schema(), &[kv(vec![1, 2, 3, 4], times.clone())], 10)
-                    .unwrap(),
-            )
-            .with_watermarks(strategy)
-            .unwrap()
-            .key_by(["key"])
-            .window(WindowSpec::tumbling(Duration::from_secs(1)))
-            .aggregate([count(col("value")).alias("n")])
-            .unwrap()
-            .sink(out.clone())
-            .unwrap();
-        let metrics = job.metrics();
-        job.execute_blocking().map(|_| (out, metrics))
+        strategy.out_of_range = policy;
+        count_windows(
+            vec![1, 2, 3, 4],
+            times.clone(),
+            strategy,
+            Duration::from_secs(1),
+        )
     };
-    let e = err_text(run(None));
+    let e = err_text(run(OutOfRange::Fail));
     assert!(
         e.contains(&format!("event time {}", i64::MAX - 1)) && e.contains("years 1 to 9999"),
         "{e}"
     );
-    let (out, metrics) = run(Some(oxflow::runtime::watermark::OutOfRange::Skip)).unwrap();
+    let (out, metrics) = run(OutOfRange::Skip).unwrap();
     let rows: usize = out.batches().iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 2, "the windows of the two records in range");
-    let dropped: u64 = metrics
-        .snapshot()
-        .iter()
-        .filter(|(k, _)| k.ends_with(".event_time_out_of_range"))
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(dropped, 2);
+    assert_eq!(out_of_range(&metrics), 2);
 }
 
 #[test]
@@ -744,20 +760,8 @@ fn a_record_far_ahead_of_the_wall_clock_does_not_close_every_window() {
         Duration::from_secs(3600),
         oxflow::runtime::watermark::OutOfRange::Skip,
     );
-    let out = CollectSink::new();
-    let job = Pipeline::new()
-        .with_parallelism(1)
-        .source(MemorySource::try_new(kv_schema(), &[kv(vec![1, 1, 1, 1], times)], 1).unwrap())
-        .with_watermarks(strategy)
-        .unwrap()
-        .key_by(["key"])
-        .window(WindowSpec::tumbling(Duration::from_secs(60)))
-        .aggregate([count(col("value")).alias("n")])
-        .unwrap()
-        .sink(out.clone())
-        .unwrap();
-    let metrics = job.metrics();
-    job.execute_blocking().unwrap();
+    let (out, metrics) =
+        count_windows(vec![1, 1, 1, 1], times, strategy, Duration::from_secs(60)).unwrap();
     // Had the future record passed, the last one would have been late and dropped.
     let counted: i64 = out
         .batches()
@@ -774,11 +778,5 @@ fn a_record_far_ahead_of_the_wall_clock_does_not_close_every_window() {
         })
         .sum();
     assert_eq!(counted, 3);
-    let dropped: u64 = metrics
-        .snapshot()
-        .iter()
-        .filter(|(k, _)| k.ends_with(".event_time_out_of_range"))
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(dropped, 1);
+    assert_eq!(out_of_range(&metrics), 1);
 }

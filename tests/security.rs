@@ -441,20 +441,7 @@ fn a_job_that_keeps_killing_its_server_is_failed_not_resumed_forever() {
     let data = tmp.path().join("data");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let serve = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(&data)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let serve = || spawn_server(port, &data, &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let healthy = |client: &Client| {
         runtime.block_on(async {

@@ -351,20 +351,11 @@ fn a_server_killed_with_sigkill_resumes_its_jobs_with_exactly_once_output() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let serve = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--allow-path",
-            ])
-            .arg(tmp.path())
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        spawn_server(
+            port,
+            &data,
+            &["--allow-path".as_ref(), tmp.path().as_os_str()],
+        )
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut server = serve();

@@ -257,3 +257,24 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Starts `oxflow server` on 127.0.0.1:`port` with its jobs in `data`, and `extra` flags.
+pub fn spawn_server(
+    port: u16,
+    data: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary runs")
+}
