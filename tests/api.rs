@@ -183,12 +183,15 @@ fn a_malformed_json_line_fails_the_job_naming_file_and_line() {
     assert_eq!(rows, 2, "the lines around the bad one are kept");
 }
 
-/// A split that yields its batches, then waits forever (an unbounded source gone quiet).
+/// A split that yields its batches, then waits forever (an unbounded source gone quiet), or
+/// with `outage`, says its external system cannot be reached.
 struct QuietAfter {
     batches: Vec<RecordBatch>,
+    outage: bool,
 }
 struct QuietReader {
     batches: Vec<RecordBatch>,
+    outage: bool,
 }
 impl Source for QuietAfter {
     fn name(&self) -> String {
@@ -203,19 +206,23 @@ impl Source for QuietAfter {
         } else {
             vec![]
         };
-        Ok(Box::new(QuietReader { batches }))
+        Ok(Box::new(QuietReader {
+            batches,
+            outage: self.outage,
+        }))
     }
 }
 impl SourceReader for QuietReader {
     fn poll_next(&mut self) -> oxflow::runtime::Result<SourcePoll> {
         Ok(match self.batches.pop() {
             Some(b) => SourcePoll::Batch(b),
+            None if self.outage => SourcePoll::Unavailable(Duration::from_millis(10)),
             None => SourcePoll::Pending(Duration::from_millis(10)),
         })
     }
 }
 
-fn run_until_output(idle: Option<Duration>, polls: usize) -> usize {
+fn run_until_output(idle: Option<Duration>, polls: usize, outage: bool) -> usize {
     let out = CollectSink::new();
     let mut strategy = WatermarkStrategy::bounded("ts", Duration::ZERO);
     if let Some(t) = idle {
@@ -225,6 +232,7 @@ fn run_until_output(idle: Option<Duration>, polls: usize) -> usize {
         .with_parallelism(2)
         .source(QuietAfter {
             batches: vec![kv(vec![1, 2], vec![10, 250])],
+            outage,
         })
         .with_watermarks(strategy)
         .unwrap()
@@ -256,7 +264,7 @@ fn run_until_output(idle: Option<Duration>, polls: usize) -> usize {
 #[test]
 fn an_idle_split_stops_holding_back_the_watermark() {
     assert_eq!(
-        run_until_output(Some(Duration::from_millis(100)), 2000),
+        run_until_output(Some(Duration::from_millis(100)), 2000, false),
         1,
         "window [0,100) of key 1 fires"
     );
@@ -264,7 +272,16 @@ fn an_idle_split_stops_holding_back_the_watermark() {
 
 #[test]
 fn without_idleness_a_quiet_split_holds_back_every_window() {
-    assert_eq!(run_until_output(None, 100), 0);
+    assert_eq!(run_until_output(None, 100, false), 0);
+}
+
+#[test]
+fn an_unavailable_split_is_not_idle_and_holds_back_the_watermark() {
+    // As long as the idle test waits for its output, and longer than the idle timeout.
+    assert_eq!(
+        run_until_output(Some(Duration::from_millis(100)), 400, true),
+        0
+    );
 }
 
 #[derive(Serialize, Deserialize)]
