@@ -75,6 +75,25 @@ pub struct StreamSpec {
     pub steps: Vec<Step>,
 }
 
+impl StreamSpec {
+    /// Calls `f` on this stream, then on every stream joined or unioned into it (depth first),
+    /// stopping at the first error.
+    pub fn try_for_each_stream<E>(
+        &mut self,
+        f: &mut impl FnMut(&mut StreamSpec) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        f(self)?;
+        for step in &mut self.steps {
+            match step {
+                Step::Join { right, .. } => right.try_for_each_stream(f)?,
+                Step::Union(other) => other.try_for_each_stream(f)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

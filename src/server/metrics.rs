@@ -6,7 +6,7 @@
 //! (`_seconds`, `_bytes`); a stage is labelled by its index and its name together, since two
 //! stages may share a name.
 
-use super::{JobEntry, JobState};
+use super::{stage_figure, JobEntry, JobState};
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,25 +127,6 @@ impl Families {
     }
 }
 
-/// One counter of a job: `stage<N>.<name>.<figure>[.<subtask>]`, split.
-struct StageFigure<'a> {
-    index: &'a str,
-    stage: &'a str,
-    figure: &'a str,
-}
-
-fn stage_figure(name: &str) -> Option<StageFigure<'_>> {
-    let rest = name.strip_prefix("stage")?;
-    let mut parts = rest.splitn(3, '.');
-    let (index, stage, figure) = (parts.next()?, parts.next()?, parts.next()?);
-    index.parse::<usize>().ok()?;
-    Some(StageFigure {
-        index,
-        stage,
-        figure,
-    })
-}
-
 /// The text of `/metrics` for `jobs`.
 pub(crate) fn render(jobs: &[Arc<JobEntry>]) -> prometheus::Result<String> {
     let f = Families::new()?;
@@ -182,7 +163,8 @@ pub(crate) fn render(jobs: &[Arc<JobEntry>]) -> prometheus::Result<String> {
             let Some(s) = stage_figure(name) else {
                 continue;
             };
-            let labels = [job, s.index, s.stage];
+            let index = s.index.to_string();
+            let labels = [job, index.as_str(), s.stage];
             match s.figure {
                 "records_in" => f.records_in.with_label_values(&labels).inc_by(value as f64),
                 "records_out" => f
@@ -205,7 +187,7 @@ pub(crate) fn render(jobs: &[Arc<JobEntry>]) -> prometheus::Result<String> {
                     let w = value as i64;
                     if w != i64::MIN {
                         f.watermark
-                            .with_label_values(&[job, s.index, s.stage, subtask])
+                            .with_label_values(&[job, &index, s.stage, subtask])
                             .set(w as f64 / 1000.0);
                     }
                 }
@@ -224,10 +206,7 @@ mod tests {
     #[test]
     fn stage_counters_are_split_into_index_name_and_figure() {
         let s = stage_figure("stage2.keyed.watermark_ms.1").unwrap();
-        assert_eq!(
-            (s.index, s.stage, s.figure),
-            ("2", "keyed", "watermark_ms.1")
-        );
+        assert_eq!((s.index, s.stage, s.figure), (2, "keyed", "watermark_ms.1"));
         assert!(stage_figure("checkpoints.completed").is_none());
         assert!(stage_figure("stagex.keyed.records_in").is_none());
     }

@@ -177,6 +177,19 @@ struct JobRecord {
     resumes: u32,
 }
 
+impl JobRecord {
+    /// Whether the job has used up its restart budget: failed attempts and resumes by a
+    /// restarted server both count.
+    fn restarts_spent(&self) -> bool {
+        self.restarts + self.resumes >= self.restart_budget()
+    }
+
+    /// The restarts its spec allows.
+    fn restart_budget(&self) -> u32 {
+        self.spec.restart.clone().unwrap_or_default().max_attempts
+    }
+}
+
 /// The live handles of a running attempt.
 struct Attempt {
     cancel: CancelHandle,
@@ -370,7 +383,6 @@ impl Manager {
             };
             let resume = !record.state.is_terminal();
             let id = record.id.clone();
-            let budget = record.spec.restart.clone().unwrap_or_default().max_attempts;
             let entry = self.register(record, dir);
             if !resume {
                 continue;
@@ -379,11 +391,12 @@ impl Manager {
             // restart budget like a failed attempt, so a job that kills its server is FAILED
             // after a few tries instead of a crash loop.
             let record = entry.record();
-            if record.resumes + record.restarts >= budget {
+            if record.restarts_spent() {
                 let failure = format!(
-                    "the server stopped {} times while this job ran, and the job had restarted {} times: its {budget} restarts are spent, so it is not resumed",
+                    "the server stopped {} times while this job ran, and the job had restarted {} times: its {} restarts are spent, so it is not resumed",
                     record.resumes + 1,
-                    record.restarts
+                    record.restarts,
+                    record.restart_budget()
                 );
                 tracing::error!(job = %id, "{failure}");
                 entry.update(|r| {
@@ -426,10 +439,10 @@ impl Manager {
             let outcome = match (result, ending) {
                 (_, Some(state)) => Some((state, None)),
                 (Ok(()), None) => Some((JobState::Finished, None)),
-                (Err(e), None) if record.restarts + record.resumes >= restart.max_attempts => {
+                (Err(e), None) if record.restarts_spent() => {
                     Some((JobState::Failed, Some(e.to_string())))
                 }
-                // Running again cannot help (fenced by another instance, an invalid job).
+                // Running again cannot help (a sink fenced by another instance of the job).
                 (Err(e), None) if e.is_fatal() => Some((JobState::Failed, Some(e.to_string()))),
                 (Err(e), None) => {
                     let _ = entry.update(|r| {
@@ -928,26 +941,38 @@ struct StageStatus {
     watermark_ms: Option<i64>,
 }
 
+/// One counter of a stage, as the runtime names it: `stage<N>.<name>.<figure>` (watermarks
+/// per subtask: `stage<N>.<name>.watermark_ms.<i>`), split.
+struct StageFigure<'a> {
+    index: usize,
+    stage: &'a str,
+    figure: &'a str,
+}
+
+fn stage_figure(name: &str) -> Option<StageFigure<'_>> {
+    let rest = name.strip_prefix("stage")?;
+    let mut parts = rest.splitn(3, '.');
+    let (index, stage, figure) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(StageFigure {
+        index: index.parse().ok()?,
+        stage,
+        figure,
+    })
+}
+
 fn stages(metrics: &[(String, u64)], seconds: f64) -> Vec<StageStatus> {
     let mut by_stage: BTreeMap<(usize, String), StageStatus> = BTreeMap::new();
     for (name, value) in metrics {
-        // `stage<N>.<name>.<figure>`; watermarks per subtask: `...watermark_ms.<i>`.
-        let Some(rest) = name.strip_prefix("stage") else {
+        let Some(f) = stage_figure(name) else {
             continue;
         };
-        let mut parts = rest.splitn(3, '.');
-        let (Some(n), Some(stage), Some(figure)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let Ok(n) = n.parse::<usize>() else { continue };
         let s = by_stage
-            .entry((n, stage.to_string()))
+            .entry((f.index, f.stage.to_string()))
             .or_insert_with(|| StageStatus {
-                name: stage.to_string(),
+                name: f.stage.to_string(),
                 ..Default::default()
             });
-        match figure {
+        match f.figure {
             "records_in" => s.records_in = *value,
             "records_out" => s.records_out = *value,
             "backpressure_ms" => s.backpressure_ms = *value,

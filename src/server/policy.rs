@@ -156,7 +156,8 @@ impl Policy {
     /// Checks a spec against the policy, turning its paths into the absolute ones the job
     /// will use (a relative path is relative to the data directory).
     pub fn check_spec(&self, spec: &mut JobSpec) -> Result<(), Refusal> {
-        self.check_stream(&mut spec.stream)?;
+        spec.stream
+            .try_for_each_stream(&mut |stream| self.check_stream(stream))?;
         match &mut spec.sink {
             SinkSpec::File { path } => *path = self.check_path("the sink's directory", path)?,
             SinkSpec::Kafka { uri } => self.check_kafka(uri, "the sink")?,
@@ -215,6 +216,8 @@ impl Policy {
         Ok(())
     }
 
+    /// Checks the source and windows of one stream (joined and unioned ones are visited on
+    /// their own, by [`StreamSpec::try_for_each_stream`]).
     fn check_stream(&self, stream: &mut StreamSpec) -> Result<(), Refusal> {
         match &mut stream.source {
             SourceSpec::File { path, .. } => {
@@ -223,16 +226,13 @@ impl Policy {
             SourceSpec::Kafka { uri, .. } => self.check_kafka(uri, "the source")?,
             SourceSpec::Nexmark { .. } => {}
         }
-        for step in &mut stream.steps {
+        for step in &stream.steps {
             match step {
-                Step::Window { window, .. } => self.check_window(window)?,
-                Step::Join { right, on, .. } => {
-                    if let JoinOn::Window(window) = on {
-                        self.check_window(window)?;
-                    }
-                    self.check_stream(right)?;
-                }
-                Step::Union(other) => self.check_stream(other)?,
+                Step::Window { window, .. }
+                | Step::Join {
+                    on: JoinOn::Window(window),
+                    ..
+                } => self.check_window(window)?,
                 _ => {}
             }
         }
@@ -325,39 +325,35 @@ fn resolve(path: &Path) -> PathBuf {
     }
 }
 
+/// Calls `f` on every Kafka URI of `spec`: its sources' (joined and unioned streams too) and
+/// its sink's.
+fn for_each_kafka_uri(spec: &mut JobSpec, mut f: impl FnMut(&mut String)) {
+    let _ = spec.stream.try_for_each_stream(&mut |stream| {
+        if let SourceSpec::Kafka { uri, .. } = &mut stream.source {
+            f(uri);
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    if let SinkSpec::Kafka { uri } = &mut spec.sink {
+        f(uri);
+    }
+}
+
 /// The secret values of a spec (Kafka properties named like passwords and secrets), to scrub
 /// from any text that might quote them.
 pub(crate) fn secrets_of(spec: &JobSpec) -> Vec<String> {
-    let mut uris = Vec::new();
-    collect_uris(&spec.stream, &mut uris);
-    if let SinkSpec::Kafka { uri } = &spec.sink {
-        uris.push(uri.clone());
-    }
     let mut secrets = Vec::new();
-    for uri in uris {
+    for_each_kafka_uri(&mut spec.clone(), |uri| {
         let Some((_, query)) = uri.split_once('?') else {
-            continue;
+            return;
         };
         for (key, value) in query.split('&').filter_map(|p| p.split_once('=')) {
             if is_secret_key(key) && !value.is_empty() {
                 secrets.push(value.to_string());
             }
         }
-    }
+    });
     secrets
-}
-
-fn collect_uris(stream: &StreamSpec, out: &mut Vec<String>) {
-    if let SourceSpec::Kafka { uri, .. } = &stream.source {
-        out.push(uri.clone());
-    }
-    for step in &stream.steps {
-        match step {
-            Step::Join { right, .. } => collect_uris(right, out),
-            Step::Union(other) => collect_uris(other, out),
-            _ => {}
-        }
-    }
 }
 
 /// `text` with every secret replaced by `***`.
@@ -370,24 +366,8 @@ pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
 /// A copy of `spec` with its secrets redacted, for answers.
 pub(crate) fn redacted(spec: &JobSpec) -> JobSpec {
     let mut spec = spec.clone();
-    redact_stream(&mut spec.stream);
-    if let SinkSpec::Kafka { uri } = &mut spec.sink {
-        *uri = redact_uri(uri);
-    }
+    for_each_kafka_uri(&mut spec, |uri| *uri = redact_uri(uri));
     spec
-}
-
-fn redact_stream(stream: &mut StreamSpec) {
-    if let SourceSpec::Kafka { uri, .. } = &mut stream.source {
-        *uri = redact_uri(uri);
-    }
-    for step in &mut stream.steps {
-        match step {
-            Step::Join { right, .. } => redact_stream(right),
-            Step::Union(other) => redact_stream(other),
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]

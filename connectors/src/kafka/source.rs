@@ -481,9 +481,9 @@ struct KafkaReader {
     clock: SystemClock,
     /// The source's rate limit, this split's share.
     throttle: Throttle,
-    /// Since when (reader time) the brokers have been unreachable, and when that was last
-    /// checked: an outage is reported as such, never as an idle split.
-    outage: Option<(Duration, Duration)>,
+    /// While the brokers are unreachable: when (reader time) that was last found to be so.
+    /// An outage is reported as such, never as an idle split.
+    outage: Option<Duration>,
 }
 
 impl KafkaReader {
@@ -583,7 +583,7 @@ impl KafkaReader {
                 Err(e) => {
                     let now = self.clock.elapsed();
                     if broker_unreachable(&e) && self.outage.is_none() {
-                        self.outage = Some((now, now));
+                        self.outage = Some(now);
                     }
                     // librdkafka retries broker failures itself; say so, at most every 10 s.
                     if self
@@ -867,7 +867,7 @@ impl KafkaReader {
     /// Whether the brokers are still away: after an error saying so, and until a record
     /// arrives or (checked at most every second) a metadata request succeeds.
     fn brokers_away(&mut self) -> bool {
-        let Some((since, checked)) = self.outage else {
+        let Some(checked) = self.outage else {
             return false;
         };
         let now = self.clock.elapsed();
@@ -882,7 +882,7 @@ impl KafkaReader {
             tracing::info!(split = self.split.index, "kafka brokers reachable again");
             None
         } else {
-            Some((since, now))
+            Some(now)
         };
         !reachable
     }
