@@ -9,7 +9,7 @@ use crate::checkpoint::{
     StageSnapshot, TaskSnapshot,
 };
 use crate::error::{Result, RuntimeError};
-use crate::metrics::{Counter, JobMetrics};
+use crate::metrics::{CheckpointHistory, CheckpointRecord, CheckpointStatus, Counter, JobMetrics};
 use crate::sink::{PendingCommit, SinkRef};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,8 @@ pub(crate) enum Report {
         subtask: usize,
         snapshot: TaskSnapshot,
         new_bytes: u64,
+        /// How long the subtask held inputs back to align the barrier.
+        alignment_ms: u64,
     },
     /// A subtask could not take its part of checkpoint `id`; the checkpoint is abandoned.
     Decline { id: u64, reason: String },
@@ -112,6 +114,8 @@ pub struct CheckpointStats {
 struct Pending {
     id: u64,
     started: Instant,
+    triggered_at_ms: u64,
+    alignment_ms: u64,
     acks: Vec<Vec<Option<TaskSnapshot>>>,
     missing: usize,
     new_bytes: u64,
@@ -136,6 +140,7 @@ pub(crate) struct Coordinator {
     pub last_id_counter: Counter,
     pub duration_counter: Counter,
     pub bytes_counter: Counter,
+    history: CheckpointHistory,
     pending: Option<Pending>,
 }
 
@@ -147,6 +152,7 @@ impl Coordinator {
         sink: SinkRef,
         savepoints: SavepointRequests,
         metrics: &JobMetrics,
+        history: CheckpointHistory,
     ) -> Self {
         let sinks = shape.stages.last().map_or(0, |s| s.2);
         Coordinator {
@@ -164,6 +170,7 @@ impl Coordinator {
             last_id_counter: metrics.counter("checkpoints.last_id"),
             duration_counter: metrics.counter("checkpoints.last_duration_ms"),
             bytes_counter: metrics.counter("checkpoints.state_bytes"),
+            history,
             pending: None,
         }
     }
@@ -205,6 +212,7 @@ impl Coordinator {
                 subtask,
                 snapshot,
                 new_bytes,
+                alignment_ms,
             } => {
                 let Some(p) = self.pending.as_mut().filter(|p| p.id == id) else {
                     // A late part of an abandoned checkpoint: its sink output still counts.
@@ -214,6 +222,7 @@ impl Coordinator {
                 if p.acks[stage][subtask].replace(snapshot).is_none() {
                     p.missing -= 1;
                     p.new_bytes += new_bytes;
+                    p.alignment_ms = p.alignment_ms.max(alignment_ms);
                 }
                 if p.missing == 0 {
                     let p = self.pending.take().expect("just matched");
@@ -255,6 +264,10 @@ impl Coordinator {
         self.pending = Some(Pending {
             id,
             started: Instant::now(),
+            triggered_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            alignment_ms: 0,
             acks,
             missing,
             new_bytes: 0,
@@ -266,6 +279,17 @@ impl Coordinator {
 
     fn abandon(&mut self, why: &str) {
         if let Some(p) = self.pending.take() {
+            self.history.push(CheckpointRecord {
+                id: p.id,
+                status: CheckpointStatus::Abandoned,
+                triggered_at_ms: p.triggered_at_ms,
+                duration_ms: p.started.elapsed().as_millis() as u64,
+                alignment_ms: p.alignment_ms,
+                state_bytes: 0,
+                new_bytes: 0,
+                savepoint: !p.savepoints.is_empty(),
+                reason: Some(why.to_string()),
+            });
             let sinks = p.acks.last().into_iter().flatten().flatten();
             self.carried.extend(sinks.filter_map(|t| t.sink.clone()));
             for (_, reply) in p.savepoints {
@@ -349,6 +373,17 @@ impl Coordinator {
         manifest.duration_ms = duration.as_millis() as u64;
         manifest.new_state_bytes = p.new_bytes;
         let dir = self.publish(&manifest)?;
+        self.history.push(CheckpointRecord {
+            id: p.id,
+            status: CheckpointStatus::Completed,
+            triggered_at_ms: p.triggered_at_ms,
+            duration_ms: manifest.duration_ms,
+            alignment_ms: p.alignment_ms,
+            state_bytes: manifest.state_bytes,
+            new_bytes: manifest.new_state_bytes,
+            savepoint: !p.savepoints.is_empty(),
+            reason: None,
+        });
         self.stats.last_duration = Some(duration);
         self.duration_counter.set(manifest.duration_ms);
         tracing::info!(
@@ -435,6 +470,10 @@ mod tests {
     }
 
     fn ack(id: u64, subtask: usize, sink: &str) -> Report {
+        aligned_ack(id, subtask, sink, 0)
+    }
+
+    fn aligned_ack(id: u64, subtask: usize, sink: &str, alignment_ms: u64) -> Report {
         Report::Ack {
             id,
             stage: 0,
@@ -444,7 +483,49 @@ mod tests {
                 ..Default::default()
             },
             new_bytes: 0,
+            alignment_ms,
         }
+    }
+
+    #[test]
+    fn the_history_records_abandoned_and_completed_checkpoints_with_their_longest_alignment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shape = JobShape {
+            stages: vec![("sink".into(), vec!["op".into()], 2)],
+            fingerprints: vec![vec!["f".into()]],
+            max_parallelism: 128,
+        };
+        let history = CheckpointHistory::default();
+        let mut c = Coordinator::new(
+            Some(CheckpointConfig::new(tmp.path(), Duration::from_secs(3600))),
+            1,
+            shape,
+            Arc::new(RecordingSink::default()),
+            SavepointRequests::default(),
+            &JobMetrics::default(),
+            history.clone(),
+        );
+        let mut last = Instant::now();
+        c.start();
+        let decline = Report::Decline {
+            id: 1,
+            reason: "disk full".into(),
+        };
+        c.handle(decline, &mut last).unwrap();
+        c.start();
+        c.handle(aligned_ack(2, 0, "a", 7), &mut last).unwrap();
+        assert_eq!(history.snapshot().len(), 1, "checkpoint 2 is still pending");
+        c.handle(aligned_ack(2, 1, "b", 3), &mut last).unwrap();
+        let kept = history.snapshot();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].id, 1);
+        assert_eq!(kept[0].status, CheckpointStatus::Abandoned);
+        let reason = kept[0].reason.as_deref().unwrap_or("");
+        assert!(reason.contains("disk full"), "{reason}");
+        assert_eq!(kept[1].id, 2);
+        assert_eq!(kept[1].status, CheckpointStatus::Completed);
+        assert_eq!(kept[1].alignment_ms, 7);
+        assert!(kept[1].triggered_at_ms > 1_600_000_000_000);
     }
 
     #[test]
@@ -464,6 +545,7 @@ mod tests {
             sink.clone(),
             SavepointRequests::default(),
             &JobMetrics::default(),
+            CheckpointHistory::default(),
         );
         let mut last = Instant::now();
         // Checkpoint 1: one sink subtask pre-commits, the other declines.

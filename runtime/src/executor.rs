@@ -20,7 +20,7 @@ use crate::error::{Result, RuntimeError};
 use crate::exchange::{Partitioner, Partitioning};
 use crate::graph::{JobGraph, StageInput};
 use crate::message::{EventTime, Message};
-use crate::metrics::{Counter, JobMetrics};
+use crate::metrics::{CheckpointHistory, Counter, JobMetrics, StageCounter};
 use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
@@ -98,6 +98,8 @@ pub struct ExecuteOptions {
     pub savepoints: SavepointRequests,
     /// Where operators keep state while running.
     pub state: StateStorage,
+    /// Where the coordinator records each checkpoint as it ends.
+    pub history: CheckpointHistory,
 }
 
 /// The state fingerprint of every operator, stage by stage.
@@ -240,6 +242,7 @@ pub fn execute(
         sink.clone(),
         options.savepoints.clone(),
         &metrics,
+        options.history.clone(),
     );
     let trigger = coordinator.trigger.clone();
     let (report_tx, report_rx) = channel::<Report>();
@@ -299,6 +302,16 @@ pub fn execute(
                 max_parallelism: graph.max_parallelism,
             };
             let task = format!("{}[{}/{}]", stage.name, index + 1, stage.parallelism);
+            // Each count is kept for the stage and for this subtask (`<figure>.<index>`).
+            let per_subtask = |stage: &Counter, figure: &str| {
+                StageCounter::new(
+                    stage.clone(),
+                    metrics.counter(&format!("{prefix}.{figure}.{index}")),
+                )
+            };
+            let records_in = per_subtask(&records_in, "records_in");
+            let records_out = per_subtask(&records_out, "records_out");
+            let backpressure = per_subtask(&backpressure, "backpressure_ms");
             let operators = stage
                 .operators
                 .iter()
@@ -321,7 +334,7 @@ pub fn execute(
                         index,
                         offset: offsets[t][k],
                         senders: senders[t].clone(),
-                        backpressure: backpressure.clone(),
+                        backpressure,
                         cancel: cancel.clone(),
                     }
                 }
@@ -331,7 +344,7 @@ pub fn execute(
                 operators,
                 outputs: Vec::new(),
                 downstream,
-                records_out: records_out.clone(),
+                records_out,
                 watermark: EventTime::MIN,
                 // Per subtask: a stage's watermark is the least of its subtasks'.
                 watermark_gauge: metrics.counter(&format!("{prefix}.watermark_ms.{index}")),
@@ -391,8 +404,7 @@ pub fn execute(
                     let partitioned = watermarks
                         .clone()
                         .map(|w| PartitionWatermarks::new(w, partition_times));
-                    let (clock, cancel, records_in) =
-                        (clock.clone(), cancel.clone(), records_in.clone());
+                    let (clock, cancel) = (clock.clone(), cancel.clone());
                     let trigger = trigger.clone();
                     let screen = watermarks.clone();
                     let out_of_range =
@@ -416,7 +428,7 @@ pub fn execute(
                 }
                 StageInput::Exchange(_) | StageInput::Inputs(_) => {
                     let rx = receiver.expect("one receiver per subtask");
-                    let (cancel, records_in) = (cancel.clone(), records_in.clone());
+                    let cancel = cancel.clone();
                     let sides = sides[s].clone();
                     Box::new(move || {
                         run_exchange_input(rx, sides, chain, cancel, records_in, checkpointing)
@@ -523,7 +535,7 @@ enum Downstream {
         /// The first channel of the receiving stage this edge sends on.
         offset: usize,
         senders: Vec<SyncSender<Envelope>>,
-        backpressure: Counter,
+        backpressure: StageCounter,
         cancel: CancelHandle,
     },
     Sink(Box<dyn SinkWriter>),
@@ -532,7 +544,7 @@ enum Downstream {
 fn send(
     sender: &SyncSender<Envelope>,
     envelope: Envelope,
-    backpressure: &Counter,
+    backpressure: &StageCounter,
     cancel: &CancelHandle,
 ) -> Result<()> {
     match sender.try_send(envelope) {
@@ -623,7 +635,7 @@ struct Chain {
     operators: Vec<Box<dyn Operator>>,
     outputs: Vec<Output>,
     downstream: Downstream,
-    records_out: Counter,
+    records_out: StageCounter,
     /// The last watermark the operators handled.
     watermark: EventTime,
     /// The same, for monitoring (an i64 stored as its bits).
@@ -839,7 +851,9 @@ impl TaskCheckpointing {
         id: u64,
         chain: &mut Chain,
         source: Option<SourceSnapshot>,
+        alignment: Duration,
     ) -> Result<()> {
+        let alignment_ms = alignment.as_millis() as u64;
         self.wait_for_background()?;
         for (k, op) in chain.operators.iter_mut().enumerate() {
             let mut snapshot = StateSnapshot::default();
@@ -880,6 +894,7 @@ impl TaskCheckpointing {
                 subtask,
                 snapshot,
                 new_bytes: 0,
+                alignment_ms,
             });
             return Ok(());
         };
@@ -908,6 +923,7 @@ impl TaskCheckpointing {
                             subtask,
                             snapshot,
                             new_bytes: files.new_bytes,
+                            alignment_ms,
                         }
                     }
                     Err(e) => Report::Decline {
@@ -947,7 +963,7 @@ struct SourceTask {
     chain: Chain,
     clock: Arc<dyn Clock>,
     cancel: CancelHandle,
-    records_in: Counter,
+    records_in: StageCounter,
     checkpointing: TaskCheckpointing,
     trigger: Arc<AtomicU64>,
 }
@@ -985,7 +1001,7 @@ fn run_source(mut t: SourceTask) -> Result<()> {
                     .unwrap_or_default(),
             };
             t.checkpointing
-                .checkpoint(requested, &mut t.chain, Some(source))?;
+                .checkpoint(requested, &mut t.chain, Some(source), Duration::ZERO)?;
         }
         let (partition, batch) = match t.reader.poll_next()? {
             SourcePoll::Batch(batch) => (None, batch),
@@ -1059,6 +1075,8 @@ fn run_source(mut t: SourceTask) -> Result<()> {
 /// covers exactly what came before the barrier everywhere.
 struct Alignment {
     barrier: Option<u64>,
+    /// When the current barrier first arrived (on any input).
+    since: Option<Instant>,
     arrived: Vec<bool>,
     held: VecDeque<Envelope>,
 }
@@ -1067,6 +1085,7 @@ impl Alignment {
     fn new(inputs: usize) -> Self {
         Alignment {
             barrier: None,
+            since: None,
             arrived: vec![false; inputs],
             held: VecDeque::new(),
         }
@@ -1078,15 +1097,19 @@ impl Alignment {
     }
 
     /// Records barrier `id` (or the end, `None`) from `input`; returns the barrier when it is
-    /// now complete, with the held messages to handle next, in order.
+    /// now complete, with the held messages to handle next, in order, and how long the
+    /// alignment took.
     fn arrive(
         &mut self,
         input: usize,
         id: Option<u64>,
         watermarks: &InputWatermarks,
-    ) -> Option<(u64, VecDeque<Envelope>)> {
+    ) -> Option<(u64, VecDeque<Envelope>, Duration)> {
         match id {
-            Some(id) => self.barrier = Some(id),
+            Some(id) => {
+                self.barrier = Some(id);
+                self.since.get_or_insert_with(Instant::now);
+            }
             // An input ending between alignments changes nothing.
             None if self.barrier.is_none() => return None,
             None => {}
@@ -1098,8 +1121,9 @@ impl Alignment {
             return None;
         }
         self.barrier = None;
+        let took = self.since.take().map_or(Duration::ZERO, |t| t.elapsed());
         self.arrived.iter_mut().for_each(|a| *a = false);
-        Some((barrier, std::mem::take(&mut self.held)))
+        Some((barrier, std::mem::take(&mut self.held), took))
     }
 }
 
@@ -1109,7 +1133,7 @@ fn run_exchange_input(
     sides: Vec<usize>,
     mut chain: Chain,
     cancel: CancelHandle,
-    records_in: Counter,
+    records_in: StageCounter,
     mut checkpointing: TaskCheckpointing,
 ) -> Result<()> {
     checkpointing.start(&mut chain)?;
@@ -1157,8 +1181,8 @@ fn run_exchange_input(
         if update.idle {
             chain.downstream.control(Message::Idle)?;
         }
-        if let Some((id, held)) = aligned {
-            checkpointing.checkpoint(id, &mut chain, None)?;
+        if let Some((id, held, alignment)) = aligned {
+            checkpointing.checkpoint(id, &mut chain, None, alignment)?;
             for envelope in held.into_iter().rev() {
                 replay.push_front(envelope);
             }
@@ -1184,6 +1208,7 @@ mod alignment_tests {
         let mut a = Alignment::new(3);
         assert!(!a.holds(0));
         assert!(a.arrive(0, Some(7), &watermarks).is_none());
+        std::thread::sleep(Duration::from_millis(2));
         // Input 0 is held back, the others still flow.
         assert!(a.holds(0) && !a.holds(1) && !a.holds(2));
         a.held.push_back(data(0));
@@ -1192,13 +1217,20 @@ mod alignment_tests {
         a.held.push_back(data(1));
         // Input 2 ends instead of sending the barrier: the alignment completes.
         watermarks.on_end(2);
-        let (id, held) = a.arrive(2, None, &watermarks).expect("aligned");
+        let (id, held, took) = a.arrive(2, None, &watermarks).expect("aligned");
         assert_eq!(id, 7);
+        assert!(
+            took >= Duration::from_millis(2),
+            "alignment measured {took:?}"
+        );
         assert_eq!(held.len(), 2);
         assert!(!a.holds(0) && !a.holds(1));
         // The next barrier only waits for the inputs still open.
         assert!(a.arrive(1, Some(8), &watermarks).is_none());
-        assert_eq!(a.arrive(0, Some(8), &watermarks).map(|(id, _)| id), Some(8));
+        assert_eq!(
+            a.arrive(0, Some(8), &watermarks).map(|(id, _, _)| id),
+            Some(8)
+        );
     }
 
     #[test]
@@ -1208,6 +1240,9 @@ mod alignment_tests {
         watermarks.on_end(0);
         assert!(a.arrive(0, None, &watermarks).is_none());
         assert!(!a.holds(0));
-        assert_eq!(a.arrive(1, Some(1), &watermarks).map(|(id, _)| id), Some(1));
+        assert_eq!(
+            a.arrive(1, Some(1), &watermarks).map(|(id, _, _)| id),
+            Some(1)
+        );
     }
 }

@@ -12,6 +12,7 @@ use crate::sink::SinkRef;
 use crate::source::SourceRef;
 use crate::watermark::WatermarkStrategy;
 use datafusion::arrow::datatypes::SchemaRef;
+use serde::Serialize;
 
 /// Where a stage's records come from.
 #[derive(Clone)]
@@ -205,4 +206,87 @@ impl JobGraph {
         }
         Ok(schemas)
     }
+
+    /// The graph as data: what `oxflow validate` prints, `GET /v1/jobs/{id}` returns and the
+    /// dashboard draws.
+    pub fn describe(&self) -> PlanDescription {
+        let stages = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(index, stage)| StageDescription {
+                index,
+                name: stage.name.clone(),
+                parallelism: stage.parallelism,
+                source: match &stage.input {
+                    StageInput::Source { source, .. } => Some(source.name()),
+                    _ => None,
+                },
+                event_time: match &stage.input {
+                    StageInput::Source { watermarks, .. } => {
+                        watermarks.as_ref().map(|w| w.time_column.clone())
+                    }
+                    _ => None,
+                },
+                operators: stage.operators.iter().map(|o| o.name()).collect(),
+                sink: stage.sink.as_ref().map(|s| s.name()),
+                inputs: stage
+                    .input
+                    .edges(index)
+                    .into_iter()
+                    .map(|e| InputDescription {
+                        from: e.from,
+                        exchange: match e.partitioning {
+                            Partitioning::Forward => "forward".to_string(),
+                            Partitioning::Rebalance => "rebalance".to_string(),
+                            Partitioning::Hash(keys) => format!("hash({})", keys.join(", ")),
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        PlanDescription {
+            stages,
+            max_parallelism: self.max_parallelism,
+        }
+    }
+}
+
+/// A job graph described for people and pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanDescription {
+    /// The stages in order: sources first, the sink's stage last.
+    pub stages: Vec<StageDescription>,
+    /// Number of key groups.
+    pub max_parallelism: usize,
+}
+
+/// One stage of a [`PlanDescription`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageDescription {
+    /// Its index, as metrics name it (`stage<index>.<name>`).
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+    /// Its subtasks.
+    pub parallelism: usize,
+    /// The source it reads, for a source stage.
+    pub source: Option<String>,
+    /// The column event time comes from, for a source stage with watermarks.
+    pub event_time: Option<String>,
+    /// Its chained operators, in order.
+    pub operators: Vec<String>,
+    /// The sink it ends in, for the last stage.
+    pub sink: Option<String>,
+    /// Where its records come from.
+    pub inputs: Vec<InputDescription>,
+}
+
+/// One input edge of a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputDescription {
+    /// The upstream stage's index.
+    pub from: usize,
+    /// How records cross: `forward`, `rebalance` or `hash(KEYS)`.
+    pub exchange: String,
 }
