@@ -24,9 +24,9 @@ use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::coordinator::SavepointRequests;
 use oxflow_runtime::exchange::{Partitioning, DEFAULT_MAX_PARALLELISM};
 use oxflow_runtime::executor::{execute, CancelHandle, ExecuteOptions, JobReport};
-use oxflow_runtime::graph::{JobGraph, Stage, StageEdge, StageInput};
+use oxflow_runtime::graph::{JobGraph, PlanDescription, Stage, StageEdge, StageInput};
 use oxflow_runtime::message::span_millis;
-use oxflow_runtime::metrics::JobMetrics;
+use oxflow_runtime::metrics::{CheckpointHistory, JobMetrics};
 use oxflow_runtime::operator::{OperatorFactory, OperatorFactoryRef};
 use oxflow_runtime::sink::Sink;
 use oxflow_runtime::source::Source;
@@ -630,6 +630,7 @@ impl Stream {
             checkpoints: None,
             restore: None,
             savepoints: SavepointRequests::default(),
+            history: CheckpointHistory::default(),
             state: StateStorage::Memory,
         })
     }
@@ -1031,10 +1032,16 @@ pub struct Job {
     checkpoints: Option<CheckpointConfig>,
     restore: Option<RestoreFrom>,
     savepoints: SavepointRequests,
+    history: CheckpointHistory,
     state: StateStorage,
 }
 
 impl Job {
+    /// The job's dataflow: stages, their chained operators, parallelism and exchanges.
+    pub fn plan(&self) -> PlanDescription {
+        self.graph.describe()
+    }
+
     /// The number of subtasks the job runs, over all its stages.
     pub fn subtasks(&self) -> usize {
         self.graph.stages.iter().map(|s| s.parallelism).sum()
@@ -1095,6 +1102,18 @@ impl Job {
         self.metrics.clone()
     }
 
+    /// The job's recent checkpoints (completed and abandoned), live.
+    pub fn checkpoint_history(&self) -> CheckpointHistory {
+        self.history.clone()
+    }
+
+    /// Records checkpoints into `history` (shared, for instance, by every attempt of a job
+    /// a server restarts) instead of a history of the job's own.
+    pub fn with_checkpoint_history(mut self, history: CheckpointHistory) -> Self {
+        self.history = history;
+        self
+    }
+
     /// A handle that stops the running job.
     pub fn cancel_handle(&self) -> CancelHandle {
         self.cancel.clone()
@@ -1112,6 +1131,7 @@ impl Job {
             checkpoints: self.checkpoints,
             savepoints: self.savepoints,
             state: self.state,
+            history: self.history,
             ..Default::default()
         };
         match self.restore {

@@ -122,6 +122,109 @@ async fn a_server_makes_a_private_token_keeps_it_and_requires_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_takes_the_token_once_into_an_httponly_strict_cookie() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(&tmp.path().join("data"), |_| {}).await;
+    let token = server.token.clone().unwrap();
+    let addr = server.addr;
+    let host = ("Host", "127.0.0.1");
+    // The page and its scripts need no token (they hold no data) and run under a strict CSP.
+    let (status, page) = raw(addr, &request("GET", "/", &[host], ""));
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("text/html") && page.contains("/ui/app.js"),
+        "{page}"
+    );
+    assert!(page.contains("script-src 'self'") && page.contains("frame-ancestors 'none'"));
+    let (status, script) = raw(addr, &request("GET", "/ui/app.js", &[host], ""));
+    assert_eq!(status, 200);
+    assert!(script.contains("text/javascript") && script.contains("nosniff"));
+    assert_eq!(
+        raw(addr, &request("GET", "/ui/../token", &[host], "")).0,
+        404
+    );
+    assert_eq!(
+        raw(addr, &request("GET", "/ui/nothing.js", &[host], "")).0,
+        404
+    );
+    // A wrong token opens nothing; the right one sets the cookie.
+    let json = ("Content-Type", "application/json");
+    let (status, answer) = raw(
+        addr,
+        &request(
+            "POST",
+            "/v1/session",
+            &[host, json],
+            r#"{"token": "guess"}"#,
+        ),
+    );
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("set-cookie"),
+        "{answer}"
+    );
+    let body = json!({ "token": token }).to_string();
+    let (status, answer) = raw(addr, &request("POST", "/v1/session", &[host, json], &body));
+    assert_eq!(status, 200, "{answer}");
+    let cookie_line = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {answer}"));
+    assert!(
+        cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"),
+        "{cookie_line}"
+    );
+    let cookie = format!("oxflow_token={token}");
+    // The cookie stands for the token on the API...
+    let (status, jobs) = raw(
+        addr,
+        &request("GET", "/v1/jobs", &[host, ("Cookie", &cookie)], ""),
+    );
+    assert_eq!(status, 200, "{jobs}");
+    let (status, _) = raw(
+        addr,
+        &request(
+            "GET",
+            "/v1/jobs",
+            &[host, ("Cookie", "oxflow_token=guess")],
+            "",
+        ),
+    );
+    assert_eq!(status, 401);
+    // ...and still only with JSON bodies (no cross-site form can post with it).
+    let (status, _) = raw(
+        addr,
+        &request(
+            "POST",
+            "/v1/jobs",
+            &[host, ("Cookie", &cookie), ("Content-Type", "text/plain")],
+            "{}",
+        ),
+    );
+    assert_eq!(status, 415);
+    // ?token= moves a right token into the cookie and drops it from the address.
+    let (status, answer) = raw(
+        addr,
+        &request("GET", &format!("/?token={token}"), &[host], ""),
+    );
+    assert_eq!(status, 303, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("location: /\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("HttpOnly"), "{answer}");
+    assert_eq!(
+        raw(addr, &request("GET", "/?token=guess", &[host], "")).0,
+        401
+    );
+    // Signing out clears it.
+    let (status, answer) = raw(addr, &request("DELETE", "/v1/session", &[host], ""));
+    assert_eq!(status, 200);
+    assert!(answer.contains("Max-Age=0"), "{answer}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_auth_takes_an_explicit_choice_and_loopback() {
     let tmp = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::new(tmp.path());

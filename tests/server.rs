@@ -149,6 +149,38 @@ async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() 
             .any(|o| o["watermark_ms"].as_i64().is_some()),
         "{status}"
     );
+    // What the dashboard draws: the plan, figures per subtask, the checkpoint history.
+    let plan = &status["plan"]["stages"];
+    assert_eq!(plan.as_array().map(Vec::len), Some(2), "{status}");
+    assert!(plan[0]["source"].is_string(), "{status}");
+    assert_eq!(
+        plan[1]["inputs"][0]["exchange"], "hash(auction)",
+        "{status}"
+    );
+    assert_eq!(plan[1]["sink"], "file", "{status}");
+    for stage in operators {
+        assert_eq!(
+            stage["subtasks"].as_array().map(Vec::len),
+            Some(2),
+            "{stage}"
+        );
+        let per_subtask: u64 = stage["subtasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["records_in"].as_u64().unwrap())
+            .sum();
+        // Read one after the other while the job runs: the subtasks' sum trails a little.
+        assert!(per_subtask <= stage["records_in"].as_u64().unwrap() + 100_000);
+    }
+    let history = status["checkpoint_history"].as_array().unwrap();
+    assert!(
+        history.iter().any(|c| c["status"] == "COMPLETED"
+            && c["state_bytes"].as_u64() > Some(0)
+            && c["triggered_at_ms"].as_u64() > Some(1_600_000_000_000)),
+        "{status}"
+    );
+    assert!(status["sampled_at_ms"].as_u64().is_some() && status["uptime_ms"].as_u64().is_some());
     let listed = client.list().await.unwrap();
     assert!(listed["jobs"]
         .as_array()
@@ -161,7 +193,13 @@ async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() 
         Path::new(&savepoint).join("_manifest.json").exists() || Path::new(&savepoint).exists()
     );
     let stopped_at = client.stop(&id).await.unwrap();
-    assert_eq!(state(&client.status(&id).await.unwrap()), "STOPPED");
+    let stopped = client.status(&id).await.unwrap();
+    assert_eq!(state(&stopped), "STOPPED");
+    let savepoints = stopped["checkpoint_history"].as_array().unwrap();
+    assert!(
+        savepoints.iter().filter(|c| c["savepoint"] == true).count() >= 2,
+        "{stopped}"
+    );
 
     // Resume from the stop's savepoint at parallelism 1, unthrottled, into the same output.
     let resumed = client
@@ -186,6 +224,23 @@ async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() 
         .await
         .unwrap();
     wait_for(&client, &long, "running", |s| state(s) == "RUNNING").await;
+    // A job that has not ended cannot be resumed (two instances would write one sink)...
+    let resume = |id: String| {
+        let client = &client;
+        async move {
+            client
+                .send(
+                    hyper::Method::POST,
+                    &format!("/v1/jobs/{id}/resume"),
+                    Some(&serde_json::json!({})),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let (code, body) = resume(long.clone()).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("stop it first"), "{body}");
     let answer = client.cancel(&long).await.unwrap();
     assert_eq!(answer["state"], "CANCELLED");
     let again = client.cancel(&long).await.unwrap_err().to_string();
@@ -193,6 +248,10 @@ async fn submit_watch_savepoint_stop_resume_at_another_parallelism_and_cancel() 
         again.contains("409") && again.contains("already Cancelled"),
         "{again}"
     );
+    // ...and one cancelled without a savepoint has nothing to resume from.
+    let (code, body) = resume(long.clone()).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("not stopped with a savepoint"), "{body}");
 
     let metrics = client
         .send(hyper::Method::GET, "/metrics", None)
@@ -243,6 +302,18 @@ async fn a_failing_job_restarts_with_backoff_then_fails_while_others_run() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     let failure = status["failure"].as_str().unwrap();
     assert!(failure.contains("explode: auction 1042"), "{failure}");
+    // Every failed attempt is kept, with its number and cause.
+    let failures = status["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 3, "{status}");
+    let attempts: Vec<u64> = failures
+        .iter()
+        .map(|f| f["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    assert!(failures.iter().all(|f| f["cause"]
+        .as_str()
+        .unwrap()
+        .contains("explode: auction 1042")));
     wait_for(&client, &good, "the good job", |s| state(s) == "FINISHED").await;
     assert_eq!(
         committed_lines(&tmp.path().join("good")),
@@ -412,6 +483,71 @@ async fn wait_healthy(client: &Client) {
     }
 }
 
+/// deploy/grafana/oxflow-dashboard.json, checked against a live scrape: every panel has a
+/// query, every query parses as PromQL (`promtool check rules`, with Grafana's variables put
+/// in as Grafana would), and names only families this server exports.
+fn check_grafana_dashboard(promtool: &str, scrape: &str, tmp: &Path) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/oxflow-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+            .expect("the dashboard is JSON");
+    assert!(
+        dashboard["schemaVersion"].as_u64() >= Some(36),
+        "{path}: schemaVersion"
+    );
+    assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(
+        panels.len() >= 6,
+        "throughput, backpressure, lag, checkpoints, restarts"
+    );
+    let mut rules = String::from("groups:\n  - name: grafana-dashboard\n    rules:\n");
+    for (i, panel) in panels.iter().enumerate() {
+        let title = panel["title"].as_str().unwrap_or("");
+        for key in ["id", "type", "title", "gridPos", "datasource", "targets"] {
+            assert!(!panel[key].is_null(), "panel {i} ({title}) has no {key}");
+        }
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel `{title}` has no query");
+        for (k, target) in targets.iter().enumerate() {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$__rate_interval", "1m")
+                .replace("$job", ".*");
+            let families = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("oxflow_"));
+            for family in families {
+                assert!(
+                    scrape.contains(&format!("# TYPE {family} ")),
+                    "panel `{title}` asks for {family}, which /metrics does not export"
+                );
+            }
+            rules.push_str(&format!(
+                "      - record: dashboard:panel{i}:{k}\n        expr: {}\n",
+                serde_json::to_string(&expr).unwrap()
+            ));
+        }
+    }
+    let file = tmp.join("dashboard-rules.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}\n{rules}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs promtool: scripts/test.sh sets OXFLOW_PROMTOOL (scripts/promtool.sh)"]
 async fn metrics_pass_promtool_check_metrics() {
@@ -478,6 +614,7 @@ async fn metrics_pass_promtool_check_metrics() {
         out.status.success() && said.trim().is_empty(),
         "promtool: {said}\n{text}"
     );
+    check_grafana_dashboard(&promtool, &text, tmp.path());
     client.cancel(&id).await.unwrap();
     server.shutdown().await.unwrap();
 }

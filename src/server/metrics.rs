@@ -6,7 +6,8 @@
 //! (`_seconds`, `_bytes`); a stage is labelled by its index and its name together, since two
 //! stages may share a name.
 
-use super::{stage_figure, JobEntry, JobState};
+use super::{JobEntry, JobState};
+use oxflow_runtime::metrics::{watermark_value, StageFigure};
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -160,7 +161,7 @@ pub(crate) fn render(jobs: &[Arc<JobEntry>]) -> prometheus::Result<String> {
                 }
                 _ => {}
             }
-            let Some(s) = stage_figure(name) else {
+            let Some(s) = StageFigure::parse(name) else {
                 continue;
             };
             let index = s.index.to_string();
@@ -179,15 +180,14 @@ pub(crate) fn render(jobs: &[Arc<JobEntry>]) -> prometheus::Result<String> {
                     .out_of_range
                     .with_label_values(&labels)
                     .inc_by(value as f64),
-                figure => {
-                    // Watermarks are i64 milliseconds stored as their bits; none yet: MIN.
-                    let Some(subtask) = figure.strip_prefix("watermark_ms.") else {
+                _ => {
+                    let Some(("watermark_ms", subtask)) = s.per_subtask() else {
                         continue;
                     };
-                    let w = value as i64;
-                    if w != i64::MIN {
+                    if let Some(w) = watermark_value(value) {
+                        let subtask = subtask.to_string();
                         f.watermark
-                            .with_label_values(&[job, &index, s.stage, subtask])
+                            .with_label_values(&[job, &index, s.stage, &subtask])
                             .set(w as f64 / 1000.0);
                     }
                 }
@@ -197,17 +197,4 @@ pub(crate) fn render(jobs: &[Arc<JobEntry>]) -> prometheus::Result<String> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&f.registry.gather(), &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stage_counters_are_split_into_index_name_and_figure() {
-        let s = stage_figure("stage2.keyed.watermark_ms.1").unwrap();
-        assert_eq!((s.index, s.stage, s.figure), (2, "keyed", "watermark_ms.1"));
-        assert!(stage_figure("checkpoints.completed").is_none());
-        assert!(stage_figure("stagex.keyed.records_in").is_none());
-    }
 }

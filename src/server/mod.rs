@@ -27,6 +27,7 @@
 mod metrics;
 mod openapi;
 mod policy;
+mod ui;
 
 pub use openapi::{openapi, openapi_text};
 pub use policy::Limits;
@@ -45,10 +46,11 @@ use axum::{Json, Router};
 use oxflow_runtime::checkpoint::RestoreFrom;
 use oxflow_runtime::coordinator::SavepointRequests;
 use oxflow_runtime::executor::CancelHandle;
-use oxflow_runtime::metrics::JobMetrics;
+use oxflow_runtime::graph::PlanDescription;
+use oxflow_runtime::metrics::{watermark_value, CheckpointHistory, JobMetrics, StageFigure};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,6 +177,23 @@ struct JobRecord {
     /// so that a job that takes its server down does not do it forever.
     #[serde(default)]
     resumes: u32,
+    /// The last failed attempts, newest last (at most [`FAILURES_KEPT`]).
+    #[serde(default)]
+    failures: VecDeque<Failure>,
+}
+
+/// How many failed attempts a job's record keeps.
+const FAILURES_KEPT: usize = 10;
+
+/// One failed attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Failure {
+    /// When it failed, in milliseconds since the Unix epoch.
+    at_ms: u64,
+    /// Which attempt it was (1 is the first).
+    attempt: u32,
+    /// Why, secrets removed.
+    cause: String,
 }
 
 impl JobRecord {
@@ -187,6 +206,19 @@ impl JobRecord {
     /// The restarts its spec allows.
     fn restart_budget(&self) -> u32 {
         self.spec.restart.clone().unwrap_or_default().max_attempts
+    }
+
+    /// Records a failed attempt: the last cause, and the history of causes.
+    fn failed(&mut self, cause: String) {
+        if self.failures.len() == FAILURES_KEPT {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(Failure {
+            at_ms: now_ms(),
+            attempt: self.restarts + self.resumes + 1,
+            cause: scrub(&cause, &secrets_of(&self.spec)),
+        });
+        self.failure = Some(cause);
     }
 }
 
@@ -205,6 +237,10 @@ struct JobEntry {
     /// What a cancel or stop request asked the job to become.
     ending: Mutex<Option<JobState>>,
     dir: PathBuf,
+    /// The checkpoints of every attempt, newest last.
+    history: CheckpointHistory,
+    /// The job's dataflow, as its spec last built it.
+    plan: Mutex<Option<PlanDescription>>,
 }
 
 impl JobEntry {
@@ -325,6 +361,7 @@ impl Manager {
             .job_from_spec(&spec, &self.registry, Some(&dir.join("checkpoints")))
             .map_err(refused)?;
         self.policy.check_subtasks(job.subtasks())?;
+        let plan = job.plan();
         drop(job);
         if let Some(path) = &restore_from {
             oxflow_runtime::checkpoint::load(path).map_err(|e| refused(OxflowError::from(e)))?;
@@ -341,9 +378,11 @@ impl Manager {
             restore_from,
             savepoint: None,
             resumes: 0,
+            failures: VecDeque::new(),
         };
         write_record(&dir, &record).map_err(refused)?;
         let entry = self.register(record, dir);
+        *entry.plan.lock().expect("plan lock") = Some(plan);
         self.supervise(entry, false);
         Ok(id)
     }
@@ -356,6 +395,8 @@ impl Manager {
             attempt: Mutex::new(None),
             ending: Mutex::new(None),
             dir,
+            history: CheckpointHistory::default(),
+            plan: Mutex::new(None),
         });
         self.jobs
             .lock()
@@ -401,7 +442,7 @@ impl Manager {
                 tracing::error!(job = %id, "{failure}");
                 entry.update(|r| {
                     r.state = JobState::Failed;
-                    r.failure = Some(failure);
+                    r.failed(failure);
                     r.finished_at_ms = Some(now_ms());
                 })?;
                 continue;
@@ -447,8 +488,8 @@ impl Manager {
                 (Err(e), None) => {
                     let _ = entry.update(|r| {
                         r.state = JobState::Restarting;
+                        r.failed(e.to_string());
                         r.restarts += 1;
-                        r.failure = Some(e.to_string());
                     });
                     let backoff = restart.backoff(record.restarts);
                     let e = scrub(&e.to_string(), &secrets_of(&record.spec));
@@ -467,8 +508,8 @@ impl Manager {
             if let Some((state, failure)) = outcome {
                 let _ = entry.update(|r| {
                     r.state = state;
-                    if failure.is_some() {
-                        r.failure = failure;
+                    if let Some(cause) = failure {
+                        r.failed(cause);
                     }
                     r.finished_at_ms = Some(now_ms());
                 });
@@ -492,9 +533,11 @@ impl Manager {
     /// One attempt: builds the job from its spec and runs it to its end.
     fn attempt(&self, entry: &JobEntry, record: &JobRecord, first: bool) -> Result<()> {
         let checkpoints = entry.dir.join("checkpoints");
-        let mut job =
-            self.pipeline()
-                .job_from_spec(&record.spec, &self.registry, Some(&checkpoints))?;
+        let mut job = self
+            .pipeline()
+            .job_from_spec(&record.spec, &self.registry, Some(&checkpoints))?
+            .with_checkpoint_history(entry.history.clone());
+        *entry.plan.lock().expect("plan lock") = Some(job.plan());
         let has_checkpoints = record.spec.checkpoints.is_some();
         // A later attempt (a restart, or a resume after the server died) goes on from the
         // job's own latest checkpoint; until it has one, from the savepoint it was submitted
@@ -625,6 +668,17 @@ struct AppState {
     request_timeout: Duration,
     /// Listening on a loopback address: only loopback Host names are answered.
     loopback: bool,
+}
+
+impl AppState {
+    /// Whether `given` is the server's token (any is, on a server without one). Constant
+    /// time: how much of a guess matches must not show in how long it takes.
+    fn token_matches(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.token
+            .as_ref()
+            .is_none_or(|token| given.as_bytes().ct_eq(token.as_bytes()).into())
+    }
 }
 
 /// A submission: the spec, and optionally where to start from.
@@ -760,11 +814,15 @@ fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(status).delete(cancel))
         .route("/v1/jobs/{id}/savepoints", post(savepoint))
         .route("/v1/jobs/{id}/stop", post(stop))
+        .route("/v1/jobs/{id}/resume", post(resume))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .merge(api)
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/", get(ui::page))
+        .route("/ui/{*file}", get(ui::asset))
+        .route("/v1/session", post(ui::login).delete(ui::logout))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -854,24 +912,15 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Lets through requests with the token, as `Authorization: Bearer` or the dashboard's
+/// session cookie.
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Constant time: how much of a guess matches must not show in how long it takes.
-        use subtle::ConstantTimeEq;
-        let matches: bool = given.as_bytes().ct_eq(token.as_bytes()).into();
-        if !matches {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token (Authorization: Bearer <token>; the CLI takes --token-file or OXFLOW_TOKEN, and a server made its own in DATA_DIR/token)",
-            )
-            .into_response();
-        }
+    if !state.token_matches(ui::given_token(request.headers())) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>; the CLI takes --token-file or OXFLOW_TOKEN, and a server made its own in DATA_DIR/token)",
+        )
+        .into_response();
     }
     next.run(request).await
 }
@@ -881,7 +930,12 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     request: Request,
 ) -> std::result::Result<T, ApiError> {
-    let body = axum::body::to_bytes(request.into_body(), state.max_body_bytes)
+    parse_json(&read_body(state, request).await?)
+}
+
+/// Reads a body of at most the configured size.
+async fn read_body(state: &AppState, request: Request) -> std::result::Result<Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), state.max_body_bytes)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -891,8 +945,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
                     state.max_body_bytes
                 ),
             )
-        })?;
-    parse_json(&body)
+        })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> std::result::Result<T, ApiError> {
@@ -911,74 +964,99 @@ async fn submit(State(state): State<AppState>, request: Request) -> ApiResult {
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult {
-    let jobs: Vec<_> = state
+    let entries: Vec<Arc<JobEntry>> = state
         .manager
         .jobs
         .lock()
         .expect("jobs lock")
         .values()
+        .cloned()
+        .collect();
+    let jobs: Vec<_> = entries
+        .iter()
         .map(|entry| {
             let r = entry.record();
+            let plan = entry.plan.lock().expect("plan lock").clone();
+            let (uptime_ms, rate) = match entry.attempt.lock().expect("attempt lock").as_ref() {
+                Some(a) => {
+                    let seconds = a.started.elapsed().as_secs_f64();
+                    let stages = stages(&a.metrics.snapshot(), seconds);
+                    (
+                        Some(a.started.elapsed().as_millis() as u64),
+                        input_rate(&stages, plan.as_ref()),
+                    )
+                }
+                None => (None, 0.0),
+            };
             json!({
                 "id": r.id,
                 "state": r.state,
                 "submitted_at_ms": r.submitted_at_ms,
+                "started_at_ms": r.started_at_ms,
+                "uptime_ms": uptime_ms,
                 "restarts": r.restarts,
+                "records_per_sec": rate,
             })
         })
         .collect();
     Ok(Json(json!({ "jobs": jobs })).into_response())
 }
 
-/// Figures of one stage, from a running attempt's metrics.
+/// Figures of one stage, from a running attempt's metrics: totals since the attempt
+/// started (the dashboard turns successive answers into rates), and the same per subtask.
 #[derive(Debug, Default, Serialize)]
 struct StageStatus {
+    index: usize,
     name: String,
     records_in: u64,
     records_out: u64,
+    /// Averages over the attempt so far (the dashboard shows rates between its samples).
+    records_in_per_sec: f64,
     records_out_per_sec: f64,
+    backpressure_ms: u64,
+    /// The least of its subtasks' watermarks; none until every subtask has one.
+    watermark_ms: Option<i64>,
+    subtasks: Vec<SubtaskStatus>,
+}
+
+/// Figures of one subtask of a stage.
+#[derive(Debug, Default, Clone, Serialize)]
+struct SubtaskStatus {
+    index: usize,
+    records_in: u64,
+    records_out: u64,
     backpressure_ms: u64,
     watermark_ms: Option<i64>,
 }
 
-/// One counter of a stage, as the runtime names it: `stage<N>.<name>.<figure>` (watermarks
-/// per subtask: `stage<N>.<name>.watermark_ms.<i>`), split.
-struct StageFigure<'a> {
-    index: usize,
-    stage: &'a str,
-    figure: &'a str,
-}
-
-fn stage_figure(name: &str) -> Option<StageFigure<'_>> {
-    let rest = name.strip_prefix("stage")?;
-    let mut parts = rest.splitn(3, '.');
-    let (index, stage, figure) = (parts.next()?, parts.next()?, parts.next()?);
-    Some(StageFigure {
-        index: index.parse().ok()?,
-        stage,
-        figure,
-    })
-}
-
 fn stages(metrics: &[(String, u64)], seconds: f64) -> Vec<StageStatus> {
-    let mut by_stage: BTreeMap<(usize, String), StageStatus> = BTreeMap::new();
+    let mut by_stage: BTreeMap<usize, StageStatus> = BTreeMap::new();
     for (name, value) in metrics {
-        let Some(f) = stage_figure(name) else {
+        let Some(f) = StageFigure::parse(name) else {
             continue;
         };
-        let s = by_stage
-            .entry((f.index, f.stage.to_string()))
-            .or_insert_with(|| StageStatus {
-                name: f.stage.to_string(),
-                ..Default::default()
-            });
-        match f.figure {
-            "records_in" => s.records_in = *value,
-            "records_out" => s.records_out = *value,
-            "backpressure_ms" => s.backpressure_ms = *value,
-            f if f.starts_with("watermark_ms.") => {
-                let w = *value as i64;
-                s.watermark_ms = Some(s.watermark_ms.map_or(w, |m| m.min(w)));
+        let s = by_stage.entry(f.index).or_insert_with(|| StageStatus {
+            index: f.index,
+            name: f.stage.to_string(),
+            ..Default::default()
+        });
+        match (f.figure, f.per_subtask()) {
+            ("records_in", _) => s.records_in = *value,
+            ("records_out", _) => s.records_out = *value,
+            ("backpressure_ms", _) => s.backpressure_ms = *value,
+            (_, Some((figure, i))) if i < MAX_SUBTASKS_SHOWN => {
+                if s.subtasks.len() <= i {
+                    s.subtasks.resize_with(i + 1, Default::default);
+                }
+                let t = &mut s.subtasks[i];
+                t.index = i;
+                match figure {
+                    "records_in" => t.records_in = *value,
+                    "records_out" => t.records_out = *value,
+                    "backpressure_ms" => t.backpressure_ms = *value,
+                    "watermark_ms" => t.watermark_ms = watermark_value(*value),
+                    _ => {}
+                }
             }
             _ => {}
         }
@@ -986,20 +1064,41 @@ fn stages(metrics: &[(String, u64)], seconds: f64) -> Vec<StageStatus> {
     by_stage
         .into_values()
         .map(|mut s| {
-            s.records_out_per_sec = if seconds > 0.0 {
-                s.records_out as f64 / seconds
-            } else {
-                0.0
+            let per_sec = |n: u64| {
+                if seconds > 0.0 {
+                    n as f64 / seconds
+                } else {
+                    0.0
+                }
             };
+            s.records_in_per_sec = per_sec(s.records_in);
+            s.records_out_per_sec = per_sec(s.records_out);
+            let marks: Option<Vec<i64>> = s.subtasks.iter().map(|t| t.watermark_ms).collect();
+            s.watermark_ms = marks.and_then(|m| m.into_iter().min());
             s
         })
         .collect()
 }
 
+/// A bound on the subtasks a status lists per stage: the spec's parallelism is bounded by
+/// the server's limits already; this keeps a stray counter name from growing an answer.
+const MAX_SUBTASKS_SHOWN: usize = 4096;
+
+/// Records per second the job's sources have read, over the current attempt.
+fn input_rate(stages: &[StageStatus], plan: Option<&PlanDescription>) -> f64 {
+    let Some(plan) = plan else { return 0.0 };
+    stages
+        .iter()
+        .filter(|s| plan.stages.get(s.index).is_some_and(|p| p.source.is_some()))
+        .map(|s| s.records_in_per_sec)
+        .sum()
+}
+
 fn job_status(entry: &JobEntry) -> serde_json::Value {
     let r = entry.record();
+    let plan = entry.plan.lock().expect("plan lock").clone();
     let attempt = entry.attempt.lock().expect("attempt lock");
-    let (operators, checkpoint) = match attempt.as_ref() {
+    let (operators, checkpoint, uptime_ms) = match attempt.as_ref() {
         Some(a) => {
             let metrics = a.metrics.snapshot();
             let get = |n: &str| metrics.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
@@ -1011,9 +1110,10 @@ fn job_status(entry: &JobEntry) -> serde_json::Value {
                     "last_duration_ms": get("checkpoints.last_duration_ms"),
                     "state_bytes": get("checkpoints.state_bytes"),
                 }),
+                Some(a.started.elapsed().as_millis() as u64),
             )
         }
-        None => (Vec::new(), serde_json::Value::Null),
+        None => (Vec::new(), serde_json::Value::Null, None),
     };
     json!({
         "id": r.id,
@@ -1021,12 +1121,18 @@ fn job_status(entry: &JobEntry) -> serde_json::Value {
         "submitted_at_ms": r.submitted_at_ms,
         "started_at_ms": r.started_at_ms,
         "finished_at_ms": r.finished_at_ms,
+        "sampled_at_ms": now_ms(),
+        "uptime_ms": uptime_ms,
         "restarts": r.restarts,
+        "records_per_sec": input_rate(&operators, plan.as_ref()),
         "failure": r.failure,
+        "failures": r.failures,
         "restore_from": r.restore_from,
         "savepoint": r.savepoint,
+        "plan": plan,
         "operators": operators,
         "checkpoint": checkpoint,
+        "checkpoint_history": entry.history.snapshot(),
         "spec": redacted(&r.spec),
     })
 }
@@ -1060,6 +1166,56 @@ async fn stop(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Ap
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(Json(json!({ "state": JobState::Stopped, "savepoint": path })).into_response())
+}
+
+/// The body of `POST /v1/jobs/{id}/resume`, which may be empty.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resume {
+    /// Where to start from; by default the savepoint the job was stopped with.
+    #[serde(default)]
+    restore_from: Option<PathBuf>,
+}
+
+/// Submits an ended job's spec (as stored, secrets included) again as a new job, from its
+/// stop savepoint or another savepoint or checkpoint.
+async fn resume(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    request: Request,
+) -> ApiResult {
+    let entry = state.manager.job(&id)?;
+    let body = read_body(&state, request).await?;
+    let asked: Resume = if body.is_empty() {
+        Resume::default()
+    } else {
+        parse_json(&body)?
+    };
+    let record = entry.record();
+    if !record.state.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job `{id}` is {:?}: stop it first (two instances would write the same sink)",
+                record.state
+            ),
+        ));
+    }
+    let from = asked
+        .restore_from
+        .or(record.savepoint.clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job `{id}` was not stopped with a savepoint: give restore_from"),
+            )
+        })?;
+    let manager = state.manager.clone();
+    let new_id = tokio::task::spawn_blocking(move || manager.submit(record.spec, Some(from)))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    tracing::info!(job = %new_id, from = %id, "job resumed from a savepoint");
+    Ok((StatusCode::CREATED, Json(json!({ "id": new_id }))).into_response())
 }
 
 async fn cancel(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> ApiResult {

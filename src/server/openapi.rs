@@ -76,14 +76,60 @@ pub fn openapi() -> Value {
         json!({"type": "string", "enum": ["RUNNING", "RESTARTING", "FINISHED", "FAILED", "CANCELLED", "STOPPED"]}),
     );
     schemas.insert(
+        "Subtask".into(),
+        json!({"type": "object", "properties": {
+            "index": {"type": "integer"},
+            "records_in": {"type": "integer"},
+            "records_out": {"type": "integer"},
+            "backpressure_ms": {"type": "integer"},
+            "watermark_ms": {"type": "integer", "nullable": true}
+        }}),
+    );
+    schemas.insert(
         "Stage".into(),
         json!({"type": "object", "properties": {
+            "index": {"type": "integer"},
             "name": {"type": "string"},
             "records_in": {"type": "integer"},
             "records_out": {"type": "integer"},
+            "records_in_per_sec": {"type": "number"},
             "records_out_per_sec": {"type": "number"},
             "backpressure_ms": {"type": "integer"},
-            "watermark_ms": {"type": "integer", "nullable": true}
+            "watermark_ms": {"type": "integer", "nullable": true, "description": "The least of the subtasks' watermarks; null until each has one."},
+            "subtasks": {"type": "array", "items": {"$ref": "#/components/schemas/Subtask"}}
+        }}),
+    );
+    schemas.insert(
+        "Plan".into(),
+        json!({"type": "object", "description": "The job's dataflow: stages of chained operators and the exchanges between them.", "properties": {
+            "max_parallelism": {"type": "integer"},
+            "stages": {"type": "array", "items": {"type": "object", "properties": {
+                "index": {"type": "integer"},
+                "name": {"type": "string"},
+                "parallelism": {"type": "integer"},
+                "source": {"type": "string", "nullable": true},
+                "event_time": {"type": "string", "nullable": true},
+                "operators": {"type": "array", "items": {"type": "string"}},
+                "sink": {"type": "string", "nullable": true},
+                "inputs": {"type": "array", "items": {"type": "object", "properties": {
+                    "from": {"type": "integer"},
+                    "exchange": {"type": "string", "description": "forward, rebalance or hash(KEYS)"}
+                }}}
+            }}}
+        }}),
+    );
+    schemas.insert(
+        "Checkpoint".into(),
+        json!({"type": "object", "properties": {
+            "id": {"type": "integer"},
+            "status": {"type": "string", "enum": ["COMPLETED", "ABANDONED"]},
+            "triggered_at_ms": {"type": "integer"},
+            "duration_ms": {"type": "integer"},
+            "alignment_ms": {"type": "integer"},
+            "state_bytes": {"type": "integer"},
+            "new_bytes": {"type": "integer"},
+            "savepoint": {"type": "boolean"},
+            "reason": {"type": "string", "nullable": true}
         }}),
     );
     schemas.insert(
@@ -94,11 +140,21 @@ pub fn openapi() -> Value {
             "submitted_at_ms": {"type": "integer"},
             "started_at_ms": {"type": "integer", "nullable": true},
             "finished_at_ms": {"type": "integer", "nullable": true},
+            "sampled_at_ms": {"type": "integer", "description": "The server's clock when it answered."},
+            "uptime_ms": {"type": "integer", "nullable": true, "description": "How long the current attempt has run."},
             "restarts": {"type": "integer"},
+            "records_per_sec": {"type": "number", "description": "Records the sources read per second, over the current attempt."},
             "failure": {"type": "string", "nullable": true},
+            "failures": {"type": "array", "description": "The last failed attempts, newest last.", "items": {"type": "object", "properties": {
+                "at_ms": {"type": "integer"},
+                "attempt": {"type": "integer"},
+                "cause": {"type": "string"}
+            }}},
             "restore_from": {"type": "string", "nullable": true},
             "savepoint": {"type": "string", "nullable": true},
+            "plan": {"nullable": true, "allOf": [{"$ref": "#/components/schemas/Plan"}]},
             "operators": {"type": "array", "items": {"$ref": "#/components/schemas/Stage"}},
+            "checkpoint_history": {"type": "array", "description": "The last 100 checkpoints of every attempt, oldest first.", "items": {"$ref": "#/components/schemas/Checkpoint"}},
             "checkpoint": {"type": "object", "nullable": true, "properties": {
                 "completed": {"type": "integer", "nullable": true},
                 "last_id": {"type": "integer", "nullable": true},
@@ -119,7 +175,7 @@ pub fn openapi() -> Value {
         "info": {
             "title": "Oxflow runtime server",
             "version": "1",
-            "description": "Submit, watch, savepoint, stop and cancel stream processing jobs. Every error is JSON {\"error\": \"...\"}. Every path but /health needs \"Authorization: Bearer <token>\": the token of `oxflow server --token-file`, or the one the server made in DATA_DIR/token. POST bodies are application/json. A server on a loopback address answers only to loopback Host names. See docs/server.md. Generated by `oxflow openapi`."
+            "description": "Submit, watch, savepoint, stop and cancel stream processing jobs. Every error is JSON {\"error\": \"...\"}. Every path but /health, /v1/session and the dashboard's page (/ and /ui/) needs \"Authorization: Bearer <token>\" (or the dashboard's session cookie, which POST /v1/session sets): the token of `oxflow server --token-file`, or the one the server made in DATA_DIR/token. POST bodies are application/json. A server on a loopback address answers only to loopback Host names. See docs/server.md. Generated by `oxflow openapi`."
         },
         "servers": [{"url": "http://127.0.0.1:8081"}],
         "security": [{"bearer": []}],
@@ -136,6 +192,29 @@ pub fn openapi() -> Value {
                     "403": errors(&[("403", "A Host header that is not a loopback name.")])["403"]
                 }
             }},
+            "/v1/session": {
+                "post": {
+                    "security": [],
+                    "summary": "Open a browser session: checks the token and sets it in an HttpOnly, SameSite=Strict cookie, which the other endpoints then take in place of the Authorization header.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["token"], "additionalProperties": false,
+                        "properties": {"token": {"type": "string"}}
+                    }}}},
+                    "responses": responses(
+                        ("200", json_ok("{\"session\": \"open\"}", json!({"type": "object", "properties": {"session": {"type": "string"}}}))),
+                        &[("400", "A malformed body."), ("413", "A body larger than --max-body-bytes."), ("415", "A body that is not application/json.")]
+                    )
+                },
+                "delete": {
+                    "security": [],
+                    "summary": "Close the browser session (clears the cookie).",
+                    "responses": {
+                        "200": json_ok("{\"session\": \"closed\"}", json!({"type": "object", "properties": {"session": {"type": "string"}}})),
+                        "403": errors(&[("403", "A Host header that is not a loopback name.")])["403"],
+                        "503": errors(&[("503", "The request took longer than the server's request timeout.")])["503"]
+                    }
+                }
+            },
             "/metrics": {"get": {
                 "summary": "Prometheus text format, per job, stage and subtask.",
                 "responses": responses(("200", json!({"description": "Prometheus text format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}})), &[])
@@ -171,7 +250,10 @@ pub fn openapi() -> Value {
                         "id": {"type": "string"},
                         "state": {"$ref": "#/components/schemas/JobState"},
                         "submitted_at_ms": {"type": "integer"},
-                        "restarts": {"type": "integer"}
+                        "started_at_ms": {"type": "integer", "nullable": true},
+                        "uptime_ms": {"type": "integer", "nullable": true},
+                        "restarts": {"type": "integer"},
+                        "records_per_sec": {"type": "number"}
                     }}}}}))), &[])
                 }
             },
@@ -194,6 +276,29 @@ pub fn openapi() -> Value {
                     "operationId": "takeSavepoint",
                     "summary": "Take a savepoint; answers when its checkpoint has completed.",
                     "responses": responses(("200", json_ok("{\"path\": \"...\"}", json!({"type": "object", "properties": {"path": {"type": "string"}}}))), &[on_a_job[0], on_a_job[1], on_a_job[2], ("504", "No savepoint within 120 s.")])
+                }
+            },
+            "/v1/jobs/{id}/resume": {
+                "parameters": id.clone(),
+                "post": {
+                    "operationId": "resumeJob",
+                    "summary": "Submit an ended job again, as a new job, from the savepoint it was stopped with (or from restore_from).",
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {"restore_from": {"type": "string", "nullable": true}}
+                    }}}},
+                    "responses": responses(
+                        ("201", created()),
+                        &[
+                            ("400", "A malformed body, or a savepoint that does not load."),
+                            ("403", "A path outside the data directory and every --allow-path."),
+                            ("404", "No job of this id."),
+                            ("409", "The job has not ended, or has no savepoint and none was given."),
+                            ("413", "A body larger than --max-body-bytes."),
+                            ("415", "A body that is not application/json."),
+                            ("429", "The server already runs --max-running-jobs jobs."),
+                        ]
+                    )
                 }
             },
             "/v1/jobs/{id}/stop": {
