@@ -57,6 +57,7 @@ pub mod client;
 pub mod error;
 pub mod nexmark;
 pub mod pipeline;
+pub mod progress;
 pub mod server;
 pub mod spec;
 

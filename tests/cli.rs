@@ -440,3 +440,159 @@ fn the_server_commands_submit_watch_and_refuse_clearly() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// A spec file in `dir`: bid counts per auction in 2 s windows, into files under `dir/out`.
+fn spec_file(dir: &std::path::Path, events: u64, checkpoints: bool) -> std::path::PathBuf {
+    let mut spec = serde_json::json!({
+        "parallelism": 2,
+        "stream": {
+            "source": { "nexmark": { "table": "bid", "events": events, "event_rate": 10000, "seed": 3 } },
+            "watermarks": { "column": "date_time", "delay_ms": 1000 },
+            "steps": [ { "window": {
+                "keys": ["auction"],
+                "window": { "tumbling": { "size_ms": 2000 } },
+                "compute": { "aggregate": ["count(price) AS bids"] } } } ]
+        },
+        "sink": { "file": { "path": dir.join("out") } }
+    });
+    if checkpoints {
+        spec["checkpoints"] = serde_json::json!({ "interval_ms": 50 });
+    }
+    let path = dir.join("job.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn run_executes_a_spec_embedded_and_restores_from_its_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(dir.path(), 300_000, true);
+    let checkpoints = dir.path().join("checkpoints");
+    let args = [
+        "run",
+        spec.to_str().unwrap(),
+        "--checkpoint-dir",
+        checkpoints.to_str().unwrap(),
+    ];
+    let first = summary(&oxflow(&args));
+    assert_eq!(first["job"], "job");
+    // The sources' records: the bids among the 300 000 events (46 of every 50).
+    assert_eq!(first["events"], 276_000, "{first}");
+    assert_eq!(first["workers"], 2);
+    assert!(first["checkpoints"].as_u64().unwrap() >= 1, "{first}");
+    let lines = committed_lines(&dir.path().join("out"));
+    assert!(!lines.is_empty());
+    // Without checkpoints (output committed at the end) the spec gives the same output.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    summary(&oxflow(&[
+        "run",
+        spec_file(&again, 300_000, false).to_str().unwrap(),
+    ]));
+    assert_eq!(committed_lines(&again.join("out")), lines);
+    // Restoring the latest checkpoint of a finished job finds it finished.
+    let restored = summary(&oxflow(&[
+        args[0],
+        args[1],
+        args[2],
+        args[3],
+        "--restore",
+        "latest",
+    ]));
+    assert_eq!(restored["already_finished"], true, "{restored}");
+    assert_eq!(committed_lines(&dir.path().join("out")), lines);
+}
+
+#[test]
+fn validate_prints_the_plan_or_says_what_is_wrong_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(dir.path(), 1000, false);
+    let out = oxflow(&["validate", spec.to_str().unwrap()]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["subtasks"], 4);
+    let stages = answer["plan"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2);
+    assert_eq!(stages[1]["inputs"][0]["exchange"], "hash(auction)");
+    // It builds the job (the file sink makes its directory) but runs nothing.
+    assert!(
+        committed_lines(&dir.path().join("out")).is_empty(),
+        "validate writes no output"
+    );
+    // Not JSON, not a spec, not a job: each says which file and what.
+    std::fs::write(dir.path().join("bad.json"), "{\"stream\": ").unwrap();
+    std::fs::write(dir.path().join("unknown.json"), "{\"strem\": {}}").unwrap();
+    let mut zero: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec).unwrap()).unwrap();
+    zero["stream"]["steps"][0]["window"]["window"]["tumbling"]["size_ms"] = 0.into();
+    std::fs::write(dir.path().join("zero.json"), zero.to_string()).unwrap();
+    for (file, said) in [
+        ("bad.json", "EOF"),
+        ("unknown.json", "strem"),
+        ("zero.json", "does not make a job"),
+        ("missing.json", "reading"),
+    ] {
+        let path = dir.path().join(file);
+        let out = oxflow(&["validate", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{file}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(file) && stderr.contains(said),
+            "{file}: {stderr}"
+        );
+    }
+    // A reader that has gone (`oxflow validate | head`) ends the output without a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args(["validate", spec.to_str().unwrap()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // run refuses a checkpoint directory the spec would not use.
+    let out = oxflow(&["run", spec.to_str().unwrap(), "--checkpoint-dir", "/tmp/x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sets no `checkpoints`"));
+}
+
+#[test]
+fn progress_shows_on_a_terminal_and_stays_off_a_pipe() {
+    let args = [
+        "nexmark",
+        "--query",
+        "q1",
+        "--events",
+        "3000000",
+        "--workers",
+        "2",
+        "--rate",
+        "1500000",
+    ];
+    // A pipe: stderr stays empty.
+    let piped = oxflow(&args);
+    assert!(piped.status.success());
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains("events/s") && !stderr.contains("/s ·"),
+        "{stderr}"
+    );
+    // A terminal (util-linux `script` gives the command one): the progress line is drawn.
+    let command = format!("{} {}", env!("CARGO_BIN_EXE_oxflow"), args.join(" "));
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("util-linux script runs");
+    assert!(tty.status.success());
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        screen.contains("events ·") && screen.contains("/s ·") && screen.contains("checkpoints"),
+        "{screen}"
+    );
+    // The summary still ends the output.
+    assert!(screen.trim_end().ends_with('}'), "{screen}");
+}

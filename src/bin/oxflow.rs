@@ -33,6 +33,15 @@ enum Command {
     /// `auction/`, `bid/`), for `nexmark --source file:OUT` and for other systems to read the
     /// same events; prints the rows of each table as one JSON object.
     NexmarkTables(TablesArgs),
+    /// Runs a job spec (JSON, as `submit` sends) embedded, without a server, and prints the
+    /// same final JSON line as `nexmark` ("job" in place of "query").
+    Run(RunArgs),
+    /// Checks a job spec without running it: prints its dataflow (stages, operators,
+    /// exchanges) as JSON, or says what is wrong and where.
+    Validate {
+        /// The spec file.
+        spec: PathBuf,
+    },
     /// Runs the runtime server: jobs submitted as JSON specs over REST (docs/server.md).
     Server(ServerArgs),
     /// Prints the server's API as OpenAPI (what docs/openapi.yaml holds).
@@ -152,6 +161,130 @@ impl ServerArgs {
 }
 
 #[derive(clap::Args)]
+struct RunArgs {
+    /// The spec file.
+    spec: PathBuf,
+    /// Take the checkpoints the spec's `checkpoints` asks for into this directory (state,
+    /// source positions, pending output: with the file or Kafka sink, output is then
+    /// committed exactly once).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Start from a checkpoint: `latest` (the newest valid one in --checkpoint-dir, or the
+    /// beginning if there is none yet) or the path of a checkpoint or savepoint directory.
+    #[arg(long)]
+    restore: Option<String>,
+}
+
+/// Reads and parses a spec file; errors say which file and where in it.
+fn read_spec(path: &Path) -> anyhow::Result<oxflow::spec::JobSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a job spec", path.display()))
+}
+
+/// Builds the job of a spec file, as a server would (the same checks).
+fn spec_job(
+    path: &Path,
+    checkpoint_dir: Option<&Path>,
+) -> anyhow::Result<(oxflow::spec::JobSpec, Job)> {
+    let spec = read_spec(path)?;
+    let job = Pipeline::new()
+        .job_from_spec(&spec, &oxflow::spec::Registry::new(), checkpoint_dir)
+        .with_context(|| format!("{} does not make a job", path.display()))?;
+    Ok((spec, job))
+}
+
+fn validate(path: &Path) -> anyhow::Result<()> {
+    let (_, job) = spec_job(path, None)?;
+    print_json(&serde_json::json!({
+        "valid": true,
+        "subtasks": job.subtasks(),
+        "plan": job.plan(),
+    }))
+}
+
+fn run_spec(args: &RunArgs) -> anyhow::Result<()> {
+    let (spec, job) = spec_job(&args.spec, args.checkpoint_dir.as_deref())?;
+    match (&spec.checkpoints, &args.checkpoint_dir) {
+        (None, Some(dir)) => bail!(
+            "--checkpoint-dir {} is given, but the spec sets no `checkpoints` (add \"checkpoints\": {{\"interval_ms\": 1000}})",
+            dir.display()
+        ),
+        (Some(_), None) => eprintln!(
+            "the spec asks for checkpoints, but no --checkpoint-dir is given: running without them (output is committed at the end)"
+        ),
+        _ => {}
+    }
+    let job = restore(job, args.restore.as_deref(), args.checkpoint_dir.is_some())?;
+    let label = args.spec.file_stem().map_or_else(
+        || args.spec.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let workers = spec.parallelism.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    execute_and_report(job, ("job", &label), workers, None)
+}
+
+/// Applies `--restore`.
+fn restore(job: Job, restore: Option<&str>, has_checkpoint_dir: bool) -> anyhow::Result<Job> {
+    Ok(match restore {
+        None => job,
+        Some("latest") if !has_checkpoint_dir => bail!("--restore latest needs --checkpoint-dir"),
+        Some("latest") => job.restore_from(RestoreFrom::Latest),
+        Some(path) => job.restore_from(RestoreFrom::Path(PathBuf::from(path))),
+    })
+}
+
+/// Runs `job` (with progress on stderr when it is a terminal) and prints the summary line:
+/// `{"<what>": name, "events", "workers", "seconds", "events_per_sec", "cpu_seconds", ...}`.
+/// `events` is what the caller knows was generated; else what the sources read.
+fn execute_and_report(
+    job: Job,
+    (what, name): (&str, &str),
+    workers: usize,
+    events: Option<u64>,
+) -> anyhow::Result<()> {
+    let progress = oxflow::progress::Progress::start(&job, events);
+    let cpu_before = oxflow::process_cpu_seconds();
+    let report = job.execute_blocking();
+    drop(progress);
+    let report = report?;
+    let cpu = oxflow::process_cpu_seconds() - cpu_before;
+    let seconds = report.elapsed.as_secs_f64();
+    let events = events.unwrap_or_else(|| {
+        report
+            .metrics
+            .iter()
+            .filter(|(name, _)| {
+                name.split('.')
+                    .nth(1)
+                    .is_some_and(|s| s.starts_with("source-"))
+                    && name.ends_with(".records_in")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    });
+    tracing::info!(metrics = ?report.metrics, "job finished");
+    emit(serde_json::json!({
+        what: name,
+        "events": events,
+        "workers": workers,
+        "seconds": seconds,
+        "events_per_sec": events as f64 / seconds,
+        "cpu_seconds": cpu,
+        "output_rows": report.output_rows,
+        "checkpoints": report.checkpoints.completed,
+        "last_checkpoint_ms": report.checkpoints.last_duration.map(|d| d.as_millis() as u64),
+        "state_bytes": report.checkpoints.state_bytes,
+        "restored_from": report.restored_from,
+        "already_finished": report.already_finished,
+    }))
+}
+
+#[derive(clap::Args)]
 struct ServerOptions {
     /// The server's URL.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
@@ -243,8 +376,18 @@ fn serve(args: &ServerArgs) -> anyhow::Result<()> {
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    emit(serde_json::to_string_pretty(value)?)
+}
+
+/// Writes `text` and a newline to stdout. A reader that has gone (`oxflow validate | head`)
+/// ends the output quietly instead of panicking as `println!` would.
+fn emit(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written.context("writing to stdout")?),
+    }
 }
 
 #[derive(clap::Args)]
@@ -291,8 +434,7 @@ fn write_tables(args: &TablesArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(table, rows)| (format!("{table:?}").to_lowercase(), rows.into()))
         .collect();
-    println!("{}", serde_json::Value::Object(counts));
-    Ok(())
+    emit(serde_json::Value::Object(counts))
 }
 
 #[derive(clap::Args)]
@@ -487,53 +629,14 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
             );
         }
     }
-    match args.restore.as_deref() {
-        None => {}
-        Some("latest") if args.checkpoint_dir.is_none() => {
-            bail!("--restore latest needs --checkpoint-dir")
-        }
-        Some("latest") => job = job.restore_from(RestoreFrom::Latest),
-        Some(path) => job = job.restore_from(RestoreFrom::Path(PathBuf::from(path))),
-    }
-    let cpu_before = oxflow::process_cpu_seconds();
-    let report = job.execute_blocking()?;
-    let cpu = oxflow::process_cpu_seconds() - cpu_before;
-    let seconds = report.elapsed.as_secs_f64();
+    let job = restore(job, args.restore.as_deref(), args.checkpoint_dir.is_some())?;
     let events = match args.events {
-        Some(n) if args.source == "generator" => n,
-        None if args.source == "generator" => 10_000_000,
+        Some(n) if args.source == "generator" => Some(n),
+        None if args.source == "generator" => Some(10_000_000),
         // From Kafka or files: the records the sources delivered.
-        _ => report
-            .metrics
-            .iter()
-            .filter(|(name, _)| {
-                name.split('.')
-                    .nth(1)
-                    .is_some_and(|s| s.starts_with("source-"))
-                    && name.ends_with(".records_in")
-            })
-            .map(|(_, v)| v)
-            .sum(),
+        _ => None,
     };
-    tracing::info!(metrics = ?report.metrics, "job finished");
-    println!(
-        "{}",
-        serde_json::json!({
-            "query": query,
-            "events": events,
-            "workers": workers,
-            "seconds": seconds,
-            "events_per_sec": events as f64 / seconds,
-            "cpu_seconds": cpu,
-            "output_rows": report.output_rows,
-            "checkpoints": report.checkpoints.completed,
-            "last_checkpoint_ms": report.checkpoints.last_duration.map(|d| d.as_millis() as u64),
-            "state_bytes": report.checkpoints.state_bytes,
-            "restored_from": report.restored_from,
-            "already_finished": report.already_finished,
-        })
-    );
-    Ok(())
+    execute_and_report(job, ("query", query), workers, events)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -549,24 +652,19 @@ fn main() -> anyhow::Result<()> {
         Command::Nexmark(args) if args.query == "all" => run_all(&args),
         Command::Nexmark(args) => run_nexmark(&args, &args.query),
         Command::NexmarkTables(args) => write_tables(&args),
+        Command::Run(args) => run_spec(&args),
+        Command::Validate { spec } => validate(&spec),
         Command::Server(args) => serve(&args),
-        Command::Openapi => {
-            print!("{}", oxflow::server::openapi_text());
-            Ok(())
-        }
+        Command::Openapi => emit(oxflow::server::openapi_text().trim_end()),
         Command::Submit {
             spec,
             restore,
             server,
         } => {
-            let text = std::fs::read_to_string(&spec)
-                .with_context(|| format!("reading {}", spec.display()))?;
-            let parsed: oxflow::spec::JobSpec = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a job spec", spec.display()))?;
+            let parsed = read_spec(&spec)?;
             let client = client(&server)?;
             let id = runtime()?.block_on(client.submit(&parsed, restore.as_deref()))?;
-            println!("{id}");
-            Ok(())
+            emit(id)
         }
         Command::List { server } => print_json(&runtime()?.block_on(client(&server)?.list())?),
         Command::Status { id, server } => {
@@ -578,8 +676,7 @@ fn main() -> anyhow::Result<()> {
                 &format!("savepoint of {id}"),
                 client.savepoint(&id),
             ))?;
-            println!("{path}");
-            Ok(())
+            emit(path)
         }
         Command::Stop { id, server } => {
             let client = client(&server)?;
@@ -587,8 +684,7 @@ fn main() -> anyhow::Result<()> {
                 &format!("stopping {id} with a savepoint"),
                 client.stop(&id),
             ))?;
-            println!("{path}");
-            Ok(())
+            emit(path)
         }
         Command::Cancel { id, server } => {
             print_json(&runtime()?.block_on(client(&server)?.cancel(&id))?)
