@@ -17,3 +17,7 @@ export OXFLOW_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 OXFLOW_PROMTOOL=$("$root/scripts/promtool.sh")
 export OXFLOW_PROMTOOL
 cargo test --release --workspace --manifest-path "$root/Cargo.toml" -- --include-ignored "$@"
+# With no filter, the dashboard's browser test too (Chromium, Playwright).
+if [ "$#" -eq 0 ]; then
+  "$root/scripts/test-browser.sh"
+fi
