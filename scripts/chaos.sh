@@ -77,9 +77,11 @@ while :; do
   # restore from the one before.
   if [ "$corrupted" = no ] && [ "$attempt" -ge $((kills / 2)) ]; then
     newest=$(ls -d "$work"/chk/chk-* 2>/dev/null | sort | while read -r d; do
-      [ -f "$d/_manifest.json" ] && echo "$d"; done | tail -1)
+      # `if`, not `&&`: a last directory without a manifest (killed mid-checkpoint) must not
+      # fail the loop, and with it the script (pipefail).
+      if [ -f "$d/_manifest.json" ]; then echo "$d"; fi; done | tail -1)
     if [ -n "$newest" ]; then
-      victim=$(find "$newest" -name '*.sst' | head -1)
+      victim=$(find "$newest" -name '*.sst' -print -quit)
       victim=${victim:-$newest/_manifest.json}
       printf 'X' | dd of="$victim" bs=1 seek=20 count=1 conv=notrunc status=none
       corrupted="$victim"
