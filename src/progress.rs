@@ -116,12 +116,7 @@ impl Progress {
 
     fn start_on(job: &Job, total_events: Option<u64>, target: ProgressDrawTarget) -> Progress {
         let plan = job.plan();
-        let sources: Vec<usize> = plan
-            .stages
-            .iter()
-            .filter(|s| s.source.is_some())
-            .map(|s| s.index)
-            .collect();
+        let sources = plan.source_stages();
         let last = plan.stages.len().saturating_sub(1);
         let metrics = job.metrics();
         let bar = match total_events {

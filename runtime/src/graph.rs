@@ -261,6 +261,17 @@ pub struct PlanDescription {
     pub max_parallelism: usize,
 }
 
+impl PlanDescription {
+    /// The indexes of the stages that read a source.
+    pub fn source_stages(&self) -> Vec<usize> {
+        self.stages
+            .iter()
+            .filter(|s| s.source.is_some())
+            .map(|s| s.index)
+            .collect()
+    }
+}
+
 /// One stage of a [`PlanDescription`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageDescription {

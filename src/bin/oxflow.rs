@@ -259,10 +259,8 @@ fn execute_and_report(
             .metrics
             .iter()
             .filter(|(name, _)| {
-                name.split('.')
-                    .nth(1)
-                    .is_some_and(|s| s.starts_with("source-"))
-                    && name.ends_with(".records_in")
+                oxflow::runtime::metrics::StageFigure::parse(name)
+                    .is_some_and(|f| f.stage.starts_with("source-") && f.figure == "records_in")
             })
             .map(|(_, v)| v)
             .sum()

@@ -976,18 +976,10 @@ async fn list(State(state): State<AppState>) -> ApiResult {
         .iter()
         .map(|entry| {
             let r = entry.record();
-            let plan = entry.plan.lock().expect("plan lock").clone();
-            let (uptime_ms, rate) = match entry.attempt.lock().expect("attempt lock").as_ref() {
-                Some(a) => {
-                    let seconds = a.started.elapsed().as_secs_f64();
-                    let stages = stages(&a.metrics.snapshot(), seconds);
-                    (
-                        Some(a.started.elapsed().as_millis() as u64),
-                        input_rate(&stages, plan.as_ref()),
-                    )
-                }
-                None => (None, 0.0),
-            };
+            let figures = entry.figures();
+            let (uptime_ms, rate) = figures
+                .as_ref()
+                .map_or((None, 0.0), |f| (Some(f.uptime_ms), f.records_per_sec));
             json!({
                 "id": r.id,
                 "state": r.state,
@@ -1084,36 +1076,55 @@ fn stages(metrics: &[(String, u64)], seconds: f64) -> Vec<StageStatus> {
 /// the server's limits already; this keeps a stray counter name from growing an answer.
 const MAX_SUBTASKS_SHOWN: usize = 4096;
 
-/// Records per second the job's sources have read, over the current attempt.
-fn input_rate(stages: &[StageStatus], plan: Option<&PlanDescription>) -> f64 {
-    let Some(plan) = plan else { return 0.0 };
-    stages
-        .iter()
-        .filter(|s| plan.stages.get(s.index).is_some_and(|p| p.source.is_some()))
-        .map(|s| s.records_in_per_sec)
-        .sum()
+/// A running attempt's figures, from one snapshot of its counters and one clock reading.
+struct AttemptFigures {
+    metrics: Vec<(String, u64)>,
+    stages: Vec<StageStatus>,
+    uptime_ms: u64,
+    /// Records per second the job's sources have read, over the attempt.
+    records_per_sec: f64,
+}
+
+impl JobEntry {
+    /// The running attempt's figures; `None` between attempts.
+    fn figures(&self) -> Option<AttemptFigures> {
+        let plan = self.plan.lock().expect("plan lock").clone();
+        let attempt = self.attempt.lock().expect("attempt lock");
+        let a = attempt.as_ref()?;
+        let uptime = a.started.elapsed();
+        let metrics = a.metrics.snapshot();
+        let stages = stages(&metrics, uptime.as_secs_f64());
+        let sources = plan.map(|p| p.source_stages()).unwrap_or_default();
+        let records_per_sec = stages
+            .iter()
+            .filter(|s| sources.contains(&s.index))
+            .map(|s| s.records_in_per_sec)
+            .sum();
+        Some(AttemptFigures {
+            metrics,
+            stages,
+            uptime_ms: uptime.as_millis() as u64,
+            records_per_sec,
+        })
+    }
 }
 
 fn job_status(entry: &JobEntry) -> serde_json::Value {
     let r = entry.record();
     let plan = entry.plan.lock().expect("plan lock").clone();
-    let attempt = entry.attempt.lock().expect("attempt lock");
-    let (operators, checkpoint, uptime_ms) = match attempt.as_ref() {
-        Some(a) => {
-            let metrics = a.metrics.snapshot();
-            let get = |n: &str| metrics.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
-            (
-                stages(&metrics, a.started.elapsed().as_secs_f64()),
-                json!({
-                    "completed": get("checkpoints.completed"),
-                    "last_id": get("checkpoints.last_id").filter(|&id| id > 0),
-                    "last_duration_ms": get("checkpoints.last_duration_ms"),
-                    "state_bytes": get("checkpoints.state_bytes"),
-                }),
-                Some(a.started.elapsed().as_millis() as u64),
-            )
-        }
-        None => (Vec::new(), serde_json::Value::Null, None),
+    let figures = entry.figures();
+    let checkpoint = figures.as_ref().map_or(serde_json::Value::Null, |f| {
+        let get = |n: &str| f.metrics.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        json!({
+            "completed": get("checkpoints.completed"),
+            "last_id": get("checkpoints.last_id").filter(|&id| id > 0),
+            "last_duration_ms": get("checkpoints.last_duration_ms"),
+            "state_bytes": get("checkpoints.state_bytes"),
+        })
+    });
+    let (operators, uptime_ms, rate) = match figures {
+        Some(f) => (f.stages, Some(f.uptime_ms), f.records_per_sec),
+        None => (Vec::new(), None, 0.0),
     };
     json!({
         "id": r.id,
@@ -1124,7 +1135,7 @@ fn job_status(entry: &JobEntry) -> serde_json::Value {
         "sampled_at_ms": now_ms(),
         "uptime_ms": uptime_ms,
         "restarts": r.restarts,
-        "records_per_sec": input_rate(&operators, plan.as_ref()),
+        "records_per_sec": rate,
         "failure": r.failure,
         "failures": r.failures,
         "restore_from": r.restore_from,
