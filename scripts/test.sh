@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every test of the workspace, including those against a real Apache Kafka broker (and the
-# metrics test, with promtool from scripts/promtool.sh): starts the
-# broker of scripts/kafka.sh on a free loopback port (fetching Kafka with Maven the first
-# time), runs `cargo test --release --workspace -- --include-ignored`, and stops the broker it
-# started, whatever happens. Extra arguments go to the test binaries (e.g. a name filter).
+# Every test of the workspace, including those against a real Apache Kafka broker, a real
+# NATS server and an S3-protocol server (s3s-fs, scripts/s3.sh) (and the metrics test, with promtool from scripts/promtool.sh): starts the
+# broker of scripts/kafka.sh and the server of scripts/nats.sh on free loopback ports (fetching
+# Kafka with Maven, installing nats-server, the first time), runs
+# `cargo test --release --workspace -- --include-ignored`, and stops what it started, whatever
+# happens. Extra arguments go to the test binaries (e.g. a name filter).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
@@ -13,6 +14,18 @@ export KAFKA_PORT
 "$root/scripts/kafka.sh" start
 trap '"$root/scripts/kafka.sh" stop' EXIT
 export OXFLOW_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+NATS_PORT=${NATS_PORT:-$("$root/scripts/nats.sh" free-port)}
+export NATS_PORT
+"$root/scripts/nats.sh" start
+S3_PORT=${S3_PORT:-$("$root/scripts/s3.sh" free-port)}
+export S3_PORT
+"$root/scripts/s3.sh" start
+trap '"$root/scripts/kafka.sh" stop; "$root/scripts/nats.sh" stop; "$root/scripts/s3.sh" stop' EXIT
+export OXFLOW_NATS_URL=127.0.0.1:$NATS_PORT
+# The S3 tests' endpoint, bucket and credentials (test values of the local server).
+set -a
+eval "$("$root/scripts/s3.sh" env)"
+set +a
 # The metrics test checks /metrics with Prometheus' own promtool.
 OXFLOW_PROMTOOL=$("$root/scripts/promtool.sh")
 export OXFLOW_PROMTOOL

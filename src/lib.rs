@@ -95,7 +95,7 @@ pub mod prelude {
     pub use oxflow_connectors::datagen::{DatagenConfig, DatagenSource};
     pub use oxflow_connectors::file::{BadRecordPolicy, FileFormat, FileSource};
     pub use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource, NexmarkTable};
-    pub use oxflow_connectors::sinks::{BlackholeSink, CollectSink, JsonFileSink, StdoutSink};
+    pub use oxflow_connectors::sinks::{BlackholeSink, CollectSink, FileSink, StdoutSink};
     pub use oxflow_operators::map::TypedRow;
     pub use oxflow_operators::{LateRecords, WindowSpec};
     pub use oxflow_runtime::checkpoint::{CheckpointConfig, RestoreFrom};

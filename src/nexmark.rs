@@ -54,7 +54,7 @@ pub fn write_tables(
     ]
     .into_iter()
     .map(|table| {
-        let sink = oxflow_connectors::sinks::JsonFileSink::try_new(table_dir(dir, table))?;
+        let sink = oxflow_connectors::sinks::FileSink::try_new(table_dir(dir, table))?;
         let report = pipeline
             .clone()
             .source(NexmarkSource::try_new(config.clone(), table)?)
@@ -197,12 +197,18 @@ pub fn kafka_bids(
         .with_watermarks(watermarks)
 }
 
-/// Bids from JSON-lines files (q0's output, e.g. a file sink's directory), with watermarks.
+/// Bids from JSON-lines or Parquet files (q0's output, e.g. a file sink's directory), with
+/// watermarks.
 pub fn file_bids(
     pipeline: Pipeline,
     paths: Vec<std::path::PathBuf>,
     watermarks: WatermarkStrategy,
 ) -> Result<Stream> {
+    if all_parquet(&paths) {
+        let source =
+            oxflow_connectors::parquet::ParquetSource::try_new(paths, Some(bid_json_schema()))?;
+        return pipeline.source(source).with_watermarks(watermarks);
+    }
     let source = FileSource::try_new(paths, FileFormat::JsonLines, Some(bid_json_schema()))?;
     pipeline.source(source).with_watermarks(watermarks)
 }
@@ -230,6 +236,15 @@ pub fn part_files(path: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether every file of `files` is a Parquet file (by its extension): a file source then
+/// reads them as Parquet unless told otherwise.
+pub fn all_parquet(files: &[std::path::PathBuf]) -> bool {
+    !files.is_empty()
+        && files
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "parquet"))
 }
 
 /// Whether `dir` is laid out as [`write_tables`] writes (it has a `bid/` directory).

@@ -119,10 +119,12 @@ pub enum SourceSpec {
     File {
         /// The file or directory.
         path: PathBuf,
-        /// `json` (default) or `csv` (with a header line).
+        /// `json`, `csv` (with a header line) or `parquet`; default: `parquet` when every file
+        /// ends in `.parquet`, else `json`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<String>,
-        /// The columns (default: inferred from the first file).
+        /// The columns (default: inferred from the first file; of Parquet files, read from
+        /// their schema, and only these columns are decoded).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         columns: Option<Vec<ColumnSpec>>,
     },
@@ -131,6 +133,14 @@ pub enum SourceSpec {
         /// The URI.
         uri: String,
         /// The records' columns.
+        columns: Vec<ColumnSpec>,
+    },
+    /// A NATS JetStream stream of JSON messages: `nats://HOST:PORT/STREAM?options`, as on
+    /// the CLI.
+    Nats {
+        /// The URI.
+        uri: String,
+        /// The messages' columns.
         columns: Vec<ColumnSpec>,
     },
 }
@@ -311,16 +321,59 @@ pub enum SinkSpec {
     Blackhole,
     /// JSON lines on standard output.
     Stdout,
-    /// JSON-lines files in a directory, exactly once with checkpoints.
+    /// JSON-lines or Parquet files in a directory, exactly once with checkpoints.
     File {
         /// The directory.
         path: PathBuf,
+        /// `json` (default) or `parquet`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+        /// Start a new file once one holds this many MiB (default 128).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_file_mb: Option<u64>,
+        /// Start a new file, at the next record, once one has been open this long (default:
+        /// only at checkpoints and by size).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollover_ms: Option<u64>,
     },
     /// A Kafka topic (`kafka://HOST:PORT/TOPIC?options`, as on the CLI).
     Kafka {
         /// The URI.
         uri: String,
     },
+    /// A NATS JetStream subject (`nats://HOST:PORT/STREAM?subject=S&options`, as on the CLI).
+    Nats {
+        /// The URI.
+        uri: String,
+    },
+    /// JSON-lines or Parquet files on S3 (or an S3-compatible server), exactly once with
+    /// checkpoints: `s3://BUCKET/PREFIX[?endpoint=URL&region=R]`; credentials from the
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    S3 {
+        /// The location.
+        uri: String,
+        /// `json` (default) or `parquet`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+        /// Start a new file once one holds this many MiB (default 128).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_file_mb: Option<u64>,
+        /// Start a new file, at the next record, once one has been open this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollover_ms: Option<u64>,
+    },
+}
+
+impl SinkSpec {
+    /// JSON-lines files in `path`, with the default rolling policy.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        SinkSpec::File {
+            path: path.into(),
+            format: None,
+            max_file_mb: None,
+            rollover_ms: None,
+        }
+    }
 }
 
 /// Checkpoint settings.
@@ -534,24 +587,31 @@ pub(crate) fn build_source(
             format,
             columns,
         } => {
+            let files = crate::nexmark::part_files(path)?;
+            let schema = columns.as_deref().map(schema_of).transpose()?;
             let format = match format.as_deref() {
-                None | Some("json") => FileFormat::JsonLines,
-                Some("csv") => FileFormat::Csv {
+                None if crate::nexmark::all_parquet(&files) => None,
+                None | Some("json") => Some(FileFormat::JsonLines),
+                Some("csv") => Some(FileFormat::Csv {
                     has_header: true,
                     delimiter: b',',
-                },
+                }),
+                Some("parquet") => None,
                 Some(other) => {
                     return Err(OxflowError::InvalidPipeline(format!(
-                        "file source {}: unknown format `{other}`; use json or csv",
+                        "file source {}: unknown format `{other}`; use json, csv or parquet",
                         path.display()
                     )))
                 }
             };
-            let schema = columns.as_deref().map(schema_of).transpose()?;
-            Arc::new(
-                FileSource::try_new(crate::nexmark::part_files(path)?, format, schema)?
-                    .with_max_line_bytes(max_line_bytes),
-            )
+            match format {
+                Some(format) => Arc::new(
+                    FileSource::try_new(files, format, schema)?.with_max_line_bytes(max_line_bytes),
+                ),
+                None => Arc::new(oxflow_connectors::parquet::ParquetSource::try_new(
+                    files, schema,
+                )?),
+            }
         }
         SourceSpec::Kafka { uri, columns } => {
             let uri = KafkaUri::parse(uri)?;
@@ -559,7 +619,25 @@ pub(crate) fn build_source(
                 KafkaSourceConfig::from_uri(&uri, RecordFormat::Json(schema_of(columns)?))?;
             Arc::new(KafkaSource::try_new(config)?)
         }
+        SourceSpec::Nats { uri, columns } => {
+            use oxflow_connectors::nats::{NatsSource, NatsSourceConfig, NatsUri};
+            let config = NatsSourceConfig::from_uri(&NatsUri::parse(uri)?, schema_of(columns)?)?;
+            Arc::new(NatsSource::try_new(config)?)
+        }
     })
+}
+
+/// What an exactly-once sink needs from a checkpointed job: a spool directory `spool` beside
+/// the checkpoints, and a name for its writers derived from the checkpoint directory, stable
+/// across restarts of this job and different for another job.
+fn exactly_once_parts(dir: &std::path::Path, spool: &str, name: &str) -> Result<(PathBuf, String)> {
+    let io = |e: std::io::Error| {
+        OxflowError::InvalidPipeline(format!("checkpoint directory {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let canonical = dir.canonicalize().map_err(io)?;
+    let id = crc32fast::hash(canonical.to_string_lossy().as_bytes());
+    Ok((dir.join(spool), format!("oxflow-{name}-{id:08x}")))
 }
 
 /// Builds the sink a spec describes. `checkpoint_dir`: where the job keeps checkpoints, if it
@@ -569,38 +647,102 @@ pub fn build_sink(
     checkpoint_dir: Option<&std::path::Path>,
 ) -> Result<Arc<dyn oxflow_runtime::sink::Sink>> {
     use oxflow_connectors::kafka::{KafkaSink, KafkaSinkConfig, KafkaUri};
-    use oxflow_connectors::sinks::{BlackholeSink, JsonFileSink, StdoutSink};
+    use oxflow_connectors::sinks::{BlackholeSink, FileSink, StdoutSink};
     Ok(match spec {
         SinkSpec::Blackhole => Arc::new(BlackholeSink::default()),
         SinkSpec::Stdout => Arc::new(StdoutSink),
-        SinkSpec::File { path } => Arc::new(JsonFileSink::try_new(path.clone())?),
+        SinkSpec::File {
+            path,
+            format,
+            max_file_mb,
+            rollover_ms,
+        } => {
+            let what = format!("file sink {}", path.display());
+            let (format, rolling) = file_options(&what, format, *max_file_mb, *rollover_ms)?;
+            Arc::new(
+                FileSink::try_new(path.clone())?
+                    .with_format(format)
+                    .with_rolling(rolling),
+            )
+        }
+        SinkSpec::S3 {
+            uri,
+            format,
+            max_file_mb,
+            rollover_ms,
+        } => {
+            let (location, rest) = oxflow_connectors::object::S3Location::parse(uri)?;
+            if let Some(key) = rest.keys().next() {
+                return Err(OxflowError::InvalidPipeline(format!(
+                    "S3 sink `{uri}`: unknown option `{key}`; the location takes endpoint and region"
+                )));
+            }
+            let what = format!("S3 sink {uri}");
+            let (format, rolling) = file_options(&what, format, *max_file_mb, *rollover_ms)?;
+            Arc::new(
+                FileSink::s3(location)
+                    .with_format(format)
+                    .with_rolling(rolling),
+            )
+        }
         SinkSpec::Kafka { uri } => {
             let uri = KafkaUri::parse(uri)?;
             // Exactly-once spools epochs beside the checkpoints; the transactional ids are
             // derived from the checkpoint directory, stable across restarts of this job.
             let exactly_once = checkpoint_dir
-                .map(|dir| -> Result<_> {
-                    let io = |e: std::io::Error| {
-                        OxflowError::InvalidPipeline(format!(
-                            "checkpoint directory {}: {e}",
-                            dir.display()
-                        ))
-                    };
-                    std::fs::create_dir_all(dir).map_err(io)?;
-                    let canonical = dir.canonicalize().map_err(io)?;
-                    let id = crc32fast::hash(canonical.to_string_lossy().as_bytes());
-                    Ok((
-                        dir.join("kafka-spool"),
-                        format!("oxflow-{}-{id:08x}", uri.topic),
-                    ))
-                })
+                .map(|dir| exactly_once_parts(dir, "kafka-spool", &uri.topic))
                 .transpose()?;
             Arc::new(KafkaSink::try_new(KafkaSinkConfig::from_uri(
                 &uri,
                 exactly_once,
             )?)?)
         }
+        SinkSpec::Nats { uri } => {
+            use oxflow_connectors::nats::{NatsSink, NatsSinkConfig, NatsUri};
+            let uri = NatsUri::parse(uri)?;
+            let exactly_once = checkpoint_dir
+                .map(|dir| exactly_once_parts(dir, "nats-spool", &uri.stream))
+                .transpose()?;
+            Arc::new(NatsSink::try_new(NatsSinkConfig::from_uri(
+                &uri,
+                exactly_once,
+            )?)?)
+        }
     })
+}
+
+/// The format and rolling policy of a file sink's spec (`what` names the sink in errors).
+fn file_options(
+    what: &str,
+    format: &Option<String>,
+    max_file_mb: Option<u64>,
+    rollover_ms: Option<u64>,
+) -> Result<(
+    oxflow_connectors::sinks::FileSinkFormat,
+    oxflow_connectors::sinks::RollingPolicy,
+)> {
+    use oxflow_connectors::sinks::{FileSinkFormat, RollingPolicy};
+    let format = match format.as_deref() {
+        None | Some("json") => FileSinkFormat::JsonLines,
+        Some("parquet") => FileSinkFormat::Parquet,
+        Some(other) => {
+            return Err(OxflowError::InvalidPipeline(format!(
+                "{what}: unknown format `{other}`; use json or parquet"
+            )))
+        }
+    };
+    let mut rolling = RollingPolicy::default();
+    match max_file_mb {
+        Some(0) => {
+            return Err(OxflowError::InvalidPipeline(format!(
+                "{what}: max_file_mb must be at least 1"
+            )))
+        }
+        Some(mb) => rolling.max_file_bytes = mb.saturating_mul(1 << 20),
+        None => {}
+    }
+    rolling.rollover_interval = rollover_ms.map(Duration::from_millis);
+    Ok((format, rolling))
 }
 
 /// The window of a spec.

@@ -139,7 +139,7 @@ fn checkpointed_job(
         query,
         Pipeline::new().with_parallelism(workers),
         config,
-        JsonFileSink::try_new(out).unwrap(),
+        FileSink::try_new(out).unwrap(),
     )
     .unwrap()
     .with_checkpoints(CheckpointConfig::new(

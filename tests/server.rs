@@ -46,9 +46,7 @@ fn windowed_spec(out: &Path, events: u64, rate: Option<f64>, parallelism: usize)
                 compute: WindowCompute::Aggregate(vec!["count(price) AS bids".into()]),
             }],
         },
-        sink: SinkSpec::File {
-            path: out.to_path_buf(),
-        },
+        sink: SinkSpec::file(out),
         checkpoints: Some(CheckpointSpec {
             interval_ms: 100,
             retained: None,

@@ -7,7 +7,7 @@ use common::*;
 use oxflow::arrow::array::{Int64Array, RecordBatch};
 use oxflow::arrow::datatypes::{DataType, Field, Schema};
 use oxflow::prelude::*;
-use oxflow::spec::{JobSpec, Registry, SinkSpec, SourceSpec, StateSpec};
+use oxflow::spec::{JobSpec, Registry, SinkSpec, SourceSpec, StateSpec, StreamSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,13 +115,13 @@ fn a_job_round_trips_through_json_and_runs_to_the_same_output() {
     let registry = registry();
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let job = api_job(&registry, SinkSpec::File { path: a.clone() });
+    let job = api_job(&registry, SinkSpec::file(&a));
     let spec = job.to_spec().unwrap();
     let json = serde_json::to_string_pretty(&spec).unwrap();
     let parsed: JobSpec = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed, spec);
     let mut rebuilt_spec = parsed.clone();
-    rebuilt_spec.sink = SinkSpec::File { path: b.clone() };
+    rebuilt_spec.sink = SinkSpec::file(&b);
     // The rebuilt job keeps its window state in RocksDB, under a 1 MiB budget.
     rebuilt_spec.state = Some(StateSpec {
         memory_budget_mb: 1,
@@ -151,14 +151,58 @@ fn the_example_specs_build_and_q5_equals_the_built_in_query() {
         *path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&*path);
     }
     let tmp = tempfile::tempdir().unwrap();
-    readings.sink = SinkSpec::File {
-        path: tmp.path().join("readings"),
-    };
+    readings.sink = SinkSpec::file(tmp.path().join("readings"));
     Pipeline::from_spec(&readings, &Registry::new(), Some(&tmp.path().join("chk")))
         .unwrap()
         .execute_blocking()
         .unwrap();
-    assert!(!lines(&tmp.path().join("readings")).is_empty());
+    let readings_out = lines(&tmp.path().join("readings"));
+    assert!(!readings_out.is_empty());
+    // NATS's spec only parses here too.
+    let nats = read("nats_hot_items.json");
+    assert!(matches!(nats.sink, SinkSpec::Nats { .. }));
+    // The same windows into Parquet files, read back (Parquet by extension) row for row.
+    let mut parquet = read("readings_to_parquet.json");
+    parquet.stream.source = readings.stream.source.clone();
+    if let SinkSpec::File { path, .. } = &mut parquet.sink {
+        *path = tmp.path().join("parquet");
+    }
+    Pipeline::from_spec(
+        &parquet,
+        &Registry::new(),
+        Some(&tmp.path().join("chk-parquet")),
+    )
+    .unwrap()
+    .execute_blocking()
+    .unwrap();
+    let back = JobSpec {
+        parallelism: Some(1),
+        max_parallelism: None,
+        stream: StreamSpec {
+            source: SourceSpec::File {
+                path: tmp.path().join("parquet"),
+                format: None,
+                columns: None,
+            },
+            watermarks: None,
+            steps: Vec::new(),
+        },
+        sink: SinkSpec::file(tmp.path().join("parquet-as-json")),
+        checkpoints: None,
+        restart: None,
+        state: None,
+    };
+    Pipeline::from_spec(&back, &Registry::new(), None)
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    let rows = lines(&tmp.path().join("parquet-as-json"));
+    assert_eq!(rows.len(), readings_out.len(), "{rows:?}");
+    assert!(
+        rows[0].contains("\"avg_c\"") && rows[0].contains("\"readings\""),
+        "{}",
+        rows[0]
+    );
     for (file, query) in [("nexmark_q5.json", "q5"), ("nexmark_q7.json", "q7")] {
         let mut spec = read(file);
         spec.stream.source = SourceSpec::Nexmark {
@@ -326,10 +370,17 @@ proptest::proptest! {
     /// fail with an error; neither the spec parser nor the builder panics.
     #[test]
     fn mutated_specs_never_panic_the_parser_or_the_builder(
-        example in 0usize..4,
+        example in 0usize..6,
         edits in proptest::collection::vec((proptest::num::usize::ANY, json_leaf()), 1..4),
     ) {
-        let files = ["kafka_hot_items.json", "nexmark_q5.json", "nexmark_q7.json", "readings_to_files.json"];
+        let files = [
+            "kafka_hot_items.json",
+            "nexmark_q5.json",
+            "nexmark_q7.json",
+            "readings_to_files.json",
+            "nats_hot_items.json",
+            "readings_to_parquet.json",
+        ];
         let path = format!("{}/examples/jobs/{}", env!("CARGO_MANIFEST_DIR"), files[example]);
         let mut value: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

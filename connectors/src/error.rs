@@ -18,6 +18,15 @@ pub enum ConnectorError {
         /// What was wrong.
         reason: String,
     },
+    /// Input that is not a line of a file could not be read: a Parquet row group, a NATS
+    /// message; says where.
+    #[error("{at}: {reason}")]
+    BadInput {
+        /// Where: a file and row group, a stream, subject and sequence.
+        at: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// A connector setting is invalid.
     #[error("invalid {connector} config: {reason}")]
     Config {
@@ -66,6 +75,14 @@ pub enum ConnectorError {
         /// What was wrong.
         reason: String,
     },
+    /// A NATS request failed.
+    #[error("nats: {context}: {reason}")]
+    Nats {
+        /// What was being done (servers, stream, subject).
+        context: String,
+        /// async-nats' error.
+        reason: String,
+    },
     /// Arrow failed (schema inference, encoding).
     #[error("arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
@@ -85,12 +102,12 @@ impl From<ConnectorError> for RuntimeError {
         match e {
             ConnectorError::Io { context, source } => RuntimeError::Io { context, source },
             ConnectorError::Arrow(a) => RuntimeError::Arrow(a),
-            ConnectorError::BadRecord { .. } | ConnectorError::BadKafkaRecord { .. } => {
-                RuntimeError::BadInput(e.to_string())
-            }
-            ConnectorError::Kafka { .. } | ConnectorError::Delivery(_) => {
-                RuntimeError::Connector(e.to_string())
-            }
+            ConnectorError::BadRecord { .. }
+            | ConnectorError::BadKafkaRecord { .. }
+            | ConnectorError::BadInput { .. } => RuntimeError::BadInput(e.to_string()),
+            ConnectorError::Kafka { .. }
+            | ConnectorError::Delivery(_)
+            | ConnectorError::Nats { .. } => RuntimeError::Connector(e.to_string()),
             ConnectorError::Config { .. } => RuntimeError::InvalidJob(e.to_string()),
             ConnectorError::Fenced { .. } => RuntimeError::Fenced(e.to_string()),
         }

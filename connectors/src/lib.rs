@@ -2,9 +2,9 @@
 //!
 //! This crate owns the concrete [`Source`](oxflow_runtime::source::Source)s and
 //! [`Sink`](oxflow_runtime::sink::Sink)s: the Nexmark generator (exactly as the project's
-//! Nexmark page fixes it), a datagen source, JSON-lines and CSV files and Kafka topics in, and stdout,
-//! JSON-lines files, Kafka topics (exactly once, with transactions), a blackhole and an
-//! in-memory collector out.
+//! Nexmark page fixes it), a datagen source, JSON-lines, CSV and Parquet files and Kafka topics
+//! in, and stdout, JSON-lines and Parquet files, Kafka topics (exactly once, with
+//! transactions), a blackhole and an in-memory collector out.
 //!
 //! It depends on `oxflow-runtime` and DataFusion's Arrow. It must never depend on operators or
 //! on the facade.
@@ -14,12 +14,17 @@ pub mod datagen;
 mod decode;
 pub mod error;
 pub mod file;
+mod io_runtime;
 pub mod json;
 pub mod kafka;
 pub mod memory;
+pub mod nats;
 pub mod nexmark;
+pub mod object;
+pub mod parquet;
 pub mod random;
 pub mod sinks;
 mod split;
+mod spool;
 
 pub use error::{ConnectorError, Result};

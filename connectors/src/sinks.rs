@@ -1,7 +1,8 @@
-//! Sinks: stdout, JSON-lines files, a blackhole and an in-memory collector.
+//! Sinks: stdout, JSON-lines and Parquet files, a blackhole and an in-memory collector.
 
 use crate::error::ConnectorError;
 use crate::json::encode_json_lines;
+use crate::object::{PendingUpload, S3Location, Upload};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use oxflow_runtime::checkpoint::decode_stored;
@@ -82,112 +83,270 @@ impl SinkWriter for StdoutWriter {
     }
 }
 
-/// Writes JSON-lines files into a directory, exactly once when the job checkpoints.
-///
-/// A subtask writes an in-progress file (`.part-….jsonl.inprogress`: names starting with
-/// `.` are not output yet) and closes it at each checkpoint barrier; when the checkpoint
-/// completes, the file is renamed to `part-<checkpoint>-<subtask>-<file>.jsonl`. Without
-/// checkpoints the whole output is committed at the end as checkpoint 0. Renaming is
-/// idempotent (an already renamed file counts as committed), and a restore from checkpoint
-/// `n` deletes in-progress files and files of checkpoints after `n`, which the replay writes
-/// again: the committed files always hold each result exactly once.
-#[derive(Debug, Clone)]
-pub struct JsonFileSink {
-    dir: PathBuf,
+/// How a [`FileSink`] encodes its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileSinkFormat {
+    /// One JSON object per line (`.jsonl`).
+    #[default]
+    JsonLines,
+    /// Parquet (`.parquet`), Snappy-compressed, the schema of the sink's input.
+    Parquet,
 }
 
-impl JsonFileSink {
-    /// A sink into `dir`, created if missing.
+impl FileSinkFormat {
+    /// The committed files' extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileSinkFormat::JsonLines => "jsonl",
+            FileSinkFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// When a [`FileSink`] writer closes its file and starts another before the next checkpoint
+/// (Flink's rolling policy): files stay a size that readers and object stores handle well.
+/// Files are closed at every checkpoint barrier regardless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollingPolicy {
+    /// Roll once a file holds this many bytes (for Parquet, written plus buffered).
+    pub max_file_bytes: u64,
+    /// Roll, at the next batch, a file open this long.
+    pub rollover_interval: Option<std::time::Duration>,
+}
+
+impl Default for RollingPolicy {
+    /// 128 MiB and no time limit, Flink's default part size.
+    fn default() -> Self {
+        RollingPolicy {
+            max_file_bytes: 128 << 20,
+            rollover_interval: None,
+        }
+    }
+}
+
+/// Writes JSON-lines or Parquet files into a directory, exactly once when the job checkpoints.
+///
+/// A subtask writes an in-progress file (`.part-….<ext>.inprogress`: names starting with
+/// `.` are not output yet) and closes it at each checkpoint barrier, or earlier when the
+/// [`RollingPolicy`] says so; when the checkpoint completes, its files are renamed to
+/// `part-<checkpoint>-<writer>.<ext>`. Without checkpoints the whole output is committed at
+/// the end as checkpoint 0. Renaming is idempotent (an already renamed file counts as
+/// committed), and a restore from checkpoint `n` deletes in-progress files and files of
+/// checkpoints after `n`, which the replay writes again: the committed files always hold each
+/// result exactly once.
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    dir: PathBuf,
+    /// Files go to S3 instead of `dir` (multipart uploads completed at commit).
+    s3: Option<S3Location>,
+    format: FileSinkFormat,
+    rolling: RollingPolicy,
+}
+
+impl FileSink {
+    /// A JSON-lines sink into `dir`, created if missing.
     pub fn try_new(dir: impl Into<PathBuf>) -> crate::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| {
             ConnectorError::io(format!("creating output directory {}", dir.display()), e)
         })?;
-        Ok(JsonFileSink { dir })
+        Ok(FileSink {
+            dir,
+            s3: None,
+            format: FileSinkFormat::JsonLines,
+            rolling: RollingPolicy::default(),
+        })
     }
 
-    /// The committed name of an in-progress file `.part-<writer>.jsonl.inprogress` committed
-    /// with a checkpoint: `part-<checkpoint>-<writer>.jsonl` (the same every time, so that a
+    /// A JSON-lines sink into an S3 location: each file is a multipart upload, completed (made
+    /// visible, whole) when its checkpoint completes; see [`crate::object`].
+    pub fn s3(location: S3Location) -> Self {
+        FileSink {
+            dir: PathBuf::new(),
+            s3: Some(location),
+            format: FileSinkFormat::JsonLines,
+            rolling: RollingPolicy::default(),
+        }
+    }
+
+    /// Sets the format of the files.
+    pub fn with_format(mut self, format: FileSinkFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Sets when files roll over between checkpoints.
+    pub fn with_rolling(mut self, rolling: RollingPolicy) -> Self {
+        self.rolling = RollingPolicy {
+            max_file_bytes: rolling.max_file_bytes.max(1),
+            ..rolling
+        };
+        self
+    }
+
+    /// The committed name of an in-progress file `.part-<writer>.<ext>.inprogress` committed
+    /// with a checkpoint: `part-<checkpoint>-<writer>.<ext>` (the same every time, so that a
     /// replayed commit finds what it did before).
     fn committed_name(checkpoint: u64, in_progress: &str) -> Option<String> {
-        let writer = in_progress
+        let name = in_progress
             .strip_prefix(".part-")?
-            .strip_suffix(".jsonl.inprogress")?;
-        Some(format!("part-{checkpoint:010}-{writer}.jsonl"))
+            .strip_suffix(".inprogress")?;
+        let (writer, ext) = name.rsplit_once('.')?;
+        [FileSinkFormat::JsonLines, FileSinkFormat::Parquet]
+            .iter()
+            .any(|f| f.extension() == ext)
+            .then(|| format!("part-{checkpoint:010}-{writer}.{ext}"))
     }
 
     /// The checkpoint a committed file belongs to.
     fn checkpoint_of(name: &str) -> Option<u64> {
-        let rest = name.strip_prefix("part-")?.strip_suffix(".jsonl")?;
+        let rest = name.strip_prefix("part-")?;
+        let (rest, ext) = rest.rsplit_once('.')?;
+        if ext != "jsonl" && ext != "parquet" {
+            return None;
+        }
         rest.split('-').next()?.parse().ok()
     }
 }
 
-/// What a file writer hands over at a barrier.
-#[derive(Debug, Serialize, Deserialize)]
-struct PendingFile {
-    /// The in-progress file's name in the sink's directory.
-    file: String,
+/// What a file writer hands over at a barrier: the in-progress files it closed since the
+/// previous one, in order. (`file`: the single file of checkpoints taken before rolling.)
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PendingFiles {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    files: Vec<String>,
+    /// Uploads to complete (a sink on S3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    uploads: Vec<PendingUpload>,
+}
+
+/// Where a file's bytes go.
+enum Output {
+    Local(std::fs::File),
+    Upload(Upload),
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Local(f) => f.write(buf),
+            Output::Upload(u) => u.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Local(f) => f.flush(),
+            Output::Upload(u) => u.flush(),
+        }
+    }
+}
+
+enum FileBody {
+    Json(std::io::BufWriter<Output>),
+    Parquet(Box<::parquet::arrow::ArrowWriter<Output>>),
 }
 
 struct OpenFile {
-    file: std::io::BufWriter<std::fs::File>,
+    body: FileBody,
     name: String,
+    /// Bytes written (JSON lines).
+    bytes: u64,
+    opened: std::time::Instant,
 }
 
-struct JsonFileWriter {
+struct FileWriter {
     dir: PathBuf,
+    s3: Option<S3Location>,
+    format: FileSinkFormat,
+    rolling: RollingPolicy,
+    schema: SchemaRef,
     subtask: usize,
     current: Option<OpenFile>,
+    /// Files closed by rolling since the last barrier.
+    closed: Vec<String>,
+    /// Uploads finished since the last barrier (on S3).
+    uploads: Vec<PendingUpload>,
     buffer: Vec<u8>,
 }
 
 /// Tells apart the in-progress files of writers of this process.
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
-impl Sink for JsonFileSink {
+/// A Parquet writer's row group is flushed at this many buffered bytes, so that a writer's
+/// memory stays bounded whatever the rows' width.
+const PARQUET_ROW_GROUP_BYTES: usize = 64 << 20;
+
+impl Sink for FileSink {
     fn name(&self) -> String {
-        "file".into()
+        if self.s3.is_some() { "s3" } else { "file" }.into()
     }
-    fn create_writer(&self, subtask: SubtaskInfo, _: SchemaRef) -> Result<Box<dyn SinkWriter>> {
-        Ok(Box::new(JsonFileWriter {
+    fn create_writer(
+        &self,
+        subtask: SubtaskInfo,
+        schema: SchemaRef,
+    ) -> Result<Box<dyn SinkWriter>> {
+        Ok(Box::new(FileWriter {
             dir: self.dir.clone(),
+            s3: self.s3.clone(),
+            format: self.format,
+            rolling: self.rolling,
+            schema,
             subtask: subtask.index,
             current: None,
+            closed: Vec::new(),
+            uploads: Vec::new(),
             buffer: Vec::new(),
         }))
     }
     fn commit(&self, checkpoint: u64, pending: &[PendingCommit]) -> Result<()> {
         for p in pending {
-            let p: PendingFile = decode_stored(p, "pending output of the file sink")?;
-            let name = Self::committed_name(checkpoint, &p.file).filter(|_| !p.file.contains('/'));
-            let Some(name) = name else {
-                return Err(RuntimeError::Checkpoint(format!(
-                    "pending output `{}` is not an in-progress file of the file sink",
-                    p.file
-                )));
-            };
-            let from = self.dir.join(&p.file);
-            let to = self.dir.join(name);
-            match std::fs::rename(&from, &to) {
-                Ok(()) => {}
-                // Committed before (a commit replayed after a crash).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
-                Err(e) => {
-                    return Err(RuntimeError::io(
-                        format!(
-                            "committing {} of checkpoint {checkpoint} as {}",
-                            from.display(),
-                            to.display()
-                        ),
-                        e,
-                    ))
+            let p: PendingFiles = decode_stored(p, "pending output of the file sink")?;
+            if !p.uploads.is_empty() {
+                let Some(s3) = &self.s3 else {
+                    return Err(RuntimeError::Checkpoint(
+                        "pending output holds S3 uploads, and this file sink writes to a local directory".into(),
+                    ));
+                };
+                for upload in &p.uploads {
+                    s3.complete(upload)?;
+                }
+            }
+            for file in p.file.iter().chain(&p.files) {
+                let name = Self::committed_name(checkpoint, file).filter(|_| !file.contains('/'));
+                let Some(name) = name else {
+                    return Err(RuntimeError::Checkpoint(format!(
+                        "pending output `{file}` is not an in-progress file of the file sink"
+                    )));
+                };
+                let from = self.dir.join(file);
+                let to = self.dir.join(name);
+                match std::fs::rename(&from, &to) {
+                    Ok(()) => {}
+                    // Committed before (a commit replayed after a crash).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
+                    Err(e) => {
+                        return Err(RuntimeError::io(
+                            format!(
+                                "committing {} of checkpoint {checkpoint} as {}",
+                                from.display(),
+                                to.display()
+                            ),
+                            e,
+                        ))
+                    }
                 }
             }
         }
         oxflow_runtime::checkpoint::sync_dir(&self.dir)
     }
     fn roll_back_after(&self, checkpoint: u64) -> Result<()> {
+        if self.s3.is_some() {
+            // Uploads never completed are invisible (a bucket lifecycle rule aborts them), and
+            // completed objects are of checkpoints up to the restored one: nothing to remove.
+            return Ok(());
+        }
         let listing = format!("listing {}", self.dir.display());
         let listing = || RuntimeError::io_while(listing.clone());
         for entry in std::fs::read_dir(&self.dir).map_err(listing())? {
@@ -207,61 +366,168 @@ impl Sink for JsonFileSink {
     }
 }
 
-impl JsonFileWriter {
+impl FileWriter {
     fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> RuntimeError {
         let name = self.current.as_ref().map_or("", |f| f.name.as_str());
         RuntimeError::io_while(format!("{what} {}", self.dir.join(name).display()))
     }
 
-    /// Closes the current file, durable, and hands it over.
-    fn close(&mut self) -> Result<Option<PendingCommit>> {
-        let Some(mut open) = self.current.take() else {
-            return Ok(None);
+    fn open(&mut self) -> Result<()> {
+        let (name, file) = match &self.s3 {
+            // Visible only once the upload is completed, so the final name from the start;
+            // the process token keeps names of different runs apart.
+            Some(s3) => {
+                let name = format!(
+                    "part-{}-{:016x}-{}.{}",
+                    self.subtask,
+                    crate::spool::process_token(),
+                    NEXT_FILE.fetch_add(1, Ordering::Relaxed),
+                    self.format.extension()
+                );
+                let upload = Upload::create(s3, &name)?;
+                (name, Output::Upload(upload))
+            }
+            None => {
+                let name = format!(
+                    ".part-{}-{}-{}.{}.inprogress",
+                    self.subtask,
+                    std::process::id(),
+                    NEXT_FILE.fetch_add(1, Ordering::Relaxed),
+                    self.format.extension()
+                );
+                let path = self.dir.join(&name);
+                let file = std::fs::File::create(&path).map_err(RuntimeError::io_while(
+                    format!("creating {}", path.display()),
+                ))?;
+                (name, Output::Local(file))
+            }
+        };
+        let path = self.dir.join(&name);
+        let body = match self.format {
+            FileSinkFormat::JsonLines => FileBody::Json(std::io::BufWriter::new(file)),
+            FileSinkFormat::Parquet => {
+                let props = ::parquet::file::properties::WriterProperties::builder()
+                    .set_compression(::parquet::basic::Compression::SNAPPY)
+                    .build();
+                let writer =
+                    ::parquet::arrow::ArrowWriter::try_new(file, self.schema.clone(), Some(props))
+                        .map_err(|e| {
+                            RuntimeError::Connector(format!(
+                                "creating Parquet file {}: {e}",
+                                path.display()
+                            ))
+                        })?;
+                FileBody::Parquet(Box::new(writer))
+            }
+        };
+        self.current = Some(OpenFile {
+            body,
+            name,
+            bytes: 0,
+            opened: std::time::Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Closes the current file, durable, into `closed`.
+    fn close(&mut self) -> Result<()> {
+        let Some(open) = self.current.take() else {
+            return Ok(());
         };
         let path = self.dir.join(&open.name).display().to_string();
         let io = |what: &str| RuntimeError::io_while(format!("{what} {path}"));
-        open.file.flush().map_err(io("flushing"))?;
-        open.file.get_ref().sync_all().map_err(io("syncing"))?;
+        let file = match open.body {
+            FileBody::Json(mut out) => {
+                out.flush().map_err(io("flushing"))?;
+                out.into_inner()
+                    .map_err(|e| io("flushing")(e.into_error()))?
+            }
+            FileBody::Parquet(writer) => writer.into_inner().map_err(|e| {
+                RuntimeError::Connector(format!("finishing Parquet file {path}: {e}"))
+            })?,
+        };
+        match file {
+            Output::Local(file) => {
+                file.sync_all().map_err(io("syncing"))?;
+                self.closed.push(open.name);
+            }
+            Output::Upload(upload) => self.uploads.push(upload.finish()?),
+        }
+        Ok(())
+    }
+
+    /// Hands over every file closed since the last barrier.
+    fn hand_over(&mut self) -> Result<Option<PendingCommit>> {
+        self.close()?;
+        if self.closed.is_empty() && self.uploads.is_empty() {
+            return Ok(None);
+        }
+        let pending = PendingFiles {
+            file: None,
+            files: std::mem::take(&mut self.closed),
+            uploads: std::mem::take(&mut self.uploads),
+        };
         Ok(Some(
-            serde_json::to_value(PendingFile { file: open.name }).expect("pending files serialize"),
+            serde_json::to_value(pending).expect("pending files serialize"),
         ))
+    }
+
+    fn size(open: &OpenFile) -> u64 {
+        match &open.body {
+            FileBody::Json(_) => open.bytes,
+            FileBody::Parquet(w) => (w.bytes_written() + w.in_progress_size()) as u64,
+        }
     }
 }
 
-impl SinkWriter for JsonFileWriter {
+impl SinkWriter for FileWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if self.current.is_none() {
-            let name = format!(
-                ".part-{}-{}-{}.jsonl.inprogress",
-                self.subtask,
-                std::process::id(),
-                NEXT_FILE.fetch_add(1, Ordering::Relaxed)
-            );
-            let path = self.dir.join(&name);
-            let file = std::fs::File::create(&path).map_err(RuntimeError::io_while(format!(
-                "creating {}",
-                path.display()
-            )))?;
-            self.current = Some(OpenFile {
-                file: std::io::BufWriter::new(file),
-                name,
-            });
+        if batch.num_rows() == 0 {
+            return Ok(());
         }
-        self.buffer.clear();
-        encode_json_lines(batch, &mut self.buffer)?;
-        let result = self
-            .current
-            .as_mut()
-            .expect("opened above")
-            .file
-            .write_all(&self.buffer);
-        result.map_err(self.io("writing"))
+        if let Some(open) = &self.current {
+            let old = self
+                .rolling
+                .rollover_interval
+                .is_some_and(|limit| open.opened.elapsed() >= limit);
+            if old || Self::size(open) >= self.rolling.max_file_bytes {
+                self.close()?;
+            }
+        }
+        if self.current.is_none() {
+            self.open()?;
+        }
+        let open = self.current.as_mut().expect("opened above");
+        match &mut open.body {
+            FileBody::Json(out) => {
+                self.buffer.clear();
+                encode_json_lines(batch, &mut self.buffer)?;
+                open.bytes += self.buffer.len() as u64;
+                let result = out.write_all(&self.buffer);
+                result.map_err(self.io("writing"))
+            }
+            FileBody::Parquet(writer) => {
+                let result = writer.write(batch).and_then(|()| {
+                    if writer.in_progress_size() >= PARQUET_ROW_GROUP_BYTES {
+                        writer.flush()
+                    } else {
+                        Ok(())
+                    }
+                });
+                result.map_err(|e| {
+                    RuntimeError::Connector(format!(
+                        "writing Parquet file {}: {e}",
+                        self.dir.join(&open.name).display()
+                    ))
+                })
+            }
+        }
     }
     fn pre_commit(&mut self) -> Result<Option<PendingCommit>> {
-        self.close()
+        self.hand_over()
     }
     fn finish(&mut self) -> Result<Option<PendingCommit>> {
-        self.close()
+        self.hand_over()
     }
 }
 
@@ -304,5 +570,139 @@ impl SinkWriter for CollectSink {
     }
     fn finish(&mut self) -> Result<Option<PendingCommit>> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(from: i64, n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from_iter_values(from..from + n))],
+        )
+        .unwrap()
+    }
+
+    fn committed(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("part-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn parquet_values(path: &std::path::Path) -> Vec<i64> {
+        let reader = ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(path).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        reader
+            .flat_map(|b| {
+                let b = b.unwrap();
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parquet_files_roll_by_size_and_commit_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::try_new(dir.path())
+            .unwrap()
+            .with_format(FileSinkFormat::Parquet)
+            .with_rolling(RollingPolicy {
+                max_file_bytes: 1,
+                rollover_interval: None,
+            });
+        let split = SubtaskInfo {
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+        };
+        let mut w = sink.create_writer(split, batch(0, 1).schema()).unwrap();
+        // Every batch after the first finds its file full (1 byte): three files in one epoch.
+        for i in 0..3 {
+            w.write(&batch(i * 10, 10)).unwrap();
+        }
+        let pending = w.pre_commit().unwrap().unwrap();
+        assert_eq!(pending["files"].as_array().unwrap().len(), 3, "{pending}");
+        assert!(
+            committed(dir.path()).is_empty(),
+            "nothing visible before the commit"
+        );
+        sink.commit(1, std::slice::from_ref(&pending)).unwrap();
+        sink.commit(1, std::slice::from_ref(&pending)).unwrap();
+        let names = committed(dir.path());
+        assert_eq!(names.len(), 3);
+        let values: Vec<i64> = names
+            .iter()
+            .flat_map(|n| parquet_values(&dir.path().join(n)))
+            .collect();
+        assert_eq!(values, (0..30).collect::<Vec<_>>());
+        // A later epoch, then a restore from checkpoint 1: its files go, checkpoint 1's stay.
+        w.write(&batch(100, 5)).unwrap();
+        let later = w.pre_commit().unwrap().unwrap();
+        sink.commit(2, std::slice::from_ref(&later)).unwrap();
+        w.write(&batch(200, 5)).unwrap();
+        sink.roll_back_after(1).unwrap();
+        assert_eq!(committed(dir.path()), names);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "in-progress files removed"
+        );
+    }
+
+    #[test]
+    fn json_files_roll_by_time_and_old_pending_output_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::try_new(dir.path())
+            .unwrap()
+            .with_rolling(RollingPolicy {
+                max_file_bytes: u64::MAX,
+                rollover_interval: Some(std::time::Duration::ZERO),
+            });
+        let split = SubtaskInfo {
+            index: 3,
+            parallelism: 4,
+            max_parallelism: 128,
+        };
+        let mut w = sink.create_writer(split, batch(0, 1).schema()).unwrap();
+        w.write(&batch(0, 2)).unwrap();
+        w.write(&batch(2, 2)).unwrap();
+        let pending = w.finish().unwrap().unwrap();
+        sink.commit(0, std::slice::from_ref(&pending)).unwrap();
+        let names = committed(dir.path());
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names
+            .iter()
+            .all(|n| n.starts_with("part-0000000000-3-") && n.ends_with(".jsonl")));
+        // Pending output as checkpoints taken before rolling recorded it: one `file`.
+        std::fs::write(
+            dir.path().join(".part-3-1-9.jsonl.inprogress"),
+            "{\"a\":9}\n",
+        )
+        .unwrap();
+        let old = serde_json::json!({"file": ".part-3-1-9.jsonl.inprogress"});
+        sink.commit(4, &[old]).unwrap();
+        assert!(dir.path().join("part-0000000004-3-1-9.jsonl").exists());
+        // Pending output naming a path outside the directory is refused.
+        let evil = serde_json::json!({"files": ["../.part-0-1-1.jsonl.inprogress"]});
+        let e = sink.commit(5, &[evil]).unwrap_err().to_string();
+        assert!(e.contains("not an in-progress file"), "{e}");
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use oxflow::connectors::kafka::{KafkaSourceConfig, KafkaUri, RecordFormat};
+use oxflow::connectors::nats::{NatsSource, NatsSourceConfig, NatsUri};
 use oxflow::nexmark::{self, QUERIES};
 use oxflow::prelude::*;
 use oxflow::runtime::sink::Sink;
@@ -448,9 +449,12 @@ struct NexmarkArgs {
     /// Where bids come from: `generator`; `kafka://HOST:PORT/TOPIC[?options]` (JSON
     /// objects with q0's columns; options such as `group=G`, `start=earliest|latest|MILLIS`,
     /// `bad-records=fail|skip|dead-letter:TOPIC`, `connect-timeout-ms=N`, and librdkafka
-    /// properties such as `security.protocol=SASL_SSL`); or `file:PATH`, JSON lines with
-    /// q0's columns in a file, or in the `part-*` files of a directory (a file sink's output);
-    /// a directory written by `nexmark-tables` gives every table (for q3, q4 and q8 too).
+    /// properties such as `security.protocol=SASL_SSL`); `nats://HOST:PORT/STREAM[?options]`
+    /// (JSON messages with q0's columns; options `subject=FILTERS`, `bounded=true`,
+    /// `start=earliest|latest`, `bad-records=fail|skip`); or `file:PATH`, JSON lines or
+    /// Parquet files (by extension) with q0's columns in a file, or in the `part-*` files of a
+    /// directory (a file sink's output); a directory written by `nexmark-tables` gives every
+    /// table (for q3, q4 and q8 too).
     #[arg(long, default_value = "generator")]
     source: String,
     /// Watermark delay (bounded out-of-orderness) of bids, in milliseconds.
@@ -477,9 +481,14 @@ struct NexmarkArgs {
     #[arg(long, default_value_t = 100_000)]
     event_rate: u64,
     /// Where results go: blackhole, stdout, file:DIR (JSON-lines files part-N.jsonl in DIR;
-    /// names starting with `.` or `_` are not yet output), or kafka://HOST:PORT/TOPIC (JSON
-    /// records; exactly once with --checkpoint-dir, else at least once; options `key=COLS`,
-    /// `guarantee=none|at-least-once|exactly-once`, `transactional-id=PREFIX`).
+    /// names starting with `.` or `_` are not yet output; options `format=parquet`,
+    /// `max-file-mb=N`, `rollover-ms=N`), kafka://HOST:PORT/TOPIC (JSON records; exactly
+    /// once with --checkpoint-dir, else at least once; options `key=COLS`,
+    /// `guarantee=none|at-least-once|exactly-once`, `transactional-id=PREFIX`), or
+    /// nats://HOST:PORT/STREAM?subject=S (JSON messages; exactly once within the stream's
+    /// duplicate window with --checkpoint-dir, else at least once), or
+    /// s3://BUCKET/PREFIX[?endpoint=URL&region=R] (the file sink's files as multipart uploads
+    /// completed at checkpoints; the file options too; credentials from AWS_* variables).
     #[arg(long, default_value = "blackhole")]
     sink: String,
     /// Take checkpoints into this directory (state in RocksDB, source positions, pending
@@ -507,16 +516,80 @@ fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn 
     let spec = match spec {
         "blackhole" => SinkSpec::Blackhole,
         "stdout" => SinkSpec::Stdout,
-        s if s.starts_with("file:") && s.len() > 5 => SinkSpec::File {
-            path: PathBuf::from(&s[5..]),
-        },
+        s if s.starts_with("file:") && s.len() > 5 => file_sink_spec(&s[5..])?,
         s if s.starts_with("kafka://") => SinkSpec::Kafka { uri: s.to_string() },
+        s if s.starts_with("nats://") => SinkSpec::Nats { uri: s.to_string() },
+        s if s.starts_with("s3://") => s3_sink_spec(s)?,
         other => bail!(
-            "unknown sink `{other}`: use blackhole, stdout, file:DIR or kafka://HOST:PORT/TOPIC"
+            "unknown sink `{other}`: use blackhole, stdout, file:DIR[?format=parquet], s3://BUCKET/PREFIX, kafka://HOST:PORT/TOPIC or nats://HOST:PORT/STREAM"
         ),
     };
     oxflow::spec::build_sink(&spec, checkpoint_dir.map(|d| d.as_path()))
         .context("setting up the sink")
+}
+
+/// The file sink's options of a `--sink` query: format, max-file-mb, rollover-ms; other keys
+/// are handed to `other` (an error for a local directory, the location's own for S3).
+type FileOptions = (Option<String>, Option<u64>, Option<u64>);
+
+fn file_sink_options(
+    query: &str,
+    mut other: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<FileOptions> {
+    let (mut format, mut max_file_mb, mut rollover_ms) = (None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("sink option `{pair}` is not key=value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .with_context(|| format!("sink option {key}={value} is not a number"))
+        };
+        match key {
+            "format" => format = Some(value.to_string()),
+            "max-file-mb" => max_file_mb = Some(number()?),
+            "rollover-ms" => rollover_ms = Some(number()?),
+            _ => other(pair)?,
+        }
+    }
+    Ok((format, max_file_mb, rollover_ms))
+}
+
+/// `file:DIR[?format=json|parquet&max-file-mb=N&rollover-ms=N]`, without the `file:`.
+fn file_sink_spec(arg: &str) -> anyhow::Result<SinkSpec> {
+    let (dir, query) = arg.split_once('?').unwrap_or((arg, ""));
+    let (format, max_file_mb, rollover_ms) = file_sink_options(query, |pair| {
+        bail!("unknown file sink option `{pair}`; options are format, max-file-mb, rollover-ms")
+    })?;
+    Ok(SinkSpec::File {
+        path: PathBuf::from(dir),
+        format,
+        max_file_mb,
+        rollover_ms,
+    })
+}
+
+/// `s3://BUCKET/PREFIX[?endpoint=URL&region=R&format=..&max-file-mb=N&rollover-ms=N]`: the
+/// file sink's options are taken out, the location's stay in the URI.
+fn s3_sink_spec(arg: &str) -> anyhow::Result<SinkSpec> {
+    let (location, query) = arg.split_once('?').unwrap_or((arg, ""));
+    let mut kept = Vec::new();
+    let (format, max_file_mb, rollover_ms) = file_sink_options(query, |pair| {
+        kept.push(pair.to_string());
+        Ok(())
+    })?;
+    let uri = if kept.is_empty() {
+        location.to_string()
+    } else {
+        format!("{location}?{}", kept.join("&"))
+    };
+    Ok(SinkSpec::S3 {
+        uri,
+        format,
+        max_file_mb,
+        rollover_ms,
+    })
 }
 
 /// `--query all`: every query in turn, one JSON line each, on the same input.
@@ -586,6 +659,15 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         config.max_records = args.events;
         config.max_rate = args.rate;
         nexmark::Input::bids(nexmark::kafka_bids(pipeline, config, watermarks)?)
+    } else if args.source.starts_with("nats://") {
+        let uri = NatsUri::parse(&args.source)?;
+        let mut config = NatsSourceConfig::from_uri(&uri, nexmark::bid_json_schema())?;
+        config.max_rate = args.rate;
+        nexmark::Input::bids(
+            pipeline
+                .source(NatsSource::try_new(config)?)
+                .with_watermarks(watermarks)?,
+        )
     } else if let Some(path) = args.source.strip_prefix("file:") {
         if nexmark::is_tables_dir(Path::new(path)) {
             nexmark::Input::files(pipeline, PathBuf::from(path), watermarks)
@@ -598,7 +680,7 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         }
     } else {
         bail!(
-            "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC or file:PATH",
+            "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC, nats://HOST:PORT/STREAM or file:PATH",
             args.source
         );
     };

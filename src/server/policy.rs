@@ -7,6 +7,7 @@
 
 use crate::spec::{JobSpec, JoinOn, SinkSpec, SourceSpec, Step, StreamSpec, WindowKind};
 use oxflow_connectors::kafka::{is_secret_key, redact_uri, KafkaUri};
+use oxflow_connectors::nats::{redact_nats_uri, NatsUri};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -159,8 +160,16 @@ impl Policy {
         spec.stream
             .try_for_each_stream(&mut |stream| self.check_stream(stream))?;
         match &mut spec.sink {
-            SinkSpec::File { path } => *path = self.check_path("the sink's directory", path)?,
+            SinkSpec::File { path, .. } => *path = self.check_path("the sink's directory", path)?,
             SinkSpec::Kafka { uri } => self.check_kafka(uri, "the sink")?,
+            SinkSpec::Nats { uri } => check_nats(uri)?,
+            // The server has no object-store policy (which buckets, which endpoints, whose
+            // credentials): a submitted job may not write to S3.
+            SinkSpec::S3 { .. } => {
+                return Err(Refusal::Forbidden(
+                    "an S3 sink is not allowed in a submitted job (the server has no object-store policy); run it embedded with `oxflow run`".into(),
+                ))
+            }
             SinkSpec::Blackhole | SinkSpec::Stdout => {}
         }
         if let Some(c) = &spec.checkpoints {
@@ -224,6 +233,7 @@ impl Policy {
                 *path = self.check_path("the source's file", path)?;
             }
             SourceSpec::Kafka { uri, .. } => self.check_kafka(uri, "the source")?,
+            SourceSpec::Nats { uri, .. } => check_nats(uri)?,
             SourceSpec::Nexmark { .. } => {}
         }
         for step in &stream.steps {
@@ -303,6 +313,22 @@ impl Policy {
     }
 }
 
+/// A NATS URI must parse; it names no local path, so nothing else is checked.
+fn check_nats(uri: &str) -> Result<(), Refusal> {
+    NatsUri::parse(uri)
+        .map(|_| ())
+        .map_err(|e| Refusal::Invalid(e.to_string()))
+}
+
+/// `uri` with its secrets replaced, whichever connector it names.
+fn redact_any(uri: &str) -> String {
+    if uri.starts_with("nats://") {
+        redact_nats_uri(uri)
+    } else {
+        redact_uri(uri)
+    }
+}
+
 /// The longest existing ancestor of `path` with links resolved, and the rest appended: a
 /// sink directory need not exist yet, but a link on the way to it is followed.
 fn resolve(path: &Path) -> PathBuf {
@@ -325,25 +351,32 @@ fn resolve(path: &Path) -> PathBuf {
     }
 }
 
-/// Calls `f` on every Kafka URI of `spec`: its sources' (joined and unioned streams too) and
-/// its sink's.
-fn for_each_kafka_uri(spec: &mut JobSpec, mut f: impl FnMut(&mut String)) {
+/// Calls `f` on every connector URI of `spec` (Kafka, NATS): its sources' (joined and unioned
+/// streams too) and its sink's.
+fn for_each_uri(spec: &mut JobSpec, mut f: impl FnMut(&mut String)) {
     let _ = spec.stream.try_for_each_stream(&mut |stream| {
-        if let SourceSpec::Kafka { uri, .. } = &mut stream.source {
+        if let SourceSpec::Kafka { uri, .. } | SourceSpec::Nats { uri, .. } = &mut stream.source {
             f(uri);
         }
         Ok::<(), std::convert::Infallible>(())
     });
-    if let SinkSpec::Kafka { uri } = &mut spec.sink {
+    if let SinkSpec::Kafka { uri } | SinkSpec::Nats { uri } = &mut spec.sink {
         f(uri);
     }
 }
 
-/// The secret values of a spec (Kafka properties named like passwords and secrets), to scrub
-/// from any text that might quote them.
+/// The secret values of a spec (Kafka properties named like passwords and secrets, NATS
+/// credentials), to scrub from any text that might quote them.
 pub(crate) fn secrets_of(spec: &JobSpec) -> Vec<String> {
     let mut secrets = Vec::new();
-    for_each_kafka_uri(&mut spec.clone(), |uri| {
+    for_each_uri(&mut spec.clone(), |uri| {
+        if uri.starts_with("nats://") {
+            if let Some(c) = NatsUri::parse(uri).ok().and_then(|u| u.credentials) {
+                secrets.extend(c.split_once(':').map(|(_, password)| password.to_string()));
+                secrets.push(c);
+            }
+            return;
+        }
         let Some((_, query)) = uri.split_once('?') else {
             return;
         };
@@ -353,6 +386,7 @@ pub(crate) fn secrets_of(spec: &JobSpec) -> Vec<String> {
             }
         }
     });
+    secrets.retain(|s| !s.is_empty());
     secrets
 }
 
@@ -366,7 +400,7 @@ pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
 /// A copy of `spec` with its secrets redacted, for answers.
 pub(crate) fn redacted(spec: &JobSpec) -> JobSpec {
     let mut spec = spec.clone();
-    for_each_kafka_uri(&mut spec, |uri| *uri = redact_uri(uri));
+    for_each_uri(&mut spec, |uri| *uri = redact_any(uri));
     spec
 }
 

@@ -18,6 +18,7 @@ use super::source::send_blocking;
 use super::{flush_delivered, kafka_error, DeliveryContext, KafkaConnection};
 use crate::error::{ConnectorError, Result as ConnectorResult};
 use crate::json::encode_json_lines;
+use crate::spool::{read_spool, remove_all, remove_spool, SpoolFile};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -30,7 +31,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::{BufWriter, Read, Write};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,7 +137,6 @@ struct PendingEpoch {
     records: u64,
 }
 
-const SPOOL_MAGIC: &[u8; 4] = b"OXK1";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 impl KafkaSink {
@@ -274,7 +274,7 @@ impl KafkaSink {
         path: &Path,
     ) -> ConnectorResult<()> {
         let id = &pending.transactional_id;
-        let records = read_spool(path, pending.records)?;
+        let records = read_spool(path, pending.records, "kafka sink")?;
         let fail =
             |what: &str, e| kafka_error(format!("{what} of `{id}` for checkpoint {checkpoint}"), e);
         t.producer
@@ -330,74 +330,6 @@ impl KafkaSink {
             .map(|e| e.metadata().to_string())
             .filter(|m| !m.is_empty()))
     }
-}
-
-fn remove_spool(path: &Path) -> ConnectorResult<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ConnectorError::io(
-            format!("removing {}", path.display()),
-            e,
-        )),
-    }
-}
-
-type SpooledRecord = (Option<Vec<u8>>, Vec<u8>);
-
-/// Reads a spool file back, checking its trailer (magic, record count, CRC-32).
-fn read_spool(path: &Path, expected: u64) -> ConnectorResult<Vec<SpooledRecord>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| {
-            ConnectorError::io(format!("reading the spooled epoch {}", path.display()), e)
-        })?;
-    let corrupt = |why: &str| ConnectorError::Config {
-        connector: "kafka sink",
-        reason: format!("spooled epoch {} is corrupt: {why}", path.display()),
-    };
-    if bytes.len() < 16 {
-        return Err(corrupt("too short for its trailer"));
-    }
-    let (body, trailer) = bytes.split_at(bytes.len() - 16);
-    if &trailer[..4] != SPOOL_MAGIC {
-        return Err(corrupt("bad trailer"));
-    }
-    let count = u64::from_le_bytes(trailer[4..12].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(trailer[12..16].try_into().expect("4 bytes"));
-    if crc != crc32fast::hash(body) {
-        return Err(corrupt("checksum mismatch"));
-    }
-    if count != expected {
-        return Err(corrupt(&format!(
-            "{count} records, the checkpoint says {expected}"
-        )));
-    }
-    let mut records = Vec::with_capacity(count as usize);
-    let mut rest = body;
-    let take = |rest: &mut &[u8], n: usize| -> ConnectorResult<Vec<u8>> {
-        if rest.len() < n {
-            return Err(corrupt("a record runs past the end"));
-        }
-        let (head, tail) = rest.split_at(n);
-        *rest = tail;
-        Ok(head.to_vec())
-    };
-    for _ in 0..count {
-        let key_len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes"));
-        let key = if key_len == u32::MAX {
-            None
-        } else {
-            Some(take(&mut rest, key_len as usize)?)
-        };
-        let value_len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes"));
-        records.push((key, take(&mut rest, value_len as usize)?));
-    }
-    if !rest.is_empty() {
-        return Err(corrupt("bytes after the last record"));
-    }
-    Ok(records)
 }
 
 /// Turns rows into record keys and values.
@@ -556,65 +488,20 @@ struct SpoolWriter {
     dir: PathBuf,
     transactional_id: String,
     encoder: Encoder,
-    file: Option<(String, BufWriter<std::fs::File>, crc32fast::Hasher, u64)>,
-}
-
-/// Tells apart the epochs of this process.
-static NEXT_EPOCH: AtomicU64 = AtomicU64::new(0);
-
-/// A random number drawn once per process (process ids are reused): with the counter, epoch
-/// names never repeat, so a marker can never name an epoch it did not commit.
-fn process_token() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TOKEN.get_or_init(|| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish()
-    })
+    file: Option<SpoolFile>,
 }
 
 impl SpoolWriter {
-    fn open(&mut self) -> Result<()> {
-        if self.file.is_some() {
-            return Ok(());
-        }
-        let name = format!(
-            "epoch-{}-{}-{}",
-            self.transactional_id,
-            process_token(),
-            NEXT_EPOCH.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = self.dir.join(&name);
-        let file = std::fs::File::create(&path)
-            .map_err(|e| RuntimeError::io(format!("creating spool file {}", path.display()), e))?;
-        self.file = Some((name, BufWriter::new(file), crc32fast::Hasher::new(), 0));
-        Ok(())
-    }
-
     /// Closes the epoch: trailer, fsync; returns what to commit.
     fn seal(&mut self) -> Result<Option<PendingCommit>> {
-        let pending = match self.file.take() {
-            None => PendingEpoch {
-                transactional_id: self.transactional_id.clone(),
-                epoch: String::new(),
-                records: 0,
-            },
-            Some((name, mut out, crc, count)) => {
-                let path = self.dir.join(&name);
-                let io = |e| RuntimeError::io(format!("writing spool file {}", path.display()), e);
-                out.write_all(SPOOL_MAGIC).map_err(&io)?;
-                out.write_all(&count.to_le_bytes()).map_err(&io)?;
-                out.write_all(&crc.finalize().to_le_bytes()).map_err(&io)?;
-                let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-                file.sync_all().map_err(&io)?;
-                oxflow_runtime::checkpoint::sync_dir(&self.dir)?;
-                PendingEpoch {
-                    transactional_id: self.transactional_id.clone(),
-                    epoch: name,
-                    records: count,
-                }
-            }
+        let (epoch, records) = match self.file.take() {
+            None => (String::new(), 0),
+            Some(file) => file.seal()?,
+        };
+        let pending = PendingEpoch {
+            transactional_id: self.transactional_id.clone(),
+            epoch,
+            records,
         };
         Ok(Some(
             serde_json::to_value(pending).expect("pending epochs serialize"),
@@ -627,26 +514,12 @@ impl SinkWriter for SpoolWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.open()?;
-        let (name, out, crc, count) = self.file.as_mut().expect("opened above");
-        let io = |e| RuntimeError::io(format!("writing spool file {name}"), e);
-        self.encoder.encode(batch, |key, value| {
-            let mut frame = |bytes: &[u8]| -> Result<()> {
-                crc.update(bytes);
-                out.write_all(bytes).map_err(&io)
-            };
-            match key {
-                None => frame(&u32::MAX.to_le_bytes())?,
-                Some(k) => {
-                    frame(&(k.len() as u32).to_le_bytes())?;
-                    frame(k)?;
-                }
-            }
-            frame(&(value.len() as u32).to_le_bytes())?;
-            frame(value)?;
-            *count += 1;
-            Ok(())
-        })
+        if self.file.is_none() {
+            self.file = Some(SpoolFile::create(&self.dir, &self.transactional_id)?);
+        }
+        let file = self.file.as_mut().expect("opened above");
+        self.encoder
+            .encode(batch, |key, value| Ok(file.append(key, value)?))
     }
     fn pre_commit(&mut self) -> Result<Option<PendingCommit>> {
         self.seal()
@@ -739,13 +612,7 @@ impl Sink for KafkaSink {
         };
         // Epochs not committed by now belong to checkpoints after `checkpoint` (or none):
         // the replay produces them again.
-        let listing = format!("listing {}", dir.display());
-        for entry in std::fs::read_dir(dir).map_err(RuntimeError::io_while(listing.clone()))? {
-            let entry = entry.map_err(RuntimeError::io_while(listing.clone()))?;
-            if entry.file_name().to_string_lossy().starts_with("epoch-") {
-                remove_spool(&entry.path())?;
-            }
-        }
+        remove_all(dir)?;
         tracing::debug!(
             checkpoint,
             "kafka sink: dropped spooled epochs after the checkpoint"
@@ -759,7 +626,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spool_files_round_trip_and_corruption_is_named() {
+    fn an_exactly_once_writer_spools_its_epochs() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = SpoolWriter {
             dir: dir.path().to_path_buf(),
@@ -785,20 +652,11 @@ mod tests {
         let pending: PendingEpoch =
             serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
         assert_eq!(pending.records, 2);
+        assert!(pending.epoch.starts_with("epoch-t-0-"), "{}", pending.epoch);
         let path = dir.path().join(&pending.epoch);
-        let records = read_spool(&path, 2).unwrap();
+        let records = read_spool(&path, 2, "kafka sink").unwrap();
         assert_eq!(records[0], (Some(b"7".to_vec()), br#"{"k":7}"#.to_vec()));
         assert_eq!(records[1].1, br#"{"k":8}"#.to_vec());
-        let err = read_spool(&path, 3).unwrap_err().to_string();
-        assert!(err.contains("the checkpoint says 3"), "{err}");
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[2] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let err = read_spool(&path, 2).unwrap_err().to_string();
-        assert!(
-            err.contains("checksum mismatch") && err.contains("epoch-t-0"),
-            "{err}"
-        );
         // An empty epoch has no file and still names its transactional id (to fence it).
         let empty: PendingEpoch = serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
         assert_eq!((empty.records, empty.transactional_id.as_str()), (0, "t-0"));

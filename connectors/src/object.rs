@@ -1,0 +1,257 @@
+//! Object storage for the file sink: S3 and servers that speak its protocol, through the
+//! `object_store` crate.
+//!
+//! S3 has no rename, so a file cannot be written under a hidden name and renamed at commit as
+//! on a local disk. Instead each file is a *multipart upload*: a writer starts the upload when
+//! it opens the file and sends a part every [`PART_BYTES`]; at the checkpoint barrier it sends
+//! the rest and hands over the upload (key, upload id, part ids). Parts of an upload that is not
+//! completed are invisible to readers. Once the checkpoint's manifest is written, the commit
+//! *completes* the upload, and only then does the object appear, whole. A commit replayed
+//! after a crash completes it again, or finds the object already there (completing twice is
+//! not possible: the second attempt finds no upload, and the object's existence says it was
+//! done).
+
+use crate::error::{ConnectorError, Result};
+use crate::io_runtime::run;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A part is sent once this many bytes are buffered (S3 takes parts of 5 MiB to 5 GiB, but
+/// for the last).
+pub const PART_BYTES: usize = 8 << 20;
+
+/// Where a file sink writes on S3: a bucket, a key prefix, and the client for them.
+#[derive(Clone)]
+pub struct S3Location {
+    store: Arc<object_store::aws::AmazonS3>,
+    bucket: String,
+    prefix: ObjectPath,
+}
+
+impl std::fmt::Debug for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+impl S3Location {
+    /// Parses `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&...]`. Credentials come from the
+    /// environment as for every AWS client (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT`), never from the URI, so they stay out
+    /// of specs, logs and answers. `endpoint` names an S3-compatible server (plain `http://`
+    /// is then allowed); the other options are returned for the sink to read.
+    pub fn parse(uri: &str) -> Result<(Self, BTreeMap<String, String>)> {
+        let bad = |reason: String| ConnectorError::Config {
+            connector: "s3",
+            reason: format!("`{uri}`: {reason}"),
+        };
+        let rest = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("an S3 location starts with s3://".into()))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket after s3://".into()));
+        }
+        let mut options = BTreeMap::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{pair}` in the query is not key=value")))?;
+            options.insert(k.to_string(), v.to_string());
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(endpoint) = options.remove("endpoint") {
+            builder = builder
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint);
+        }
+        if let Some(region) = options.remove("region") {
+            builder = builder.with_region(region);
+        }
+        let store = builder.build().map_err(|e| bad(e.to_string()))?;
+        let prefix = ObjectPath::parse(prefix.trim_end_matches('/'))
+            .map_err(|e| bad(format!("prefix `{prefix}`: {e}")))?;
+        Ok((
+            S3Location {
+                store: Arc::new(store),
+                bucket: bucket.to_string(),
+                prefix,
+            },
+            options,
+        ))
+    }
+
+    fn key(&self, name: &str) -> ObjectPath {
+        self.prefix.clone().join(name)
+    }
+
+    fn s3_error(&self, what: &str, e: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Config {
+            connector: "s3",
+            reason: format!("{what} in s3://{}/{}: {e}", self.bucket, self.prefix),
+        }
+    }
+
+    /// The names (under the prefix) of the objects there.
+    pub fn list(&self) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let (store, prefix) = (self.store.clone(), self.prefix.clone());
+        let listed: Vec<object_store::ObjectMeta> = run(async move {
+            object_store::ObjectStore::list(store.as_ref(), Some(&prefix))
+                .try_collect()
+                .await
+        })
+        .map_err(|e| self.s3_error("listing", e))?;
+        let mut names: Vec<String> = listed
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The bytes of object `name` under the prefix.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let (store, key) = (self.store.clone(), self.key(name));
+        run(async move { store.get(&key).await?.bytes().await })
+            .map(|b| b.to_vec())
+            .map_err(|e| self.s3_error(&format!("reading {name}"), e))
+    }
+
+    /// Completes an upload a writer handed over; one completed before (a replayed commit) is
+    /// found by its object and left as it is.
+    pub(crate) fn complete(&self, pending: &PendingUpload) -> Result<()> {
+        if pending.key.contains('/') {
+            return Err(self.s3_error(
+                "committing",
+                format!("`{}` is not a part name", pending.key),
+            ));
+        }
+        let (store, key) = (self.store.clone(), self.key(&pending.key));
+        let (id, parts) = (
+            pending.upload_id.clone(),
+            pending
+                .parts
+                .iter()
+                .map(|p| PartId {
+                    content_id: p.clone(),
+                })
+                .collect(),
+        );
+        let done = run(async move {
+            match store.complete_multipart(&key, &id, parts).await {
+                Ok(_) => Ok(()),
+                Err(e) => match store.head(&key).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(e),
+                },
+            }
+        });
+        done.map_err(|e| self.s3_error(&format!("completing {}", pending.key), e))
+    }
+}
+
+/// An upload a writer handed over, to be completed at commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PendingUpload {
+    /// The object's name under the prefix.
+    pub key: String,
+    pub upload_id: String,
+    /// The parts' ids (ETags), in order.
+    pub parts: Vec<String>,
+}
+
+/// A file being written to S3: a multipart upload and the bytes not sent yet.
+pub(crate) struct Upload {
+    location: S3Location,
+    name: String,
+    id: String,
+    parts: Vec<String>,
+    buffer: Vec<u8>,
+}
+
+impl Upload {
+    /// Starts the upload of object `name` under the location's prefix.
+    pub(crate) fn create(location: &S3Location, name: &str) -> Result<Self> {
+        let (store, key) = (location.store.clone(), location.key(name));
+        let id = run(async move { store.create_multipart(&key).await })
+            .map_err(|e| location.s3_error(&format!("starting the upload of {name}"), e))?;
+        Ok(Upload {
+            location: location.clone(),
+            name: name.to_string(),
+            id,
+            parts: Vec::new(),
+            buffer: Vec::new(),
+        })
+    }
+
+    fn send_part(&mut self) -> Result<()> {
+        let data = PutPayload::from(std::mem::take(&mut self.buffer));
+        let (store, key, id, index) = (
+            self.location.store.clone(),
+            self.location.key(&self.name),
+            self.id.clone(),
+            self.parts.len(),
+        );
+        let part =
+            run(async move { store.put_part(&key, &id, index, data).await }).map_err(|e| {
+                self.location
+                    .s3_error(&format!("sending part {index} of {}", self.name), e)
+            })?;
+        self.parts.push(part.content_id);
+        Ok(())
+    }
+
+    /// Sends the rest; what to complete at commit.
+    pub(crate) fn finish(mut self) -> Result<PendingUpload> {
+        if !self.buffer.is_empty() || self.parts.is_empty() {
+            self.send_part()?;
+        }
+        Ok(PendingUpload {
+            key: self.name,
+            upload_id: self.id,
+            parts: self.parts,
+        })
+    }
+}
+
+impl std::io::Write for Upload {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= PART_BYTES {
+            self.send_part().map_err(std::io::Error::other)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_bad_ones_are_named() {
+        let (l, options) =
+            S3Location::parse("s3://out/jobs/q5/?endpoint=http://127.0.0.1:9000&format=parquet")
+                .unwrap();
+        assert_eq!(format!("{l:?}"), "s3://out/jobs/q5");
+        assert_eq!(options.get("format").map(String::as_str), Some("parquet"));
+        assert!(!options.contains_key("endpoint"));
+        for (uri, want) in [
+            ("file:/tmp", "starts with s3://"),
+            ("s3:///x", "no bucket"),
+            ("s3://b/p?x", "not key=value"),
+        ] {
+            let e = S3Location::parse(uri).unwrap_err().to_string();
+            assert!(e.contains(want), "{uri}: {e}");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The file sink on S3 against a real S3-protocol server: `scripts/s3.sh start`, then the
+//! variables of `scripts/s3.sh env` and `cargo test --release --test s3 -- --ignored`.
+//! `scripts/test.sh` (the README's test command) and .ci/run do exactly that. Each test writes
+//! under a prefix of its own.
+
+// Unique names come from the wall clock; no operator logic is under test here.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::{oxflow, summary};
+use oxflow::connectors::object::S3Location;
+use std::time::Duration;
+
+fn location(prefix: &str) -> String {
+    let need = |v: &str| {
+        std::env::var(v).unwrap_or_else(|_| {
+            panic!(
+                "needs an S3 server: scripts/s3.sh start; the variables of scripts/s3.sh env ({v})"
+            )
+        })
+    };
+    format!(
+        "s3://{}/{prefix}?endpoint={}",
+        need("OXFLOW_S3_BUCKET"),
+        need("OXFLOW_S3_ENDPOINT")
+    )
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// The objects under `uri` (committed output), and all their lines, sorted.
+fn objects_and_lines(uri: &str) -> (Vec<String>, Vec<String>) {
+    let (loc, _) = S3Location::parse(uri).unwrap();
+    let names = loc.list().unwrap();
+    let mut lines: Vec<String> = names
+        .iter()
+        .flat_map(|n| {
+            String::from_utf8(loc.read(n).unwrap())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    (names, lines)
+}
+
+fn generator(query: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    summary(&oxflow(
+        &[
+            &common::ORDERED_GENERATOR[..],
+            &[
+                "--query",
+                query,
+                "--sink",
+                &format!("file:{}", dir.path().display()),
+            ],
+        ]
+        .concat(),
+    ));
+    common::committed_lines(dir.path())
+}
+
+#[test]
+#[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
+fn s3_sink_writes_the_generators_results_in_multipart_uploads() {
+    let uri = location(&unique("q0"));
+    // q0's 276 000 bids as JSON are about 27 MB: one file of four 8 MiB parts and a last one.
+    let report = summary(&oxflow(
+        &[
+            &common::ORDERED_GENERATOR[..],
+            &["--query", "q0", "--sink", &uri],
+        ]
+        .concat(),
+    ));
+    let (names, lines) = objects_and_lines(&uri);
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].starts_with("part-0-") && names[0].ends_with(".jsonl"),
+        "{names:?}"
+    );
+    assert_eq!(lines.len() as u64, report["output_rows"].as_u64().unwrap());
+    assert_eq!(lines, generator("q0"));
+    // Parquet, rolled at 1 MiB, committed at checkpoints, read back by q5 from a local copy.
+    let parquet = location(&unique("parquet"));
+    let chk = tempfile::tempdir().unwrap();
+    summary(&oxflow(
+        &[
+            &common::ORDERED_GENERATOR[..],
+            &[
+                "--query",
+                "q0",
+                "--sink",
+                &format!("{parquet}&format=parquet&max-file-mb=1"),
+                "--checkpoint-dir",
+                &chk.path().display().to_string(),
+                "--checkpoint-interval-ms",
+                "100",
+            ],
+        ]
+        .concat(),
+    ));
+    let (loc, _) = S3Location::parse(&parquet).unwrap();
+    let names = loc.list().unwrap();
+    assert!(
+        names.len() > 1 && names.iter().all(|n| n.ends_with(".parquet")),
+        "{names:?}"
+    );
+    let local = tempfile::tempdir().unwrap();
+    for n in &names {
+        std::fs::write(local.path().join(n), loc.read(n).unwrap()).unwrap();
+    }
+    let q5 = tempfile::tempdir().unwrap();
+    summary(&oxflow(&[
+        "nexmark",
+        "--query",
+        "q5",
+        "--source",
+        &format!("file:{}", local.path().display()),
+        "--sink",
+        &format!("file:{}", q5.path().display()),
+    ]));
+    assert_eq!(common::committed_lines(q5.path()), generator("q5"));
+}
+
+#[test]
+#[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
+fn s3_uploads_become_visible_at_commit_once_even_when_replayed() {
+    use oxflow::arrow::array::Int64Array;
+    use oxflow::arrow::datatypes::{DataType, Field, Schema};
+    use oxflow::arrow::record_batch::RecordBatch;
+    use oxflow::connectors::sinks::FileSink;
+    use oxflow::runtime::sink::Sink;
+    use oxflow::runtime::SubtaskInfo;
+    use std::sync::Arc;
+
+    let uri = location(&unique("commit"));
+    let sink = || FileSink::s3(S3Location::parse(&uri).unwrap().0);
+    let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+    let split = SubtaskInfo {
+        index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
+    };
+    let first = sink();
+    let mut w = first.create_writer(split, schema).unwrap();
+    w.write(&batch).unwrap();
+    let pending = w.pre_commit().unwrap().unwrap();
+    assert!(
+        objects_and_lines(&uri).0.is_empty(),
+        "nothing visible before the commit"
+    );
+    first.commit(1, std::slice::from_ref(&pending)).unwrap();
+    // A new process replays the commit: the object is there already, and stays one.
+    sink().commit(1, std::slice::from_ref(&pending)).unwrap();
+    let (names, lines) = objects_and_lines(&uri);
+    assert_eq!(names.len(), 1);
+    assert_eq!(lines, [r#"{"a":1}"#, r#"{"a":2}"#]);
+    // A made-up upload is an error naming it, not a silent success.
+    let mut forged = pending.clone();
+    forged["uploads"][0]["key"] = "part-9-forged.jsonl".into();
+    let e = sink().commit(2, &[forged]).unwrap_err().to_string();
+    assert!(e.contains("part-9-forged.jsonl"), "{e}");
+}
+
+#[test]
+#[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
+fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
+    let uri = location(&unique("killed"));
+    let chk = tempfile::tempdir().unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = common::ORDERED_GENERATOR
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(
+            [
+                "--query",
+                "q5",
+                "--sink",
+                &uri,
+                "--checkpoint-dir",
+                &chk.path().display().to_string(),
+                "--checkpoint-interval-ms",
+                "200",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args(args(&["--rate", "60000"]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    job.kill().unwrap();
+    job.wait().unwrap();
+    let restored = summary(&oxflow(
+        &args(&["--restore", "latest"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    assert!(!restored["restored_from"].is_null(), "{restored}");
+    assert_eq!(objects_and_lines(&uri).1, generator("q5"));
+}
