@@ -21,14 +21,6 @@ fn brokers() -> String {
     std::env::var("OXFLOW_KAFKA_BROKERS").unwrap_or_else(|_| panic!("{NEEDS}"))
 }
 
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
-
 fn create_topic(name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -89,7 +81,7 @@ fn failed(out: &std::process::Output) -> String {
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; OXFLOW_KAFKA_BROKERS=127.0.0.1:9092"]
 fn kafka_round_trip_q5_and_q7_equal_the_generator() {
     let b = brokers();
-    let topic = unique("bids");
+    let topic = common::unique("bids");
     create_topic(&topic, 4);
     let gen = common::ORDERED_GENERATOR;
     // Fill the topic with the generator's bids (q0's columns), one writer so each
@@ -144,8 +136,8 @@ fn kafka_round_trip_q5_and_q7_equal_the_generator() {
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; OXFLOW_KAFKA_BROKERS=127.0.0.1:9092"]
 fn kafka_bad_records_per_policy() {
     let b = brokers();
-    let topic = unique("bad");
-    let dlq = unique("dlq");
+    let topic = common::unique("bad");
+    let dlq = common::unique("dlq");
     create_topic(&topic, 1);
     create_topic(&dlq, 1);
     let good =
@@ -189,7 +181,7 @@ fn dump(topic: &str, n: usize) -> Vec<String> {
     use rdkafka::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dump"))
+        .set("group.id", common::unique("dump"))
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .create()
@@ -223,7 +215,7 @@ fn kafka_missing_topic_and_unreachable_broker_are_clear_errors() {
             "1",
         ])
     };
-    let missing = unique("missing");
+    let missing = common::unique("missing");
     let err = failed(&run(&format!("kafka://{b}/{missing}")));
     assert!(err.contains(&format!("topic `{missing}`")), "{err}");
     let err = failed(&oxflow(&[
@@ -250,7 +242,7 @@ fn kafka_missing_topic_and_unreachable_broker_are_clear_errors() {
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; OXFLOW_KAFKA_BROKERS=127.0.0.1:9092"]
 fn kafka_exactly_once_sink_commits_with_checkpoints() {
     let b = brokers();
-    let topic = unique("eos");
+    let topic = common::unique("eos");
     create_topic(&topic, 2);
     let chk = tempfile::tempdir().unwrap();
     let report = summary(&oxflow(&[
@@ -310,10 +302,10 @@ fn kafka_exactly_once_commit_replayed_by_a_new_process_writes_each_epoch_once() 
     use std::sync::Arc;
 
     let b = brokers();
-    let topic = unique("replay");
+    let topic = common::unique("replay");
     create_topic(&topic, 2);
     let spool = tempfile::tempdir().unwrap();
-    let prefix = unique("job");
+    let prefix = common::unique("job");
     let config = || {
         let mut c = KafkaSinkConfig::json(
             &b,
@@ -387,7 +379,7 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
     use oxflow::runtime::SubtaskInfo;
     use rdkafka::admin::NewPartitions;
 
-    let base = unique("disc");
+    let base = common::unique("disc");
     let first = format!("{base}-a");
     create_topic(&first, 1);
     let bid = |i: i64| bid_json(i, 0);
@@ -463,7 +455,7 @@ fn kafka_new_partitions_and_topics_are_discovered_while_running() {
 #[ignore = "needs a Kafka broker: scripts/kafka.sh start; OXFLOW_KAFKA_BROKERS=127.0.0.1:9092"]
 fn kafka_start_from_a_timestamp() {
     let b = brokers();
-    let topic = unique("ts");
+    let topic = common::unique("ts");
     create_topic(&topic, 1);
     let bid = |i: i64| bid_json(i, i);
     let timed: Vec<_> = (1..=3)

@@ -18,14 +18,6 @@ fn server() -> String {
     std::env::var("OXFLOW_NATS_URL").unwrap_or_else(|_| panic!("{NEEDS}"))
 }
 
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}_{}_{nanos}", std::process::id())
-}
-
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -85,29 +77,11 @@ fn failed(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The generator's q0 output as sorted JSON lines (what a stream filled with q0 must hold).
-fn generator_lines(query: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    summary(&oxflow(
-        &[
-            &common::ORDERED_GENERATOR[..],
-            &[
-                "--query",
-                query,
-                "--sink",
-                &format!("file:{}", dir.path().display()),
-            ],
-        ]
-        .concat(),
-    ));
-    common::committed_lines(dir.path())
-}
-
 #[test]
 #[ignore = "needs a NATS server: scripts/nats.sh start; OXFLOW_NATS_URL=127.0.0.1:4222"]
 fn nats_round_trip_q5_and_q7_equal_the_generator() {
     let s = server();
-    let stream = unique("BIDS");
+    let stream = common::unique("BIDS");
     create_stream(&s, &stream);
     let gen = common::ORDERED_GENERATOR;
     let fill = summary(&oxflow(
@@ -125,7 +99,7 @@ fn nats_round_trip_q5_and_q7_equal_the_generator() {
     let bids = fill["output_rows"].as_u64().unwrap();
     assert_eq!(payloads(&s, &stream).len() as u64, bids);
     for query in ["q5", "q7"] {
-        let want = generator_lines(query);
+        let want = common::generator_lines(query);
         let actual = tempfile::tempdir().unwrap();
         let from_nats = summary(&oxflow(&[
             "nexmark",
@@ -152,7 +126,7 @@ fn nats_round_trip_q5_and_q7_equal_the_generator() {
 #[ignore = "needs a NATS server: scripts/nats.sh start; OXFLOW_NATS_URL=127.0.0.1:4222"]
 fn nats_subject_filters_spread_over_splits_and_restore_from_a_checkpoint() {
     let s = server();
-    let stream = unique("SPLIT");
+    let stream = common::unique("SPLIT");
     create_stream(&s, &stream);
     // Three subjects, each in event-time order: three partitions over two splits.
     let mut messages = Vec::new();
@@ -211,7 +185,7 @@ fn nats_subject_filters_spread_over_splits_and_restore_from_a_checkpoint() {
 #[ignore = "needs a NATS server: scripts/nats.sh start; OXFLOW_NATS_URL=127.0.0.1:4222"]
 fn nats_bad_records_per_policy() {
     let s = server();
-    let stream = unique("BAD");
+    let stream = common::unique("BAD");
     create_stream(&s, &stream);
     let good =
         r#"{"auction":1,"bidder":2,"price":3,"date_time":"2024-01-01T00:00:00.000Z","extra":""}"#;
@@ -244,7 +218,7 @@ fn nats_bad_records_per_policy() {
     let err = failed(&run("colour=red"));
     assert!(err.contains("unknown option `colour`"), "{err}");
     // A stream that does not exist, and a server that is not there, are named.
-    let missing = unique("MISSING");
+    let missing = common::unique("MISSING");
     let err = failed(&oxflow(&[
         "nexmark",
         "--query",
@@ -275,7 +249,7 @@ fn nats_exactly_once_commit_replayed_is_deduplicated_by_the_server() {
     use std::sync::Arc;
 
     let s = server();
-    let stream = unique("EO");
+    let stream = common::unique("EO");
     create_stream(&s, &stream);
     let spool = tempfile::tempdir().unwrap();
     let config = || NatsSinkConfig {
@@ -284,7 +258,7 @@ fn nats_exactly_once_commit_replayed_is_deduplicated_by_the_server() {
         subject: format!("{stream}.out"),
         guarantee: NatsSinkGuarantee::ExactlyOnce {
             spool_dir: spool.path().to_path_buf(),
-            writer_prefix: unique("job"),
+            writer_prefix: common::unique("job"),
         },
     };
     let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
@@ -387,7 +361,7 @@ fn script(args: &[&str], server: Option<&OwnServer>) -> String {
 #[ignore = "needs a NATS server: scripts/nats.sh start; OXFLOW_NATS_URL=127.0.0.1:4222"]
 fn nats_server_down_at_start_and_restarted_mid_job_loses_and_repeats_nothing() {
     let own = OwnServer::new();
-    let stream = unique("OUTAGE");
+    let stream = common::unique("OUTAGE");
     own.run("start");
     create_stream(&own.url(), &stream);
     own.run("stop");
@@ -420,7 +394,7 @@ fn nats_server_down_at_start_and_restarted_mid_job_loses_and_repeats_nothing() {
     let report = summary(&out);
     let mut got = payloads(&own.url(), &stream);
     got.sort();
-    let want = generator_lines("q0");
+    let want = common::generator_lines("q0");
     assert_eq!(report["output_rows"].as_u64().unwrap() as usize, want.len());
     assert_eq!(got.len(), want.len(), "exactly once through two outages");
     assert_eq!(got, want);

@@ -27,14 +27,6 @@ fn location(prefix: &str) -> String {
     )
 }
 
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{name}-{}-{nanos}", std::process::id())
-}
-
 /// The objects under `uri` (committed output), and all their lines, sorted.
 fn objects_and_lines(uri: &str) -> (Vec<String>, Vec<String>) {
     let (loc, _) = S3Location::parse(uri).unwrap();
@@ -53,27 +45,10 @@ fn objects_and_lines(uri: &str) -> (Vec<String>, Vec<String>) {
     (names, lines)
 }
 
-fn generator(query: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    summary(&oxflow(
-        &[
-            &common::ORDERED_GENERATOR[..],
-            &[
-                "--query",
-                query,
-                "--sink",
-                &format!("file:{}", dir.path().display()),
-            ],
-        ]
-        .concat(),
-    ));
-    common::committed_lines(dir.path())
-}
-
 #[test]
 #[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
 fn s3_sink_writes_the_generators_results_in_multipart_uploads() {
-    let uri = location(&unique("q0"));
+    let uri = location(&common::unique("q0"));
     // q0's 276 000 bids as JSON are about 27 MB: one file of four 8 MiB parts and a last one.
     let report = summary(&oxflow(
         &[
@@ -89,9 +64,9 @@ fn s3_sink_writes_the_generators_results_in_multipart_uploads() {
         "{names:?}"
     );
     assert_eq!(lines.len() as u64, report["output_rows"].as_u64().unwrap());
-    assert_eq!(lines, generator("q0"));
+    assert_eq!(lines, common::generator_lines("q0"));
     // Parquet, rolled at 1 MiB, committed at checkpoints, read back by q5 from a local copy.
-    let parquet = location(&unique("parquet"));
+    let parquet = location(&common::unique("parquet"));
     let chk = tempfile::tempdir().unwrap();
     summary(&oxflow(
         &[
@@ -129,7 +104,10 @@ fn s3_sink_writes_the_generators_results_in_multipart_uploads() {
         "--sink",
         &format!("file:{}", q5.path().display()),
     ]));
-    assert_eq!(common::committed_lines(q5.path()), generator("q5"));
+    assert_eq!(
+        common::committed_lines(q5.path()),
+        common::generator_lines("q5")
+    );
 }
 
 #[test]
@@ -143,7 +121,7 @@ fn s3_uploads_become_visible_at_commit_once_even_when_replayed() {
     use oxflow::runtime::SubtaskInfo;
     use std::sync::Arc;
 
-    let uri = location(&unique("commit"));
+    let uri = location(&common::unique("commit"));
     let sink = || FileSink::s3(S3Location::parse(&uri).unwrap().0);
     let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
     let batch =
@@ -177,7 +155,7 @@ fn s3_uploads_become_visible_at_commit_once_even_when_replayed() {
 #[test]
 #[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
 fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
-    let uri = location(&unique("killed"));
+    let uri = location(&common::unique("killed"));
     let chk = tempfile::tempdir().unwrap();
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = common::ORDERED_GENERATOR
@@ -217,5 +195,5 @@ fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
             .collect::<Vec<_>>(),
     ));
     assert!(!restored["restored_from"].is_null(), "{restored}");
-    assert_eq!(objects_and_lines(&uri).1, generator("q5"));
+    assert_eq!(objects_and_lines(&uri).1, common::generator_lines("q5"));
 }

@@ -22,6 +22,36 @@ pub const ORDERED_GENERATOR: [&str; 7] = [
     "1",
 ];
 
+/// A name no other test run uses (for topics, streams, prefixes on shared servers).
+// Uniqueness from the wall clock; no operator logic is timed with it.
+#[allow(clippy::disallowed_methods)]
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// The committed lines of `query` run on [`ORDERED_GENERATOR`] into files, sorted: what the
+/// same query must give from any source the generator's bids were written to.
+pub fn generator_lines(query: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    summary(&oxflow(
+        &[
+            &ORDERED_GENERATOR[..],
+            &[
+                "--query",
+                query,
+                "--sink",
+                &format!("file:{}", dir.path().display()),
+            ],
+        ]
+        .concat(),
+    ));
+    committed_lines(dir.path())
+}
+
 /// Runs the `oxflow` binary of this build.
 pub fn oxflow(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
