@@ -6,6 +6,7 @@ use crate::object::{PendingUpload, S3Location, Upload};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use oxflow_runtime::checkpoint::decode_stored;
+use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::sink::{PendingCommit, Sink, SinkWriter};
 use oxflow_runtime::RuntimeError;
@@ -253,7 +254,8 @@ struct OpenFile {
     name: String,
     /// Bytes written (JSON lines).
     bytes: u64,
-    opened: std::time::Instant,
+    /// When it was opened, on the writer's clock.
+    opened: std::time::Duration,
 }
 
 struct FileWriter {
@@ -268,6 +270,8 @@ struct FileWriter {
     closed: Vec<String>,
     /// Uploads finished since the last barrier (on S3).
     uploads: Vec<PendingUpload>,
+    /// Times the rollover interval.
+    clock: SystemClock,
     buffer: Vec<u8>,
 }
 
@@ -297,6 +301,7 @@ impl Sink for FileSink {
             current: None,
             closed: Vec::new(),
             uploads: Vec::new(),
+            clock: SystemClock::new(),
             buffer: Vec::new(),
         }))
     }
@@ -339,7 +344,11 @@ impl Sink for FileSink {
                 }
             }
         }
-        oxflow_runtime::checkpoint::sync_dir(&self.dir)
+        // The renames are durable once the directory is; an S3 sink has none.
+        match self.s3 {
+            Some(_) => Ok(()),
+            None => oxflow_runtime::checkpoint::sync_dir(&self.dir),
+        }
     }
     fn roll_back_after(&self, checkpoint: u64) -> Result<()> {
         if self.s3.is_some() {
@@ -424,7 +433,7 @@ impl FileWriter {
             body,
             name,
             bytes: 0,
-            opened: std::time::Instant::now(),
+            opened: self.clock.elapsed(),
         });
         Ok(())
     }
@@ -489,7 +498,7 @@ impl SinkWriter for FileWriter {
             let old = self
                 .rolling
                 .rollover_interval
-                .is_some_and(|limit| open.opened.elapsed() >= limit);
+                .is_some_and(|limit| self.clock.elapsed().saturating_sub(open.opened) >= limit);
             if old || Self::size(open) >= self.rolling.max_file_bytes {
                 self.close()?;
             }

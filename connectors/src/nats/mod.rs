@@ -18,6 +18,7 @@ pub use sink::{NatsSink, NatsSinkConfig, NatsSinkGuarantee};
 pub use source::{read_payloads, NatsSource, NatsSourceConfig, NatsStart};
 
 use crate::error::{ConnectorError, Result};
+use oxflow_runtime::clock::{Clock, SystemClock};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -178,14 +179,11 @@ impl NatsConnection {
             .connection_timeout(Duration::from_secs(5))
             // Once connected, keep reconnecting: a restarted server is found again.
             .max_reconnects(None);
-        match self.credentials.as_deref() {
-            Some(c) => match c.split_once(':') {
-                Some((user, password)) => {
-                    options = options.user_and_password(user.into(), password.into())
-                }
-                None => options = options.token(c.into()),
-            },
-            None => {}
+        if let Some(c) = self.credentials.as_deref() {
+            options = match c.split_once(':') {
+                Some((user, password)) => options.user_and_password(user.into(), password.into()),
+                None => options.token(c.into()),
+            };
         }
         let servers: Vec<String> = self
             .servers
@@ -202,13 +200,13 @@ impl NatsConnection {
     /// Connects, retrying for up to the connect timeout while the servers cannot be reached
     /// (a server restarting must not spend a job's restart budget).
     pub(crate) async fn connect_with_retry(&self) -> Result<async_nats::jetstream::Context> {
-        let start = std::time::Instant::now();
+        let clock = SystemClock::new();
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.connect().await {
                 Ok(c) => return Ok(c),
                 Err(e) => match self.connect_timeout {
-                    Some(limit) if start.elapsed() < limit => {
+                    Some(limit) if clock.elapsed() < limit => {
                         tracing::warn!(servers = %self.servers, error = %e, "NATS unreachable, retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));

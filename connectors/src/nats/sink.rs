@@ -18,6 +18,7 @@ use crate::spool::{read_spool, remove_all, remove_spool, SpoolFile};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use oxflow_runtime::checkpoint::decode_stored;
+use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::sink::{PendingCommit, Sink, SinkWriter};
 use oxflow_runtime::{Result, RuntimeError, SubtaskInfo};
 use serde::{Deserialize, Serialize};
@@ -129,6 +130,9 @@ impl std::fmt::Debug for NatsSink {
     }
 }
 
+/// Tells apart the at-least-once writers of this process.
+static NEXT_WRITER: AtomicU64 = AtomicU64::new(0);
+
 /// What an exactly-once writer hands over at a barrier.
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingEpoch {
@@ -236,7 +240,7 @@ impl NatsSink {
     fn publish(&self, messages: Vec<(String, bytes::Bytes)>, what: &str) -> ConnectorResult<()> {
         let js = self.client()?;
         let messages = Arc::new(messages);
-        let start = std::time::Instant::now();
+        let clock = SystemClock::new();
         let mut backoff = Duration::from_millis(100);
         loop {
             let (js, subject, batch) = (js.clone(), self.config.subject.clone(), messages.clone());
@@ -255,7 +259,7 @@ impl NatsSink {
                     return Ok(());
                 }
                 Err(e) => match self.config.connection.connect_timeout {
-                    Some(limit) if start.elapsed() < limit => {
+                    Some(limit) if clock.elapsed() < limit => {
                         tracing::warn!(error = %e, what, "publishing to NATS failed, retrying");
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -420,13 +424,13 @@ impl Sink for NatsSink {
             }),
             NatsSinkGuarantee::AtLeastOnce => Box::new(DirectWriter {
                 sink: self.clone(),
+                // Unique per writer, also across restarts within one process: ids the server
+                // has seen within its window would be dropped as duplicates.
                 name: format!(
-                    "oxflow-{}-{}-{:x}",
+                    "oxflow-{}-{:016x}-{}",
                     subtask.index,
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos())
+                    crate::spool::process_token(),
+                    NEXT_WRITER.fetch_add(1, Ordering::Relaxed)
                 ),
                 next: 0,
                 buffer: Vec::new(),

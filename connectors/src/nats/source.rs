@@ -20,6 +20,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use oxflow_runtime::checkpoint::decode_stored;
+use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
 use oxflow_runtime::SubtaskInfo;
@@ -223,7 +224,7 @@ impl Source for NatsSource {
         Ok(Box::new(NatsReader {
             throttle: self.config.max_rate.map(|rate| Throttle {
                 per_second: (rate / split.parallelism as f64).max(1.0),
-                started: std::time::Instant::now(),
+                clock: SystemClock::new(),
                 emitted: 0,
             }),
             held: None,
@@ -430,7 +431,7 @@ async fn read_filter(
 /// Paces one split to its share of `max_rate`.
 struct Throttle {
     per_second: f64,
-    started: std::time::Instant,
+    clock: SystemClock,
     emitted: u64,
 }
 
@@ -438,7 +439,7 @@ impl Throttle {
     /// How long to wait before `rows` more may go.
     fn wait(&self, rows: u64) -> Duration {
         let due = Duration::from_secs_f64((self.emitted + rows) as f64 / self.per_second);
-        due.saturating_sub(self.started.elapsed())
+        due.saturating_sub(self.clock.elapsed())
     }
 }
 
