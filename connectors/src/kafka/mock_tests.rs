@@ -94,7 +94,7 @@ fn source_reads_every_record_once_and_restores_at_another_parallelism() {
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("bids", 3, 1).unwrap();
     let records: Vec<(i32, String)> = (0..90)
-        .map(|i| ((i % 3) as i32, format!(r#"{{"a":{i},"t":{}}}"#, i * 10)))
+        .map(|i: i32| (i % 3, format!(r#"{{"a":{i},"t":{}}}"#, i * 10)))
         .collect();
     produce(&brokers, "bids", &records);
 

@@ -621,48 +621,6 @@ impl Sink for KafkaSink {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_exactly_once_writer_spools_its_epochs() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = SpoolWriter {
-            dir: dir.path().to_path_buf(),
-            transactional_id: "t-0".into(),
-            encoder: Encoder {
-                format: OutputFormat::Json,
-                key_columns: vec![0],
-                json: Vec::new(),
-            },
-            file: None,
-        };
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
-            datafusion::arrow::datatypes::Field::new("k", DataType::Int64, false),
-        ]));
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
-                7, 8,
-            ]))],
-        )
-        .unwrap();
-        w.write(&batch).unwrap();
-        let pending: PendingEpoch =
-            serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
-        assert_eq!(pending.records, 2);
-        assert!(pending.epoch.starts_with("epoch-t-0-"), "{}", pending.epoch);
-        let path = dir.path().join(&pending.epoch);
-        let records = read_spool(&path, 2, "kafka sink").unwrap();
-        assert_eq!(records[0], (Some(b"7".to_vec()), br#"{"k":7}"#.to_vec()));
-        assert_eq!(records[1].1, br#"{"k":8}"#.to_vec());
-        // An empty epoch has no file and still names its transactional id (to fence it).
-        let empty: PendingEpoch = serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
-        assert_eq!((empty.records, empty.transactional_id.as_str()), (0, "t-0"));
-    }
-}
-
 impl KafkaSinkConfig {
     /// Settings from a parsed `kafka://` URI. Options: `guarantee` (`none`,
     /// `at-least-once`, `exactly-once`), `key` (comma-separated columns), `format` (`json`,
@@ -732,5 +690,47 @@ impl KafkaSinkConfig {
                 .unwrap_or_default(),
             guarantee,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exactly_once_writer_spools_its_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SpoolWriter {
+            dir: dir.path().to_path_buf(),
+            transactional_id: "t-0".into(),
+            encoder: Encoder {
+                format: OutputFormat::Json,
+                key_columns: vec![0],
+                json: Vec::new(),
+            },
+            file: None,
+        };
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("k", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                7, 8,
+            ]))],
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        let pending: PendingEpoch =
+            serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
+        assert_eq!(pending.records, 2);
+        assert!(pending.epoch.starts_with("epoch-t-0-"), "{}", pending.epoch);
+        let path = dir.path().join(&pending.epoch);
+        let records = read_spool(&path, 2, "kafka sink").unwrap();
+        assert_eq!(records[0], (Some(b"7".to_vec()), br#"{"k":7}"#.to_vec()));
+        assert_eq!(records[1].1, br#"{"k":8}"#.to_vec());
+        // An empty epoch has no file and still names its transactional id (to fence it).
+        let empty: PendingEpoch = serde_json::from_value(w.pre_commit().unwrap().unwrap()).unwrap();
+        assert_eq!((empty.records, empty.transactional_id.as_str()), (0, "t-0"));
     }
 }

@@ -15,12 +15,12 @@ use crate::decode::{RecordDecoder, TextFormat};
 use crate::error::{ConnectorError, Result};
 use crate::file::BadRecordPolicy;
 use crate::io_runtime::{run, spawn};
+use crate::split::Throttle;
 use datafusion::arrow::array::{ArrayRef, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use oxflow_runtime::checkpoint::decode_stored;
-use oxflow_runtime::clock::{Clock, SystemClock};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
 use oxflow_runtime::SubtaskInfo;
@@ -221,13 +221,22 @@ impl Source for NatsSource {
             tx,
             available.clone(),
         ));
-        Ok(Box::new(NatsReader {
-            throttle: self.config.max_rate.map(|rate| Throttle {
-                per_second: (rate / split.parallelism as f64).max(1.0),
-                clock: SystemClock::new(),
-                emitted: 0,
-            }),
-            held: None,
+        Ok(Box::new(self.reader(split, sequences, rx, available, task)))
+    }
+}
+
+impl NatsSource {
+    /// The job's side of a split whose consumers send on the other end of `rx`.
+    fn reader(
+        &self,
+        split: SubtaskInfo,
+        sequences: BTreeMap<String, u64>,
+        rx: tokio::sync::mpsc::Receiver<Chunk>,
+        available: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> NatsReader {
+        NatsReader {
+            throttle: Throttle::new(self.config.max_rate, split.parallelism),
             source: self.clone(),
             decoder: RecordDecoder::new(TextFormat::Json, self.config.schema.clone()),
             partitions: Vec::new(),
@@ -237,7 +246,7 @@ impl Source for NatsSource {
             rx,
             available,
             task,
-        }))
+        }
     }
 }
 
@@ -428,26 +437,11 @@ async fn read_filter(
     }
 }
 
-/// Paces one split to its share of `max_rate`.
-struct Throttle {
-    per_second: f64,
-    clock: SystemClock,
-    emitted: u64,
-}
-
-impl Throttle {
-    /// How long to wait before `rows` more may go.
-    fn wait(&self, rows: u64) -> Duration {
-        let due = Duration::from_secs_f64((self.emitted + rows) as f64 / self.per_second);
-        due.saturating_sub(self.clock.elapsed())
-    }
-}
-
 struct NatsReader {
     source: NatsSource,
-    throttle: Option<Throttle>,
-    /// A batch held back by the throttle.
-    held: Option<(usize, RecordBatch)>,
+    /// Checked before taking more messages, never after: a batch taken is emitted at once, so
+    /// a checkpoint's sequences never run ahead of what the job has seen.
+    throttle: Throttle,
     decoder: RecordDecoder,
     partitions: Vec<String>,
     /// Whether the split's filters are known (the stream was reached).
@@ -509,25 +503,10 @@ impl NatsReader {
     }
 }
 
-impl NatsReader {
-    /// The batch, or (throttled, too early) a wait with the batch held for the next poll.
-    fn paced(&mut self, partition: usize, batch: RecordBatch) -> SourcePoll {
-        if let Some(t) = &mut self.throttle {
-            let wait = t.wait(batch.num_rows() as u64);
-            if !wait.is_zero() {
-                self.held = Some((partition, batch));
-                return SourcePoll::Pending(wait.min(Duration::from_millis(50)));
-            }
-            t.emitted += batch.num_rows() as u64;
-        }
-        SourcePoll::PartitionBatch(partition, batch)
-    }
-}
-
 impl SourceReader for NatsReader {
     fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
-        if let Some((partition, batch)) = self.held.take() {
-            return Ok(self.paced(partition, batch));
+        if let Some(wait) = self.throttle.wait() {
+            return Ok(SourcePoll::Pending(wait));
         }
         loop {
             let chunk = match self.rx.try_recv() {
@@ -564,7 +543,8 @@ impl SourceReader for NatsReader {
                     self.sequences
                         .insert(self.partitions[partition].clone(), last);
                     if batch.num_rows() > 0 {
-                        return Ok(self.paced(partition, batch));
+                        self.throttle.produced(messages.len() as u64);
+                        return Ok(SourcePoll::PartitionBatch(partition, batch));
                     }
                 }
                 Chunk::End(partition) => {
@@ -628,4 +608,62 @@ pub fn read_payloads(
         }
         Ok(out)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(from: u64, n: u64) -> Vec<Message> {
+        (from..from + n)
+            .map(|sequence| Message {
+                sequence,
+                published_ms: 0,
+                payload: format!("{{\"v\":{sequence}}}").into(),
+            })
+            .collect()
+    }
+
+    /// A throttled reader must not take a batch it cannot emit yet: the position a checkpoint
+    /// records is what the job has seen, or a restore skips the batch (events lost, as the
+    /// NATS chaos test once showed).
+    #[test]
+    fn throttled_positions_never_run_ahead_of_emitted_batches() {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let uri = NatsUri::parse("nats://127.0.0.1:1/S").unwrap();
+        let mut config = NatsSourceConfig::from_uri(&uri, schema).unwrap();
+        config.max_rate = Some(20.0);
+        let source = NatsSource::try_new(config).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let available = Arc::new(AtomicBool::new(true));
+        let task = spawn(async {});
+        let split = SubtaskInfo {
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+        };
+        let mut reader = source.reader(split, BTreeMap::new(), rx, available, task);
+        tx.try_send(Chunk::Partitions(vec!["s.a".into()])).unwrap();
+        tx.try_send(Chunk::Messages(0, messages(1, 10))).unwrap();
+        tx.try_send(Chunk::Messages(0, messages(11, 10))).unwrap();
+        let mut emitted = 0;
+        let (mut batches, mut polls) = (0, 0);
+        while batches < 2 && polls < 10_000 {
+            polls += 1;
+            match reader.poll_next().unwrap() {
+                SourcePoll::PartitionBatch(0, b) => {
+                    emitted += b.num_rows() as u64;
+                    batches += 1;
+                }
+                SourcePoll::Pending(wait) => std::thread::sleep(wait),
+                other => panic!("unexpected poll {:?}", std::mem::discriminant(&other)),
+            }
+            let seen = reader.position().unwrap()["sequences"]
+                .get("s.a")
+                .and_then(|s| s.as_u64())
+                .unwrap_or(0);
+            assert_eq!(seen, emitted, "the position is ahead of what was emitted");
+        }
+        assert_eq!(emitted, 20);
+    }
 }
