@@ -57,42 +57,9 @@ common=(nexmark --query "$query" --source "nats://$server/$input?bounded=true")
 "$bin" "${common[@]}" --workers 2 --sink "file:$work/expected" > /dev/null
 cat "$work"/expected/part-* 2>/dev/null | sort > "$work/expected.sorted"
 
-attempt=0 restarted=no
-while :; do
-  attempt=$((attempt + 1))
-  workers=$((RANDOM % 2 + 1))
-  "$bin" "${common[@]}" --workers "$workers" --rate "$rate" --sink "nats://$server/$output?subject=$output.results" \
-    --checkpoint-dir "$work/chk" --checkpoint-interval-ms 200 --restore latest \
-    > "$work/attempt.json" 2> "$work/attempt-$attempt.log" &
-  pid=$!
-  if [ "$attempt" -le "$kills" ]; then
-    sleep "$((RANDOM % 2)).$((RANDOM % 10))$((RANDOM % 10))"
-    sleep 0.5
-    if [ "$restarted" = no ] && [ "$attempt" -eq $((kills / 2)) ]; then
-      "$nats" restart > /dev/null
-      restarted=yes
-      echo "attempt $attempt: server restarted while the job ran"
-    fi
-    if kill -9 "$pid" 2>/dev/null; then
-      wait "$pid" 2>/dev/null || true
-      echo "attempt $attempt ($workers workers): killed; $(ls "$work/chk" 2>/dev/null | grep -c '^chk-' || true) checkpoint directories"
-    elif wait "$pid"; then
-      echo "attempt $attempt ($workers workers): finished before the kill"
-      break
-    else
-      echo "attempt $attempt ($workers workers): failed by itself: $(grep -m1 -i 'error' "$work/attempt-$attempt.log" | cut -c1-200 || true)"
-    fi
-  else
-    if ! wait "$pid"; then
-      echo "attempt $attempt failed:" >&2
-      grep -v -E '^ +([0-9]+:|at )' "$work/attempt-$attempt.log" | tail -20 >&2
-      [ "$attempt" -le $((kills + 3)) ] && continue
-      exit 1
-    fi
-    echo "attempt $attempt ($workers workers): finished: $(tail -1 "$work/attempt.json")"
-    break
-  fi
-done
+# shellcheck source=scripts/chaos-lib.sh
+. "$root/scripts/chaos-lib.sh"
+chaos_attempts "nats://$server/$output?subject=$output.results" server "$nats" restart
 
 tool dump "$server" "$output" | sort > "$work/actual.sorted"
 expected=$(wc -l < "$work/expected.sorted") actual=$(wc -l < "$work/actual.sorted")

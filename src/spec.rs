@@ -143,6 +143,15 @@ pub enum SourceSpec {
         /// The messages' columns.
         columns: Vec<ColumnSpec>,
     },
+    /// RabbitMQ queues or streams of JSON messages:
+    /// `rabbitmq://HOST:PORT/QUEUE[,QUEUE]?options`, as on the CLI.
+    #[serde(rename = "rabbitmq")]
+    RabbitMq {
+        /// The URI.
+        uri: String,
+        /// The messages' columns.
+        columns: Vec<ColumnSpec>,
+    },
 }
 
 /// A column of a source's schema.
@@ -343,6 +352,13 @@ pub enum SinkSpec {
     },
     /// A NATS JetStream subject (`nats://HOST:PORT/STREAM?subject=S&options`, as on the CLI).
     Nats {
+        /// The URI.
+        uri: String,
+    },
+    /// A RabbitMQ queue or exchange (`rabbitmq://HOST:PORT/QUEUE?options`, as on the CLI):
+    /// publisher confirms, at least once.
+    #[serde(rename = "rabbitmq")]
+    RabbitMq {
         /// The URI.
         uri: String,
     },
@@ -624,6 +640,12 @@ pub(crate) fn build_source(
             let config = NatsSourceConfig::from_uri(&NatsUri::parse(uri)?, schema_of(columns)?)?;
             Arc::new(NatsSource::try_new(config)?)
         }
+        SourceSpec::RabbitMq { uri, columns } => {
+            use oxflow_connectors::rabbitmq::{RabbitMqSource, RabbitMqSourceConfig, RabbitMqUri};
+            let config =
+                RabbitMqSourceConfig::from_uri(&RabbitMqUri::parse(uri)?, schema_of(columns)?)?;
+            Arc::new(RabbitMqSource::try_new(config)?)
+        }
     })
 }
 
@@ -707,6 +729,11 @@ pub fn build_sink(
                 &uri,
                 exactly_once,
             )?)?)
+        }
+        SinkSpec::RabbitMq { uri } => {
+            use oxflow_connectors::rabbitmq::{RabbitMqSink, RabbitMqSinkConfig, RabbitMqUri};
+            let config = RabbitMqSinkConfig::from_uri(&RabbitMqUri::parse(uri)?)?;
+            Arc::new(RabbitMqSink::try_new(config)?)
         }
     })
 }

@@ -82,6 +82,37 @@ impl RecordDecoder {
         RecordDecoder { format, schema }
     }
 
+    /// Decodes message payloads, one record each (a queue's messages), under a bad-record
+    /// policy: a bad one fails with where it is (`at(i)` names message `i`), or is logged and
+    /// counted in `skipped`.
+    pub fn decode_messages<'a>(
+        &self,
+        payloads: impl Iterator<Item = &'a [u8]>,
+        policy: crate::file::BadRecordPolicy,
+        skipped: &oxflow_runtime::metrics::Counter,
+        at: impl Fn(usize) -> String,
+    ) -> crate::error::Result<Decoded> {
+        let mut bytes = Vec::new();
+        let mut spans = Vec::new();
+        for payload in payloads {
+            let start = bytes.len();
+            bytes.extend_from_slice(payload);
+            bytes.push(b'\n');
+            spans.push((start, bytes.len()));
+        }
+        self.decode(&bytes, &spans, |i, reason| match policy {
+            crate::file::BadRecordPolicy::Fail => Err(crate::error::ConnectorError::BadInput {
+                at: format!("bad record in {}", at(i)),
+                reason,
+            }),
+            crate::file::BadRecordPolicy::Skip => {
+                tracing::warn!(at = %at(i), error = %reason, "skipping a bad message");
+                skipped.add(1);
+                Ok(())
+            }
+        })
+    }
+
     /// Decodes `records` (byte ranges of `bytes`, one whole record each, each ending in a
     /// newline) into one batch. A record that does not parse, or that is not exactly one row,
     /// is handed to `bad` with the reason: an error from `bad` stops decoding, `Ok` skips it.

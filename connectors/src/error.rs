@@ -83,6 +83,14 @@ pub enum ConnectorError {
         /// async-nats' error.
         reason: String,
     },
+    /// A RabbitMQ request failed.
+    #[error("rabbitmq: {context}: {reason}")]
+    RabbitMq {
+        /// What was being done (server, queue).
+        context: String,
+        /// lapin's error.
+        reason: String,
+    },
     /// Arrow failed (schema inference, encoding).
     #[error("arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
@@ -107,7 +115,8 @@ impl From<ConnectorError> for RuntimeError {
             | ConnectorError::BadInput { .. } => RuntimeError::BadInput(e.to_string()),
             ConnectorError::Kafka { .. }
             | ConnectorError::Delivery(_)
-            | ConnectorError::Nats { .. } => RuntimeError::Connector(e.to_string()),
+            | ConnectorError::Nats { .. }
+            | ConnectorError::RabbitMq { .. } => RuntimeError::Connector(e.to_string()),
             ConnectorError::Config { .. } => RuntimeError::InvalidJob(e.to_string()),
             ConnectorError::Fenced { .. } => RuntimeError::Fenced(e.to_string()),
         }

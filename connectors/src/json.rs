@@ -109,6 +109,20 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// Rows as JSON values, one per row (a message each); `buffer` is scratch space.
+pub(crate) fn json_values(
+    batch: &RecordBatch,
+    buffer: &mut Vec<u8>,
+) -> oxflow_runtime::Result<Vec<bytes::Bytes>> {
+    buffer.clear();
+    encode_json_lines(batch, buffer)?;
+    Ok(buffer
+        .split(|&b| b == b'\n')
+        .take(batch.num_rows())
+        .map(bytes::Bytes::copy_from_slice)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

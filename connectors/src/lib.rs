@@ -22,6 +22,7 @@ pub mod nats;
 pub mod nexmark;
 pub mod object;
 pub mod parquet;
+pub mod rabbitmq;
 pub mod random;
 pub mod sinks;
 mod split;

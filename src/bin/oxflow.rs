@@ -451,7 +451,10 @@ struct NexmarkArgs {
     /// `bad-records=fail|skip|dead-letter:TOPIC`, `connect-timeout-ms=N`, and librdkafka
     /// properties such as `security.protocol=SASL_SSL`); `nats://HOST:PORT/STREAM[?options]`
     /// (JSON messages with q0's columns; options `subject=FILTERS`, `bounded=true`,
-    /// `start=earliest|latest`, `bad-records=fail|skip`); or `file:PATH`, JSON lines or
+    /// `start=earliest|latest`, `bad-records=fail|skip`); `rabbitmq://HOST:PORT/QUEUE[,QUEUE]
+    /// [?options]` (JSON messages with q0's columns; `mode=queue` acknowledged at checkpoints,
+    /// or `mode=stream` read by offset; options `bounded=true`, `start=first|last|next`,
+    /// `prefetch=N`, `vhost=V`, `bad-records=fail|skip`); or `file:PATH`, JSON lines or
     /// Parquet files (by extension) with q0's columns in a file, or in the `part-*` files of a
     /// directory (a file sink's output); a directory written by `nexmark-tables` gives every
     /// table (for q3, q4 and q8 too).
@@ -487,6 +490,8 @@ struct NexmarkArgs {
     /// `guarantee=none|at-least-once|exactly-once`, `transactional-id=PREFIX`), or
     /// nats://HOST:PORT/STREAM?subject=S (JSON messages; exactly once within the stream's
     /// duplicate window with --checkpoint-dir, else at least once), or
+    /// rabbitmq://HOST:PORT/QUEUE[?exchange=X&routing-key=K] (JSON messages with publisher
+    /// confirms: at least once), or
     /// s3://BUCKET/PREFIX[?endpoint=URL&region=R] (the file sink's files as multipart uploads
     /// completed at checkpoints; the file options too; credentials from AWS_* variables).
     #[arg(long, default_value = "blackhole")]
@@ -519,9 +524,10 @@ fn sink(spec: &str, checkpoint_dir: Option<&PathBuf>) -> anyhow::Result<Arc<dyn 
         s if s.starts_with("file:") && s.len() > 5 => file_sink_spec(&s[5..])?,
         s if s.starts_with("kafka://") => SinkSpec::Kafka { uri: s.to_string() },
         s if s.starts_with("nats://") => SinkSpec::Nats { uri: s.to_string() },
+        s if s.starts_with("rabbitmq://") => SinkSpec::RabbitMq { uri: s.to_string() },
         s if s.starts_with("s3://") => s3_sink_spec(s)?,
         other => bail!(
-            "unknown sink `{other}`: use blackhole, stdout, file:DIR[?format=parquet], s3://BUCKET/PREFIX, kafka://HOST:PORT/TOPIC or nats://HOST:PORT/STREAM"
+            "unknown sink `{other}`: use blackhole, stdout, file:DIR[?format=parquet], s3://BUCKET/PREFIX, kafka://HOST:PORT/TOPIC, nats://HOST:PORT/STREAM or rabbitmq://HOST:PORT/QUEUE"
         ),
     };
     oxflow::spec::build_sink(&spec, checkpoint_dir.map(|d| d.as_path()))
@@ -668,6 +674,16 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
                 .source(NatsSource::try_new(config)?)
                 .with_watermarks(watermarks)?,
         )
+    } else if args.source.starts_with("rabbitmq://") {
+        use oxflow::connectors::rabbitmq::{RabbitMqSource, RabbitMqSourceConfig, RabbitMqUri};
+        let uri = RabbitMqUri::parse(&args.source)?;
+        let mut config = RabbitMqSourceConfig::from_uri(&uri, nexmark::bid_json_schema())?;
+        config.max_rate = args.rate;
+        nexmark::Input::bids(
+            pipeline
+                .source(RabbitMqSource::try_new(config)?)
+                .with_watermarks(watermarks)?,
+        )
     } else if let Some(path) = args.source.strip_prefix("file:") {
         if nexmark::is_tables_dir(Path::new(path)) {
             nexmark::Input::files(pipeline, PathBuf::from(path), watermarks)
@@ -680,7 +696,7 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         }
     } else {
         bail!(
-            "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC, nats://HOST:PORT/STREAM or file:PATH",
+            "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC, nats://HOST:PORT/STREAM, rabbitmq://HOST:PORT/QUEUE or file:PATH",
             args.source
         );
     };

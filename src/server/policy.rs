@@ -8,6 +8,7 @@
 use crate::spec::{JobSpec, JoinOn, SinkSpec, SourceSpec, Step, StreamSpec, WindowKind};
 use oxflow_connectors::kafka::{is_secret_key, redact_uri, KafkaUri};
 use oxflow_connectors::nats::{redact_nats_uri, NatsUri};
+use oxflow_connectors::rabbitmq::{redact_rabbitmq_uri, RabbitMqUri};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -163,6 +164,7 @@ impl Policy {
             SinkSpec::File { path, .. } => *path = self.check_path("the sink's directory", path)?,
             SinkSpec::Kafka { uri } => self.check_kafka(uri, "the sink")?,
             SinkSpec::Nats { uri } => check_nats(uri)?,
+            SinkSpec::RabbitMq { uri } => check_rabbitmq(uri)?,
             // The server has no object-store policy (which buckets, which endpoints, whose
             // credentials): a submitted job may not write to S3.
             SinkSpec::S3 { .. } => {
@@ -234,6 +236,7 @@ impl Policy {
             }
             SourceSpec::Kafka { uri, .. } => self.check_kafka(uri, "the source")?,
             SourceSpec::Nats { uri, .. } => check_nats(uri)?,
+            SourceSpec::RabbitMq { uri, .. } => check_rabbitmq(uri)?,
             SourceSpec::Nexmark { .. } => {}
         }
         for step in &stream.steps {
@@ -320,10 +323,19 @@ fn check_nats(uri: &str) -> Result<(), Refusal> {
         .map_err(|e| Refusal::Invalid(e.to_string()))
 }
 
+/// A RabbitMQ URI must parse; it names no local path, so nothing else is checked.
+fn check_rabbitmq(uri: &str) -> Result<(), Refusal> {
+    RabbitMqUri::parse(uri)
+        .map(|_| ())
+        .map_err(|e| Refusal::Invalid(e.to_string()))
+}
+
 /// `uri` with its secrets replaced, whichever connector it names.
 fn redact_any(uri: &str) -> String {
     if uri.starts_with("nats://") {
         redact_nats_uri(uri)
+    } else if uri.starts_with("rabbitmq://") {
+        redact_rabbitmq_uri(uri)
     } else {
         redact_uri(uri)
     }
@@ -355,12 +367,17 @@ fn resolve(path: &Path) -> PathBuf {
 /// streams too) and its sink's.
 fn for_each_uri(spec: &mut JobSpec, mut f: impl FnMut(&mut String)) {
     let _ = spec.stream.try_for_each_stream(&mut |stream| {
-        if let SourceSpec::Kafka { uri, .. } | SourceSpec::Nats { uri, .. } = &mut stream.source {
+        if let SourceSpec::Kafka { uri, .. }
+        | SourceSpec::Nats { uri, .. }
+        | SourceSpec::RabbitMq { uri, .. } = &mut stream.source
+        {
             f(uri);
         }
         Ok::<(), std::convert::Infallible>(())
     });
-    if let SinkSpec::Kafka { uri } | SinkSpec::Nats { uri } = &mut spec.sink {
+    if let SinkSpec::Kafka { uri } | SinkSpec::Nats { uri } | SinkSpec::RabbitMq { uri } =
+        &mut spec.sink
+    {
         f(uri);
     }
 }
@@ -372,6 +389,13 @@ pub(crate) fn secrets_of(spec: &JobSpec) -> Vec<String> {
     for_each_uri(&mut spec.clone(), |uri| {
         if uri.starts_with("nats://") {
             if let Some(c) = NatsUri::parse(uri).ok().and_then(|u| u.credentials) {
+                secrets.extend(c.split_once(':').map(|(_, password)| password.to_string()));
+                secrets.push(c);
+            }
+            return;
+        }
+        if uri.starts_with("rabbitmq://") {
+            if let Some(c) = RabbitMqUri::parse(uri).ok().and_then(|u| u.credentials) {
                 secrets.extend(c.split_once(':').map(|(_, password)| password.to_string()));
                 secrets.push(c);
             }

@@ -13,7 +13,7 @@
 use super::{nats_error, NatsConnection, NatsUri};
 use crate::error::{ConnectorError, Result as ConnectorResult};
 use crate::io_runtime::run;
-use crate::json::encode_json_lines;
+use crate::json::json_values;
 use crate::spool::{read_spool, remove_all, remove_spool, SpoolFile};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -324,17 +324,6 @@ async fn publish_all(
         settle(ack.await.map_err(|e| failed(&e))?);
     }
     Ok((stored, duplicates))
-}
-
-/// Rows as JSON values, one per row.
-fn json_values(batch: &RecordBatch, buffer: &mut Vec<u8>) -> Result<Vec<bytes::Bytes>> {
-    buffer.clear();
-    encode_json_lines(batch, buffer)?;
-    Ok(buffer
-        .split(|&b| b == b'\n')
-        .take(batch.num_rows())
-        .map(bytes::Bytes::copy_from_slice)
-        .collect())
 }
 
 /// A writer that publishes as it goes (at least once).

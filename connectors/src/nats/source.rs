@@ -462,33 +462,18 @@ impl Drop for NatsReader {
 impl NatsReader {
     /// Decodes one filter's messages into a batch (bad ones failed or skipped).
     fn decode(&mut self, partition: usize, messages: &[Message]) -> Result<RecordBatch> {
-        let mut bytes = Vec::new();
-        let mut spans = Vec::with_capacity(messages.len());
-        for m in messages {
-            let start = bytes.len();
-            bytes.extend_from_slice(&m.payload);
-            bytes.push(b'\n');
-            spans.push((start, bytes.len()));
-        }
-        let (policy, counter) = (self.source.config.bad_records, &self.source.bad_records);
         let (stream, filter) = (&self.source.config.stream, &self.partitions[partition]);
-        let decoded = self.decoder.decode(&bytes, &spans, |i, reason| {
-            let at = format!(
-                "stream {stream} ({filter}) sequence {}",
-                messages[i].sequence
-            );
-            match policy {
-                BadRecordPolicy::Fail => Err(ConnectorError::BadInput {
-                    at: format!("bad record in {at}"),
-                    reason,
-                }),
-                BadRecordPolicy::Skip => {
-                    tracing::warn!(at = %at, error = %reason, "skipping a bad NATS message");
-                    counter.add(1);
-                    Ok(())
-                }
-            }
-        })?;
+        let decoded = self.decoder.decode_messages(
+            messages.iter().map(|m| &m.payload[..]),
+            self.source.config.bad_records,
+            &self.source.bad_records,
+            |i| {
+                format!(
+                    "stream {stream} ({filter}) sequence {}",
+                    messages[i].sequence
+                )
+            },
+        )?;
         if self.source.config.timestamp_column.is_none() {
             return Ok(decoded.batch);
         }
