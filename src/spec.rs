@@ -143,7 +143,7 @@ pub enum SourceSpec {
         /// The messages' columns.
         columns: Vec<ColumnSpec>,
     },
-    /// RabbitMQ queues or streams of JSON messages:
+    /// RabbitMQ streams of JSON messages:
     /// `rabbitmq://HOST:PORT/QUEUE[,QUEUE]?options`, as on the CLI.
     #[serde(rename = "rabbitmq")]
     RabbitMq {

@@ -452,9 +452,9 @@ struct NexmarkArgs {
     /// properties such as `security.protocol=SASL_SSL`); `nats://HOST:PORT/STREAM[?options]`
     /// (JSON messages with q0's columns; options `subject=FILTERS`, `bounded=true`,
     /// `start=earliest|latest`, `bad-records=fail|skip`); `rabbitmq://HOST:PORT/QUEUE[,QUEUE]
-    /// [?options]` (JSON messages with q0's columns; `mode=queue` acknowledged at checkpoints,
-    /// or `mode=stream` read by offset; options `bounded=true`, `start=first|last|next`,
-    /// `prefetch=N`, `vhost=V`, `bad-records=fail|skip`); or `file:PATH`, JSON lines or
+    /// [?options]` (streams of JSON messages with q0's columns, read by offset; options
+    /// `bounded=true`, `start=first|last|next`, `prefetch=N`, `vhost=V`,
+    /// `bad-records=fail|skip`); or `file:PATH`, JSON lines or
     /// Parquet files (by extension) with q0's columns in a file, or in the `part-*` files of a
     /// directory (a file sink's output); a directory written by `nexmark-tables` gives every
     /// table (for q3, q4 and q8 too).
