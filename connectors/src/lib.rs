@@ -27,5 +27,6 @@ pub mod random;
 pub mod sinks;
 mod split;
 mod spool;
+pub mod uri;
 
 pub use error::{ConnectorError, Result};

@@ -18,8 +18,7 @@ pub use sink::{NatsSink, NatsSinkConfig, NatsSinkGuarantee};
 pub use source::{read_payloads, NatsSource, NatsSourceConfig, NatsStart};
 
 use crate::error::{ConnectorError, Result};
-use oxflow_runtime::clock::{Clock, SystemClock};
-use std::collections::BTreeMap;
+use crate::uri::{connect_with_retry, UriOptions};
 use std::time::Duration;
 
 /// The parts of a `nats://` URI.
@@ -32,7 +31,7 @@ pub struct NatsUri {
     /// The JetStream stream.
     pub stream: String,
     /// The query's options.
-    pub options: BTreeMap<String, String>,
+    pub options: UriOptions,
 }
 
 impl std::fmt::Debug for NatsUri {
@@ -88,13 +87,7 @@ impl NatsUri {
         if !valid {
             return Err(bad(format!("`{stream}` is not a JetStream stream name")));
         }
-        let mut options = BTreeMap::new();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(format!("`{pair}` in the query is not key=value")))?;
-            options.insert(key.to_string(), value.to_string());
-        }
+        let options = UriOptions::parse("nats", query, bad)?;
         Ok(NatsUri {
             servers: servers.to_string(),
             credentials,
@@ -105,26 +98,12 @@ impl NatsUri {
 
     /// Fails on an option not in `known`, naming the ones that are.
     pub fn check_options(&self, known: &[&str]) -> Result<()> {
-        match self.options.keys().find(|k| !known.contains(&k.as_str())) {
-            None => Ok(()),
-            Some(k) => Err(ConnectorError::Config {
-                connector: "nats",
-                reason: format!("unknown option `{k}`; options are {}", known.join(", ")),
-            }),
-        }
+        self.options.check(known)
     }
 
     /// An option parsed as a number.
     pub(crate) fn number(&self, key: &str) -> Result<Option<u64>> {
-        self.options
-            .get(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| ConnectorError::Config {
-                    connector: "nats",
-                    reason: format!("option {key}={v} is not a number"),
-                })
-            })
-            .transpose()
+        self.options.number(key)
     }
 
     /// The connection this URI names; `connect-timeout-ms` as for Kafka.
@@ -132,11 +111,7 @@ impl NatsUri {
         Ok(NatsConnection {
             servers: self.servers.clone(),
             credentials: self.credentials.clone(),
-            connect_timeout: match self.number("connect-timeout-ms")? {
-                None => Some(crate::kafka::DEFAULT_CONNECT_TIMEOUT),
-                Some(0) => None,
-                Some(ms) => Some(Duration::from_millis(ms)),
-            },
+            connect_timeout: self.options.connect_timeout()?,
         })
     }
 }
@@ -200,21 +175,13 @@ impl NatsConnection {
     /// Connects, retrying for up to the connect timeout while the servers cannot be reached
     /// (a server restarting must not spend a job's restart budget).
     pub(crate) async fn connect_with_retry(&self) -> Result<async_nats::jetstream::Context> {
-        let clock = SystemClock::new();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.connect().await {
-                Ok(c) => return Ok(c),
-                Err(e) => match self.connect_timeout {
-                    Some(limit) if clock.elapsed() < limit => {
-                        tracing::warn!(servers = %self.servers, error = %e, "NATS unreachable, retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                    _ => return Err(e),
-                },
-            }
-        }
+        connect_with_retry(
+            self.connect_timeout,
+            &self.servers,
+            || self.connect(),
+            |_| true,
+        )
+        .await
     }
 }
 
@@ -239,7 +206,7 @@ mod tests {
         assert_eq!(u.servers, "127.0.0.1:4222,h2:4223");
         assert_eq!(u.credentials.as_deref(), Some("alice:s3cret"));
         assert_eq!(u.stream, "BIDS");
-        assert_eq!(u.options["subject"], "bids.>");
+        assert_eq!(u.options.get("subject").unwrap(), "bids.>");
         assert!(!format!("{u:?}").contains("s3cret"));
         for (uri, want) in [
             ("kafka://h:1/t", "starts with nats://"),

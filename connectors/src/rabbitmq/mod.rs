@@ -19,8 +19,7 @@ pub use sink::{RabbitMqSink, RabbitMqSinkConfig};
 pub use source::{RabbitMqSource, RabbitMqSourceConfig, StreamStart};
 
 use crate::error::{ConnectorError, Result};
-use oxflow_runtime::clock::{Clock, SystemClock};
-use std::collections::BTreeMap;
+use crate::uri::{connect_with_retry, UriOptions};
 use std::time::Duration;
 
 /// The parts of a `rabbitmq://` URI.
@@ -33,7 +32,7 @@ pub struct RabbitMqUri {
     /// The queues (or streams), in order.
     pub queues: Vec<String>,
     /// The query's options.
-    pub options: BTreeMap<String, String>,
+    pub options: UriOptions,
 }
 
 impl std::fmt::Debug for RabbitMqUri {
@@ -97,13 +96,7 @@ impl RabbitMqUri {
         }) {
             return Err(bad(format!("`{q}` is not a queue name")));
         }
-        let mut options = BTreeMap::new();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| bad(format!("`{pair}` in the query is not key=value")))?;
-            options.insert(key.to_string(), value.to_string());
-        }
+        let options = UriOptions::parse("rabbitmq", query, bad)?;
         Ok(RabbitMqUri {
             server: server.to_string(),
             credentials,
@@ -114,26 +107,12 @@ impl RabbitMqUri {
 
     /// Fails on an option not in `known`, naming the ones that are.
     pub fn check_options(&self, known: &[&str]) -> Result<()> {
-        match self.options.keys().find(|k| !known.contains(&k.as_str())) {
-            None => Ok(()),
-            Some(k) => Err(ConnectorError::Config {
-                connector: "rabbitmq",
-                reason: format!("unknown option `{k}`; options are {}", known.join(", ")),
-            }),
-        }
+        self.options.check(known)
     }
 
     /// An option parsed as a number.
     pub(crate) fn number(&self, key: &str) -> Result<Option<u64>> {
-        self.options
-            .get(key)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| ConnectorError::Config {
-                    connector: "rabbitmq",
-                    reason: format!("option {key}={v} is not a number"),
-                })
-            })
-            .transpose()
+        self.options.number(key)
     }
 
     /// The connection this URI names: `vhost` (default `/`), `connect-timeout-ms` as for
@@ -147,11 +126,7 @@ impl RabbitMqUri {
                 .get("vhost")
                 .cloned()
                 .unwrap_or_else(|| "/".into()),
-            connect_timeout: match self.number("connect-timeout-ms")? {
-                None => Some(crate::kafka::DEFAULT_CONNECT_TIMEOUT),
-                Some(0) => None,
-                Some(ms) => Some(Duration::from_millis(ms)),
-            },
+            connect_timeout: self.options.connect_timeout()?,
         })
     }
 }
@@ -232,21 +207,13 @@ impl RabbitMqConnection {
     /// (a server restarting must not spend a job's restart budget). A refused login or an
     /// unknown vhost fails at once.
     pub(crate) async fn connect_with_retry(&self) -> Result<lapin::Connection> {
-        let clock = SystemClock::new();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.connect().await {
-                Ok(c) => return Ok(c),
-                Err(e) => match self.connect_timeout {
-                    Some(limit) if clock.elapsed() < limit && !refused(&e) => {
-                        tracing::warn!(server = %self.server, error = %e, "RabbitMQ unreachable, retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                    _ => return Err(e),
-                },
-            }
-        }
+        connect_with_retry(
+            self.connect_timeout,
+            &self.server,
+            || self.connect(),
+            |e| !refused(e),
+        )
+        .await
     }
 }
 
@@ -382,7 +349,7 @@ mod tests {
         assert_eq!(u.server, "127.0.0.1:5672");
         assert_eq!(u.credentials.as_deref(), Some("alice:s3cret"));
         assert_eq!(u.queues, ["bids", "bids-2"]);
-        assert_eq!(u.options["mode"], "stream");
+        assert_eq!(u.options.get("mode").unwrap(), "stream");
         assert!(!format!("{u:?}").contains("s3cret"));
         let c = u.connection().unwrap();
         assert_eq!(
