@@ -10,8 +10,12 @@ use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `cargo run` sets CARGO_MANIFEST_DIR for the program too: prefer it to the directory the
+    // example was compiled in, so a build shared between clones reads this clone's data.
     let path = std::env::args().nth(1).unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/readings.jsonl").to_string()
+        let root = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+        format!("{root}/examples/data/readings.jsonl")
     });
     let schema = Arc::new(Schema::new(vec![
         Field::new("sensor", DataType::Utf8, false),

@@ -446,7 +446,8 @@ fn the_server_commands_submit_watch_and_refuse_clearly() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs/nexmark_q7.json");
+    let spec = common::repo_path("examples/jobs/nexmark_q7.json");
+    let spec = spec.to_str().unwrap();
     let out = with_auth(&["submit", spec]);
     assert!(
         out.status.success(),

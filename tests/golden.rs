@@ -5,7 +5,7 @@
 use oxflow::connectors::json::encode_json_lines;
 use oxflow::nexmark::{job, QUERIES};
 use oxflow::prelude::*;
-use std::path::PathBuf;
+mod common;
 
 fn config(batch_size: usize) -> NexmarkConfig {
     // 2,000 events at 100 events/s of event time: 20 s, several windows and sessions.
@@ -44,7 +44,7 @@ fn run(query: &str, workers: usize, batch_size: usize) -> Vec<String> {
 
 #[test]
 fn nexmark_queries_match_golden_files() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let dir = common::repo_path("tests/golden");
     for query in QUERIES {
         let path = dir.join(format!("{query}.jsonl"));
         let got = run(query, 1, 8192);
@@ -97,9 +97,7 @@ fn assert_same_lines(got: &[String], expected: &[String], context: &str) {
 
 /// The expected lines of `query`'s golden file.
 fn golden(query: &str) -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{query}.jsonl"));
+    let path = common::repo_path("tests/golden").join(format!("{query}.jsonl"));
     std::fs::read_to_string(&path)
         .unwrap()
         .lines()

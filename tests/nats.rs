@@ -313,54 +313,10 @@ fn nats_exactly_once_commit_replayed_is_deduplicated_by_the_server() {
     );
 }
 
-/// A server of this test's own (the shared one must not go down under other tests).
-struct OwnServer {
-    port: String,
-    dir: tempfile::TempDir,
-}
-
-impl OwnServer {
-    fn new() -> Self {
-        let port = script(&["free-port"], None).trim().to_string();
-        OwnServer {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn url(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-    fn run(&self, command: &str) {
-        script(&[command], Some(self));
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        script(&["stop"], Some(self));
-    }
-}
-
-fn script(args: &[&str], server: Option<&OwnServer>) -> String {
-    let mut c = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats.sh"));
-    c.args(args);
-    if let Some(s) = server {
-        c.env("NATS_PORT", &s.port)
-            .env("NATS_RUN_DIR", s.dir.path());
-    }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 #[ignore = "needs a NATS server: scripts/nats.sh start; OXFLOW_NATS_URL=127.0.0.1:4222"]
 fn nats_server_down_at_start_and_restarted_mid_job_loses_and_repeats_nothing() {
-    let own = OwnServer::new();
+    let own = common::OwnServer::new("scripts/nats.sh", "NATS");
     let stream = common::unique("OUTAGE");
     own.run("start");
     create_stream(&own.url(), &stream);

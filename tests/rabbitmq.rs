@@ -200,55 +200,10 @@ fn rabbitmq_bad_records_per_policy() {
     assert!(err.contains("127.0.0.1:1"), "{err}");
 }
 
-/// A server of this test's own (the shared one must not go down under other tests).
-struct OwnServer {
-    port: String,
-    dir: tempfile::TempDir,
-}
-
-impl OwnServer {
-    fn new() -> Self {
-        let port = script(&["free-port"], None).trim().to_string();
-        OwnServer {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn url(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-    fn run(&self, command: &str) {
-        script(&[command], Some(self));
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        script(&["stop"], Some(self));
-    }
-}
-
-fn script(args: &[&str], server: Option<&OwnServer>) -> String {
-    let mut c =
-        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq.sh"));
-    c.args(args);
-    if let Some(s) = server {
-        c.env("RABBITMQ_PORT", &s.port)
-            .env("RABBITMQ_RUN_DIR", s.dir.path());
-    }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 #[ignore = "needs a RabbitMQ server: scripts/rabbitmq.sh start; OXFLOW_RABBITMQ_URL=127.0.0.1:5672"]
 fn rabbitmq_server_restarted_mid_job_loses_nothing_and_counts_its_duplicates() {
-    let own = OwnServer::new();
+    let own = common::OwnServer::new("scripts/rabbitmq.sh", "RABBITMQ");
     own.run("start");
     let queue = declare(&own.url(), QueueKind::Quorum, "outage");
     // The sink publishes with confirms through a server restart: at least once, so every

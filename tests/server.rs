@@ -485,12 +485,10 @@ async fn wait_healthy(client: &Client) {
 /// query, every query parses as PromQL (`promtool check rules`, with Grafana's variables put
 /// in as Grafana would), and names only families this server exports.
 fn check_grafana_dashboard(promtool: &str, scrape: &str, tmp: &Path) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/grafana/oxflow-dashboard.json"
-    );
+    let file = common::repo_path("deploy/grafana/oxflow-dashboard.json");
+    let path = file.display();
     let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
             .expect("the dashboard is JSON");
     assert!(
         dashboard["schemaVersion"].as_u64() >= Some(36),

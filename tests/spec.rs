@@ -8,7 +8,6 @@ use oxflow::arrow::array::{Int64Array, RecordBatch};
 use oxflow::arrow::datatypes::{DataType, Field, Schema};
 use oxflow::prelude::*;
 use oxflow::spec::{JobSpec, Registry, SinkSpec, SourceSpec, StateSpec, StreamSpec};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,7 +137,7 @@ fn a_job_round_trips_through_json_and_runs_to_the_same_output() {
 
 #[test]
 fn the_example_specs_build_and_q5_equals_the_built_in_query() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/jobs");
+    let dir = common::repo_path("examples/jobs");
     let read = |name: &str| -> JobSpec {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -148,7 +147,7 @@ fn the_example_specs_build_and_q5_equals_the_built_in_query() {
     assert!(matches!(kafka.sink, SinkSpec::Kafka { .. }));
     let mut readings = read("readings_to_files.json");
     if let SourceSpec::File { path, .. } = &mut readings.stream.source {
-        *path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&*path);
+        *path = common::repo_path("").join(&*path);
     }
     let tmp = tempfile::tempdir().unwrap();
     readings.sink = SinkSpec::file(tmp.path().join("readings"));
@@ -381,7 +380,7 @@ proptest::proptest! {
             "nats_hot_items.json",
             "readings_to_parquet.json",
         ];
-        let path = format!("{}/examples/jobs/{}", env!("CARGO_MANIFEST_DIR"), files[example]);
+        let path = common::repo_path("examples/jobs").join(files[example]);
         let mut value: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         // No directory is made by a mutated file sink's path.

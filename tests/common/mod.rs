@@ -308,3 +308,69 @@ pub fn spawn_server(
         .spawn()
         .expect("the binary runs")
 }
+
+/// A path inside the repository, found when the test runs (cargo test sets
+/// `CARGO_MANIFEST_DIR` for the test process) rather than where the tree was when the test was
+/// compiled: a build shared between clones (one target directory) must read this clone's files.
+pub fn repo_path(relative: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join(relative)
+}
+
+/// A server of one test's own, started and stopped by a project script (scripts/nats.sh,
+/// scripts/rabbitmq.sh), on a free loopback port with its data in a temporary directory: for
+/// tests that take a server down, which the shared one must not do under other tests.
+pub struct OwnServer {
+    script: &'static str,
+    /// The scripts' variable prefix: `NATS` for `NATS_PORT` and `NATS_RUN_DIR`.
+    prefix: &'static str,
+    pub port: String,
+    dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    pub fn new(script: &'static str, prefix: &'static str) -> Self {
+        let mut own = OwnServer {
+            script,
+            prefix,
+            port: String::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        own.port = own.script(&["free-port"]).trim().to_string();
+        own
+    }
+
+    pub fn url(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `start`, `stop` or `restart` of the script for this server.
+    pub fn run(&self, command: &str) {
+        self.script(&[command]);
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let mut c = std::process::Command::new(repo_path(self.script));
+        c.args(args);
+        if !self.port.is_empty() {
+            c.env(format!("{}_PORT", self.prefix), &self.port)
+                .env(format!("{}_RUN_DIR", self.prefix), self.dir.path());
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            self.script,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}
