@@ -797,3 +797,154 @@ fn a_record_far_ahead_of_the_wall_clock_does_not_close_every_window() {
     assert_eq!(counted, 3);
     assert_eq!(out_of_range(&metrics), 1);
 }
+
+/// Two splits of very different lengths: split 0 reads batches `0..SHORT` and ends at once;
+/// split 1 reads `SHORT..total`, one batch per millisecond or so, so that many checkpoints
+/// fall after split 0 has ended. `ended` is set when split 0 ends.
+#[derive(Clone)]
+struct Uneven {
+    batches: Arc<Vec<RecordBatch>>,
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const SHORT: usize = 4;
+
+struct UnevenReader {
+    source: Uneven,
+    index: usize,
+    next: usize,
+    end: usize,
+    paced: bool,
+}
+
+impl Source for Uneven {
+    fn name(&self) -> String {
+        "uneven".into()
+    }
+    fn schema(&self) -> oxflow::arrow::datatypes::SchemaRef {
+        kv_schema()
+    }
+    fn restore_reader(
+        &self,
+        split: SubtaskInfo,
+        positions: &[serde_json::Value],
+    ) -> oxflow::runtime::Result<Box<dyn SourceReader>> {
+        assert_eq!(split.parallelism, 2, "the test runs two splits");
+        let (start, end) = match split.index {
+            0 => (0, SHORT),
+            _ => (SHORT, self.batches.len()),
+        };
+        let next = positions
+            .get(split.index)
+            .map_or(start, |p| p.as_u64().unwrap() as usize);
+        Ok(Box::new(UnevenReader {
+            source: self.clone(),
+            index: split.index,
+            next,
+            end,
+            paced: false,
+        }))
+    }
+}
+
+impl SourceReader for UnevenReader {
+    fn poll_next(&mut self) -> oxflow::runtime::Result<SourcePoll> {
+        if self.next == self.end {
+            if self.index == 0 {
+                self.source
+                    .ended
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            return Ok(SourcePoll::Finished);
+        }
+        // Every other poll waits a millisecond: the long split takes a while.
+        self.paced = !self.paced;
+        if self.index == 1 && self.paced {
+            return Ok(SourcePoll::Pending(Duration::from_millis(1)));
+        }
+        self.next += 1;
+        Ok(SourcePoll::Batch(
+            self.source.batches[self.next - 1].clone(),
+        ))
+    }
+    fn position(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!(self.next))
+    }
+}
+
+/// Counts per key in 100 ms windows of the uneven source, into files.
+fn uneven_job(source: &Uneven, out: &std::path::Path) -> Job {
+    Pipeline::new()
+        .with_parallelism(2)
+        .source(source.clone())
+        .with_watermarks(WatermarkStrategy::bounded("ts", Duration::from_millis(50)))
+        .unwrap()
+        .key_by(["key"])
+        .window(WindowSpec::tumbling(Duration::from_millis(100)))
+        .aggregate([count(col("value")).alias("n"), sum(col("value")).alias("s")])
+        .unwrap()
+        .sink(FileSink::try_new(out).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn checkpoints_go_on_after_a_split_ends_and_a_restore_from_one_gives_the_same_output() {
+    // 600 batches of 10 records, 1 ms of event time apart; split 0 has the first 4.
+    let batches: Vec<RecordBatch> = (0..600)
+        .map(|b| {
+            let keys = (0..10).map(|i| (b * 10 + i) % 13).collect();
+            let times = (0..10).map(|i| b * 10 + i).collect();
+            kv(keys, times)
+        })
+        .collect();
+    let source = Uneven {
+        batches: Arc::new(batches),
+        ended: Default::default(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    uneven_job(&source, &straight).execute_blocking().unwrap();
+    let expected = committed_lines(&straight);
+    assert!(expected.len() > 60, "{} windows", expected.len());
+
+    // Checkpointed, and killed once two checkpoints have completed after split 0 ended.
+    let (out, chk) = (tmp.path().join("out"), tmp.path().join("chk"));
+    let checkpoints = CheckpointConfig::new(&chk, Duration::from_millis(10));
+    let source = Uneven {
+        ended: Default::default(),
+        ..source
+    };
+    let job = uneven_job(&source, &out).with_checkpoints(checkpoints.clone());
+    let completed = job.metrics().counter("checkpoints.completed");
+    let cancel = job.cancel_handle();
+    let runner = std::thread::spawn(move || job.execute_blocking());
+    let mut after_end = None;
+    for _ in 0..10_000 {
+        if runner.is_finished() {
+            break;
+        }
+        if source.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            let since = *after_end.get_or_insert(completed.get());
+            if completed.get() >= since + 2 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cancel.cancel();
+    let killed = runner.join().unwrap();
+    assert!(killed.is_err(), "the job was killed before its end");
+    let since = after_end.expect("split 0 ended");
+    assert!(
+        completed.get() >= since + 2,
+        "checkpoints stopped when split 0 ended: {} completed, {since} when it ended",
+        completed.get()
+    );
+    let report = uneven_job(&source, &out)
+        .with_checkpoints(checkpoints)
+        .restore_from(RestoreFrom::Latest)
+        .execute_blocking()
+        .unwrap();
+    assert!(report.restored_from.is_some());
+    assert_eq!(committed_lines(&out), expected);
+}

@@ -11,6 +11,7 @@ use crate::checkpoint::{
 use crate::error::{Result, RuntimeError};
 use crate::metrics::{CheckpointHistory, CheckpointRecord, CheckpointStatus, Counter, JobMetrics};
 use crate::sink::{PendingCommit, SinkRef};
+use crate::source::SourceReader;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -32,13 +33,33 @@ pub(crate) enum Report {
     },
     /// A subtask could not take its part of checkpoint `id`; the checkpoint is abandoned.
     Decline { id: u64, reason: String },
-    /// A source split has read all its input: it will take part in no further checkpoint.
-    SourceFinished,
+    /// A subtask has ended (its inputs all ended, or its source split was read to the end)
+    /// and sent end-of-stream on. Later checkpoints take `snapshot` as its part: it holds no
+    /// state (a finished subtask's state is never read again: nothing reaches it any more,
+    /// and what it emitted is downstream, before every later barrier), only a source split's
+    /// final position, so that a restore starts that split at its end.
+    Finished {
+        stage: usize,
+        subtask: usize,
+        snapshot: TaskSnapshot,
+        /// A source split's reader, kept to hear of the checkpoints that complete after it
+        /// ended (a queue acknowledges what those checkpoints cover).
+        reader: Option<FinishedReader>,
+    },
     /// The sink subtask reached the end of input with this output pending.
     Final {
         subtask: usize,
         pending: Option<PendingCommit>,
     },
+}
+
+/// The reader of a source split that has ended.
+pub(crate) struct FinishedReader(pub Box<dyn SourceReader>);
+
+impl std::fmt::Debug for FinishedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FinishedReader")
+    }
 }
 
 /// The shape of a job, as a manifest records it.
@@ -48,6 +69,8 @@ pub(crate) struct JobShape {
     /// Each operator's state fingerprint, stage by stage.
     pub fingerprints: Vec<Vec<String>>,
     pub max_parallelism: usize,
+    /// How many subtasks read a source (once all have ended, no checkpoint is started).
+    pub sources: usize,
 }
 
 /// Requests for savepoints, shared with whoever holds the job's handle.
@@ -125,14 +148,21 @@ struct Pending {
 pub(crate) struct Coordinator {
     pub config: Option<CheckpointConfig>,
     pub trigger: Arc<AtomicU64>,
+    /// The last checkpoint that completed (manifest written, sink committed), for the source
+    /// readers still running.
+    pub completed: Arc<AtomicU64>,
     pub next_id: u64,
     pub shape: JobShape,
     pub sink: SinkRef,
     pub savepoints: SavepointRequests,
     pub stats: CheckpointStats,
     pub finals: Vec<Option<PendingCommit>>,
-    /// No checkpoint is triggered once a source split has finished: it could not take part.
-    pub sources_finished: bool,
+    /// What each subtask that has ended contributes to later checkpoints, stage by stage.
+    finished: Vec<Vec<Option<TaskSnapshot>>>,
+    /// Source splits that have ended.
+    sources_finished: usize,
+    /// Their readers, told of each checkpoint that completes after they ended.
+    finished_readers: Vec<Box<dyn SourceReader>>,
     /// Sink output handed over for checkpoints that were abandoned: it is committed with the
     /// next one that completes (or at the end), never dropped.
     carried: Vec<PendingCommit>,
@@ -155,16 +185,24 @@ impl Coordinator {
         history: CheckpointHistory,
     ) -> Self {
         let sinks = shape.stages.last().map_or(0, |s| s.2);
+        let finished = shape
+            .stages
+            .iter()
+            .map(|(_, _, p)| vec![None; *p])
+            .collect();
         Coordinator {
             config,
             trigger: Arc::new(AtomicU64::new(0)),
+            completed: Arc::new(AtomicU64::new(0)),
             next_id,
             shape,
             sink,
             savepoints,
             stats: CheckpointStats::default(),
             finals: vec![None; sinks],
-            sources_finished: false,
+            finished,
+            sources_finished: 0,
+            finished_readers: Vec::new(),
             carried: Vec::new(),
             completed_counter: metrics.counter("checkpoints.completed"),
             last_id_counter: metrics.counter("checkpoints.last_id"),
@@ -181,7 +219,7 @@ impl Coordinator {
         let mut last_done = Instant::now();
         loop {
             let wait = match (&self.config, &self.pending) {
-                (Some(c), None) if !self.sources_finished => {
+                (Some(c), None) if self.sources_running() => {
                     c.interval.saturating_sub(last_done.elapsed())
                 }
                 _ => Duration::from_millis(100),
@@ -194,7 +232,7 @@ impl Coordinator {
                         .as_ref()
                         .is_some_and(|c| last_done.elapsed() >= c.interval);
                     let asked = self.config.is_some() && self.savepoints.waiting();
-                    if self.pending.is_none() && !self.sources_finished && (due || asked) {
+                    if self.pending.is_none() && self.sources_running() && (due || asked) {
                         self.start();
                     }
                 }
@@ -237,30 +275,61 @@ impl Coordinator {
                     *last_done = Instant::now();
                 }
             }
-            Report::SourceFinished => {
-                if !self.sources_finished && self.config.is_some() {
-                    tracing::info!(
-                        "a source split has finished: no further checkpoint until the end of input"
-                    );
+            Report::Finished {
+                stage,
+                subtask,
+                snapshot,
+                reader,
+            } => {
+                if snapshot.source.is_some() || reader.is_some() {
+                    self.sources_finished += 1;
                 }
-                self.sources_finished = true;
-                self.abandon("the job reached the end of its input first");
+                if let Some(reader) = reader {
+                    self.finished_readers.push(reader.0);
+                }
+                let last = stage + 1 == self.shape.stages.len();
+                let mut part = snapshot.clone();
+                self.finished[stage][subtask] = Some(snapshot);
+                if let Some(p) = self.pending.as_mut() {
+                    if p.acks[stage][subtask].is_none() {
+                        // It ended before the barrier reached it: everything it did comes
+                        // before the barrier, its sink's last output included.
+                        if last {
+                            part.sink = self.finals[subtask].take();
+                        }
+                        p.acks[stage][subtask] = Some(part);
+                        p.missing -= 1;
+                        if p.missing == 0 {
+                            let p = self.pending.take().expect("just matched");
+                            self.complete(p)?;
+                            *last_done = Instant::now();
+                        }
+                    }
+                }
             }
             Report::Final { subtask, pending } => self.finals[subtask] = pending,
         }
         Ok(())
     }
 
+    /// Whether a source split is still reading (a checkpoint can then still be taken).
+    fn sources_running(&self) -> bool {
+        self.sources_finished < self.shape.sources
+    }
+
     fn start(&mut self) {
         let id = self.next_id;
         self.next_id += 1;
-        let acks: Vec<Vec<Option<TaskSnapshot>>> = self
-            .shape
-            .stages
-            .iter()
-            .map(|(_, _, p)| vec![None; *p])
-            .collect();
-        let missing = acks.iter().map(|a| a.len()).sum();
+        // Subtasks that have ended take part with what they left; a sink's output since its
+        // last barrier goes into this checkpoint.
+        let last = self.finished.len().saturating_sub(1);
+        let mut acks = self.finished.clone();
+        for (subtask, ack) in acks[last].iter_mut().enumerate() {
+            if let Some(ack) = ack {
+                ack.sink = self.finals[subtask].take();
+            }
+        }
+        let missing = acks.iter().flatten().filter(|a| a.is_none()).count();
         self.pending = Some(Pending {
             id,
             started: Instant::now(),
@@ -336,7 +405,8 @@ impl Coordinator {
         }
     }
 
-    /// Writes the manifest, then commits the sink's output of the checkpoint.
+    /// Writes the manifest, commits the sink's output of the checkpoint, then tells the
+    /// source readers it has completed.
     fn publish(&mut self, manifest: &Manifest) -> Result<PathBuf> {
         let config = self.config.as_ref().expect("checkpoints are on");
         let dir = checkpoint_dir(&config.dir, manifest.id);
@@ -345,6 +415,7 @@ impl Coordinator {
         write_manifest(&dir, manifest)?;
         self.sink.commit(manifest.id, &manifest.sink_pending)?;
         apply_retention(&config.dir, config.retained)?;
+        self.notify_completed(manifest.id);
         self.stats.completed += 1;
         self.stats.last_id = Some(manifest.id);
         self.completed_counter.set(self.stats.completed);
@@ -356,6 +427,18 @@ impl Coordinator {
             self.bytes_counter.set(manifest.state_bytes);
         }
         Ok(dir)
+    }
+
+    /// Checkpoint `id` has completed: running readers see it through `completed`, ended ones
+    /// are told here. An ended reader that cannot act on it (a queue's acknowledgement lost
+    /// with its connection) leaves its messages to be delivered again: at least once.
+    fn notify_completed(&mut self, id: u64) {
+        self.completed.store(id, Ordering::SeqCst);
+        for reader in &mut self.finished_readers {
+            if let Err(e) = reader.checkpoint_complete(id) {
+                tracing::warn!(checkpoint = id, error = %e, "a finished source split could not act on a completed checkpoint");
+            }
+        }
     }
 
     fn complete(&mut self, p: Pending) -> Result<()> {
@@ -494,6 +577,7 @@ mod tests {
             stages: vec![("sink".into(), vec!["op".into()], 2)],
             fingerprints: vec![vec!["f".into()]],
             max_parallelism: 128,
+            sources: 2,
         };
         let history = CheckpointHistory::default();
         let mut c = Coordinator::new(
@@ -536,6 +620,7 @@ mod tests {
             stages: vec![("sink".into(), vec!["op".into()], 2)],
             fingerprints: vec![vec!["f".into()]],
             max_parallelism: 128,
+            sources: 2,
         };
         let config = CheckpointConfig::new(tmp.path(), Duration::from_secs(3600));
         let mut c = Coordinator::new(
@@ -572,5 +657,115 @@ mod tests {
         let mut committed = sink.committed.lock().unwrap().clone();
         committed.sort_by_key(|v| v.to_string());
         assert_eq!(committed, vec![json!("p1-a"), json!("p2-a"), json!("p2-b")]);
+    }
+
+    /// Remembers which checkpoints it was told of.
+    struct HearingReader(Arc<Mutex<Vec<u64>>>);
+
+    impl SourceReader for HearingReader {
+        fn poll_next(&mut self) -> Result<crate::source::SourcePoll> {
+            Ok(crate::source::SourcePoll::Finished)
+        }
+        fn checkpoint_complete(&mut self, id: u64) -> Result<()> {
+            self.0.lock().unwrap().push(id);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn checkpoints_go_on_after_a_split_ends_and_take_its_last_output_and_final_position() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = Arc::new(RecordingSink::default());
+        let shape = JobShape {
+            stages: vec![("q0".into(), vec!["op".into()], 2)],
+            fingerprints: vec![vec!["f".into()]],
+            max_parallelism: 128,
+            sources: 2,
+        };
+        let config = CheckpointConfig::new(tmp.path(), Duration::from_secs(3600));
+        let mut c = Coordinator::new(
+            Some(config),
+            1,
+            shape,
+            sink.clone(),
+            SavepointRequests::default(),
+            &JobMetrics::default(),
+            CheckpointHistory::default(),
+        );
+        let mut last = Instant::now();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let finished = |subtask: usize, at: i64, heard: &Arc<Mutex<Vec<u64>>>| Report::Finished {
+            stage: 0,
+            subtask,
+            snapshot: TaskSnapshot {
+                source: Some(crate::checkpoint::SourceSnapshot {
+                    position: json!({ "end": at }),
+                    max_event_time: None,
+                    partition_event_times: Default::default(),
+                }),
+                ..Default::default()
+            },
+            reader: Some(FinishedReader(Box::new(HearingReader(heard.clone())))),
+        };
+        // Checkpoint 1 is pending when split 0 ends without its barrier: its output since the
+        // previous barrier and its end position are its part of checkpoint 1.
+        c.start();
+        c.handle(ack(1, 1, "b1"), &mut last).unwrap();
+        let last_output = Report::Final {
+            subtask: 0,
+            pending: Some(json!("a-end")),
+        };
+        c.handle(last_output, &mut last).unwrap();
+        c.handle(finished(0, 10, &heard), &mut last).unwrap();
+        assert_eq!(c.stats.last_id, Some(1));
+        let m = read_manifest(&checkpoint_dir(tmp.path(), 1)).unwrap();
+        assert_eq!(
+            m.stages[0].subtasks[0].source.as_ref().unwrap().position,
+            json!({ "end": 10 })
+        );
+        assert_eq!(m.sink_pending, vec![json!("a-end"), json!("b1")]);
+        assert!(c.sources_running(), "split 1 still reads");
+        // Checkpoint 2 is taken with split 1 alone; split 0 is told of it.
+        c.start();
+        c.handle(ack(2, 1, "b2"), &mut last).unwrap();
+        assert_eq!(c.stats.last_id, Some(2));
+        let m = read_manifest(&checkpoint_dir(tmp.path(), 2)).unwrap();
+        assert_eq!(
+            m.stages[0].subtasks[0].source.as_ref().unwrap().position,
+            json!({ "end": 10 })
+        );
+        assert_eq!(
+            m.sink_pending,
+            vec![json!("b2")],
+            "split 0's output is committed once"
+        );
+        // Checkpoint 1 took its end position too: it covers all split 0 read.
+        assert_eq!(*heard.lock().unwrap(), vec![1, 2]);
+        // Split 1 acknowledges checkpoint 3, then ends with output after that barrier: the
+        // output waits for the end-of-input manifest, which every ended reader hears of.
+        c.start();
+        c.handle(ack(3, 1, "b3"), &mut last).unwrap();
+        c.handle(
+            Report::Final {
+                subtask: 1,
+                pending: Some(json!("b-end")),
+            },
+            &mut last,
+        )
+        .unwrap();
+        c.handle(finished(1, 20, &heard), &mut last).unwrap();
+        assert!(!c.sources_running());
+        c.finish().unwrap();
+        assert_eq!(
+            *sink.committed.lock().unwrap(),
+            vec![
+                json!("a-end"),
+                json!("b1"),
+                json!("b2"),
+                json!("b3"),
+                json!("b-end")
+            ]
+        );
+        assert_eq!(*heard.lock().unwrap(), vec![1, 2, 3, 4, 4]);
     }
 }

@@ -15,7 +15,7 @@ use crate::checkpoint::{
 };
 use crate::clock::Clock;
 pub use crate::coordinator::CheckpointStats;
-use crate::coordinator::{Coordinator, JobShape, Report, SavepointRequests};
+use crate::coordinator::{Coordinator, FinishedReader, JobShape, Report, SavepointRequests};
 use crate::error::{Result, RuntimeError};
 use crate::exchange::{Partitioner, Partitioning};
 use crate::graph::{JobGraph, StageInput};
@@ -234,6 +234,12 @@ pub fn execute(
             .collect(),
         fingerprints: fingerprints(&graph),
         max_parallelism: graph.max_parallelism,
+        sources: graph
+            .stages
+            .iter()
+            .filter(|s| matches!(s.input, StageInput::Source { .. }))
+            .map(|s| s.parallelism)
+            .sum(),
     };
     let mut coordinator = Coordinator::new(
         options.checkpoints.clone(),
@@ -245,6 +251,7 @@ pub fn execute(
         options.history.clone(),
     );
     let trigger = coordinator.trigger.clone();
+    let completed = coordinator.completed.clone();
     let (report_tx, report_rx) = channel::<Report>();
 
     // Each stage's channels: input k's upstream subtasks send on channels
@@ -406,6 +413,7 @@ pub fn execute(
                         .map(|w| PartitionWatermarks::new(w, partition_times));
                     let (clock, cancel) = (clock.clone(), cancel.clone());
                     let trigger = trigger.clone();
+                    let completed = completed.clone();
                     let screen = watermarks.clone();
                     let out_of_range =
                         metrics.counter(&format!("{prefix}.event_time_out_of_range"));
@@ -423,6 +431,7 @@ pub fn execute(
                             records_in,
                             checkpointing,
                             trigger,
+                            completed,
                         })
                     })
                 }
@@ -966,6 +975,8 @@ struct SourceTask {
     records_in: StageCounter,
     checkpointing: TaskCheckpointing,
     trigger: Arc<AtomicU64>,
+    /// The last checkpoint completed, for [`SourceReader::checkpoint_complete`].
+    completed: Arc<AtomicU64>,
 }
 
 fn run_source(mut t: SourceTask) -> Result<()> {
@@ -974,6 +985,10 @@ fn run_source(mut t: SourceTask) -> Result<()> {
     let mut last_data = t.clock.elapsed();
     let mut idle = false;
     let mut injected = 0;
+    let mut heard = t.completed.load(Ordering::SeqCst);
+    if t.checkpointing.root.is_none() {
+        t.reader.without_checkpoints();
+    }
     if let Some(p) = &mut t.partitioned {
         // The restored watermark (set on the chain) is not sent again.
         p.restore_watermark(t.chain.watermark);
@@ -982,9 +997,15 @@ fn run_source(mut t: SourceTask) -> Result<()> {
         if t.cancel.is_cancelled() {
             return Err(RuntimeError::Cancelled);
         }
+        let done = t.completed.load(Ordering::SeqCst);
+        if done > heard {
+            heard = done;
+            t.reader.checkpoint_complete(done)?;
+        }
         let requested = t.trigger.load(Ordering::SeqCst);
         if requested > injected {
             injected = requested;
+            t.reader.on_barrier(requested);
             let position = t.reader.position().ok_or_else(|| {
                 RuntimeError::Checkpoint(
                     "this job's source cannot be checkpointed (it does not report its position)"
@@ -1037,8 +1058,27 @@ fn run_source(mut t: SourceTask) -> Result<()> {
                 continue;
             }
             SourcePoll::Finished => {
-                t.checkpointing.report(Report::SourceFinished);
-                return t.chain.end(&mut t.checkpointing);
+                t.chain.end(&mut t.checkpointing)?;
+                let source = t.reader.position().map(|position| SourceSnapshot {
+                    position,
+                    max_event_time: t.generator.as_ref().and_then(|g| g.max_event_time()),
+                    partition_event_times: t
+                        .partitioned
+                        .as_ref()
+                        .map(|p| p.max_event_times())
+                        .unwrap_or_default(),
+                });
+                let (stage, subtask) = (t.checkpointing.stage, t.checkpointing.info.index);
+                t.checkpointing.report(Report::Finished {
+                    stage,
+                    subtask,
+                    snapshot: TaskSnapshot {
+                        source,
+                        ..Default::default()
+                    },
+                    reader: Some(FinishedReader(t.reader)),
+                });
+                return Ok(());
             }
         };
         if batch.num_rows() == 0 {
@@ -1188,7 +1228,14 @@ fn run_exchange_input(
             }
         }
         if watermarks.all_ended() && replay.is_empty() {
-            return chain.end(&mut checkpointing);
+            chain.end(&mut checkpointing)?;
+            checkpointing.report(Report::Finished {
+                stage: checkpointing.stage,
+                subtask: checkpointing.info.index,
+                snapshot: TaskSnapshot::default(),
+                reader: None,
+            });
+            return Ok(());
         }
     }
 }

@@ -44,6 +44,28 @@ pub trait SourceReader: Send {
     fn partitions(&self) -> &[String] {
         &[]
     }
+
+    /// Checkpoint `id` is being taken: called just before [`SourceReader::position`] gives
+    /// its part. A reader that must act once the checkpoint completes remembers what the
+    /// position covers under `id`.
+    fn on_barrier(&mut self, id: u64) {
+        let _ = id;
+    }
+
+    /// Checkpoint `id` has completed: its manifest is written and the sink has committed its
+    /// output, so what its position covered never needs reading again (a queue acknowledges
+    /// those messages). Every earlier checkpoint has completed or been abandoned; an id may be
+    /// skipped. Called also after the split has finished, for the checkpoints that complete
+    /// later, the last one at the end of the job. An error fails a running split.
+    fn checkpoint_complete(&mut self, id: u64) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// Called once, before the first poll, when the job runs without checkpoints: no
+    /// checkpoint will complete, so a reader waiting for one to acknowledge its input must
+    /// acknowledge as it emits instead.
+    fn without_checkpoints(&mut self) {}
 }
 
 /// A source of a job: its schema, and a reader per split.
