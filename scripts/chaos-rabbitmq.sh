@@ -7,16 +7,22 @@
 # then hold every row of an uninterrupted run; repeats are counted and reported (the sink's
 # stated limit).
 #
-#   scripts/chaos-rabbitmq.sh [--query q5] [--events 200000] [--rate 20000] [--kills 6] [--seed N]
+# With `--input queue` the bids come from a classic queue instead (`mode=queue`: competing
+# consumers, acknowledged when a checkpoint completes, at least once): the query must then be
+# one that a repeated bid does not change the rows of (q0, q1, q2), and the output must hold
+# every row, repeats counted.
+#
+#   scripts/chaos-rabbitmq.sh [--input stream|queue] [--query q5] [--events 200000] [--rate 20000] [--kills 6] [--seed N]
 #
 # Needs the server of scripts/rabbitmq.sh running on 127.0.0.1:${RABBITMQ_PORT:-5672}, and
 # Python 3 (pika, installed into a virtual environment under ~/.cache/oxflow-tools the first
 # time, declares the queues and reads the output).
 set -euo pipefail
 
-query=q5 events=200000 rate=20000 kills=6 seed=${RANDOM}
+input_kind=stream query=q5 events=200000 rate=20000 kills=6 seed=${RANDOM}
 while [ $# -gt 0 ]; do
   case "$1" in
+    --input) input_kind=$2; shift 2 ;;
     --query) query=$2; shift 2 ;;
     --events) events=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
@@ -26,6 +32,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 RANDOM=$seed
+case "$input_kind:$query" in
+  stream:*) ;;
+  queue:q0 | queue:q1 | queue:q2) ;;
+  queue:*) echo "chaos-rabbitmq: a queue is read at least once: use q0, q1 or q2 with --input queue" >&2; exit 2 ;;
+  *) echo "chaos-rabbitmq: --input is stream or queue" >&2; exit 2 ;;
+esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 rabbitmq=$root/scripts/rabbitmq.sh
@@ -50,13 +62,24 @@ bids_of() {
     --sink "rabbitmq://$server/$1" | tail -1 | sed 's/.*"output_rows":\([0-9]*\).*/\1/'
 }
 
-echo "chaos-rabbitmq: query $query, $events events, $kills kills, seed $seed"
+echo "chaos-rabbitmq: $input_kind in, query $query, $events events, $kills kills, seed $seed"
 input=chaos-bids-$run_id output=chaos-out-$run_id
-tool declare "$server" stream "$input"
 tool declare "$server" quorum "$output"
-echo "input: $(bids_of "$input") bids in stream $input"
-common=(nexmark --query "$query" --source "rabbitmq://$server/$input?bounded=true")
-"$bin" "${common[@]}" --workers 2 --sink "file:$work/expected" > /dev/null
+if [ "$input_kind" = stream ]; then
+  tool declare "$server" stream "$input"
+  echo "input: $(bids_of "$input") bids in stream $input"
+  common=(nexmark --query "$query" --source "rabbitmq://$server/$input?bounded=true")
+  "$bin" "${common[@]}" --workers 2 --sink "file:$work/expected" > /dev/null
+else
+  # A queue read empties it: the uninterrupted run reads a queue of its own.
+  tool declare "$server" classic "$input"
+  tool declare "$server" classic "$input-expected"
+  echo "input: $(bids_of "$input") bids in queue $input"
+  bids_of "$input-expected" > /dev/null
+  "$bin" nexmark --query "$query" --source "rabbitmq://$server/$input-expected?mode=queue&bounded=true" \
+    --workers 2 --sink "file:$work/expected" > /dev/null
+  common=(nexmark --query "$query" --source "rabbitmq://$server/$input?mode=queue&bounded=true")
+fi
 cat "$work"/expected/part-* 2>/dev/null | sort > "$work/expected.sorted"
 
 # shellcheck source=scripts/chaos-lib.sh

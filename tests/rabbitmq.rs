@@ -239,3 +239,112 @@ fn rabbitmq_server_restarted_mid_job_loses_nothing_and_counts_its_duplicates() {
         want.len()
     );
 }
+
+#[test]
+#[ignore = "needs a RabbitMQ server: scripts/rabbitmq.sh start; OXFLOW_RABBITMQ_URL=127.0.0.1:5672"]
+fn rabbitmq_round_trip_q5_and_q7_equal_the_generator_from_queues_which_end_empty() {
+    let s = server();
+    // q5 from a quorum queue with checkpoints: acknowledged as they complete, the last at
+    // the end of input; q7 from a classic queue without: acknowledged as emitted.
+    for (query, kind, checkpoints) in [
+        ("q5", QueueKind::Quorum, true),
+        ("q7", QueueKind::Classic, false),
+    ] {
+        let queue = declare(&s, kind, "bids-queue");
+        let bids = fill(&s, &queue);
+        let chk = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "nexmark".to_string(),
+            "--query".into(),
+            query.into(),
+            "--workers".into(),
+            "2".into(),
+            "--source".into(),
+            format!("rabbitmq://{s}/{queue}?mode=queue&bounded=true"),
+            "--sink".into(),
+            format!("file:{}", out.path().display()),
+        ];
+        if checkpoints {
+            args.extend([
+                "--checkpoint-dir".into(),
+                chk.path().display().to_string(),
+                "--checkpoint-interval-ms".into(),
+                "100".into(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let report = summary(&oxflow(&args));
+        assert_eq!(report["events"].as_u64().unwrap(), bids, "{query}");
+        assert_eq!(
+            common::committed_lines(out.path()),
+            common::generator_lines(query),
+            "{query} from a RabbitMQ {kind:?} queue differs"
+        );
+        assert!(
+            drained(&s, &queue).is_empty(),
+            "{query}: every message read is acknowledged by the end"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a RabbitMQ server: scripts/rabbitmq.sh start; OXFLOW_RABBITMQ_URL=127.0.0.1:5672"]
+fn rabbitmq_queue_messages_are_acknowledged_only_by_a_completed_checkpoint() {
+    let s = server();
+    let queue = declare(&s, QueueKind::Classic, "unacked");
+    fill(&s, &queue);
+    let (out, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let run = |bounded: bool, interval_ms: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"));
+        c.args([
+            "nexmark",
+            "--query",
+            "q0",
+            "--workers",
+            "2",
+            "--source",
+            &format!("rabbitmq://{s}/{queue}?mode=queue&bounded={bounded}"),
+            "--sink",
+            &format!("file:{}", out.path().display()),
+            "--checkpoint-dir",
+            &chk.path().display().to_string(),
+            "--checkpoint-interval-ms",
+            interval_ms,
+        ]);
+        c
+    };
+    // A job whose first checkpoint is ten minutes away reads, writes in-progress files, and
+    // is killed: it acknowledged nothing, so the server delivers every message again.
+    let mut job = run(false, "600000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let written = |dir: &std::path::Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    while written(out.path()) < 100_000 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    job.kill().unwrap();
+    job.wait().unwrap();
+    assert!(
+        written(out.path()) >= 100_000,
+        "the job read from the queue"
+    );
+    assert!(common::committed_lines(out.path()).is_empty());
+    // The next run, with checkpoints, gets every bid, exactly once here, and leaves the queue
+    // empty.
+    let report = summary(&run(true, "100").output().unwrap());
+    let want = common::generator_lines("q0");
+    assert_eq!(report["output_rows"].as_u64().unwrap() as usize, want.len());
+    assert_eq!(common::committed_lines(out.path()), want);
+    assert!(drained(&s, &queue).is_empty());
+}

@@ -2,7 +2,8 @@
 //!
 //! Both are configured from a URI, `rabbitmq://[USER:PASSWORD@]HOST:PORT/QUEUE[,QUEUE]
 //! ?key=value&...`. The source reads streams by offset, with the offsets kept in checkpoints:
-//! exactly once on the source side (classic and quorum queues are not read yet). The sink
+//! exactly once on the source side; or classic and quorum queues as competing consumers,
+//! acknowledging what a checkpoint covers once it completes: at least once. The sink
 //! publishes to any queue or exchange with publisher confirms: at least once. The protocols and their limits are in docs/design/connectors.md.
 //!
 //! Streams are read over AMQP (a consumer with `x-stream-offset`), not RabbitMQ's stream
@@ -12,11 +13,12 @@
 //! lapin is asynchronous and the runtime's readers and writers are threads: every RabbitMQ
 //! connection of the process runs on the connectors' own tokio runtime (`crate::io_runtime`).
 
+mod queue;
 mod sink;
 mod source;
 
 pub use sink::{RabbitMqSink, RabbitMqSinkConfig};
-pub use source::{RabbitMqSource, RabbitMqSourceConfig, StreamStart};
+pub use source::{RabbitMqSource, RabbitMqSourceConfig, SourceMode, StreamStart};
 
 use crate::error::{ConnectorError, Result};
 use crate::uri::{connect_with_retry, UriOptions};
