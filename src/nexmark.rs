@@ -7,6 +7,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::functions_aggregate::expr_fn::{avg, count, max};
 use datafusion::prelude::{cast, col, lit};
 use oxflow_connectors::file::{FileFormat, FileSource};
+use oxflow_connectors::input::FileStore;
 use oxflow_connectors::kafka::{KafkaSource, KafkaSourceConfig};
 use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource, NexmarkTable};
 use oxflow_operators::WindowSpec;
@@ -204,12 +205,23 @@ pub fn file_bids(
     paths: Vec<std::path::PathBuf>,
     watermarks: WatermarkStrategy,
 ) -> Result<Stream> {
+    file_bids_in(pipeline, FileStore::Local, paths, watermarks)
+}
+
+/// Bids from files of `store` (on S3: as [`FileStore::s3_files`] lists them), JSON lines or
+/// Parquet as for [`file_bids`].
+pub fn file_bids_in(
+    pipeline: Pipeline,
+    store: FileStore,
+    paths: Vec<std::path::PathBuf>,
+    watermarks: WatermarkStrategy,
+) -> Result<Stream> {
+    let schema = Some(bid_json_schema());
     if all_parquet(&paths) {
-        let source =
-            oxflow_connectors::parquet::ParquetSource::try_new(paths, Some(bid_json_schema()))?;
+        let source = oxflow_connectors::parquet::ParquetSource::try_new_in(store, paths, schema)?;
         return pipeline.source(source).with_watermarks(watermarks);
     }
-    let source = FileSource::try_new(paths, FileFormat::JsonLines, Some(bid_json_schema()))?;
+    let source = FileSource::try_new_in(store, paths, FileFormat::JsonLines, schema)?;
     pipeline.source(source).with_watermarks(watermarks)
 }
 

@@ -13,6 +13,8 @@
 use crate::error::{OxflowError, Result};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use oxflow_connectors::file::{FileFormat, FileSource};
+use oxflow_connectors::input::FileStore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -151,6 +153,20 @@ pub enum SourceSpec {
         uri: String,
         /// The messages' columns.
         columns: Vec<ColumnSpec>,
+    },
+    /// JSON-lines, CSV or Parquet files on S3 (or an S3-compatible server): every object
+    /// directly under `s3://BUCKET/PREFIX[?endpoint=URL&region=R]` but hidden ones (names
+    /// starting with `.` or `_`), read by ranged GETs; credentials from the environment
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    S3 {
+        /// The location.
+        uri: String,
+        /// As for files: `json`, `csv` or `parquet` (default: by the objects' names).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+        /// As for files.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        columns: Option<Vec<ColumnSpec>>,
     },
 }
 
@@ -577,7 +593,6 @@ pub(crate) fn build_source(
     spec: &SourceSpec,
     max_line_bytes: usize,
 ) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
-    use oxflow_connectors::file::{FileFormat, FileSource};
     use oxflow_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaUri, RecordFormat};
     use oxflow_connectors::nexmark::{NexmarkConfig, NexmarkSource};
     Ok(match spec {
@@ -604,30 +619,25 @@ pub(crate) fn build_source(
             columns,
         } => {
             let files = crate::nexmark::part_files(path)?;
-            let schema = columns.as_deref().map(schema_of).transpose()?;
-            let format = match format.as_deref() {
-                None if crate::nexmark::all_parquet(&files) => None,
-                None | Some("json") => Some(FileFormat::JsonLines),
-                Some("csv") => Some(FileFormat::Csv {
-                    has_header: true,
-                    delimiter: b',',
-                }),
-                Some("parquet") => None,
-                Some(other) => {
-                    return Err(OxflowError::InvalidPipeline(format!(
-                        "file source {}: unknown format `{other}`; use json, csv or parquet",
-                        path.display()
-                    )))
-                }
-            };
-            match format {
-                Some(format) => Arc::new(
-                    FileSource::try_new(files, format, schema)?.with_max_line_bytes(max_line_bytes),
-                ),
-                None => Arc::new(oxflow_connectors::parquet::ParquetSource::try_new(
-                    files, schema,
-                )?),
+            let what = format!("file source {}", path.display());
+            let store = FileStore::Local;
+            file_source(&what, store, files, format, columns, max_line_bytes)?
+        }
+        SourceSpec::S3 {
+            uri,
+            format,
+            columns,
+        } => {
+            let (location, rest) = oxflow_connectors::object::S3Location::parse(uri)?;
+            if let Some(key) = rest.keys().next() {
+                return Err(OxflowError::InvalidPipeline(format!(
+                    "S3 source `{uri}`: unknown option `{key}`; the location takes endpoint and region"
+                )));
             }
+            let files = FileStore::s3_files(&location)?;
+            let what = format!("S3 source {uri}");
+            let store = FileStore::S3(location);
+            file_source(&what, store, files, format, columns, max_line_bytes)?
         }
         SourceSpec::Kafka { uri, columns } => {
             let uri = KafkaUri::parse(uri)?;
@@ -646,6 +656,42 @@ pub(crate) fn build_source(
                 RabbitMqSourceConfig::from_uri(&RabbitMqUri::parse(uri)?, schema_of(columns)?)?;
             Arc::new(RabbitMqSource::try_new(config)?)
         }
+    })
+}
+
+/// A JSON-lines, CSV or Parquet source over `files` of `store` (`format` as a spec gives it:
+/// by default Parquet when every name ends in `.parquet`, else JSON lines).
+fn file_source(
+    what: &str,
+    store: FileStore,
+    files: Vec<PathBuf>,
+    format: &Option<String>,
+    columns: &Option<Vec<ColumnSpec>>,
+    max_line_bytes: usize,
+) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
+    let schema = columns.as_deref().map(schema_of).transpose()?;
+    let format = match format.as_deref() {
+        None if crate::nexmark::all_parquet(&files) => None,
+        None | Some("json") => Some(FileFormat::JsonLines),
+        Some("csv") => Some(FileFormat::Csv {
+            has_header: true,
+            delimiter: b',',
+        }),
+        Some("parquet") => None,
+        Some(other) => {
+            return Err(OxflowError::InvalidPipeline(format!(
+                "{what}: unknown format `{other}`; use json, csv or parquet"
+            )))
+        }
+    };
+    Ok(match format {
+        Some(format) => Arc::new(
+            FileSource::try_new_in(store, files, format, schema)?
+                .with_max_line_bytes(max_line_bytes),
+        ),
+        None => Arc::new(oxflow_connectors::parquet::ParquetSource::try_new_in(
+            store, files, schema,
+        )?),
     })
 }
 

@@ -1,4 +1,4 @@
-//! The file sink on S3 against a real S3-protocol server: `scripts/s3.sh start`, then the
+//! The file sink and the file sources on S3 against a real S3-protocol server: `scripts/s3.sh start`, then the
 //! variables of `scripts/s3.sh env` and `cargo test --release --test s3 -- --ignored`.
 //! `scripts/test.sh` (the README's test command) and .ci/run do exactly that. Each test writes
 //! under a prefix of its own.
@@ -90,17 +90,16 @@ fn s3_sink_writes_the_generators_results_in_multipart_uploads() {
         names.len() > 1 && names.iter().all(|n| n.ends_with(".parquet")),
         "{names:?}"
     );
-    let local = tempfile::tempdir().unwrap();
-    for n in &names {
-        std::fs::write(local.path().join(n), loc.read(n).unwrap()).unwrap();
-    }
+    // Read back from S3 itself: footers and row groups by ranged GETs.
     let q5 = tempfile::tempdir().unwrap();
     summary(&oxflow(&[
         "nexmark",
         "--query",
         "q5",
+        "--workers",
+        "2",
         "--source",
-        &format!("file:{}", local.path().display()),
+        &parquet,
         "--sink",
         &format!("file:{}", q5.path().display()),
     ]));
@@ -196,4 +195,93 @@ fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
     ));
     assert!(!restored["restored_from"].is_null(), "{restored}");
     assert_eq!(objects_and_lines(&uri).1, common::generator_lines("q5"));
+}
+
+#[test]
+#[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
+fn s3_source_reads_json_lines_is_restored_mid_object_and_names_bad_input() {
+    // The bids as JSON lines on S3 (one object of about 27 MB, read 8 MiB per GET).
+    let input = location(&common::unique("bids"));
+    summary(&oxflow(
+        &[
+            &common::ORDERED_GENERATOR[..],
+            &["--query", "q0", "--sink", &input],
+        ]
+        .concat(),
+    ));
+    let (out, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |workers: &str, extra: &[&str]| -> Vec<String> {
+        [
+            "nexmark",
+            "--query",
+            "q0",
+            "--workers",
+            workers,
+            "--source",
+            &input,
+            "--sink",
+            &format!("file:{}", out.path().display()),
+            "--checkpoint-dir",
+            &chk.path().display().to_string(),
+            "--checkpoint-interval-ms",
+            "20",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // Killed once a checkpoint is written (inside the object, most likely), then restored at
+    // another parallelism: the committed output is every bid once.
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args(args("2", &[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let checkpointed = || {
+        std::fs::read_dir(chk.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("_manifest.json").exists())
+    };
+    while !checkpointed() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = job.kill();
+    job.wait().unwrap();
+    let restored = summary(&oxflow(
+        &args("1", &["--restore", "latest"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    assert!(!restored["restored_from"].is_null(), "{restored}");
+    assert_eq!(
+        common::committed_lines(out.path()),
+        common::generator_lines("q0")
+    );
+
+    // An empty prefix, an object that is not Parquet, an unknown option: each named.
+    let failed = |source: &str| {
+        let out = oxflow(&["nexmark", "--query", "q0", "--source", source]);
+        assert!(!out.status.success(), "{source} was read");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let empty = location(&common::unique("empty"));
+    let e = failed(&empty);
+    assert!(e.contains("holds no file to read"), "{e}");
+    let corrupt = location(&common::unique("corrupt"));
+    let (loc, _) = S3Location::parse(&corrupt).unwrap();
+    loc.write_object("part-0.parquet", b"PAR1 this is no footer PAR1".to_vec())
+        .unwrap();
+    let e = failed(&corrupt);
+    assert!(
+        e.contains("part-0.parquet") && e.contains("not a readable Parquet file"),
+        "{e}"
+    );
+    let e = failed(&format!("{input}&colour=red"));
+    assert!(e.contains("unknown option `colour`"), "{e}");
 }

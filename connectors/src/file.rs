@@ -7,13 +7,13 @@
 
 use crate::decode::{RecordDecoder, TextFormat};
 use crate::error::{ConnectorError, Result};
+use crate::input::{FileStore, InputFile};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use oxflow_runtime::checkpoint::decode_stored;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader, SourceRef};
 use oxflow_runtime::SubtaskInfo;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,9 +42,10 @@ pub enum BadRecordPolicy {
     Skip,
 }
 
-/// Reads JSON-lines or CSV files; files are spread round-robin over splits.
+/// Reads JSON-lines or CSV files, local or on S3; files are spread round-robin over splits.
 #[derive(Debug, Clone)]
 pub struct FileSource {
+    store: FileStore,
     paths: Vec<PathBuf>,
     format: FileFormat,
     schema: SchemaRef,
@@ -66,23 +67,29 @@ impl FileSource {
         format: FileFormat,
         schema: Option<SchemaRef>,
     ) -> Result<Self> {
+        Self::try_new_in(FileStore::Local, paths, format, schema)
+    }
+
+    /// A source over `paths` of `store` (on S3: URIs, as [`FileStore::s3_files`] lists them).
+    pub fn try_new_in(
+        store: FileStore,
+        paths: Vec<PathBuf>,
+        format: FileFormat,
+        schema: Option<SchemaRef>,
+    ) -> Result<Self> {
         let first = paths.first().ok_or_else(|| ConnectorError::Config {
             connector: "file",
             reason: "no input file given".into(),
         })?;
         for p in &paths {
-            if !p.is_file() {
-                return Err(ConnectorError::Config {
-                    connector: "file",
-                    reason: format!("{} is not a readable file", p.display()),
-                });
-            }
+            store.check(p, "file")?;
         }
         let schema = match schema {
             Some(s) => s,
-            None => Arc::new(infer_schema(first, format)?),
+            None => Arc::new(infer_schema(&store, first, format)?),
         };
         Ok(FileSource {
+            store,
             paths,
             format,
             schema,
@@ -119,12 +126,11 @@ impl FileSource {
 }
 
 fn infer_schema(
-    path: &PathBuf,
+    store: &FileStore,
+    path: &std::path::Path,
     format: FileFormat,
 ) -> Result<datafusion::arrow::datatypes::Schema> {
-    let file = File::open(path)
-        .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), e))?;
-    let reader = BufReader::new(file);
+    let reader = BufReader::new(store.open(path)?);
     let inferred = match format {
         FileFormat::JsonLines => {
             datafusion::arrow::json::reader::infer_json_schema(reader, Some(1000)).map(|(s, _)| s)
@@ -220,7 +226,7 @@ type LineSpan = (u64, usize, usize);
 
 struct OpenFile {
     path: String,
-    reader: BufReader<File>,
+    reader: BufReader<InputFile>,
     line: u64,
     /// Bytes read so far.
     offset: u64,
@@ -241,8 +247,7 @@ impl FileReader {
         let Some(path) = self.files.pop_front() else {
             return Ok(false);
         };
-        let file =
-            File::open(&path).map_err(|e| ConnectorError::io(format!("opening {path}"), e))?;
+        let file = self.source.store.open(std::path::Path::new(&path))?;
         let mut open = OpenFile {
             path,
             reader: BufReader::new(file),

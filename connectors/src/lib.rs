@@ -14,6 +14,7 @@ pub mod datagen;
 mod decode;
 pub mod error;
 pub mod file;
+pub mod input;
 mod io_runtime;
 pub mod json;
 pub mod kafka;

@@ -1,5 +1,6 @@
-//! Object storage for the file sink: S3 and servers that speak its protocol, through the
-//! `object_store` crate.
+//! Object storage for the file sink and the file sources: S3 and servers that speak its
+//! protocol, through the `object_store` crate. Sources read objects by ranged GETs
+//! (`crate::input`), never whole.
 //!
 //! S3 has no rename, so a file cannot be written under a hidden name and renamed at commit as
 //! on a local disk. Instead each file is a *multipart upload*: a writer starts the upload when
@@ -121,6 +122,65 @@ impl S3Location {
         run(async move { store.get(&key).await?.bytes().await })
             .map(|b| b.to_vec())
             .map_err(|e| self.s3_error(&format!("reading {name}"), e))
+    }
+
+    /// The objects directly under the prefix that a file source reads: name and size, sorted
+    /// by name, leaving out hidden ones (`.`, `_`: in progress, markers).
+    pub fn list_files(&self) -> Result<Vec<(String, u64)>> {
+        use futures::TryStreamExt;
+        let (store, prefix) = (self.store.clone(), self.prefix.clone());
+        let depth = self.prefix.parts().count() + 1;
+        let listed: Vec<object_store::ObjectMeta> = run(async move {
+            object_store::ObjectStore::list(store.as_ref(), Some(&prefix))
+                .try_collect()
+                .await
+        })
+        .map_err(|e| self.s3_error("listing", e))?;
+        let mut files: Vec<(String, u64)> = listed
+            .into_iter()
+            .filter(|m| m.location.parts().count() == depth)
+            .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
+            .filter(|(name, _)| !name.starts_with('.') && !name.starts_with('_'))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// The size of object `name` under the prefix (an error names a missing one).
+    pub fn size(&self, name: &str) -> Result<u64> {
+        let (store, key) = (self.store.clone(), self.key(name));
+        run(async move { store.head(&key).await })
+            .map(|m| m.size)
+            .map_err(|e| self.s3_error(&format!("finding {name}"), e))
+    }
+
+    /// Bytes `range` of object `name` under the prefix.
+    pub fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<bytes::Bytes> {
+        let (store, key) = (self.store.clone(), self.key(name));
+        let what = format!("reading bytes {}..{} of {name}", range.start, range.end);
+        run(async move { store.get_range(&key, range).await }).map_err(|e| self.s3_error(&what, e))
+    }
+
+    /// Writes object `name` under the prefix whole, at once (for tests and tools; the file
+    /// sink uploads in parts, completed at commit).
+    pub fn write_object(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let (store, key) = (self.store.clone(), self.key(name));
+        run(async move { store.put(&key, PutPayload::from(bytes)).await })
+            .map(|_| ())
+            .map_err(|e| self.s3_error(&format!("writing {name}"), e))
+    }
+
+    /// The URI of object `name` under the prefix, as positions and messages name it.
+    pub fn uri_of(&self, name: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(name))
+    }
+
+    /// The object name under the prefix of `uri` (one [`S3Location::uri_of`] made).
+    pub fn name_in<'a>(&self, uri: &'a str) -> Option<&'a str> {
+        let base = format!("s3://{}/{}", self.bucket, self.prefix);
+        let rest = uri.strip_prefix(base.trim_end_matches('/'))?;
+        let name = rest.strip_prefix('/')?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
     }
 
     /// Completes an upload a writer handed over; one completed before (a replayed commit) is

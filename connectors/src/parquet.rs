@@ -12,6 +12,7 @@
 
 use crate::error::{ConnectorError, Result};
 use crate::file::BadRecordPolicy;
+use crate::input::{FileStore, InputFile};
 use ::parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use ::parquet::arrow::ProjectionMask;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
@@ -21,13 +22,13 @@ use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader, SourceRef};
 use oxflow_runtime::SubtaskInfo;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Reads Parquet files; their row groups are spread round-robin over splits.
 #[derive(Debug, Clone)]
 pub struct ParquetSource {
+    store: FileStore,
     paths: Vec<PathBuf>,
     /// Every row group: (index into `paths`, row group, rows).
     units: Arc<Vec<(usize, usize, u64)>>,
@@ -71,9 +72,11 @@ fn guarded<T>(path: &std::path::Path, what: &str, f: impl FnOnce() -> Result<T>)
     }
 }
 
-fn open(path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let file = File::open(path)
-        .map_err(|e| ConnectorError::io(format!("opening {}", path.display()), e))?;
+fn open(
+    store: &FileStore,
+    path: &std::path::Path,
+) -> Result<ParquetRecordBatchReaderBuilder<InputFile>> {
+    let file = store.open(path)?;
     guarded(path, "reading the footer", || {
         ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| parquet_error(path, "not a readable Parquet file", e))
@@ -119,6 +122,16 @@ impl ParquetSource {
     /// must have each column of the schema, with the same type (other columns are not read).
     /// Reads each file's footer now, so that a missing or corrupt file fails here.
     pub fn try_new(paths: Vec<PathBuf>, schema: Option<SchemaRef>) -> Result<Self> {
+        Self::try_new_in(FileStore::Local, paths, schema)
+    }
+
+    /// A source over `paths` of `store` (on S3: URIs, as [`FileStore::s3_files`] lists them;
+    /// footers and row groups are read by ranged GETs).
+    pub fn try_new_in(
+        store: FileStore,
+        paths: Vec<PathBuf>,
+        schema: Option<SchemaRef>,
+    ) -> Result<Self> {
         if paths.is_empty() {
             return Err(ConnectorError::Config {
                 connector: "parquet",
@@ -128,13 +141,8 @@ impl ParquetSource {
         let mut units = Vec::new();
         let mut schema = schema;
         for (i, path) in paths.iter().enumerate() {
-            if !path.is_file() {
-                return Err(ConnectorError::Config {
-                    connector: "parquet",
-                    reason: format!("{} is not a readable file", path.display()),
-                });
-            }
-            let builder = open(path)?;
+            store.check(path, "parquet")?;
+            let builder = open(&store, path)?;
             let file_schema = builder.schema().clone();
             let wanted =
                 schema.get_or_insert_with(|| Arc::new(Schema::new(file_schema.fields().clone())));
@@ -144,6 +152,7 @@ impl ParquetSource {
             }
         }
         Ok(ParquetSource {
+            store,
             paths,
             units: Arc::new(units),
             schema: schema.expect("set from the first file"),
@@ -258,7 +267,7 @@ struct ParquetReader {
 impl ParquetReader {
     fn open_unit(&self, unit: &Unit, skip: u64) -> Result<ParquetRecordBatchReader> {
         let path = std::path::Path::new(&unit.path);
-        let builder = open(path)?;
+        let builder = open(&self.source.store, path)?;
         let indices = columns_of(path, &builder.schema().clone(), &self.source.schema)?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied());
         let what = format!("row group {}", unit.row_group);
@@ -386,6 +395,7 @@ mod tests {
     use ::parquet::file::properties::WriterProperties;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field};
+    use std::fs::File;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![

@@ -452,12 +452,14 @@ struct NexmarkArgs {
     /// properties such as `security.protocol=SASL_SSL`); `nats://HOST:PORT/STREAM[?options]`
     /// (JSON messages with q0's columns; options `subject=FILTERS`, `bounded=true`,
     /// `start=earliest|latest`, `bad-records=fail|skip`); `rabbitmq://HOST:PORT/QUEUE[,QUEUE]
-    /// [?options]` (streams of JSON messages with q0's columns, read by offset; options
+    /// [?options]` (streams of JSON messages with q0's columns, read by offset, or with
+    /// `mode=queue` classic and quorum queues acknowledged at checkpoints; options
     /// `bounded=true`, `start=first|last|next`, `prefetch=N`, `vhost=V`,
-    /// `bad-records=fail|skip`); or `file:PATH`, JSON lines or
-    /// Parquet files (by extension) with q0's columns in a file, or in the `part-*` files of a
-    /// directory (a file sink's output); a directory written by `nexmark-tables` gives every
-    /// table (for q3, q4 and q8 too).
+    /// `bad-records=fail|skip`); `s3://BUCKET/PREFIX[?endpoint=URL&region=R]` (the objects
+    /// directly under the prefix, hidden ones left out, as for files); or `file:PATH`, JSON
+    /// lines or Parquet files (by extension) with q0's columns in a file, or in the `part-*`
+    /// files of a directory (a file sink's output); a directory written by `nexmark-tables`
+    /// gives every table (for q3, q4 and q8 too).
     #[arg(long, default_value = "generator")]
     source: String,
     /// Watermark delay (bounded out-of-orderness) of bids, in milliseconds.
@@ -684,6 +686,17 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
                 .source(RabbitMqSource::try_new(config)?)
                 .with_watermarks(watermarks)?,
         )
+    } else if args.source.starts_with("s3://") {
+        let (location, rest) = oxflow::connectors::object::S3Location::parse(&args.source)?;
+        if let Some(key) = rest.keys().next() {
+            bail!(
+                "S3 source `{}`: unknown option `{key}`; the location takes endpoint and region",
+                args.source
+            );
+        }
+        let files = oxflow::connectors::input::FileStore::s3_files(&location)?;
+        let store = oxflow::connectors::input::FileStore::S3(location);
+        nexmark::Input::bids(nexmark::file_bids_in(pipeline, store, files, watermarks)?)
     } else if let Some(path) = args.source.strip_prefix("file:") {
         if nexmark::is_tables_dir(Path::new(path)) {
             nexmark::Input::files(pipeline, PathBuf::from(path), watermarks)
@@ -696,7 +709,7 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         }
     } else {
         bail!(
-            "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC, nats://HOST:PORT/STREAM, rabbitmq://HOST:PORT/QUEUE or file:PATH",
+            "unknown source `{}`: use generator, kafka://HOST:PORT/TOPIC, nats://HOST:PORT/STREAM, rabbitmq://HOST:PORT/QUEUE, s3://BUCKET/PREFIX or file:PATH",
             args.source
         );
     };

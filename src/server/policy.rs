@@ -238,6 +238,12 @@ impl Policy {
             SourceSpec::Nats { uri, .. } => check_nats(uri)?,
             SourceSpec::RabbitMq { uri, .. } => check_rabbitmq(uri)?,
             SourceSpec::Nexmark { .. } => {}
+            // As for S3 sinks: the server has no object-store policy.
+            SourceSpec::S3 { .. } => {
+                return Err(Refusal::Forbidden(
+                    "an S3 source is not allowed in a submitted job (the server has no object-store policy); run it embedded with `oxflow run`".into(),
+                ))
+            }
         }
         for step in &stream.steps {
             match step {
