@@ -5,6 +5,10 @@
 //!   cargo bench --bench connectors -- nats SERVER STREAM_IN STREAM_OUT RECORDS
 //!       an ordered consumer reading STREAM_IN, publishing each payload to STREAM_OUT.out
 //!       with an acknowledgement awaited for each (up to 1 024 in flight)
+//!   cargo bench --bench connectors -- rabbitmq SERVER queue|stream IN OUT RECORDS
+//!       a lapin consumer of IN (a queue, acknowledged 1 024 at a time; or a stream from its
+//!       first offset), publishing each payload to queue OUT with publisher confirms (up to
+//!       1 024 in flight), as Oxflow's RabbitMQ sink does
 //!   cargo bench --bench connectors -- parquet DIR
 //!       every row group of every `part-*` Parquet file in DIR decoded with arrow-rs
 //!
@@ -29,9 +33,12 @@ fn main() -> anyhow::Result<()> {
         .as_slice()
     {
         ["nats", server, input, output, records] => nats(server, input, output, records.parse()?)?,
+        ["rabbitmq", server, mode, input, output, records] => {
+            rabbitmq(server, mode, input, output, records.parse()?)?
+        }
         ["parquet", dir] => parquet(dir)?,
         _ => anyhow::bail!(
-            "usage: cargo bench --bench connectors -- nats SERVER IN OUT RECORDS | parquet DIR"
+            "usage: cargo bench --bench connectors -- nats SERVER IN OUT RECORDS | rabbitmq SERVER queue|stream IN OUT RECORDS | parquet DIR"
         ),
     };
     let seconds = start.elapsed().as_secs_f64();
@@ -80,6 +87,92 @@ fn nats(server: &str, input: &str, output: &str, records: u64) -> anyhow::Result
         while let Some(a) = acks.pop_front() {
             a.await?;
         }
+        Ok(n)
+    })
+}
+
+fn rabbitmq(
+    server: &str,
+    mode: &str,
+    input: &str,
+    output: &str,
+    records: u64,
+) -> anyhow::Result<u64> {
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let uri = format!("amqp://guest:guest@{server}/%2F");
+        let connection =
+            lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await?;
+        let reading = connection.create_channel().await?;
+        reading
+            .basic_qos(4096, BasicQosOptions::default())
+            .await?;
+        let mut arguments = FieldTable::default();
+        let stream = match mode {
+            "stream" => true,
+            "queue" => false,
+            other => anyhow::bail!("mode {other}: use queue or stream"),
+        };
+        if stream {
+            arguments.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongString("first".into()),
+            );
+        }
+        let mut consumer = reading
+            .basic_consume(
+                input.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                arguments,
+            )
+            .await?;
+        let publishing = connection.create_channel().await?;
+        publishing
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+        let mut confirms = std::collections::VecDeque::new();
+        let mut n = 0u64;
+        while n < records {
+            let Some(delivery) = consumer.next().await else {
+                break;
+            };
+            let delivery = delivery?;
+            n += 1;
+            // A stream consumer acknowledges every delivery for credit; a queue one, in
+            // batches (a checkpoint's worth, as the source does).
+            if stream || n % 1024 == 0 || n == records {
+                let multiple = BasicAckOptions { multiple: !stream };
+                delivery.acker.ack(multiple).await?;
+            }
+            confirms.push_back(
+                publishing
+                    .basic_publish(
+                        "".into(),
+                        output.into(),
+                        BasicPublishOptions::default(),
+                        &delivery.data,
+                        properties.clone(),
+                    )
+                    .await?,
+            );
+            if confirms.len() >= 1024 {
+                confirms.pop_front().expect("non-empty").await?;
+            }
+        }
+        while let Some(c) = confirms.pop_front() {
+            c.await?;
+        }
+        let _ = connection.close(200, "done".into()).await;
         Ok(n)
     })
 }

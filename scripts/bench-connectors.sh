@@ -3,9 +3,13 @@
 # the same input, in the same run:
 #   - NATS JetStream to NATS JetStream: Oxflow's q0 (at least once; and exactly once with
 #     checkpoints every second) beside an async-nats ordered consumer + publisher loop.
+#   - RabbitMQ to RabbitMQ: Oxflow's q0 from a stream (by offset) and from a classic queue
+#     (acknowledged at checkpoints, every 200 ms), into a classic queue with publisher
+#     confirms, beside a lapin consumer + confirmed publisher loop.
 #   - Parquet files in: Oxflow's q0 into a blackhole beside an arrow-rs reader loop.
-# Starts its own NATS server (scripts/nats.sh, on a free port); nats-py (scripts/nats-tool.py)
-# creates the streams.
+# Starts its own NATS and RabbitMQ servers (scripts/nats.sh, scripts/rabbitmq.sh, on free
+# ports); nats-py and pika (scripts/nats-tool.py, scripts/rabbitmq-tool.py) create the streams
+# and queues.
 #
 #   scripts/bench-connectors.sh [EVENTS]     (generator events; about 92 % are bids)
 set -euo pipefail
@@ -17,14 +21,19 @@ nats=$root/scripts/nats.sh
 work=$(mktemp -d)
 NATS_PORT=$("$nats" free-port)
 export NATS_PORT NATS_RUN_DIR=$work/nats
-trap '"$nats" stop > /dev/null; rm -rf "$work"' EXIT
+rabbitmq=$root/scripts/rabbitmq.sh
+RABBITMQ_PORT=$("$rabbitmq" free-port)
+export RABBITMQ_PORT RABBITMQ_RUN_DIR=$work/rabbitmq
+trap '"$nats" stop > /dev/null; "$rabbitmq" stop > /dev/null; rm -rf "$work"' EXIT
 "$nats" start
+"$rabbitmq" start
 server=127.0.0.1:$NATS_PORT
 venv=$HOME/.cache/oxflow-tools/venv
-if ! "$venv/bin/python" -c 'import nats' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import nats, pika' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet nats-py
+  "$venv/bin/pip" install --quiet nats-py pika
 fi
+amqp() { "$venv/bin/python" "$root/scripts/rabbitmq-tool.py" "$@"; }
 tool() { "$venv/bin/python" "$root/scripts/nats-tool.py" "$@"; }
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
 cargo bench --quiet --manifest-path "$root/Cargo.toml" --bench connectors --no-run 2>/dev/null
@@ -56,6 +65,24 @@ ox=$("$bin" nexmark --query q0 --workers 2 --source "nats://$server/IN?bounded=t
   --sink "nats://$server/OXEO?subject=OXEO.out" --checkpoint-dir "$work/chk" \
   --checkpoint-interval-ms 1000 | tail -1)
 report "async-nats" exactly-once "$base" "$ox"
+
+rmq=127.0.0.1:$RABBITMQ_PORT
+amqp declare "$rmq" stream bids-stream
+for q in bids-loop bids-oxflow out-loop out-stream out-queue; do amqp declare "$rmq" classic "$q"; done
+for q in bids-stream bids-loop bids-oxflow; do
+  bids=$("$bin" nexmark --query q0 --events "$events" --workers 1 --sink "rabbitmq://$rmq/$q" | tail -1 | field output_rows)
+done
+echo "input: $bids bids in stream bids-stream and in queues bids-loop, bids-oxflow"
+base=$(baseline rabbitmq "$rmq" stream bids-stream out-loop "$bids")
+ox=$("$bin" nexmark --query q0 --workers 2 --source "rabbitmq://$rmq/bids-stream?bounded=true" \
+  --sink "rabbitmq://$rmq/out-stream" | tail -1)
+report "lapin stream" at-least-once "$base" "$ox"
+base=$(baseline rabbitmq "$rmq" queue bids-loop out-loop "$bids")
+ox=$("$bin" nexmark --query q0 --workers 2 --source "rabbitmq://$rmq/bids-oxflow?mode=queue&bounded=true" \
+  --sink "rabbitmq://$rmq/out-queue" --checkpoint-dir "$work/chk-rabbitmq" \
+  --checkpoint-interval-ms 200 | tail -1)
+report "lapin queue" at-least-once "$base" "$ox"
+"$rabbitmq" stop > /dev/null
 
 "$bin" nexmark --query q0 --events "$events" --workers 1 --sink "file:$work/parquet?format=parquet" > /dev/null
 echo "parquet: $(ls "$work/parquet" | wc -l) files, $(du -sh "$work/parquet" | cut -f1)"
