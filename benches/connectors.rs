@@ -112,9 +112,7 @@ fn rabbitmq(
         let connection =
             lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await?;
         let reading = connection.create_channel().await?;
-        reading
-            .basic_qos(4096, BasicQosOptions::default())
-            .await?;
+        reading.basic_qos(4096, BasicQosOptions::default()).await?;
         let mut arguments = FieldTable::default();
         let stream = match mode {
             "stream" => true,
