@@ -148,7 +148,7 @@ fn rabbitmq(
             n += 1;
             // A stream consumer acknowledges every delivery for credit; a queue one, in
             // batches (a checkpoint's worth, as the source does).
-            if stream || n % 1024 == 0 || n == records {
+            if stream || n.is_multiple_of(1024) || n == records {
                 let multiple = BasicAckOptions { multiple: !stream };
                 delivery.acker.ack(multiple).await?;
             }

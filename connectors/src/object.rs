@@ -183,6 +183,58 @@ impl S3Location {
         (!name.is_empty() && !name.contains('/')).then_some(name)
     }
 
+    /// Records, before checkpoint `checkpoint`'s uploads are completed, which objects they
+    /// make: `_commits/<checkpoint>.json` under the prefix (hidden from file sources). A
+    /// restore that falls back past later checkpoints (their manifests corrupt or gone) reads
+    /// these records to remove what those checkpoints committed; nothing else says which
+    /// objects they were. Records more than [`COMMIT_LOG_KEPT`] checkpoints old are removed.
+    pub(crate) fn log_commit(&self, checkpoint: u64, keys: &[String]) -> Result<()> {
+        let log = self.commit_log();
+        let body = serde_json::to_vec(keys).expect("names serialize");
+        log.write_object(&format!("{checkpoint:020}.json"), body)?;
+        for (name, _) in log.list_files()? {
+            match commit_of(&name) {
+                Some(c) if c + COMMIT_LOG_KEPT < checkpoint => log.delete(&name)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the objects checkpoints after `checkpoint` committed, as their records say, and
+    /// the records; objects already gone are fine (a rollback interrupted and done again).
+    pub(crate) fn roll_back_commits_after(&self, checkpoint: u64) -> Result<()> {
+        let log = self.commit_log();
+        for (name, _) in log.list_files()? {
+            if commit_of(&name).is_none_or(|c| c <= checkpoint) {
+                continue;
+            }
+            let keys: Vec<String> = serde_json::from_slice(&log.read(&name)?)
+                .map_err(|e| log.s3_error(&format!("reading the commit record {name}"), e))?;
+            for key in keys.iter().filter(|k| !k.contains('/')) {
+                self.delete(key)?;
+            }
+            log.delete(&name)?;
+        }
+        Ok(())
+    }
+
+    fn commit_log(&self) -> S3Location {
+        S3Location {
+            prefix: self.key("_commits"),
+            ..self.clone()
+        }
+    }
+
+    /// Deletes object `name` under the prefix; one not there is fine.
+    fn delete(&self, name: &str) -> Result<()> {
+        let (store, key) = (self.store.clone(), self.key(name));
+        match run(async move { store.delete(&key).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.s3_error(&format!("deleting {name}"), e)),
+        }
+    }
+
     /// Completes an upload a writer handed over; one completed before (a replayed commit) is
     /// found by its object and left as it is.
     pub(crate) fn complete(&self, pending: &PendingUpload) -> Result<()> {
@@ -214,6 +266,15 @@ impl S3Location {
         });
         done.map_err(|e| self.s3_error(&format!("completing {}", pending.key), e))
     }
+}
+
+/// How many checkpoints back the commit records reach: a restore can fall back this far and
+/// still remove what later checkpoints committed (checkpoints are retained far fewer).
+pub const COMMIT_LOG_KEPT: u64 = 1000;
+
+/// The checkpoint of a commit record's name.
+fn commit_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".json")?.parse().ok()
 }
 
 /// An upload a writer handed over, to be completed at commit.

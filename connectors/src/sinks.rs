@@ -306,14 +306,25 @@ impl Sink for FileSink {
         }))
     }
     fn commit(&self, checkpoint: u64, pending: &[PendingCommit]) -> Result<()> {
+        let pending = pending
+            .iter()
+            .map(|p| decode_stored::<PendingFiles>(p, "pending output of the file sink"))
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<String> = pending
+            .iter()
+            .flat_map(|p| p.uploads.iter().map(|u| u.key.clone()))
+            .collect();
+        if !keys.is_empty() {
+            let Some(s3) = &self.s3 else {
+                return Err(RuntimeError::Checkpoint(
+                    "pending output holds S3 uploads, and this file sink writes to a local directory".into(),
+                ));
+            };
+            // Recorded before any completes: every object a checkpoint makes is in its record.
+            s3.log_commit(checkpoint, &keys)?;
+        }
         for p in pending {
-            let p: PendingFiles = decode_stored(p, "pending output of the file sink")?;
-            if !p.uploads.is_empty() {
-                let Some(s3) = &self.s3 else {
-                    return Err(RuntimeError::Checkpoint(
-                        "pending output holds S3 uploads, and this file sink writes to a local directory".into(),
-                    ));
-                };
+            if let Some(s3) = &self.s3 {
                 for upload in &p.uploads {
                     s3.complete(upload)?;
                 }
@@ -351,10 +362,10 @@ impl Sink for FileSink {
         }
     }
     fn roll_back_after(&self, checkpoint: u64) -> Result<()> {
-        if self.s3.is_some() {
-            // Uploads never completed are invisible (a bucket lifecycle rule aborts them), and
-            // completed objects are of checkpoints up to the restored one: nothing to remove.
-            return Ok(());
+        if let Some(s3) = &self.s3 {
+            // Uploads never completed are invisible (a bucket lifecycle rule aborts them);
+            // objects completed by later checkpoints are found in the commit records.
+            return Ok(s3.roll_back_commits_after(checkpoint)?);
         }
         let listing = format!("listing {}", self.dir.display());
         let listing = || RuntimeError::io_while(listing.clone());
