@@ -552,6 +552,30 @@ mod tests {
         }
     }
 
+    /// A coordinator of one stage of two subtasks, each a source split and a sink, with
+    /// checkpoints into `dir` triggered only by the test.
+    fn two_subtasks(
+        dir: &std::path::Path,
+        sink: Arc<RecordingSink>,
+        history: CheckpointHistory,
+    ) -> Coordinator {
+        let shape = JobShape {
+            stages: vec![("q0".into(), vec!["op".into()], 2)],
+            fingerprints: vec![vec!["f".into()]],
+            max_parallelism: 128,
+            sources: 2,
+        };
+        Coordinator::new(
+            Some(CheckpointConfig::new(dir, Duration::from_secs(3600))),
+            1,
+            shape,
+            sink,
+            SavepointRequests::default(),
+            &JobMetrics::default(),
+            history,
+        )
+    }
+
     fn ack(id: u64, subtask: usize, sink: &str) -> Report {
         aligned_ack(id, subtask, sink, 0)
     }
@@ -573,20 +597,10 @@ mod tests {
     #[test]
     fn the_history_records_abandoned_and_completed_checkpoints_with_their_longest_alignment() {
         let tmp = tempfile::tempdir().unwrap();
-        let shape = JobShape {
-            stages: vec![("sink".into(), vec!["op".into()], 2)],
-            fingerprints: vec![vec!["f".into()]],
-            max_parallelism: 128,
-            sources: 2,
-        };
         let history = CheckpointHistory::default();
-        let mut c = Coordinator::new(
-            Some(CheckpointConfig::new(tmp.path(), Duration::from_secs(3600))),
-            1,
-            shape,
+        let mut c = two_subtasks(
+            tmp.path(),
             Arc::new(RecordingSink::default()),
-            SavepointRequests::default(),
-            &JobMetrics::default(),
             history.clone(),
         );
         let mut last = Instant::now();
@@ -616,22 +630,7 @@ mod tests {
     fn output_of_a_declined_checkpoint_survives_a_crash_between_the_next_manifest_and_its_commit() {
         let tmp = tempfile::tempdir().unwrap();
         let sink = Arc::new(RecordingSink::default());
-        let shape = JobShape {
-            stages: vec![("sink".into(), vec!["op".into()], 2)],
-            fingerprints: vec![vec!["f".into()]],
-            max_parallelism: 128,
-            sources: 2,
-        };
-        let config = CheckpointConfig::new(tmp.path(), Duration::from_secs(3600));
-        let mut c = Coordinator::new(
-            Some(config),
-            1,
-            shape,
-            sink.clone(),
-            SavepointRequests::default(),
-            &JobMetrics::default(),
-            CheckpointHistory::default(),
-        );
+        let mut c = two_subtasks(tmp.path(), sink.clone(), CheckpointHistory::default());
         let mut last = Instant::now();
         // Checkpoint 1: one sink subtask pre-commits, the other declines.
         c.start();
@@ -676,22 +675,7 @@ mod tests {
     fn checkpoints_go_on_after_a_split_ends_and_take_its_last_output_and_final_position() {
         let tmp = tempfile::tempdir().unwrap();
         let sink = Arc::new(RecordingSink::default());
-        let shape = JobShape {
-            stages: vec![("q0".into(), vec!["op".into()], 2)],
-            fingerprints: vec![vec!["f".into()]],
-            max_parallelism: 128,
-            sources: 2,
-        };
-        let config = CheckpointConfig::new(tmp.path(), Duration::from_secs(3600));
-        let mut c = Coordinator::new(
-            Some(config),
-            1,
-            shape,
-            sink.clone(),
-            SavepointRequests::default(),
-            &JobMetrics::default(),
-            CheckpointHistory::default(),
-        );
+        let mut c = two_subtasks(tmp.path(), sink.clone(), CheckpointHistory::default());
         let mut last = Instant::now();
         let heard = Arc::new(Mutex::new(Vec::new()));
         let finished = |subtask: usize, at: i64, heard: &Arc<Mutex<Vec<u64>>>| Report::Finished {

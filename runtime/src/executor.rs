@@ -979,6 +979,21 @@ struct SourceTask {
     completed: Arc<AtomicU64>,
 }
 
+impl SourceTask {
+    /// The split's part of a checkpoint at reader position `position`.
+    fn snapshot(&self, position: serde_json::Value) -> SourceSnapshot {
+        SourceSnapshot {
+            position,
+            max_event_time: self.generator.as_ref().and_then(|g| g.max_event_time()),
+            partition_event_times: self
+                .partitioned
+                .as_ref()
+                .map(|p| p.max_event_times())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 fn run_source(mut t: SourceTask) -> Result<()> {
     t.checkpointing.start(&mut t.chain)?;
     let mut pending = Vec::new();
@@ -1012,15 +1027,7 @@ fn run_source(mut t: SourceTask) -> Result<()> {
                         .into(),
                 )
             })?;
-            let source = SourceSnapshot {
-                position,
-                max_event_time: t.generator.as_ref().and_then(|g| g.max_event_time()),
-                partition_event_times: t
-                    .partitioned
-                    .as_ref()
-                    .map(|p| p.max_event_times())
-                    .unwrap_or_default(),
-            };
+            let source = t.snapshot(position);
             t.checkpointing
                 .checkpoint(requested, &mut t.chain, Some(source), Duration::ZERO)?;
         }
@@ -1059,15 +1066,7 @@ fn run_source(mut t: SourceTask) -> Result<()> {
             }
             SourcePoll::Finished => {
                 t.chain.end(&mut t.checkpointing)?;
-                let source = t.reader.position().map(|position| SourceSnapshot {
-                    position,
-                    max_event_time: t.generator.as_ref().and_then(|g| g.max_event_time()),
-                    partition_event_times: t
-                        .partitioned
-                        .as_ref()
-                        .map(|p| p.max_event_times())
-                        .unwrap_or_default(),
-                });
+                let source = t.reader.position().map(|position| t.snapshot(position));
                 let (stage, subtask) = (t.checkpointing.stage, t.checkpointing.info.index);
                 t.checkpointing.report(Report::Finished {
                     stage,

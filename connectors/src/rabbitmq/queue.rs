@@ -16,7 +16,7 @@
 //! nothing (the server has put those messages back), so every tag travels with the channel's
 //! generation and a stale acknowledgement is dropped.
 
-use super::source::{send, Chunk, Message, RabbitMqSourceConfig};
+use super::source::{give_up, send, Chunk, Message, RabbitMqSourceConfig};
 use super::{rabbitmq_error, ConnectorError};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
@@ -115,15 +115,10 @@ async fn read_queue(
         let (_connection, channel, mut consumer) = match opened {
             Ok(c) => c,
             Err(e) => {
-                available.store(false, Ordering::Relaxed);
-                let fatal = matches!(e, ConnectorError::RabbitMq { ref reason, .. } if reason.contains("NOT_FOUND") || reason.contains("ACCESS_REFUSED"));
-                if fatal || config.connection.connect_timeout.is_none() {
-                    let _ = send(&tx, Chunk::Failed(e)).await;
+                let what = format!("queue {queue}");
+                if give_up(e, &what, &config, &tx, &available, &mut backoff).await {
                     return;
                 }
-                tracing::warn!(%queue, error = %e, "cannot consume a RabbitMQ queue, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };

@@ -295,6 +295,29 @@ impl Source for RabbitMqSource {
     }
 }
 
+/// A consumer of `what` could not be opened: waits before the next attempt and returns
+/// `false`, or, when retrying cannot help (no such queue, no access, no connect timeout),
+/// hands the reader the error and returns `true`.
+pub(super) async fn give_up(
+    e: ConnectorError,
+    what: &str,
+    config: &RabbitMqSourceConfig,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+    available: &AtomicBool,
+    backoff: &mut Duration,
+) -> bool {
+    available.store(false, Ordering::Relaxed);
+    let fatal = matches!(e, ConnectorError::RabbitMq { ref reason, .. } if reason.contains("NOT_FOUND") || reason.contains("ACCESS_REFUSED"));
+    if fatal || config.connection.connect_timeout.is_none() {
+        let _ = send(tx, Chunk::Failed(e)).await;
+        return true;
+    }
+    tracing::warn!(%what, error = %e, "cannot consume from RabbitMQ, retrying");
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    false
+}
+
 /// Sends what a consumer gathered; `false` when the reader is gone.
 pub(super) async fn send(tx: &tokio::sync::mpsc::Sender<Chunk>, chunk: Chunk) -> bool {
     tx.send(chunk).await.is_ok()
@@ -448,15 +471,10 @@ async fn read_stream(
         let (_connection, mut consumer) = match opened {
             Ok(c) => c,
             Err(e) => {
-                available.store(false, Ordering::Relaxed);
-                let fatal = matches!(e, ConnectorError::RabbitMq { ref reason, .. } if reason.contains("NOT_FOUND") || reason.contains("ACCESS_REFUSED"));
-                if fatal || config.connection.connect_timeout.is_none() {
-                    let _ = send(&tx, Chunk::Failed(e)).await;
+                let what = format!("stream {stream}");
+                if give_up(e, &what, &config, &tx, &available, &mut backoff).await {
                     return;
                 }
-                tracing::warn!(%stream, error = %e, "cannot consume a RabbitMQ stream, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
