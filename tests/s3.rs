@@ -365,3 +365,46 @@ fn s3_output_stays_exactly_once_when_a_restore_falls_back_past_a_corrupt_checkpo
     );
     assert_eq!(lines, common::generator_lines("q0"));
 }
+
+#[test]
+#[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
+fn s3_example_spec_reads_readings_from_s3_and_writes_parquet_there() {
+    let (input, output) = (
+        location(&common::unique("readings")),
+        location(&common::unique("by-minute")),
+    );
+    let (loc, _) = S3Location::parse(&input).unwrap();
+    let data = std::fs::read(common::repo_path("examples/data/readings.jsonl")).unwrap();
+    loc.write_object("readings.jsonl", data).unwrap();
+    let path = common::repo_path("examples/jobs/s3_readings_to_parquet.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    spec["stream"]["source"]["s3"]["uri"] = input.clone().into();
+    spec["sink"]["s3"]["uri"] = output.clone().into();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spec.json");
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let chk = dir.path().join("chk");
+    let out = oxflow(&[
+        "run",
+        file.to_str().unwrap(),
+        "--checkpoint-dir",
+        chk.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (written, _) = S3Location::parse(&output).unwrap();
+    let names: Vec<String> = written
+        .list_files()
+        .unwrap()
+        .into_iter()
+        .map(|f| f.0)
+        .collect();
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n.ends_with(".parquet")),
+        "{names:?}"
+    );
+}

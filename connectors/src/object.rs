@@ -65,7 +65,16 @@ impl S3Location {
                 .ok_or_else(|| bad(format!("`{pair}` in the query is not key=value")))?;
             options.insert(k.to_string(), v.to_string());
         }
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // A few quick retries, a bound of 30 s in all: a wrong endpoint fails a job in seconds
+        // (object_store's default retries for up to 3 minutes).
+        let retry = object_store::RetryConfig {
+            max_retries: 5,
+            retry_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
+        };
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry);
         if let Some(endpoint) = options.remove("endpoint") {
             builder = builder
                 .with_allow_http(endpoint.starts_with("http://"))

@@ -171,9 +171,10 @@ async fn read_queue(
                     broken = true;
                 }
                 Event::Delivery(Some(None)) => broken = true,
-                Event::Delivery(None) if batch.is_empty() => {
+                Event::Delivery(None) if batch.is_empty() && config.bounded => {
                     // Quiet for a while: a bounded read ends when nothing is ready either
-                    // (what other consumers hold unacknowledged is theirs to emit).
+                    // (what other consumers hold unacknowledged is theirs to emit). An
+                    // unbounded one just waits on.
                     let ready = channel
                         .queue_declare(
                             queue.as_str().into(),
