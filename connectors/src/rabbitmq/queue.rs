@@ -16,11 +16,9 @@
 //! nothing (the server has put those messages back), so every tag travels with the channel's
 //! generation and a stale acknowledgement is dropped.
 
-use super::source::{give_up, send, Chunk, Message, RabbitMqSourceConfig};
-use super::{rabbitmq_error, ConnectorError};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use super::source::{consumer_of, give_up, send, Chunk, Message, RabbitMqSourceConfig};
+use super::ConnectorError;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -90,25 +88,10 @@ async fn read_queue(
     loop {
         let opened = async {
             let connection = config.connection.connect_with_retry().await?;
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(|e| rabbitmq_error("opening a channel", e))?;
-            // The prefetch count bounds what is delivered and not yet acknowledged: here, what
-            // the checkpoints in flight cover.
-            channel
-                .basic_qos(config.prefetch, BasicQosOptions::default())
-                .await
-                .map_err(|e| rabbitmq_error("setting the prefetch count", e))?;
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| rabbitmq_error(format!("consuming queue {queue}"), e))?;
+            let what = format!("queue {queue}");
+            let arguments = FieldTable::default();
+            let (channel, consumer) =
+                consumer_of(&connection, &config, &what, &queue, arguments).await?;
             Ok::<_, ConnectorError>((connection, channel, consumer))
         }
         .await;

@@ -392,26 +392,45 @@ async fn stream_consumer(
     stream: &str,
     offset: AMQPValue,
 ) -> Result<(lapin::Channel, lapin::Consumer)> {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-stream-offset".into(), offset);
+    consumer_of(
+        connection,
+        config,
+        &format!("stream {stream}"),
+        stream,
+        arguments,
+    )
+    .await
+}
+
+/// A consumer of `queue` (`what` names it in errors) with `arguments`, on a new channel
+/// with the configured prefetch count: a stream consumer's credit, or a queue consumer's
+/// window of unacknowledged deliveries (what the checkpoints in flight cover).
+pub(super) async fn consumer_of(
+    connection: &lapin::Connection,
+    config: &RabbitMqSourceConfig,
+    what: &str,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<(lapin::Channel, lapin::Consumer)> {
     let channel = connection
         .create_channel()
         .await
         .map_err(|e| rabbitmq_error("opening a channel", e))?;
-    // A stream consumer needs a prefetch count: it is the consumer's credit.
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
         .map_err(|e| rabbitmq_error("setting the prefetch count", e))?;
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-stream-offset".into(), offset);
     let consumer = channel
         .basic_consume(
-            stream.into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             arguments,
         )
         .await
-        .map_err(|e| rabbitmq_error(format!("consuming stream {stream}"), e))?;
+        .map_err(|e| rabbitmq_error(format!("consuming {what}"), e))?;
     Ok((channel, consumer))
 }
 
