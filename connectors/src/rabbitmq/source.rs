@@ -650,6 +650,50 @@ impl Drop for RabbitMqReader {
     }
 }
 
+impl RabbitMqReader {
+    /// Decodes the messages of partition `partition`; a bad one is named by its partition
+    /// and `what` its number is (`offset`, `delivery`).
+    fn decode(
+        &self,
+        partition: usize,
+        messages: &[Message],
+        what: &str,
+    ) -> oxflow_runtime::Result<datafusion::arrow::record_batch::RecordBatch> {
+        let kind = match self.source.config.mode {
+            SourceMode::Stream => "stream",
+            SourceMode::Queue => "queue",
+        };
+        let name = &self.partitions[partition];
+        Ok(self
+            .decoder
+            .decode_messages(
+                messages.iter().map(|m| &m.payload[..]),
+                self.source.config.bad_records,
+                &self.source.bad_records,
+                |i| format!("{kind} {name} {what} {}", messages[i].offset),
+            )?
+            .batch)
+    }
+
+    /// The poll that hands on `batch` (read from `read` messages), if it holds a row.
+    fn emit(
+        &mut self,
+        partition: usize,
+        batch: datafusion::arrow::record_batch::RecordBatch,
+        read: usize,
+    ) -> Option<SourcePoll> {
+        (batch.num_rows() > 0).then(|| {
+            self.throttle.produced(read as u64);
+            SourcePoll::PartitionBatch(partition, batch)
+        })
+    }
+
+    /// Whether every stream or queue of the split has been read to its end.
+    fn ended(&self) -> bool {
+        self.known && self.finished.iter().all(|f| *f)
+    }
+}
+
 impl SourceReader for RabbitMqReader {
     fn poll_next(&mut self) -> oxflow_runtime::Result<SourcePoll> {
         if let Some(wait) = self.throttle.wait() {
@@ -666,7 +710,7 @@ impl SourceReader for RabbitMqReader {
                     })
                 }
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                    if self.known && self.finished.iter().all(|f| *f) {
+                    if self.ended() {
                         return Ok(SourcePoll::Finished);
                     }
                     return Err(oxflow_runtime::RuntimeError::Connector(format!(
@@ -686,20 +730,11 @@ impl SourceReader for RabbitMqReader {
                 }
                 Chunk::Messages(partition, messages) => {
                     let last = messages.last().map_or(0, |m| m.offset);
-                    let stream = &self.partitions[partition];
-                    let batch = self
-                        .decoder
-                        .decode_messages(
-                            messages.iter().map(|m| &m.payload[..]),
-                            self.source.config.bad_records,
-                            &self.source.bad_records,
-                            |i| format!("stream {stream} offset {}", messages[i].offset),
-                        )?
-                        .batch;
-                    self.offsets.insert(stream.clone(), last);
-                    if batch.num_rows() > 0 {
-                        self.throttle.produced(messages.len() as u64);
-                        return Ok(SourcePoll::PartitionBatch(partition, batch));
+                    let batch = self.decode(partition, &messages, "offset")?;
+                    self.offsets
+                        .insert(self.partitions[partition].clone(), last);
+                    if let Some(poll) = self.emit(partition, batch, messages.len()) {
+                        return Ok(poll);
                     }
                 }
                 Chunk::Delivered {
@@ -708,16 +743,7 @@ impl SourceReader for RabbitMqReader {
                     redelivered,
                     messages,
                 } => {
-                    let queue = &self.partitions[partition];
-                    let batch = self
-                        .decoder
-                        .decode_messages(
-                            messages.iter().map(|m| &m.payload[..]),
-                            self.source.config.bad_records,
-                            &self.source.bad_records,
-                            |i| format!("queue {queue} delivery {}", messages[i].offset),
-                        )?
-                        .batch;
+                    let batch = self.decode(partition, &messages, "delivery")?;
                     self.source.redelivered.add(redelivered);
                     let acks = self.queue.as_mut().expect("queue mode");
                     let last = messages.last().map(|m| Delivered {
@@ -729,9 +755,8 @@ impl SourceReader for RabbitMqReader {
                         let emitted = acks.emitted.clone();
                         acks.acknowledge(&emitted);
                     }
-                    if batch.num_rows() > 0 {
-                        self.throttle.produced(messages.len() as u64);
-                        return Ok(SourcePoll::PartitionBatch(partition, batch));
+                    if let Some(poll) = self.emit(partition, batch, messages.len()) {
+                        return Ok(poll);
                     }
                 }
                 Chunk::End(partition) => {
@@ -759,7 +784,7 @@ impl SourceReader for RabbitMqReader {
         }
     }
     fn checkpoint_complete(&mut self, id: u64) -> oxflow_runtime::Result<()> {
-        let ended = self.known && self.finished.iter().all(|f| *f);
+        let ended = self.ended();
         if let Some(q) = &mut self.queue {
             q.completed(id, ended);
         }
