@@ -32,6 +32,17 @@ impl OxflowError {
     pub fn is_fatal(&self) -> bool {
         matches!(self, OxflowError::Runtime(e) if e.is_fatal())
     }
+
+    /// The same error as the runtime's, for a failure inside a running job (a source built
+    /// when the job starts).
+    pub fn into_runtime(self) -> RuntimeError {
+        match self {
+            OxflowError::Runtime(e) => *e,
+            OxflowError::Connector(e) => (*e).into(),
+            OxflowError::Operator(e) => (*e).into(),
+            other => RuntimeError::InvalidJob(other.to_string()),
+        }
+    }
 }
 
 impl From<OperatorError> for OxflowError {

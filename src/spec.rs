@@ -634,10 +634,32 @@ pub(crate) fn build_source(
                     "S3 source `{uri}`: unknown option `{key}`; the location takes endpoint and region"
                 )));
             }
-            let files = FileStore::s3_files(&location)?;
             let what = format!("S3 source {uri}");
-            let store = FileStore::S3(location);
-            file_source(&what, store, files, format, columns, max_line_bytes)?
+            match (format.as_deref(), columns) {
+                // Columns and format given: nothing to learn from the files, so they are listed
+                // when the job starts, and a job is built (validated, shown) offline.
+                (Some(f), Some(cols)) => {
+                    let (format, columns) = (format.clone(), columns.clone());
+                    let open: oxflow_runtime::source::OpenSource = Arc::new(move || {
+                        let files = FileStore::s3_files(&location)?;
+                        let store = FileStore::S3(location.clone());
+                        file_source(&what, store, files, &format, &columns, max_line_bytes)
+                            .map_err(OxflowError::into_runtime)
+                    });
+                    let name = if f == "parquet" { "parquet" } else { "file" };
+                    Arc::new(oxflow_runtime::source::StartedSource::new(
+                        name,
+                        schema_of(cols)?,
+                        f != "csv",
+                        open,
+                    ))
+                }
+                _ => {
+                    let files = FileStore::s3_files(&location)?;
+                    let store = FileStore::S3(location);
+                    file_source(&what, store, files, format, columns, max_line_bytes)?
+                }
+            }
         }
         SourceSpec::Kafka { uri, columns } => {
             let uri = KafkaUri::parse(uri)?;

@@ -627,6 +627,42 @@ fn validate_prints_the_plan_or_says_what_is_wrong_and_where() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sets no `checkpoints`"));
 }
 
+/// `oxflow` with no AWS settings in its environment, as on a machine with no S3 set up.
+fn oxflow_without_aws(args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args).output().expect("the binary runs")
+}
+
+#[test]
+fn an_s3_job_validates_offline_and_runs_only_with_credentials() {
+    // Its columns and format are given, so its files are listed when it starts: validate
+    // reaches no server (here there is none).
+    let spec = common::repo_path("examples/jobs/s3_readings_to_parquet.json");
+    let spec = spec.to_str().unwrap();
+    let out = oxflow_without_aws(&["validate", spec]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["valid"], true);
+    // Running it asks for credentials, and names the server, instead of reaching for the
+    // cloud's instance metadata service.
+    let out = oxflow_without_aws(&["run", spec]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no credentials")
+            && stderr.contains("AWS_ACCESS_KEY_ID")
+            && stderr.contains("http://127.0.0.1:9014")
+            && !stderr.contains("169.254"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn progress_shows_on_a_terminal_and_stays_off_a_pipe() {
     let args = [

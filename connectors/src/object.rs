@@ -31,6 +31,11 @@ pub struct S3Location {
     store: Arc<object_store::aws::AmazonS3>,
     bucket: String,
     prefix: ObjectPath,
+    /// The endpoint, when it names an S3-compatible server and the environment gives no
+    /// credentials: every request then fails saying so, rather than the client asking the
+    /// cloud's instance metadata service (which no such server's users have) and failing
+    /// with its error.
+    no_credentials: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for S3Location {
@@ -75,7 +80,11 @@ impl S3Location {
         let mut builder = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_retry(retry);
+        let mut no_credentials = None;
         if let Some(endpoint) = options.remove("endpoint") {
+            if !credentials_in_env() {
+                no_credentials = Some(Arc::from(endpoint.as_str()));
+            }
             builder = builder
                 .with_allow_http(endpoint.starts_with("http://"))
                 .with_endpoint(endpoint);
@@ -91,9 +100,24 @@ impl S3Location {
                 store: Arc::new(store),
                 bucket: bucket.to_string(),
                 prefix,
+                no_credentials,
             },
             options,
         ))
+    }
+
+    /// The client, or why it cannot sign requests.
+    fn client(&self) -> Result<Arc<object_store::aws::AmazonS3>> {
+        match &self.no_credentials {
+            None => Ok(self.store.clone()),
+            Some(endpoint) => Err(self.s3_error(
+                "no credentials",
+                format!(
+                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the server at {endpoint} \
+                     (or AWS_SKIP_SIGNATURE=true for unsigned requests)"
+                ),
+            )),
+        }
     }
 
     fn key(&self, name: &str) -> ObjectPath {
@@ -110,7 +134,7 @@ impl S3Location {
     /// The names (under the prefix) of the objects there.
     pub fn list(&self) -> Result<Vec<String>> {
         use futures::TryStreamExt;
-        let (store, prefix) = (self.store.clone(), self.prefix.clone());
+        let (store, prefix) = (self.client()?, self.prefix.clone());
         let listed: Vec<object_store::ObjectMeta> = run(async move {
             object_store::ObjectStore::list(store.as_ref(), Some(&prefix))
                 .try_collect()
@@ -127,7 +151,7 @@ impl S3Location {
 
     /// The bytes of object `name` under the prefix.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let (store, key) = (self.store.clone(), self.key(name));
+        let (store, key) = (self.client()?, self.key(name));
         run(async move { store.get(&key).await?.bytes().await })
             .map(|b| b.to_vec())
             .map_err(|e| self.s3_error(&format!("reading {name}"), e))
@@ -137,7 +161,7 @@ impl S3Location {
     /// by name, leaving out hidden ones (`.`, `_`: in progress, markers).
     pub fn list_files(&self) -> Result<Vec<(String, u64)>> {
         use futures::TryStreamExt;
-        let (store, prefix) = (self.store.clone(), self.prefix.clone());
+        let (store, prefix) = (self.client()?, self.prefix.clone());
         let depth = self.prefix.parts().count() + 1;
         let listed: Vec<object_store::ObjectMeta> = run(async move {
             object_store::ObjectStore::list(store.as_ref(), Some(&prefix))
@@ -157,7 +181,7 @@ impl S3Location {
 
     /// The size of object `name` under the prefix (an error names a missing one).
     pub fn size(&self, name: &str) -> Result<u64> {
-        let (store, key) = (self.store.clone(), self.key(name));
+        let (store, key) = (self.client()?, self.key(name));
         run(async move { store.head(&key).await })
             .map(|m| m.size)
             .map_err(|e| self.s3_error(&format!("finding {name}"), e))
@@ -165,7 +189,7 @@ impl S3Location {
 
     /// Bytes `range` of object `name` under the prefix.
     pub fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> Result<bytes::Bytes> {
-        let (store, key) = (self.store.clone(), self.key(name));
+        let (store, key) = (self.client()?, self.key(name));
         let what = format!("reading bytes {}..{} of {name}", range.start, range.end);
         run(async move { store.get_range(&key, range).await }).map_err(|e| self.s3_error(&what, e))
     }
@@ -173,7 +197,7 @@ impl S3Location {
     /// Writes object `name` under the prefix whole, at once (for tests and tools; the file
     /// sink uploads in parts, completed at commit).
     pub fn write_object(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
-        let (store, key) = (self.store.clone(), self.key(name));
+        let (store, key) = (self.client()?, self.key(name));
         run(async move { store.put(&key, PutPayload::from(bytes)).await })
             .map(|_| ())
             .map_err(|e| self.s3_error(&format!("writing {name}"), e))
@@ -237,7 +261,7 @@ impl S3Location {
 
     /// Deletes object `name` under the prefix; one not there is fine.
     fn delete(&self, name: &str) -> Result<()> {
-        let (store, key) = (self.store.clone(), self.key(name));
+        let (store, key) = (self.client()?, self.key(name));
         match run(async move { store.delete(&key).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.s3_error(&format!("deleting {name}"), e)),
@@ -253,7 +277,7 @@ impl S3Location {
                 format!("`{}` is not a part name", pending.key),
             ));
         }
-        let (store, key) = (self.store.clone(), self.key(&pending.key));
+        let (store, key) = (self.client()?, self.key(&pending.key));
         let (id, parts) = (
             pending.upload_id.clone(),
             pending
@@ -282,6 +306,21 @@ impl S3Location {
 pub const COMMIT_LOG_KEPT: u64 = 1000;
 
 /// The checkpoint of a commit record's name.
+/// Whether the environment gives the client a way to sign requests other than the instance
+/// metadata service: keys, a web identity (Kubernetes service accounts), a container's
+/// credentials endpoint, or a request for unsigned requests.
+fn credentials_in_env() -> bool {
+    [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_SKIP_SIGNATURE",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+}
+
 fn commit_of(name: &str) -> Option<u64> {
     name.strip_suffix(".json")?.parse().ok()
 }
@@ -308,7 +347,7 @@ pub(crate) struct Upload {
 impl Upload {
     /// Starts the upload of object `name` under the location's prefix.
     pub(crate) fn create(location: &S3Location, name: &str) -> Result<Self> {
-        let (store, key) = (location.store.clone(), location.key(name));
+        let (store, key) = (location.client()?, location.key(name));
         let id = run(async move { store.create_multipart(&key).await })
             .map_err(|e| location.s3_error(&format!("starting the upload of {name}"), e))?;
         Ok(Upload {
@@ -323,7 +362,7 @@ impl Upload {
     fn send_part(&mut self) -> Result<()> {
         let data = PutPayload::from(std::mem::take(&mut self.buffer));
         let (store, key, id, index) = (
-            self.location.store.clone(),
+            self.location.client()?,
             self.location.key(&self.name),
             self.id.clone(),
             self.parts.len(),
