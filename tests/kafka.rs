@@ -177,6 +177,11 @@ fn kafka_bad_records_per_policy() {
 
 /// The values in a topic (read_committed), read with a plain consumer until `n` or 20 s.
 fn dump(topic: &str, n: usize) -> Vec<String> {
+    dump_within(topic, n, Duration::from_secs(20))
+}
+
+/// What a read_committed consumer reads of `topic`, up to `n` records or for `wait`.
+fn dump_within(topic: &str, n: usize, wait: Duration) -> Vec<String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -189,7 +194,7 @@ fn dump(topic: &str, n: usize) -> Vec<String> {
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     let start = std::time::Instant::now();
-    while out.len() < n && start.elapsed() < Duration::from_secs(20) {
+    while out.len() < n && start.elapsed() < wait {
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
             out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
@@ -352,6 +357,8 @@ fn kafka_exactly_once_commit_replayed_by_a_new_process_writes_each_epoch_once() 
     let mut writer = restarted.create_writer(split, schema.clone()).unwrap();
     writer.write(&batch(&[5, 6])).unwrap();
     let epoch3 = writer.pre_commit().unwrap().unwrap();
+    // Produced into its open transaction as they came, yet unseen until the commit.
+    assert_eq!(dump_within(&topic, 5, Duration::from_secs(3)).len(), 4);
     drop((writer, restarted));
     let again = KafkaSink::try_new(config()).unwrap();
     again.commit(3, std::slice::from_ref(&epoch3)).unwrap();

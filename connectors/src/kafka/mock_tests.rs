@@ -6,7 +6,7 @@ use super::*;
 use datafusion::arrow::array::{Array, AsArray, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use oxflow_runtime::sink::Sink;
+use oxflow_runtime::sink::{PendingCommit, Sink};
 use oxflow_runtime::source::{Source, SourcePoll, SourceReader};
 use oxflow_runtime::SubtaskInfo;
 use rdkafka::mocking::MockCluster;
@@ -277,7 +277,7 @@ fn exactly_once_commits_each_epoch_at_its_checkpoint() {
     assert_eq!(
         sink.records(),
         0,
-        "nothing is produced before its checkpoint completes"
+        "nothing is committed before its checkpoint completes"
     );
     sink.commit(1, std::slice::from_ref(&epoch1)).unwrap();
     assert_eq!(sink.records(), 3);
@@ -291,6 +291,59 @@ fn exactly_once_commits_each_epoch_at_its_checkpoint() {
     let values = committed_values(&brokers, "out", 4);
     let expect: Vec<String> = (1..=4).map(|i| format!(r#"{{"a":{i},"t":{i}}}"#)).collect();
     assert_eq!(values, expect);
+}
+
+#[test]
+fn exactly_once_epochs_wait_in_open_transactions_and_fall_back_to_their_spool_files() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("eo", 1, 1).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let sink = KafkaSink::try_new(KafkaSinkConfig::json(
+        &brokers,
+        "eo",
+        DeliveryGuarantee::ExactlyOnce {
+            spool_dir: spool.path().to_path_buf(),
+            transactional_id_prefix: "job".into(),
+        },
+    ))
+    .unwrap();
+    let id = |p: &PendingCommit| p["transactional_id"].as_str().unwrap().to_string();
+    let mut writer = sink.create_writer(split(0, 1), schema()).unwrap();
+    // Two epochs produced into the two slots' transactions; the third finds both waiting
+    // for their checkpoint (as when a checkpoint is abandoned) and is only spooled.
+    writer.write(&batch(&[1, 2])).unwrap();
+    let e1 = writer.pre_commit().unwrap().unwrap();
+    writer.write(&batch(&[3])).unwrap();
+    let e2 = writer.pre_commit().unwrap().unwrap();
+    writer.write(&batch(&[4])).unwrap();
+    let e3 = writer.pre_commit().unwrap().unwrap();
+    assert_eq!(
+        [id(&e1), id(&e2), id(&e3)],
+        ["job-0-t0", "job-0-t1", "job-0"]
+    );
+    // (That read_committed consumers see nothing before the commit is tested against a real
+    // broker, tests/kafka.rs: the mock cluster does not hide open transactions.)
+    assert_eq!(sink.records(), 0, "nothing committed before the checkpoint");
+    sink.commit(1, &[e1, e2, e3]).unwrap();
+    let expect: Vec<String> = (1..=4).map(|i| format!(r#"{{"a":{i},"t":{i}}}"#)).collect();
+    assert_eq!(committed_values(&brokers, "eo", 4), expect);
+    assert_eq!(sink.records(), 4);
+    // A run of this process leaves an epoch half written in an open transaction, then the
+    // job restores from checkpoint 1 in the same process: the transaction is aborted, and
+    // the slot is free for the replay.
+    writer.write(&batch(&[5])).unwrap();
+    drop(writer);
+    sink.roll_back_after(1).unwrap();
+    let mut writer = sink.create_writer(split(0, 1), schema()).unwrap();
+    writer.write(&batch(&[6])).unwrap();
+    let e4 = writer.pre_commit().unwrap().unwrap();
+    assert_eq!(id(&e4), "job-0-t0");
+    sink.commit(2, &[e4]).unwrap();
+    let mut expect = expect;
+    expect.push(r#"{"a":6,"t":6}"#.to_string());
+    assert_eq!(committed_values(&brokers, "eo", 5), expect);
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
 }
 
 #[test]

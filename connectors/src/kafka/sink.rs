@@ -1,14 +1,17 @@
 //! The Kafka sink: none, at-least-once, or exactly-once through Kafka transactions. The
 //! exactly-once protocol is in docs/design/kafka.md; in short:
 //!
-//! - A writer does not produce while the job runs: it appends the records of the current
-//!   epoch (the records between two checkpoint barriers) to a spool file beside the job's
-//!   checkpoints, and at the barrier makes the file durable and hands over its name.
-//! - Once the checkpoint's manifest is written, [`Sink::commit`] produces each writer's
-//!   epoch in one transaction of the writer's transactional id, together with a marker: a
-//!   consumer-group offset commit (`send_offsets_to_transaction`) for the group
-//!   `<transactional id>.marker`, whose metadata names the epoch. The marker becomes visible
-//!   exactly when the records do.
+//! - A writer produces each epoch (the records between two checkpoint barriers) as it comes,
+//!   into a transaction of its own: a writer has [`SLOTS`] transactional ids, so that one
+//!   epoch's transaction can wait for its checkpoint while the next is written. It also
+//!   appends the records to a spool file beside the job's checkpoints, the epoch's replay
+//!   source, and at the barrier makes the file durable and hands over its name.
+//! - Once the checkpoint's manifest is written, [`Sink::commit`] writes a marker into the
+//!   epoch's transaction (a consumer-group offset commit, `send_offsets_to_transaction`, for
+//!   the group `<transactional id>.marker`, whose metadata names the epoch) and commits it:
+//!   the records and the marker become visible together, one round trip after the
+//!   checkpoint. An epoch with no open transaction (all slots busy, or a commit replayed after
+//!   a restart) is sent from its spool file at the commit, in a new transaction.
 //! - A commit replayed after a crash first fences the old producer (`init_transactions` with
 //!   the same transactional id aborts whatever it left open), then reads the marker: if it
 //!   names the epoch, the epoch is in Kafka and nothing is sent; otherwise the spool file is
@@ -109,12 +112,41 @@ struct Transactional {
     producer: TxProducer,
     marker: BaseConsumer,
     group: rdkafka::consumer::ConsumerGroupMetadata,
+    open: Open,
+}
+
+/// The transaction a transactional id has open in this process, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Open {
+    None,
+    /// A writer is producing its epoch into it.
+    Writing,
+    /// It holds all of the named epoch, sealed at its barrier: its checkpoint's commit
+    /// commits it.
+    Sealed(String),
+}
+
+/// Transactional ids a writer produces its epochs into as they come (`<id>-t<k>`). The
+/// coordinator commits checkpoint n before it triggers n+1, so two are enough for one epoch
+/// waiting for its commit and the next being written; an epoch finding both busy (a
+/// checkpoint was abandoned and its epoch carried to the next) is only spooled, and sent at
+/// its commit under the writer's own id, as every epoch is after a restart.
+pub const SLOTS: usize = 2;
+
+fn slot_ids(writer: &str) -> impl Iterator<Item = String> + '_ {
+    (0..SLOTS).map(move |k| format!("{writer}-t{k}"))
+}
+
+type Producers = Arc<Mutex<HashMap<String, Arc<Mutex<Transactional>>>>>;
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Writes rows into a Kafka topic.
 pub struct KafkaSink {
     config: KafkaSinkConfig,
-    producers: Mutex<HashMap<String, Arc<Mutex<Transactional>>>>,
+    producers: Producers,
     records: Arc<AtomicU64>,
 }
 
@@ -129,12 +161,27 @@ impl std::fmt::Debug for KafkaSink {
 /// What an exactly-once writer hands over at a barrier.
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingEpoch {
-    /// The writer's transactional id.
+    /// The transactional id its records were produced under (one of the writer's slots), or
+    /// are to be sent under at the commit (the writer's own).
     transactional_id: String,
+    /// The writer's own transactional id (`<prefix>-<subtask>`); empty in checkpoints from
+    /// before slots, whose `transactional_id` is the writer's.
+    #[serde(default)]
+    writer: String,
     /// Unique name of the epoch (also its spool file's name); the marker carries it.
     epoch: String,
     /// Records in the spool file (none: no file).
     records: u64,
+}
+
+impl PendingEpoch {
+    fn writer(&self) -> &str {
+        if self.writer.is_empty() {
+            &self.transactional_id
+        } else {
+            &self.writer
+        }
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -166,7 +213,7 @@ impl KafkaSink {
         }
         Ok(KafkaSink {
             config,
-            producers: Mutex::default(),
+            producers: Producers::default(),
             records: Arc::default(),
         })
     }
@@ -195,7 +242,7 @@ impl KafkaSink {
     /// The producer of a transactional id, made (and the id's earlier holder fenced) on
     /// first use in this process.
     fn transactional(&self, id: &str) -> ConnectorResult<Arc<Mutex<Transactional>>> {
-        if let Some(t) = self.producers.lock().expect("not poisoned").get(id) {
+        if let Some(t) = locked(&self.producers).get(id) {
             return Ok(t.clone());
         }
         let producer = self.producer(Some(id))?;
@@ -220,11 +267,9 @@ impl KafkaSink {
             producer,
             marker,
             group,
+            open: Open::None,
         }));
-        self.producers
-            .lock()
-            .expect("not poisoned")
-            .insert(id.to_string(), t.clone());
+        locked(&self.producers).insert(id.to_string(), t.clone());
         Ok(t)
     }
 
@@ -235,34 +280,85 @@ impl KafkaSink {
         }
     }
 
-    /// Commits the epochs of one writer (one transactional id), oldest first: usually one,
-    /// more when an abandoned checkpoint's epochs were carried to this one.
+    /// Commits the epochs of one writer, oldest first: usually one, more when an abandoned
+    /// checkpoint's epochs were carried to this one.
     fn commit_writer(&self, checkpoint: u64, epochs: &[&PendingEpoch]) -> ConnectorResult<()> {
         let spool = self
             .spool_dir()
             .expect("only exactly-once writers hand over epochs");
-        let id = &epochs[0].transactional_id;
-        let t = self.transactional(id)?;
-        let t = t.lock().expect("not poisoned");
-        // The commit may replay one made before a crash (or before a restart of the job in
-        // this process): the marker names the last epoch of this id that reached Kafka. One
-        // offset fetch per writer and checkpoint, next to a transaction's several round trips.
-        let mut start = 0;
-        if let Some(marker) = self.marker(&t)? {
-            if let Some(pos) = epochs.iter().position(|e| e.epoch == marker) {
-                tracing::info!(transactional_id = %id, epoch = %marker, checkpoint, "epoch already committed");
-                for e in &epochs[..=pos] {
-                    remove_spool(&spool.join(&e.epoch))?;
-                }
-                start = pos + 1;
-            }
+        // On a restore, fence the slots of every writer the checkpoint had (at whatever
+        // parallelism), so that no transaction a dead process left open holds back
+        // read_committed consumers until it times out. Made once per process: free later.
+        for slot in slot_ids(epochs[0].writer()) {
+            self.transactional(&slot)?;
         }
-        for pending in &epochs[start..] {
-            if pending.records > 0 {
-                self.send_epoch(&t, checkpoint, pending, &spool.join(&pending.epoch))?;
+        let mut markers: HashMap<&str, Option<String>> = HashMap::new();
+        for (i, pending) in epochs.iter().enumerate() {
+            if pending.records == 0 {
+                continue;
+            }
+            let path = spool.join(&pending.epoch);
+            if self.commit_open(checkpoint, pending, &path)? {
+                continue;
+            }
+            // Not in a transaction of this process: the commit may replay one made before a
+            // crash (or before a restart of the job in this process). The marker names the
+            // last epoch of this id that reached Kafka; one offset fetch per id and commit.
+            let id = pending.transactional_id.as_str();
+            let t = self.transactional(id)?;
+            let t = locked(&t);
+            if !markers.contains_key(id) {
+                markers.insert(id, self.marker(&t)?);
+            }
+            let done = markers[id].as_deref().is_some_and(|m| {
+                epochs[i..]
+                    .iter()
+                    .any(|e| e.transactional_id == id && e.epoch == m)
+            });
+            if done {
+                tracing::info!(transactional_id = %id, epoch = %pending.epoch, checkpoint, "epoch already committed");
+                remove_spool(&path)?;
+            } else {
+                self.send_epoch(&t, checkpoint, pending, &path)?;
             }
         }
         Ok(())
+    }
+
+    /// Commits `pending` if its records are in a transaction this process has open (sealed
+    /// at its barrier): true once committed. False if there is none, or committing it failed:
+    /// the producer is then dropped, and the caller makes a new one, whose fencing completes
+    /// or aborts that transaction, and reads the marker to learn which.
+    fn commit_open(
+        &self,
+        checkpoint: u64,
+        pending: &PendingEpoch,
+        path: &Path,
+    ) -> ConnectorResult<bool> {
+        let id = &pending.transactional_id;
+        let Some(t) = locked(&self.producers).get(id).cloned() else {
+            return Ok(false);
+        };
+        let mut t = locked(&t);
+        if t.open != Open::Sealed(pending.epoch.clone()) {
+            return Ok(false);
+        }
+        t.open = Open::None;
+        match self.commit_transaction(&t, checkpoint, pending) {
+            Ok(()) => {
+                self.records.fetch_add(pending.records, Ordering::Relaxed);
+                remove_spool(path)?;
+                Ok(true)
+            }
+            Err(e @ ConnectorError::Fenced { .. }) => Err(e),
+            Err(e) => {
+                tracing::warn!(transactional_id = %id, epoch = %pending.epoch, checkpoint, error = %e,
+                    "committing the epoch's transaction failed; the spool file decides");
+                drop(t);
+                locked(&self.producers).remove(id);
+                Ok(false)
+            }
+        }
     }
 
     /// Sends one spooled epoch and its marker in one transaction.
@@ -275,43 +371,56 @@ impl KafkaSink {
     ) -> ConnectorResult<()> {
         let id = &pending.transactional_id;
         let records = read_spool(path, pending.records, "kafka sink")?;
-        let fail =
-            |what: &str, e| kafka_error(format!("{what} of `{id}` for checkpoint {checkpoint}"), e);
-        t.producer
-            .begin_transaction()
-            .map_err(|e| fail("beginning a transaction", e))?;
-        let sent = (|| {
-            for (key, value) in records.iter() {
-                let mut record = BaseRecord::to(&self.config.topic).payload(value.as_slice());
-                if let Some(key) = key {
-                    record = record.key(key.as_slice());
-                }
-                send_blocking(&t.producer, record)?;
+        let _ = t.producer.context().take_failure();
+        t.producer.begin_transaction().map_err(|e| {
+            kafka_error(
+                format!("beginning a transaction of `{id}` for checkpoint {checkpoint}"),
+                e,
+            )
+        })?;
+        let sent = records.iter().try_for_each(|(key, value)| {
+            let mut record = BaseRecord::to(&self.config.topic).payload(value.as_slice());
+            if let Some(key) = key {
+                record = record.key(key.as_slice());
             }
-            let mut marker = TopicPartitionList::new();
-            marker
-                .add_partition_offset(&self.config.topic, 0, Offset::Offset(checkpoint as i64))
-                .map_err(|e| fail("the marker", e))?;
-            if let Some(mut e) = marker.find_partition(&self.config.topic, 0) {
-                e.set_metadata(pending.epoch.as_str());
-            }
-            t.producer
-                .send_offsets_to_transaction(&marker, &t.group, TIMEOUT)
-                .map_err(|e| fail("writing the marker", e))?;
-            t.producer
-                .commit_transaction(TIMEOUT)
-                .map_err(|e| fail("committing the transaction", e))
-        })();
+            send_blocking(&t.producer, record)
+        });
+        let sent = sent.and_then(|()| self.commit_transaction(t, checkpoint, pending));
         if let Err(e) = sent {
             let _ = t.producer.abort_transaction(TIMEOUT);
             return Err(e);
         }
-        t.producer.context().check(&format!(
-            "transaction of `{id}` committed after a failed delivery"
-        ))?;
         self.records
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         remove_spool(path)
+    }
+
+    /// Writes the marker naming `pending` into the open transaction and commits it.
+    fn commit_transaction(
+        &self,
+        t: &Transactional,
+        checkpoint: u64,
+        pending: &PendingEpoch,
+    ) -> ConnectorResult<()> {
+        let id = &pending.transactional_id;
+        let fail =
+            |what: &str, e| kafka_error(format!("{what} of `{id}` for checkpoint {checkpoint}"), e);
+        let mut marker = TopicPartitionList::new();
+        marker
+            .add_partition_offset(&self.config.topic, 0, Offset::Offset(checkpoint as i64))
+            .map_err(|e| fail("the marker", e))?;
+        if let Some(mut e) = marker.find_partition(&self.config.topic, 0) {
+            e.set_metadata(pending.epoch.as_str());
+        }
+        t.producer
+            .send_offsets_to_transaction(&marker, &t.group, TIMEOUT)
+            .map_err(|e| fail("writing the marker", e))?;
+        t.producer
+            .commit_transaction(TIMEOUT)
+            .map_err(|e| fail("committing the transaction", e))?;
+        t.producer.context().check(&format!(
+            "transaction of `{id}` committed after a failed delivery"
+        ))
     }
 
     /// The epoch the marker of a transactional id names, if any.
@@ -483,23 +592,61 @@ impl SinkWriter for DirectWriter {
     }
 }
 
-/// An exactly-once writer: spools each epoch to a file.
+/// An exactly-once writer: produces each epoch into a transaction of one of its slots as it
+/// comes (when one is free), and spools it to a file, its replay source.
 struct SpoolWriter {
     dir: PathBuf,
+    /// The writer's own transactional id; its slots' ids derive from it.
     transactional_id: String,
+    topic: String,
     encoder: Encoder,
     file: Option<SpoolFile>,
+    producers: Producers,
+    /// The slot the current epoch is produced into: its id and transaction.
+    slot: Option<(String, Arc<Mutex<Transactional>>)>,
 }
 
 impl SpoolWriter {
+    /// Begins a transaction on a free slot, if there is one.
+    fn open_slot(&self) -> Result<Option<(String, Arc<Mutex<Transactional>>)>> {
+        for id in slot_ids(&self.transactional_id) {
+            // A slot whose producer failed at a commit is made again by the next commit of
+            // its epochs; until then it is not free.
+            let Some(t) = locked(&self.producers).get(&id).cloned() else {
+                continue;
+            };
+            let mut slot = locked(&t);
+            if slot.open == Open::None {
+                // Deliveries an abort purged are failures of the aborted transaction, not of
+                // this one.
+                let _ = slot.producer.context().take_failure();
+                slot.producer
+                    .begin_transaction()
+                    .map_err(|e| kafka_error(format!("beginning a transaction of `{id}`"), e))?;
+                slot.open = Open::Writing;
+                drop(slot);
+                return Ok(Some((id, t)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Closes the epoch: trailer, fsync; returns what to commit.
     fn seal(&mut self) -> Result<Option<PendingCommit>> {
         let (epoch, records) = match self.file.take() {
             None => (String::new(), 0),
             Some(file) => file.seal()?,
         };
+        let transactional_id = match self.slot.take() {
+            Some((id, t)) => {
+                locked(&t).open = Open::Sealed(epoch.clone());
+                id
+            }
+            None => self.transactional_id.clone(),
+        };
         let pending = PendingEpoch {
-            transactional_id: self.transactional_id.clone(),
+            transactional_id,
+            writer: self.transactional_id.clone(),
             epoch,
             records,
         };
@@ -516,10 +663,24 @@ impl SinkWriter for SpoolWriter {
         }
         if self.file.is_none() {
             self.file = Some(SpoolFile::create(&self.dir, &self.transactional_id)?);
+            self.slot = self.open_slot()?;
         }
         let file = self.file.as_mut().expect("opened above");
-        self.encoder
-            .encode(batch, |key, value| Ok(file.append(key, value)?))
+        let Some((_, t)) = &self.slot else {
+            return self
+                .encoder
+                .encode(batch, |key, value| Ok(file.append(key, value)?));
+        };
+        let t = locked(t);
+        let topic = &self.topic;
+        self.encoder.encode(batch, |key, value| {
+            file.append(key, value)?;
+            let mut record = BaseRecord::to(topic).payload(value);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            Ok(send_blocking(&t.producer, record)?)
+        })
     }
     fn pre_commit(&mut self) -> Result<Option<PendingCommit>> {
         self.seal()
@@ -556,14 +717,21 @@ impl Sink for KafkaSink {
                 transactional_id_prefix,
             } => {
                 let transactional_id = format!("{transactional_id_prefix}-{}", subtask.index);
-                // Fence a producer an earlier run left with this id now, so its open
-                // transaction does not hold back read_committed consumers until it times out.
-                self.transactional(&transactional_id)?;
+                // Fence producers an earlier run left with these ids now, so their open
+                // transactions do not hold back read_committed consumers until they time out.
+                for id in
+                    std::iter::once(transactional_id.clone()).chain(slot_ids(&transactional_id))
+                {
+                    self.transactional(&id)?;
+                }
                 Box::new(SpoolWriter {
                     dir: spool_dir.clone(),
                     transactional_id,
+                    topic: self.config.topic.clone(),
                     encoder,
                     file: None,
+                    producers: self.producers.clone(),
+                    slot: None,
                 })
             }
             guarantee => Box::new(DirectWriter {
@@ -584,10 +752,7 @@ impl Sink for KafkaSink {
         // Each writer's epochs in order; writers are independent transactions, side by side.
         let mut writers: Vec<Vec<&PendingEpoch>> = Vec::new();
         for epoch in &epochs {
-            match writers
-                .iter_mut()
-                .find(|w| w[0].transactional_id == epoch.transactional_id)
-            {
+            match writers.iter_mut().find(|w| w[0].writer() == epoch.writer()) {
                 Some(w) => w.push(epoch),
                 None => writers.push(vec![epoch]),
             }
@@ -611,7 +776,24 @@ impl Sink for KafkaSink {
             return Ok(());
         };
         // Epochs not committed by now belong to checkpoints after `checkpoint` (or none):
-        // the replay produces them again.
+        // the replay produces them again. Their transactions, if a run in this process left
+        // them open, are aborted (a producer that cannot abort is dropped: made again, it
+        // fences the id).
+        let producers: Vec<_> = locked(&self.producers)
+            .iter()
+            .map(|(id, t)| (id.clone(), t.clone()))
+            .collect();
+        for (id, t) in producers {
+            let mut t = locked(&t);
+            if t.open != Open::None {
+                t.open = Open::None;
+                if let Err(e) = t.producer.abort_transaction(TIMEOUT) {
+                    tracing::warn!(transactional_id = %id, error = %e, "aborting a transaction failed; its producer is made again");
+                    drop(t);
+                    locked(&self.producers).remove(&id);
+                }
+            }
+        }
         remove_all(dir)?;
         tracing::debug!(
             checkpoint,
@@ -709,6 +891,10 @@ mod tests {
                 json: Vec::new(),
             },
             file: None,
+            topic: "out".into(),
+            // No slot's producer: the epoch is only spooled, as when both slots are busy.
+            producers: Producers::default(),
+            slot: None,
         };
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
             datafusion::arrow::datatypes::Field::new("k", DataType::Int64, false),
