@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# End-to-end latency, Kafka to Kafka, q0: a producer stamps each bid's send time, Oxflow's
+# q0 copies bids to another topic, and a read_committed consumer measures send-to-arrival
+# (benches/latency.rs); at-least-once and exactly-once (checkpoints every INTERVAL ms), at
+# each rate. Starts its own broker (scripts/kafka.sh, on a free port) unless KAFKA_PORT names
+# one already running.
+#
+#   scripts/bench-latency.sh [SECONDS] [INTERVAL_MS] [RATE...]    (default 20 1000 5000 50000)
+set -euo pipefail
+seconds=${1:-20}
+interval=${2:-1000}
+shift $(( $# < 2 ? $# : 2 ))
+rates=("$@")
+[ ${#rates[@]} -gt 0 ] || rates=(5000 50000)
+root=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
+kafka=$root/scripts/kafka.sh
+work=$(mktemp -d)
+started=
+trap 'rm -rf "$work"; [ -z "$started" ] || "$kafka" stop' EXIT
+if [ -z "${KAFKA_PORT:-}" ]; then
+  KAFKA_PORT=$("$kafka" free-port)
+  export KAFKA_PORT
+  "$kafka" start
+  started=yes
+fi
+broker=127.0.0.1:$KAFKA_PORT
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
+cargo bench --quiet --manifest-path "$root/Cargo.toml" --bench latency --no-run 2>/dev/null
+bin=$CARGO_TARGET_DIR/release/oxflow
+run=$$
+
+printf '%-14s %8s %10s %8s %8s %8s\n' guarantee rate/s received p50-ms p99-ms max-ms
+for rate in "${rates[@]}"; do
+  for guarantee in at-least-once exactly-once; do
+    tag=$guarantee-$rate-$run
+    "$kafka" topic "in-$tag" 2 > /dev/null
+    "$kafka" topic "out-$tag" 2 > /dev/null
+    chk=()
+    [ "$guarantee" = exactly-once ] && chk=(--checkpoint-dir "$work/chk-$tag" --checkpoint-interval-ms "$interval")
+    "$bin" nexmark --query q0 --workers 2 --source "kafka://$broker/in-$tag" --events $((rate * seconds)) \
+      --sink "kafka://$broker/out-$tag?guarantee=$guarantee" "${chk[@]}" > "$work/ox-$tag.log" 2>&1 &
+    ox=$!
+    sleep 2   # the job's consumers join before the first bid is stamped
+    result=$(cargo bench --quiet --manifest-path "$root/Cargo.toml" --bench latency -- \
+      "$broker" "in-$tag" "out-$tag" "$rate" "$seconds" | tail -1)
+    kill "$ox" 2>/dev/null || true
+    wait "$ox" 2>/dev/null || true
+    python3 - "$result" "$guarantee" "$rate" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+print(f"{sys.argv[2]:<14} {int(sys.argv[3]):8d} {r['received']:10d} {r['p50_ms']:8d} {r['p99_ms']:8d} {r['max_ms']:8d}")
+PY
+  done
+done
