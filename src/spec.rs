@@ -638,7 +638,10 @@ pub(crate) fn build_source(
             match (format.as_deref(), columns) {
                 // Columns and format given: nothing to learn from the files, so they are listed
                 // when the job starts, and a job is built (validated, shown) offline.
-                (Some(f), Some(cols)) => {
+                (Some(_), Some(cols)) => {
+                    // The format is checked now, as for any file source; only the listing
+                    // waits for the start.
+                    let kind = file_kind(&what, format, &[])?;
                     let (format, columns) = (format.clone(), columns.clone());
                     let open: oxflow_runtime::source::OpenSource = Arc::new(move || {
                         let files = FileStore::s3_files(&location)?;
@@ -646,11 +649,16 @@ pub(crate) fn build_source(
                         file_source(&what, store, files, &format, &columns, max_line_bytes)
                             .map_err(OxflowError::into_runtime)
                     });
-                    let name = if f == "parquet" { "parquet" } else { "file" };
+                    // The names the built sources give, and which of them read only some
+                    // columns (FileSource::with_projection: JSON lines; ParquetSource: all).
+                    let (name, projects) = match kind {
+                        None => ("parquet", true),
+                        Some(f) => ("file", f == FileFormat::JsonLines),
+                    };
                     Arc::new(oxflow_runtime::source::StartedSource::new(
                         name,
                         schema_of(cols)?,
-                        f != "csv",
+                        projects,
                         open,
                     ))
                 }
@@ -681,19 +689,14 @@ pub(crate) fn build_source(
     })
 }
 
-/// A JSON-lines, CSV or Parquet source over `files` of `store` (`format` as a spec gives it:
-/// by default Parquet when every name ends in `.parquet`, else JSON lines).
-fn file_source(
-    what: &str,
-    store: FileStore,
-    files: Vec<PathBuf>,
-    format: &Option<String>,
-    columns: &Option<Vec<ColumnSpec>>,
-    max_line_bytes: usize,
-) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
-    let schema = columns.as_deref().map(schema_of).transpose()?;
-    let format = match format.as_deref() {
-        None if crate::nexmark::all_parquet(&files) => None,
+/// How a file source's files are read: lines of JSON or CSV, or Parquet (`None`).
+type FileKind = Option<FileFormat>;
+
+/// The kind `format` names, as a spec gives it: by default Parquet when every name of
+/// `files` ends in `.parquet`, else JSON lines.
+fn file_kind(what: &str, format: &Option<String>, files: &[PathBuf]) -> Result<FileKind> {
+    Ok(match format.as_deref() {
+        None if crate::nexmark::all_parquet(files) => None,
         None | Some("json") => Some(FileFormat::JsonLines),
         Some("csv") => Some(FileFormat::Csv {
             has_header: true,
@@ -705,8 +708,21 @@ fn file_source(
                 "{what}: unknown format `{other}`; use json, csv or parquet"
             )))
         }
-    };
-    Ok(match format {
+    })
+}
+
+/// A JSON-lines, CSV or Parquet source over `files` of `store` (`format` as [`file_kind`]
+/// reads it).
+fn file_source(
+    what: &str,
+    store: FileStore,
+    files: Vec<PathBuf>,
+    format: &Option<String>,
+    columns: &Option<Vec<ColumnSpec>>,
+    max_line_bytes: usize,
+) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
+    let schema = columns.as_deref().map(schema_of).transpose()?;
+    Ok(match file_kind(what, format, &files)? {
         Some(format) => Arc::new(
             FileSource::try_new_in(store, files, format, schema)?
                 .with_max_line_bytes(max_line_bytes),

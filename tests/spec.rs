@@ -169,6 +169,16 @@ fn the_example_specs_build_and_q5_equals_the_built_in_query() {
     if let Err(e) = Pipeline::from_spec(&s3, &Registry::new(), Some(&tmp.path().join("chk-s3"))) {
         panic!("the S3 example builds without reaching its server: {e}");
     }
+    // Only the listing waits: a format it cannot read is refused while building.
+    let mut xml = s3.clone();
+    if let SourceSpec::S3 { format, .. } = &mut xml.stream.source {
+        *format = Some("xml".into());
+    }
+    let err = Pipeline::from_spec(&xml, &Registry::new(), Some(&tmp.path().join("chk-xml")))
+        .err()
+        .expect("an unknown format is refused")
+        .to_string();
+    assert!(err.contains("unknown format `xml`"), "{err}");
     // The same windows into Parquet files, read back (Parquet by extension) row for row.
     let mut parquet = read("readings_to_parquet.json");
     parquet.stream.source = readings.stream.source.clone();
