@@ -137,6 +137,30 @@ fn slot_ids(writer: &str) -> impl Iterator<Item = String> + '_ {
     (0..SLOTS).map(move |k| format!("{writer}-t{k}"))
 }
 
+impl Transactional {
+    /// Begins a transaction (`what` names it in an error).
+    fn begin(&self, what: &str) -> ConnectorResult<()> {
+        // Deliveries an abort purged are failures of the aborted transaction, not of this one.
+        let _ = self.producer.context().take_failure();
+        self.producer
+            .begin_transaction()
+            .map_err(|e| kafka_error(format!("beginning {what}"), e))
+    }
+}
+
+/// The record of `value` (and `key`) for `topic`.
+fn record<'a>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+) -> BaseRecord<'a, [u8], [u8]> {
+    let record = BaseRecord::to(topic).payload(value);
+    match key {
+        Some(key) => record.key(key),
+        None => record,
+    }
+}
+
 type Producers = Arc<Mutex<HashMap<String, Arc<Mutex<Transactional>>>>>;
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -371,19 +395,12 @@ impl KafkaSink {
     ) -> ConnectorResult<()> {
         let id = &pending.transactional_id;
         let records = read_spool(path, pending.records, "kafka sink")?;
-        let _ = t.producer.context().take_failure();
-        t.producer.begin_transaction().map_err(|e| {
-            kafka_error(
-                format!("beginning a transaction of `{id}` for checkpoint {checkpoint}"),
-                e,
-            )
-        })?;
+        t.begin(&format!(
+            "a transaction of `{id}` for checkpoint {checkpoint}"
+        ))?;
+        let topic = &self.config.topic;
         let sent = records.iter().try_for_each(|(key, value)| {
-            let mut record = BaseRecord::to(&self.config.topic).payload(value.as_slice());
-            if let Some(key) = key {
-                record = record.key(key.as_slice());
-            }
-            send_blocking(&t.producer, record)
+            send_blocking(&t.producer, record(topic, key.as_deref(), value))
         });
         let sent = sent.and_then(|()| self.commit_transaction(t, checkpoint, pending));
         if let Err(e) = sent {
@@ -567,11 +584,7 @@ impl SinkWriter for DirectWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let (producer, topic) = (&self.producer, &self.topic);
         self.encoder.encode(batch, |key, value| {
-            let mut record = BaseRecord::to(topic).payload(value);
-            if let Some(key) = key {
-                record = record.key(key);
-            }
-            Ok(send_blocking(producer, record)?)
+            Ok(send_blocking(producer, record(topic, key, value))?)
         })?;
         self.records
             .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -617,12 +630,7 @@ impl SpoolWriter {
             };
             let mut slot = locked(&t);
             if slot.open == Open::None {
-                // Deliveries an abort purged are failures of the aborted transaction, not of
-                // this one.
-                let _ = slot.producer.context().take_failure();
-                slot.producer
-                    .begin_transaction()
-                    .map_err(|e| kafka_error(format!("beginning a transaction of `{id}`"), e))?;
+                slot.begin(&format!("a transaction of `{id}`"))?;
                 slot.open = Open::Writing;
                 drop(slot);
                 return Ok(Some((id, t)));
@@ -675,11 +683,7 @@ impl SinkWriter for SpoolWriter {
         let topic = &self.topic;
         self.encoder.encode(batch, |key, value| {
             file.append(key, value)?;
-            let mut record = BaseRecord::to(topic).payload(value);
-            if let Some(key) = key {
-                record = record.key(key);
-            }
-            Ok(send_blocking(&t.producer, record)?)
+            Ok(send_blocking(&t.producer, record(topic, key, value))?)
         })
     }
     fn pre_commit(&mut self) -> Result<Option<PendingCommit>> {
