@@ -7,22 +7,9 @@
 #   scripts/bench-kafka.sh [EVENTS]     (generator events; about 92 % are bids)
 set -euo pipefail
 events=${1:-2000000}
-root=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
-kafka=$root/scripts/kafka.sh
-work=$(mktemp -d)
-started=
-trap 'rm -rf "$work"; [ -z "$started" ] || "$kafka" stop' EXIT
-if [ -z "${KAFKA_PORT:-}" ]; then
-  KAFKA_PORT=$("$kafka" free-port)
-  export KAFKA_PORT
-  "$kafka" start
-  started=yes
-fi
-broker=127.0.0.1:$KAFKA_PORT
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
-cargo bench --quiet --manifest-path "$root/Cargo.toml" --bench kafka --no-run 2>/dev/null
-bin=$CARGO_TARGET_DIR/release/oxflow
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
+bench_kafka kafka
 run=$$
 field() { sed "s/.*\"$1\":\\([0-9.e+-]*\\).*/\\1/"; }
 

@@ -12,22 +12,9 @@ interval=${2:-1000}
 shift $(( $# < 2 ? $# : 2 ))
 rates=("$@")
 [ ${#rates[@]} -gt 0 ] || rates=(5000 50000)
-root=$(cd "$(dirname "$0")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
-kafka=$root/scripts/kafka.sh
-work=$(mktemp -d)
-started=
-trap 'rm -rf "$work"; [ -z "$started" ] || "$kafka" stop' EXIT
-if [ -z "${KAFKA_PORT:-}" ]; then
-  KAFKA_PORT=$("$kafka" free-port)
-  export KAFKA_PORT
-  "$kafka" start
-  started=yes
-fi
-broker=127.0.0.1:$KAFKA_PORT
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
-cargo bench --quiet --manifest-path "$root/Cargo.toml" --bench latency --no-run 2>/dev/null
-bin=$CARGO_TARGET_DIR/release/oxflow
+# shellcheck source=scripts/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
+bench_kafka latency
 run=$$
 
 printf '%-14s %8s %10s %8s %8s %8s\n' guarantee rate/s received p50-ms p99-ms max-ms
