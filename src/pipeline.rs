@@ -170,6 +170,9 @@ impl Pipeline {
                 if let Some(k) = c.retained {
                     config.retained = k.max(1);
                 }
+                if let Some(ms) = c.min_pause_ms {
+                    config.min_pause = Duration::from_millis(ms);
+                }
                 Some(config)
             }
             _ => None,
@@ -1055,6 +1058,7 @@ impl Job {
         })?;
         spec.checkpoints = self.checkpoints.as_ref().map(|c| CheckpointSpec {
             interval_ms: c.interval.as_millis() as u64,
+            min_pause_ms: (!c.min_pause.is_zero()).then_some(c.min_pause.as_millis() as u64),
             retained: Some(c.retained),
         });
         spec.state = match self.state {

@@ -412,8 +412,11 @@ impl SinkSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
-    /// Milliseconds between checkpoints.
+    /// Milliseconds from one checkpoint's start to the next one's.
     pub interval_ms: u64,
+    /// Least milliseconds from the end of one checkpoint to the start of the next (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_pause_ms: Option<u64>,
     /// Completed checkpoints kept (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained: Option<usize>,

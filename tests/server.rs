@@ -49,6 +49,7 @@ fn windowed_spec(out: &Path, events: u64, rate: Option<f64>, parallelism: usize)
         sink: SinkSpec::file(out),
         checkpoints: Some(CheckpointSpec {
             interval_ms: 100,
+            min_pause_ms: None,
             retained: None,
         }),
         restart: None,

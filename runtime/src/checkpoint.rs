@@ -31,18 +31,25 @@ const FORMAT: u32 = 1;
 pub struct CheckpointConfig {
     /// Where checkpoints (and the job's working state) live.
     pub dir: PathBuf,
-    /// Time between the end of one checkpoint and the start of the next.
+    /// Time from one checkpoint's trigger to the next one's (Flink's
+    /// `execution.checkpointing.interval`). One checkpoint runs at a time: one that takes
+    /// longer than this is followed by the next as soon as it ends (and `min_pause` has passed).
     pub interval: Duration,
+    /// The least time from the end of one checkpoint to the start of the next (Flink's
+    /// `execution.checkpointing.min-pause`; 0 by default), so that slow checkpoints leave
+    /// the job time to process between them.
+    pub min_pause: Duration,
     /// How many completed checkpoints to keep (at least 1).
     pub retained: usize,
 }
 
 impl CheckpointConfig {
-    /// Checkpoints into `dir` every `interval`, keeping the last 3.
+    /// Checkpoints into `dir` every `interval`, with no minimum pause, keeping the last 3.
     pub fn new(dir: impl Into<PathBuf>, interval: Duration) -> Self {
         CheckpointConfig {
             dir: dir.into(),
             interval,
+            min_pause: Duration::ZERO,
             retained: 3,
         }
     }

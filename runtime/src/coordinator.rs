@@ -172,6 +172,11 @@ pub(crate) struct Coordinator {
     pub bytes_counter: Counter,
     history: CheckpointHistory,
     pending: Option<Pending>,
+    /// When the last checkpoint was triggered: the interval counts from there, as in Flink,
+    /// so a checkpoint that takes a while does not stretch the time between two.
+    last_trigger: Instant,
+    /// When a checkpoint last ended (completed or abandoned), for the minimum pause.
+    last_done: Instant,
 }
 
 impl Coordinator {
@@ -210,27 +215,33 @@ impl Coordinator {
             bytes_counter: metrics.counter("checkpoints.state_bytes"),
             history,
             pending: None,
+            last_trigger: Instant::now(),
+            last_done: Instant::now(),
         }
+    }
+
+    /// How long until the next checkpoint is due: an interval after the last trigger, and
+    /// at least the minimum pause after the last one ended.
+    fn due_in(&self, config: &CheckpointConfig) -> Duration {
+        let at = (self.last_trigger + config.interval).max(self.last_done + config.min_pause);
+        at.saturating_duration_since(Instant::now())
     }
 
     /// Runs until every subtask has dropped its sender. An error (a manifest that could not
     /// be written, a commit that failed) ends the job.
     pub(crate) fn run(&mut self, reports: Receiver<Report>) -> Result<()> {
-        let mut last_done = Instant::now();
         loop {
             let wait = match (&self.config, &self.pending) {
-                (Some(c), None) if self.sources_running() => {
-                    c.interval.saturating_sub(last_done.elapsed())
-                }
+                (Some(c), None) if self.sources_running() => self.due_in(c),
                 _ => Duration::from_millis(100),
             };
             match reports.recv_timeout(wait) {
-                Ok(report) => self.handle(report, &mut last_done)?,
+                Ok(report) => self.handle(report)?,
                 Err(RecvTimeoutError::Timeout) => {
                     let due = self
                         .config
                         .as_ref()
-                        .is_some_and(|c| last_done.elapsed() >= c.interval);
+                        .is_some_and(|c| self.due_in(c).is_zero());
                     let asked = self.config.is_some() && self.savepoints.waiting();
                     if self.pending.is_none() && self.sources_running() && (due || asked) {
                         self.start();
@@ -241,8 +252,8 @@ impl Coordinator {
         }
     }
 
-    /// Takes in one subtask's report; `last_done` is when a checkpoint last ended.
-    fn handle(&mut self, report: Report, last_done: &mut Instant) -> Result<()> {
+    /// Takes in one subtask's report.
+    fn handle(&mut self, report: Report) -> Result<()> {
         match report {
             Report::Ack {
                 id,
@@ -265,14 +276,14 @@ impl Coordinator {
                 if p.missing == 0 {
                     let p = self.pending.take().expect("just matched");
                     self.complete(p)?;
-                    *last_done = Instant::now();
+                    self.last_done = Instant::now();
                 }
             }
             Report::Decline { id, reason } => {
                 if self.pending.as_ref().is_some_and(|p| p.id == id) {
                     tracing::warn!(checkpoint = id, %reason, "checkpoint abandoned");
                     self.abandon(&format!("checkpoint {id} was abandoned: {reason}"));
-                    *last_done = Instant::now();
+                    self.last_done = Instant::now();
                 }
             }
             Report::Finished {
@@ -302,7 +313,7 @@ impl Coordinator {
                         if p.missing == 0 {
                             let p = self.pending.take().expect("just matched");
                             self.complete(p)?;
-                            *last_done = Instant::now();
+                            self.last_done = Instant::now();
                         }
                     }
                 }
@@ -342,6 +353,7 @@ impl Coordinator {
             new_bytes: 0,
             savepoints: self.savepoints.take(),
         });
+        self.last_trigger = Instant::now();
         tracing::debug!(checkpoint = id, "checkpoint triggered");
         self.trigger.store(id, Ordering::SeqCst);
     }
@@ -603,17 +615,16 @@ mod tests {
             Arc::new(RecordingSink::default()),
             history.clone(),
         );
-        let mut last = Instant::now();
         c.start();
         let decline = Report::Decline {
             id: 1,
             reason: "disk full".into(),
         };
-        c.handle(decline, &mut last).unwrap();
+        c.handle(decline).unwrap();
         c.start();
-        c.handle(aligned_ack(2, 0, "a", 7), &mut last).unwrap();
+        c.handle(aligned_ack(2, 0, "a", 7)).unwrap();
         assert_eq!(history.snapshot().len(), 1, "checkpoint 2 is still pending");
-        c.handle(aligned_ack(2, 1, "b", 3), &mut last).unwrap();
+        c.handle(aligned_ack(2, 1, "b", 3)).unwrap();
         let kept = history.snapshot();
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].id, 1);
@@ -631,23 +642,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let sink = Arc::new(RecordingSink::default());
         let mut c = two_subtasks(tmp.path(), sink.clone(), CheckpointHistory::default());
-        let mut last = Instant::now();
         // Checkpoint 1: one sink subtask pre-commits, the other declines.
         c.start();
-        c.handle(ack(1, 0, "p1-a"), &mut last).unwrap();
-        c.handle(
-            Report::Decline {
-                id: 1,
-                reason: "injected".into(),
-            },
-            &mut last,
-        )
+        c.handle(ack(1, 0, "p1-a")).unwrap();
+        c.handle(Report::Decline {
+            id: 1,
+            reason: "injected".into(),
+        })
         .unwrap();
         // Checkpoint 2 completes; the process dies after its manifest, before the commit.
         sink.fail.store(1, Ordering::SeqCst);
         c.start();
-        c.handle(ack(2, 0, "p2-a"), &mut last).unwrap();
-        let crash = c.handle(ack(2, 1, "p2-b"), &mut last).unwrap_err();
+        c.handle(ack(2, 0, "p2-a")).unwrap();
+        let crash = c.handle(ack(2, 1, "p2-b")).unwrap_err();
         assert!(crash.to_string().contains("crashed"), "{crash}");
         assert!(sink.committed.lock().unwrap().is_empty());
         // The restore commits everything the manifest lists, carried output included.
@@ -676,7 +683,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let sink = Arc::new(RecordingSink::default());
         let mut c = two_subtasks(tmp.path(), sink.clone(), CheckpointHistory::default());
-        let mut last = Instant::now();
         let heard = Arc::new(Mutex::new(Vec::new()));
         let finished = |subtask: usize, at: i64, heard: &Arc<Mutex<Vec<u64>>>| Report::Finished {
             stage: 0,
@@ -694,13 +700,13 @@ mod tests {
         // Checkpoint 1 is pending when split 0 ends without its barrier: its output since the
         // previous barrier and its end position are its part of checkpoint 1.
         c.start();
-        c.handle(ack(1, 1, "b1"), &mut last).unwrap();
+        c.handle(ack(1, 1, "b1")).unwrap();
         let last_output = Report::Final {
             subtask: 0,
             pending: Some(json!("a-end")),
         };
-        c.handle(last_output, &mut last).unwrap();
-        c.handle(finished(0, 10, &heard), &mut last).unwrap();
+        c.handle(last_output).unwrap();
+        c.handle(finished(0, 10, &heard)).unwrap();
         assert_eq!(c.stats.last_id, Some(1));
         let m = read_manifest(&checkpoint_dir(tmp.path(), 1)).unwrap();
         assert_eq!(
@@ -711,7 +717,7 @@ mod tests {
         assert!(c.sources_running(), "split 1 still reads");
         // Checkpoint 2 is taken with split 1 alone; split 0 is told of it.
         c.start();
-        c.handle(ack(2, 1, "b2"), &mut last).unwrap();
+        c.handle(ack(2, 1, "b2")).unwrap();
         assert_eq!(c.stats.last_id, Some(2));
         let m = read_manifest(&checkpoint_dir(tmp.path(), 2)).unwrap();
         assert_eq!(
@@ -728,16 +734,13 @@ mod tests {
         // Split 1 acknowledges checkpoint 3, then ends with output after that barrier: the
         // output waits for the end-of-input manifest, which every ended reader hears of.
         c.start();
-        c.handle(ack(3, 1, "b3"), &mut last).unwrap();
-        c.handle(
-            Report::Final {
-                subtask: 1,
-                pending: Some(json!("b-end")),
-            },
-            &mut last,
-        )
+        c.handle(ack(3, 1, "b3")).unwrap();
+        c.handle(Report::Final {
+            subtask: 1,
+            pending: Some(json!("b-end")),
+        })
         .unwrap();
-        c.handle(finished(1, 20, &heard), &mut last).unwrap();
+        c.handle(finished(1, 20, &heard)).unwrap();
         assert!(!c.sources_running());
         c.finish().unwrap();
         assert_eq!(
@@ -751,5 +754,35 @@ mod tests {
             ]
         );
         assert_eq!(*heard.lock().unwrap(), vec![1, 2, 3, 4, 4]);
+    }
+
+    #[test]
+    fn the_interval_counts_from_the_trigger_and_the_minimum_pause_from_the_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = two_subtasks(
+            tmp.path(),
+            Arc::new(RecordingSink::default()),
+            CheckpointHistory::default(),
+        );
+        let now = Instant::now();
+        let mut config = CheckpointConfig::new(tmp.path(), Duration::from_secs(10));
+        // Triggered 4 s ago, ended 1 s ago: due 10 s after the trigger, not after the end.
+        c.last_trigger = now - Duration::from_secs(4);
+        c.last_done = now - Duration::from_secs(1);
+        let due = c.due_in(&config);
+        assert!(
+            due <= Duration::from_secs(6) && due > Duration::from_secs(5),
+            "{due:?}"
+        );
+        // One that took longer than the interval is followed at once...
+        c.last_trigger = now - Duration::from_secs(12);
+        assert_eq!(c.due_in(&config), Duration::ZERO);
+        // ...unless a minimum pause is asked for: then it counts from the end.
+        config.min_pause = Duration::from_secs(3);
+        let due = c.due_in(&config);
+        assert!(
+            due <= Duration::from_secs(2) && due > Duration::from_secs(1),
+            "{due:?}"
+        );
     }
 }

@@ -502,9 +502,12 @@ struct NexmarkArgs {
     /// output); with the file sink, output is then committed exactly once.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
-    /// Milliseconds between checkpoints.
+    /// Milliseconds from one checkpoint's start to the next one's.
     #[arg(long, default_value_t = 1000)]
     checkpoint_interval_ms: u64,
+    /// Least milliseconds from the end of one checkpoint to the start of the next.
+    #[arg(long, default_value_t = 0)]
+    checkpoint_min_pause_ms: u64,
     /// How many completed checkpoints to keep.
     #[arg(long, default_value_t = 3)]
     checkpoints_retained: usize,
@@ -724,6 +727,7 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
             std::time::Duration::from_millis(args.checkpoint_interval_ms),
         );
         checkpoints.retained = args.checkpoints_retained.max(1);
+        checkpoints.min_pause = std::time::Duration::from_millis(args.checkpoint_min_pause_ms);
         job = job.with_checkpoints(checkpoints);
     }
     match args.state_memory_budget_mb {
