@@ -623,8 +623,9 @@ pub(crate) fn build_source(
         } => {
             let files = crate::nexmark::part_files(path)?;
             let what = format!("file source {}", path.display());
-            let store = FileStore::Local;
-            file_source(&what, store, files, format, columns, max_line_bytes)?
+            let kind = file_kind(&what, format, &files)?;
+            let schema = columns.as_deref().map(schema_of).transpose()?;
+            file_source(FileStore::Local, files, kind, schema, max_line_bytes)?
         }
         SourceSpec::S3 {
             uri,
@@ -642,14 +643,16 @@ pub(crate) fn build_source(
                 // Columns and format given: nothing to learn from the files, so they are listed
                 // when the job starts, and a job is built (validated, shown) offline.
                 (Some(_), Some(cols)) => {
-                    // The format is checked now, as for any file source; only the listing
-                    // waits for the start.
+                    // The format and columns are read now, as for any file source; only the
+                    // listing waits for the start.
                     let kind = file_kind(&what, format, &[])?;
-                    let (format, columns) = (format.clone(), columns.clone());
+                    let schema = schema_of(cols)?;
+                    let declared = schema.clone();
                     let open: oxflow_runtime::source::OpenSource = Arc::new(move || {
                         let files = FileStore::s3_files(&location)?;
                         let store = FileStore::S3(location.clone());
-                        file_source(&what, store, files, &format, &columns, max_line_bytes)
+                        let schema = Some(declared.clone());
+                        file_source(store, files, kind, schema, max_line_bytes)
                             .map_err(OxflowError::into_runtime)
                     });
                     // The names the built sources give, and which of them read only some
@@ -659,16 +662,14 @@ pub(crate) fn build_source(
                         Some(f) => ("file", f == FileFormat::JsonLines),
                     };
                     Arc::new(oxflow_runtime::source::StartedSource::new(
-                        name,
-                        schema_of(cols)?,
-                        projects,
-                        open,
+                        name, schema, projects, open,
                     ))
                 }
                 _ => {
                     let files = FileStore::s3_files(&location)?;
-                    let store = FileStore::S3(location);
-                    file_source(&what, store, files, format, columns, max_line_bytes)?
+                    let kind = file_kind(&what, format, &files)?;
+                    let schema = columns.as_deref().map(schema_of).transpose()?;
+                    file_source(FileStore::S3(location), files, kind, schema, max_line_bytes)?
                 }
             }
         }
@@ -714,18 +715,16 @@ fn file_kind(what: &str, format: &Option<String>, files: &[PathBuf]) -> Result<F
     })
 }
 
-/// A JSON-lines, CSV or Parquet source over `files` of `store` (`format` as [`file_kind`]
-/// reads it).
+/// A JSON-lines, CSV or Parquet source over `files` of `store`, of `schema` if given (else
+/// the one the files show).
 fn file_source(
-    what: &str,
     store: FileStore,
     files: Vec<PathBuf>,
-    format: &Option<String>,
-    columns: &Option<Vec<ColumnSpec>>,
+    kind: FileKind,
+    schema: Option<SchemaRef>,
     max_line_bytes: usize,
 ) -> Result<Arc<dyn oxflow_runtime::source::Source>> {
-    let schema = columns.as_deref().map(schema_of).transpose()?;
-    Ok(match file_kind(what, format, &files)? {
+    Ok(match kind {
         Some(format) => Arc::new(
             FileSource::try_new_in(store, files, format, schema)?
                 .with_max_line_bytes(max_line_bytes),
