@@ -57,7 +57,8 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let usage = "usage: cargo bench --bench latency -- BROKERS IN OUT RATE SECONDS [QUERY [DELAY_MS]]";
+    let usage =
+        "usage: cargo bench --bench latency -- BROKERS IN OUT RATE SECONDS [QUERY [DELAY_MS]]";
     let (brokers, input, output, rate, seconds) = match args.as_slice() {
         [b, i, o, r, s, ..] => (b, i, o, r, s),
         _ => anyhow::bail!("{usage}"),

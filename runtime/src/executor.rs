@@ -671,7 +671,7 @@ impl Chain {
         }
         let mut out = self.output(0);
         self.operators[0].on_input_batch(side, batch, &mut out)?;
-        for b in out.drain() {
+        for b in out.drain_coalesced()? {
             self.data(1, b)?;
         }
         self.outputs[0] = out;
@@ -685,7 +685,7 @@ impl Chain {
         }
         let mut out = self.output(level);
         self.operators[level].on_batch(batch, &mut out)?;
-        for b in out.drain() {
+        for b in out.drain_coalesced()? {
             self.data(level + 1, b)?;
         }
         self.outputs[level] = out;
@@ -700,7 +700,7 @@ impl Chain {
         for level in 0..self.operators.len() {
             let mut out = self.output(level);
             f(self.operators[level].as_mut(), &mut out)?;
-            for b in out.drain() {
+            for b in out.drain_coalesced()? {
                 self.data(level + 1, b)?;
             }
             self.outputs[level] = out;

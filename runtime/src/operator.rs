@@ -20,6 +20,9 @@ pub struct SubtaskInfo {
     pub max_parallelism: usize,
 }
 
+/// The most rows [`Output::drain_coalesced`] puts in one batch by concatenating smaller ones.
+pub const COALESCE_ROWS: usize = 4096;
+
 /// Batches an operator emits while handling one message.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -56,6 +59,50 @@ impl Output {
     /// Takes what was emitted so far.
     pub fn drain(&mut self) -> std::vec::Drain<'_, RecordBatch> {
         self.batches.drain(..)
+    }
+
+    /// Takes what was emitted so far, small batches in a row concatenated into batches of up
+    /// to [`COALESCE_ROWS`] rows (order kept; a larger batch goes on as it is). An operator
+    /// that fires many small windows at one watermark emits a batch per window: the next
+    /// operator, and an exchange, then pay their per-batch cost once instead of per window.
+    pub fn drain_coalesced(&mut self) -> Result<Vec<RecordBatch>> {
+        if self.batches.len() < 2 {
+            return Ok(self.batches.drain(..).collect());
+        }
+        let mut merged = Vec::new();
+        let mut run: Vec<RecordBatch> = Vec::new();
+        let mut run_rows = 0;
+        let flush = |run: &mut Vec<RecordBatch>, merged: &mut Vec<RecordBatch>| -> Result<()> {
+            match run.len() {
+                0 => {}
+                1 => merged.append(run),
+                _ => {
+                    let schema = run[0].schema();
+                    merged.push(datafusion::arrow::compute::concat_batches(&schema, &*run)?);
+                    run.clear();
+                }
+            }
+            Ok(())
+        };
+        for batch in self.batches.drain(..) {
+            let rows = batch.num_rows();
+            let fits = run
+                .first()
+                .is_none_or(|first| first.schema() == batch.schema())
+                && run_rows + rows <= COALESCE_ROWS;
+            if !fits {
+                flush(&mut run, &mut merged)?;
+                run_rows = 0;
+            }
+            if rows >= COALESCE_ROWS {
+                merged.push(batch);
+                continue;
+            }
+            run_rows += rows;
+            run.push(batch);
+        }
+        flush(&mut run, &mut merged)?;
+        Ok(merged)
     }
     /// Whether nothing was emitted.
     pub fn is_empty(&self) -> bool {
@@ -169,4 +216,65 @@ pub fn schema_fingerprint(name: &str, schemas: &[&SchemaRef]) -> String {
         }
     }
     format!("{:08x}", crc32fast::hash(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Int64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(schema: &SchemaRef, values: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(values))],
+        )
+        .expect("one column")
+    }
+
+    fn values(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let c = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                c.values().to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_batches_are_concatenated_in_order_and_large_ones_pass_as_they_are() {
+        let a: SchemaRef = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let b: SchemaRef = Arc::new(Schema::new(vec![Field::new("b", DataType::Int64, false)]));
+        let big = COALESCE_ROWS as i64;
+        let mut out = Output::default();
+        let mut expected = Vec::new();
+        // 3000 one-row batches, a large one, two small ones, one of another schema.
+        for i in 0..3000 {
+            out.emit(batch(&a, i..i + 1));
+        }
+        out.emit(batch(&a, 10_000..10_000 + big));
+        out.emit(batch(&a, 0..0));
+        out.emit(batch(&a, 1..3));
+        out.emit(batch(&a, 5..6));
+        out.emit(batch(&b, 7..8));
+        expected.extend(0..3000);
+        expected.extend(10_000..10_000 + big);
+        expected.extend([1, 2, 5, 7]);
+        let merged = out.drain_coalesced().unwrap();
+        assert_eq!(values(&merged), expected);
+        let rows: Vec<usize> = merged.iter().map(|b| b.num_rows()).collect();
+        assert_eq!(rows, vec![3000, COALESCE_ROWS, 3, 1]);
+        assert_eq!(merged[3].schema(), b);
+        assert!(out.is_empty());
+
+        // More small rows than one batch holds: split at the limit.
+        for i in 0..(big + 10) {
+            out.emit(batch(&a, i..i + 1));
+        }
+        let merged = out.drain_coalesced().unwrap();
+        let rows: Vec<usize> = merged.iter().map(|b| b.num_rows()).collect();
+        assert_eq!(rows, vec![COALESCE_ROWS, 10]);
+        assert_eq!(values(&merged), (0..big + 10).collect::<Vec<_>>());
+    }
 }
