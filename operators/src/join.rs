@@ -359,8 +359,10 @@ struct SideState {
     slice: i64,
     /// Rows by join key (for a window join: window, then key).
     by_key: HashMap<Bytes, Vec<Entry>>,
-    /// The keys with rows in each bucket and key group.
-    buckets: BTreeMap<i64, BTreeMap<u16, HashSet<Bytes>>>,
+    /// The keys with rows in each bucket and key group. A key is listed when a row of it
+    /// goes to another bucket than the key's previous row did, so an out-of-order row can list
+    /// a key twice: readers skip repeats (a hash set here cost a second hash per row).
+    buckets: BTreeMap<i64, BTreeMap<u16, Vec<Bytes>>>,
     /// Buckets changed since the last snapshot, and those the store holds.
     dirty: BTreeSet<(i64, u16)>,
     written: BTreeSet<(i64, u16)>,
@@ -439,18 +441,42 @@ impl SideState {
     }
 
     fn insert(&mut self, key: Bytes, key_group: u16, entry: Entry) {
-        self.dirty.insert((entry.bucket, key_group));
-        self.buckets
-            .entry(entry.bucket)
-            .or_default()
-            .entry(key_group)
-            .or_default()
-            .insert(key.clone());
-        self.by_key.entry(key).or_default().push(entry);
+        let bucket = entry.bucket;
+        self.dirty.insert((bucket, key_group));
+        let mut list = |key: &Bytes| {
+            self.buckets
+                .entry(bucket)
+                .or_default()
+                .entry(key_group)
+                .or_default()
+                .push(key.clone())
+        };
+        match self.by_key.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                if e.get().last().is_none_or(|last| last.bucket != bucket) {
+                    list(e.key());
+                }
+                e.get_mut().push(entry);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                list(e.key());
+                e.insert(vec![entry]);
+            }
+        }
     }
 
     /// Removes every row of `bucket`, returning them with their keys.
     fn drop_bucket(&mut self, bucket: i64) -> Vec<(Bytes, Entry)> {
+        self.drop_bucket_where(bucket, |_| true)
+    }
+
+    /// Removes every row of `bucket`, returning those `wanted` picks with their keys (expiry
+    /// wants only the unmatched left rows of an outer join, not a copy of every row).
+    fn drop_bucket_where(
+        &mut self,
+        bucket: i64,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> Vec<(Bytes, Entry)> {
         let mut dropped = Vec::new();
         let Some(groups) = self.buckets.remove(&bucket) else {
             return dropped;
@@ -463,7 +489,7 @@ impl SideState {
                 };
                 entries.retain(|e| {
                     let keep = e.bucket != bucket;
-                    if !keep {
+                    if !keep && wanted(e) {
                         dropped.push((key.clone(), e.clone()));
                     }
                     keep
@@ -480,12 +506,15 @@ impl SideState {
     fn snapshot(&mut self, side: u8, state: &mut StateSnapshot) -> Result<()> {
         for (bucket, kg) in std::mem::take(&mut self.dirty) {
             let item = bucket_item(side, bucket);
+            // A key may be listed twice (see `buckets`): its rows are written once.
+            let mut seen: HashSet<&Bytes> = HashSet::default();
             let entries: Vec<&Entry> = self
                 .buckets
                 .get(&bucket)
                 .and_then(|g| g.get(&kg))
                 .into_iter()
                 .flatten()
+                .filter(|key| seen.insert(*key))
                 .filter_map(|key| self.by_key.get(key))
                 .flatten()
                 .filter(|e| e.bucket == bucket)
@@ -807,11 +836,10 @@ impl JoinOperator {
                 .copied()
                 .filter(|&b| watermark.is_none_or(|w| (b + 1) * slice - 1 + reach <= w))
                 .collect();
+            let outer = side == LEFT && self.join_type == JoinType::LeftOuter;
             for bucket in expired {
-                for (_, e) in self.sides[side].drop_bucket(bucket) {
-                    if side == LEFT && !e.matched && self.join_type == JoinType::LeftOuter {
-                        pairs.push((e.row, None));
-                    }
+                for (_, e) in self.sides[side].drop_bucket_where(bucket, |e| outer && !e.matched) {
+                    pairs.push((e.row, None));
                 }
             }
         }
@@ -1186,6 +1214,36 @@ mod tests {
             prop_assert_eq!(factory.late_records.get(), 0);
             prop_assert_eq!(got, naive(&rows, join_type, &spec));
         }
+    }
+
+    /// Rows of one key arriving out of order across a time slice's edge list the key twice in
+    /// a slice's index: a checkpoint still writes each row once, so a restored join matches
+    /// each once.
+    #[test]
+    fn a_key_listed_twice_in_a_slice_is_stored_once() {
+        let spec = JoinSpec::Interval {
+            lower: -5,
+            upper: 5,
+        };
+        let factory =
+            StreamJoin::try_new(settings(JoinType::Inner, spec.clone()), schema(), schema())
+                .unwrap();
+        let row = |left, time, value| Row {
+            left,
+            key: Some(1),
+            time,
+            value,
+        };
+        // Right rows in slices 1, 0, 1 (slices are 100 ms wide), then a left row matching all.
+        let rows = [
+            row(false, 101, 0),
+            row(false, 99, 1),
+            row(false, 102, 2),
+            row(true, 100, 3),
+        ];
+        let got = rows_of(&run(&factory, &rows, 1, 50, &[3]), false);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got, naive(&rows, JoinType::Inner, &spec));
     }
 
     #[test]
