@@ -65,11 +65,12 @@ impl Output {
     /// to [`COALESCE_ROWS`] rows (order kept; a larger batch goes on as it is). An operator
     /// that fires many small windows at one watermark emits a batch per window: the next
     /// operator, and an exchange, then pay their per-batch cost once instead of per window.
-    pub fn drain_coalesced(&mut self) -> Result<Vec<RecordBatch>> {
+    pub fn drain_coalesced(&mut self) -> Result<std::vec::Drain<'_, RecordBatch>> {
+        // One batch, the usual case, is handed on without a new vector.
         if self.batches.len() < 2 {
-            return Ok(self.batches.drain(..).collect());
+            return Ok(self.batches.drain(..));
         }
-        let mut merged = Vec::new();
+        let mut merged = Vec::with_capacity(self.batches.len());
         let mut run: Vec<RecordBatch> = Vec::new();
         let mut run_rows = 0;
         let flush = |run: &mut Vec<RecordBatch>, merged: &mut Vec<RecordBatch>| -> Result<()> {
@@ -102,7 +103,8 @@ impl Output {
             run.push(batch);
         }
         flush(&mut run, &mut merged)?;
-        Ok(merged)
+        self.batches = merged;
+        Ok(self.batches.drain(..))
     }
     /// Whether nothing was emitted.
     pub fn is_empty(&self) -> bool {
@@ -261,7 +263,7 @@ mod tests {
         expected.extend(0..3000);
         expected.extend(10_000..10_000 + big);
         expected.extend([1, 2, 5, 7]);
-        let merged = out.drain_coalesced().unwrap();
+        let merged: Vec<RecordBatch> = out.drain_coalesced().unwrap().collect();
         assert_eq!(values(&merged), expected);
         let rows: Vec<usize> = merged.iter().map(|b| b.num_rows()).collect();
         assert_eq!(rows, vec![3000, COALESCE_ROWS, 3, 1]);
@@ -272,7 +274,7 @@ mod tests {
         for i in 0..(big + 10) {
             out.emit(batch(&a, i..i + 1));
         }
-        let merged = out.drain_coalesced().unwrap();
+        let merged: Vec<RecordBatch> = out.drain_coalesced().unwrap().collect();
         let rows: Vec<usize> = merged.iter().map(|b| b.num_rows()).collect();
         assert_eq!(rows, vec![COALESCE_ROWS, 10]);
         assert_eq!(values(&merged), (0..big + 10).collect::<Vec<_>>());
