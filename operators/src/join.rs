@@ -24,12 +24,14 @@ use crate::error::{column_index, OperatorError, Result};
 use crate::state::state_batch;
 use crate::window::{window_field, WindowSpec, WINDOW_END, WINDOW_START};
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+    new_empty_array, new_null_array, Array, ArrayRef, BooleanArray, Int64Array, RecordBatch,
+    UInt32Array,
 };
-use datafusion::arrow::compute::take;
+use datafusion::arrow::compute::{interleave, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::RandomState;
+use hashbrown::HashTable;
 use oxflow_runtime::exchange::{hash_keys, key_group};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::operator::{Operator, OperatorFactory, Output, SubtaskInfo};
@@ -311,92 +313,293 @@ impl OperatorFactory for StreamJoin {
             .iter()
             .map(|&i| SortField::new(left.schema.field(i).data_type().clone()))
             .collect();
-        let sides = [left, self.layout(RIGHT)?]
-            .map(|layout| SideState::try_new(layout, self.bounds.slice()))
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+        let slice = self.bounds.slice();
+        let sides = [
+            SideState::new(left, slice),
+            SideState::new(self.layout(RIGHT)?, slice),
+        ];
         Ok(Box::new(JoinOperator {
             join_type: self.settings.join_type,
             bounds: self.bounds,
             output: self.output.clone(),
             keys: RowConverter::new(key_fields).map_err(OperatorError::from)?,
-            sides: sides
-                .try_into()
-                .map_err(|_| OperatorError::State("a join has exactly two sides".into()))?,
+            sides,
             unmatched: BTreeMap::new(),
             watermark: EventTime::MIN,
             late_records: self.late_records.clone(),
             max_parallelism: subtask.max_parallelism,
+            windowed: Vec::new(),
         }))
     }
 }
 
-/// Stored keys and rows: shared, so the key index, the bucket index and emitted pairs hold
-/// the same bytes.
-type Bytes = Arc<[u8]>;
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 type HashSet<K> = std::collections::HashSet<K, RandomState>;
 
 const LEFT: usize = 0;
 const RIGHT: usize = 1;
 
+/// Where a stored row is: its input batch in the side's [`Batches`], and its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowRef {
+    batch: u32,
+    row: u32,
+}
+
 /// One stored row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     time: EventTime,
     bucket: i64,
-    /// The row in the side's row format.
-    row: Bytes,
+    at: RowRef,
     /// Whether a right row joined it, or it went out alone already (left rows of a left
     /// outer join): either way it needs no null-padded output any more.
     matched: bool,
 }
 
+/// The input batches a side's rows live in, each kept whole while any of its rows is stored.
+///
+/// Rows stay in the columns they arrived in: storing is a reference, and output is gathered
+/// from the batches with `take`/`interleave`, column by column, instead of encoding each row
+/// into bytes on the way in and decoding it on the way out. A batch goes when its last row
+/// does; rows of one batch have nearby times, so they leave state together.
+#[derive(Default)]
+struct Batches {
+    slots: Vec<Option<(RecordBatch, usize)>>,
+    free: Vec<u32>,
+    /// Batches whose count of stored rows reached zero, freed by [`Batches::sweep`] once the
+    /// pairs of the current call, which may still point into them, are out.
+    emptied: Vec<u32>,
+    /// Scratch: a batch's position among the arrays of one gather.
+    position: Vec<u32>,
+}
+
+impl Batches {
+    fn add(&mut self, batch: RecordBatch) -> u32 {
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some((batch, 0));
+                id
+            }
+            None => {
+                self.slots.push(Some((batch, 0)));
+                self.slots.len() as u32 - 1
+            }
+        };
+        // Freed at the next sweep unless a row of it is stored.
+        self.emptied.push(id);
+        id
+    }
+
+    fn hold(&mut self, id: u32) {
+        if let Some((_, live)) = &mut self.slots[id as usize] {
+            *live += 1;
+        }
+    }
+
+    fn release(&mut self, id: u32) {
+        if let Some((_, live)) = &mut self.slots[id as usize] {
+            *live -= 1;
+            if *live == 0 {
+                self.emptied.push(id);
+            }
+        }
+    }
+
+    /// Frees the batches no stored row points into.
+    fn sweep(&mut self) {
+        for id in std::mem::take(&mut self.emptied) {
+            if matches!(self.slots[id as usize], Some((_, 0))) {
+                self.slots[id as usize] = None;
+                self.free.push(id);
+            }
+        }
+    }
+
+    fn batch(&self, id: u32) -> Result<&RecordBatch> {
+        match self.slots.get(id as usize) {
+            Some(Some((batch, _))) => Ok(batch),
+            _ => Err(OperatorError::State(format!(
+                "a join row points into batch {id}, which is no longer held"
+            ))),
+        }
+    }
+
+    /// The columns of the rows at `refs`, in order: one `take` when they share a batch (the
+    /// usual case for the side that just arrived), an `interleave` otherwise.
+    fn gather(&mut self, schema: &SchemaRef, refs: &[RowRef]) -> Result<Vec<ArrayRef>> {
+        let Some(first) = refs.first() else {
+            return Ok(schema
+                .fields()
+                .iter()
+                .map(|f| new_empty_array(f.data_type()))
+                .collect());
+        };
+        if refs.iter().all(|r| r.batch == first.batch) {
+            let batch = self.batch(first.batch)?;
+            let indices = UInt32Array::from_iter_values(refs.iter().map(|r| r.row));
+            return Ok(batch
+                .columns()
+                .iter()
+                .map(|c| take(c.as_ref(), &indices, None))
+                .collect::<std::result::Result<_, _>>()?);
+        }
+        self.position.resize(self.slots.len(), u32::MAX);
+        let mut batches: Vec<u32> = Vec::new();
+        let mut indices = Vec::with_capacity(refs.len());
+        for r in refs {
+            let p = &mut self.position[r.batch as usize];
+            if *p == u32::MAX {
+                *p = batches.len() as u32;
+                batches.push(r.batch);
+            }
+            indices.push((*p as usize, r.row as usize));
+        }
+        for &b in &batches {
+            self.position[b as usize] = u32::MAX;
+        }
+        let held = batches
+            .iter()
+            .map(|&b| self.batch(b))
+            .collect::<Result<Vec<_>>>()?;
+        (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = held.iter().map(|b| b.column(c).as_ref()).collect();
+                Ok(interleave(&arrays, &indices)?)
+            })
+            .collect()
+    }
+}
+
+/// The rows of one join key (for a window join: window and key).
+struct KeySlot {
+    hash: u64,
+    key_group: u16,
+    key: Box<[u8]>,
+    /// Empty: the slot is free.
+    entries: Vec<Entry>,
+    /// The snapshot epoch and bucket this key last marked changed: its next row in the same
+    /// bucket before the next snapshot need not mark it again (a hash-set insert per row).
+    noted: Option<(u32, i64)>,
+}
+
+/// Rows by join key: a slab of keys found through a hash table of slot numbers, so a lookup
+/// takes the encoded key as a slice and the hash the exchange computed, and only a new key
+/// allocates. A slot is freed when its last row leaves, which happens only as its last bucket
+/// is dropped, so no bucket lists a freed slot; it keeps its key until it is reused.
+#[derive(Default)]
+struct KeyTable {
+    slots: Vec<KeySlot>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+}
+
+impl KeyTable {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&s| {
+                let slot = &slots[s as usize];
+                slot.hash == hash && *slot.key == *key
+            })
+            .copied()
+    }
+
+    /// The slot of `key`, and whether it is new.
+    fn find_or_insert(&mut self, hash: u64, key: &[u8], key_group: u16) -> (u32, bool) {
+        if let Some(s) = self.find(hash, key) {
+            return (s, false);
+        }
+        let slot = KeySlot {
+            hash,
+            key_group,
+            key: key.into(),
+            entries: Vec::new(),
+            noted: None,
+        };
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = slot;
+                s
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() as u32 - 1
+            }
+        };
+        let slots = &self.slots;
+        self.index
+            .insert_unique(hash, s, |&t| slots[t as usize].hash);
+        (s, true)
+    }
+
+    /// Frees slot `s`, whose last row just left.
+    fn remove(&mut self, s: u32) {
+        let hash = self.slots[s as usize].hash;
+        if let Ok(e) = self.index.find_entry(hash, |&t| t == s) {
+            e.remove();
+        }
+        self.free.push(s);
+    }
+}
+
+/// Spreads the exchange's hash over all bits: within a subtask the hashes of its keys share
+/// their residue modulo the key groups (`key_group` is `hash % max_parallelism`), which would
+/// otherwise leave part of the table's buckets unused.
+fn table_hash(exchange_hash: u64) -> u64 {
+    exchange_hash
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(29)
+}
+
+/// The hash of a window join's stored key (window end, then key).
+fn windowed_hash(end: EventTime, key_hash: u64) -> u64 {
+    table_hash(key_hash ^ (end as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
+}
+
 /// The rows of one side.
 struct SideState {
     layout: SideLayout,
-    rows: RowConverter,
     slice: i64,
-    /// Rows by join key (for a window join: window, then key).
-    by_key: HashMap<Bytes, Vec<Entry>>,
-    /// The keys with rows in each bucket and key group. A key is listed when a row of it
-    /// goes to another bucket than the key's previous row did, so an out-of-order row can list
-    /// a key twice: readers skip repeats (a hash set here cost a second hash per row).
-    buckets: BTreeMap<i64, BTreeMap<u16, Vec<Bytes>>>,
+    batches: Batches,
+    keys: KeyTable,
+    /// The key slots with rows in each bucket and key group. A key is listed when a row of
+    /// it goes to another bucket than the key's previous row did, so an out-of-order row can
+    /// list a key twice: readers skip repeats (a hash set here cost a second hash per row).
+    buckets: BTreeMap<i64, BTreeMap<u16, Vec<u32>>>,
     /// Buckets changed since the last snapshot, and those the store holds.
-    dirty: BTreeSet<(i64, u16)>,
+    dirty: HashSet<(i64, u16)>,
     written: BTreeSet<(i64, u16)>,
+    /// Counts snapshots, for [`KeySlot::noted`].
+    epoch: u32,
 }
 
-/// The rows of a batch in storable form.
+/// The keys, hashes, key groups and times of a batch's rows.
 struct PreparedRows {
-    keys: Vec<Option<Bytes>>,
+    keys: Rows,
+    /// Whether row i has a key without nulls (a key with a null matches nothing).
+    keyed: Vec<bool>,
+    hashes: Vec<u64>,
     key_groups: Vec<u16>,
-    rows: Vec<Bytes>,
     times: Vec<EventTime>,
 }
 
 impl SideState {
-    fn try_new(layout: SideLayout, slice: i64) -> Result<Self> {
-        let fields = layout
-            .schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
-        Ok(SideState {
+    fn new(layout: SideLayout, slice: i64) -> Self {
+        SideState {
             layout,
-            rows: RowConverter::new(fields)?,
             slice,
-            by_key: HashMap::default(),
+            batches: Batches::default(),
+            keys: KeyTable::default(),
             buckets: BTreeMap::new(),
-            dirty: BTreeSet::new(),
+            dirty: HashSet::default(),
             written: BTreeSet::new(),
-        })
+            epoch: 0,
+        }
     }
 
-    /// Encodes keys (`None` where a key column is null: such a row matches nothing), key
-    /// groups, rows and times of `batch`.
+    /// Encodes the keys of `batch`, hashes them as the exchange did (so they fall in the key
+    /// groups the exchange routed them by), and reads their times.
     fn prepare(
         &self,
         batch: &RecordBatch,
@@ -413,18 +616,13 @@ impl SideState {
         let mut hashes = Vec::new();
         hash_keys(&key_columns, &mut hashes)?;
         let n = batch.num_rows();
-        let keys = (0..n)
-            .map(|i| {
-                (!key_columns.iter().any(|c| c.is_null(i)))
-                    .then(|| Bytes::from(encoded.row(i).as_ref()))
-            })
+        let keyed = (0..n)
+            .map(|i| !key_columns.iter().any(|c| c.is_null(i)))
             .collect();
         let key_groups = hashes
             .iter()
             .map(|&h| key_group(h, max_parallelism) as u16)
             .collect();
-        let all = self.rows.convert_columns(batch.columns())?;
-        let rows = (0..n).map(|i| Bytes::from(all.row(i).as_ref())).collect();
         let times = match self.layout.time {
             Some(t) => {
                 let name = self.layout.schema.field(t).name().clone();
@@ -433,69 +631,76 @@ impl SideState {
             None => vec![0; n],
         };
         Ok(PreparedRows {
-            keys,
+            keys: encoded,
+            keyed,
+            hashes,
             key_groups,
-            rows,
             times,
         })
     }
 
-    fn insert(&mut self, key: Bytes, key_group: u16, entry: Entry) {
+    /// Stores `entry` under `key` (`hash` from [`table_hash`] or [`windowed_hash`]),
+    /// returning the key's slot.
+    fn insert(&mut self, hash: u64, key: &[u8], key_group: u16, entry: Entry) -> u32 {
         let bucket = entry.bucket;
-        self.dirty.insert((bucket, key_group));
-        let mut list = |key: &Bytes| {
+        self.batches.hold(entry.at.batch);
+        let (s, new) = self.keys.find_or_insert(hash, key, key_group);
+        let slot = &mut self.keys.slots[s as usize];
+        if slot.noted != Some((self.epoch, bucket)) {
+            self.dirty.insert((bucket, key_group));
+            slot.noted = Some((self.epoch, bucket));
+        }
+        let entries = &mut slot.entries;
+        if new || entries.last().is_none_or(|last| last.bucket != bucket) {
             self.buckets
                 .entry(bucket)
                 .or_default()
                 .entry(key_group)
                 .or_default()
-                .push(key.clone())
-        };
-        match self.by_key.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                if e.get().last().is_none_or(|last| last.bucket != bucket) {
-                    list(e.key());
-                }
-                e.get_mut().push(entry);
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                list(e.key());
-                e.insert(vec![entry]);
-            }
+                .push(s);
         }
+        entries.push(entry);
+        s
     }
 
-    /// Removes every row of `bucket`, returning them with their keys.
-    fn drop_bucket(&mut self, bucket: i64) -> Vec<(Bytes, Entry)> {
+    /// Removes every row of `bucket`, returning them with their key slots.
+    fn drop_bucket(&mut self, bucket: i64) -> Vec<(u32, Entry)> {
         self.drop_bucket_where(bucket, |_| true)
     }
 
-    /// Removes every row of `bucket`, returning those `wanted` picks with their keys (expiry
-    /// wants only the unmatched left rows of an outer join, not a copy of every row).
+    /// Removes every row of `bucket`, returning those `wanted` picks with their key slots
+    /// (expiry wants only the unmatched left rows of an outer join, not every row). Their
+    /// batches stay held until the next [`Batches::sweep`], and the slots keep their keys.
     fn drop_bucket_where(
         &mut self,
         bucket: i64,
         wanted: impl Fn(&Entry) -> bool,
-    ) -> Vec<(Bytes, Entry)> {
+    ) -> Vec<(u32, Entry)> {
         let mut dropped = Vec::new();
         let Some(groups) = self.buckets.remove(&bucket) else {
             return dropped;
         };
-        for (kg, keys) in groups {
+        for (kg, slots) in groups {
             self.dirty.insert((bucket, kg));
-            for key in keys {
-                let Some(entries) = self.by_key.get_mut(&key) else {
+            for s in slots {
+                let entries = &mut self.keys.slots[s as usize].entries;
+                if entries.is_empty() {
+                    // Listed twice, emptied by the first listing.
                     continue;
-                };
+                }
+                let batches = &mut self.batches;
                 entries.retain(|e| {
                     let keep = e.bucket != bucket;
-                    if !keep && wanted(e) {
-                        dropped.push((key.clone(), e.clone()));
+                    if !keep {
+                        if wanted(e) {
+                            dropped.push((s, *e));
+                        }
+                        batches.release(e.at.batch);
                     }
                     keep
                 });
                 if entries.is_empty() {
-                    self.by_key.remove(&key);
+                    self.keys.remove(s);
                 }
             }
         }
@@ -504,20 +709,23 @@ impl SideState {
 
     /// Writes the buckets that changed since the last snapshot; `side` prefixes entry keys.
     fn snapshot(&mut self, side: u8, state: &mut StateSnapshot) -> Result<()> {
-        for (bucket, kg) in std::mem::take(&mut self.dirty) {
+        self.epoch = self.epoch.wrapping_add(1);
+        let mut dirty: Vec<(i64, u16)> = std::mem::take(&mut self.dirty).into_iter().collect();
+        dirty.sort_unstable();
+        for (bucket, kg) in dirty {
             let item = bucket_item(side, bucket);
             // A key may be listed twice (see `buckets`): its rows are written once.
-            let mut seen: HashSet<&Bytes> = HashSet::default();
-            let entries: Vec<&Entry> = self
+            let mut seen: HashSet<u32> = HashSet::default();
+            let entries: Vec<Entry> = self
                 .buckets
                 .get(&bucket)
                 .and_then(|g| g.get(&kg))
                 .into_iter()
                 .flatten()
-                .filter(|key| seen.insert(*key))
-                .filter_map(|key| self.by_key.get(key))
-                .flatten()
+                .filter(|s| seen.insert(**s))
+                .flat_map(|&s| self.keys.slots[s as usize].entries.iter())
                 .filter(|e| e.bucket == bucket)
+                .copied()
                 .collect();
             if entries.is_empty() {
                 if self.written.remove(&(bucket, kg)) {
@@ -525,10 +733,8 @@ impl SideState {
                 }
                 continue;
             }
-            let parser = self.rows.parser();
-            let columns = self
-                .rows
-                .convert_rows(entries.iter().map(|e| parser.parse(&e.row)))?;
+            let refs: Vec<RowRef> = entries.iter().map(|e| e.at).collect();
+            let columns = self.batches.gather(&self.layout.schema, &refs)?;
             let mut all: Vec<ArrayRef> = vec![
                 Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.time))),
                 Arc::new(BooleanArray::from_iter(
@@ -558,35 +764,35 @@ struct JoinOperator {
     keys: RowConverter,
     sides: [SideState; 2],
     /// Left rows of a bounded left outer join still without a match, by the watermark at
-    /// which nothing can match them any more (`time + upper`): they go out alone exactly
-    /// then, not when their whole time slice leaves state.
-    unmatched: BTreeMap<EventTime, Vec<(Bytes, u16)>>,
+    /// which nothing can match them any more (`time + upper`), as key slots of the left
+    /// side: they go out alone exactly then, not when their whole time slice leaves state.
+    /// A slot may have been freed and reused since; what is emitted from it is still only
+    /// rows nothing can match at that watermark, each once.
+    unmatched: BTreeMap<EventTime, Vec<u32>>,
     watermark: EventTime,
     late_records: Counter,
     max_parallelism: usize,
+    /// Scratch for a window join's stored key (window end, then key).
+    windowed: Vec<u8>,
 }
 
 /// A joined pair (or a left row alone), as stored rows.
-type Pair = (Bytes, Option<Bytes>);
+type Pair = (RowRef, Option<RowRef>);
 
-/// The window key prefix of a window join's stored key.
-fn windowed_key(end: EventTime, key: &[u8]) -> Bytes {
-    let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&end.to_be_bytes());
-    k.extend_from_slice(key);
-    k.into()
+/// A window join's stored key: the window's end, then the key.
+fn windowed_key(into: &mut Vec<u8>, end: EventTime, key: &[u8]) {
+    into.clear();
+    into.extend_from_slice(&end.to_be_bytes());
+    into.extend_from_slice(key);
 }
 
 impl JoinOperator {
     /// Remembers an unmatched left row of a bounded left outer join, to emit it alone when
     /// the watermark passes its time plus the upper bound.
-    fn track_unmatched(&mut self, key: &Bytes, key_group: u16, time: EventTime) {
+    fn track_unmatched(&mut self, slot: u32, time: EventTime) {
         if let (JoinType::LeftOuter, Bounds::Interval { upper, .. }) = (self.join_type, self.bounds)
         {
-            self.unmatched
-                .entry(time + upper)
-                .or_default()
-                .push((key.clone(), key_group));
+            self.unmatched.entry(time + upper).or_default().push(slot);
         }
     }
 
@@ -598,15 +804,13 @@ impl JoinOperator {
         let later = self.unmatched.split_off(&(watermark + 1));
         let due = std::mem::replace(&mut self.unmatched, later);
         let left = &mut self.sides[LEFT];
-        for (key, kg) in due.into_values().flatten() {
-            let Some(entries) = left.by_key.get_mut(&key) else {
-                continue;
-            };
-            for e in entries.iter_mut() {
+        for s in due.into_values().flatten() {
+            let slot = &mut left.keys.slots[s as usize];
+            for e in slot.entries.iter_mut() {
                 if !e.matched && e.time + upper <= watermark {
                     e.matched = true;
-                    pairs.push((e.row.clone(), None));
-                    left.dirty.insert((e.bucket, kg));
+                    pairs.push((e.at, None));
+                    left.dirty.insert((e.bucket, slot.key_group));
                 }
             }
         }
@@ -620,7 +824,7 @@ impl JoinOperator {
 
     /// Builds output rows from pairs; `window` adds the bounds columns.
     fn emit(
-        &self,
+        &mut self,
         pairs: &[Pair],
         window: Option<(EventTime, EventTime)>,
         out: &mut Output,
@@ -628,8 +832,7 @@ impl JoinOperator {
         if pairs.is_empty() {
             return Ok(());
         }
-        let [left, right] = &self.sides;
-        let parser = left.rows.parser();
+        let [left, right] = &mut self.sides;
         let mut columns: Vec<ArrayRef> = Vec::new();
         if let Some((start, end)) = window {
             let n = pairs.len();
@@ -640,15 +843,10 @@ impl JoinOperator {
                 datafusion::arrow::array::TimestampMillisecondArray::from(vec![end; n]),
             ));
         }
-        columns.extend(
-            left.rows
-                .convert_rows(pairs.iter().map(|(l, _)| parser.parse(l)))?,
-        );
-        let matched: Vec<&Bytes> = pairs.iter().filter_map(|(_, r)| r.as_ref()).collect();
-        let right_parser = right.rows.parser();
-        let right_columns = right
-            .rows
-            .convert_rows(matched.iter().map(|r| right_parser.parse(r)))?;
+        let lefts: Vec<RowRef> = pairs.iter().map(|(l, _)| *l).collect();
+        columns.extend(left.batches.gather(&left.layout.schema, &lefts)?);
+        let matched: Vec<RowRef> = pairs.iter().filter_map(|(_, r)| *r).collect();
+        let right_columns = right.batches.gather(&right.layout.schema, &matched)?;
         if matched.len() == pairs.len() {
             columns.extend(right_columns);
         } else {
@@ -674,9 +872,21 @@ impl JoinOperator {
         Ok(())
     }
 
+    /// Frees the batches no stored row points into any more (after the pairs are out).
+    fn sweep(&mut self) {
+        for side in &mut self.sides {
+            side.batches.sweep();
+        }
+    }
+
     fn on_side(&mut self, side: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
         let prepared = self.sides[side].prepare(&batch, &self.keys, self.max_parallelism)?;
         let n = batch.num_rows();
+        let here = self.sides[side].batches.add(batch);
+        let at = |i: usize| RowRef {
+            batch: here,
+            row: i as u32,
+        };
         let mut late = 0u64;
         let mut pairs: Vec<Pair> = Vec::new();
         match self.bounds {
@@ -692,22 +902,24 @@ impl JoinOperator {
                     // A null key matches nothing, but a left outer join still emits the row
                     // with its windows: it is kept under the empty key, which no encoded key
                     // equals.
-                    let key: &[u8] = match &prepared.keys[i] {
-                        Some(k) => k,
-                        None if side == LEFT && self.join_type == JoinType::LeftOuter => &[],
-                        None => continue,
+                    let key: &[u8] = match prepared.keyed[i] {
+                        true => prepared.keys.row(i).data(),
+                        false if side == LEFT && self.join_type == JoinType::LeftOuter => &[],
+                        false => continue,
                     };
                     let mut start = t - t.rem_euclid(slide);
                     while start + size > t {
                         let end = start + size;
                         if !(self.watermark != EventTime::MIN && end - 1 <= self.watermark) {
+                            windowed_key(&mut self.windowed, end, key);
                             self.sides[side].insert(
-                                windowed_key(end, key),
+                                windowed_hash(end, prepared.hashes[i]),
+                                &self.windowed,
                                 prepared.key_groups[i],
                                 Entry {
                                     time: t,
                                     bucket: end,
-                                    row: prepared.rows[i].clone(),
+                                    at: at(i),
                                     matched: false,
                                 },
                             );
@@ -722,23 +934,26 @@ impl JoinOperator {
                     _ => (i64::MIN / 2, i64::MAX / 2),
                 };
                 let other = 1 - side;
+                let mut newly_matched = Vec::new();
                 for i in 0..n {
                     let t = prepared.times[i];
                     if self.is_late(t) {
                         late += 1;
                         continue;
                     }
-                    let Some(key) = prepared.keys[i].clone() else {
+                    if !prepared.keyed[i] {
                         if side == LEFT && self.join_type == JoinType::LeftOuter {
-                            pairs.push((prepared.rows[i].clone(), None));
+                            pairs.push((at(i), None));
                         }
                         continue;
-                    };
-                    let mut matched = false;
+                    }
+                    let key = prepared.keys.row(i).data();
+                    let hash = table_hash(prepared.hashes[i]);
                     let kg = prepared.key_groups[i];
-                    let mut newly_matched = Vec::new();
-                    if let Some(entries) = self.sides[other].by_key.get_mut(&key) {
-                        for e in entries.iter_mut() {
+                    let mut matched = false;
+                    let others = &mut self.sides[other];
+                    if let Some(s) = others.keys.find(hash, key) {
+                        for e in others.keys.slots[s as usize].entries.iter_mut() {
                             // right.time - left.time within [lower, upper]
                             let diff = if side == LEFT { e.time - t } else { t - e.time };
                             if diff < lower || diff > upper {
@@ -746,9 +961,9 @@ impl JoinOperator {
                             }
                             matched = true;
                             if side == LEFT {
-                                pairs.push((prepared.rows[i].clone(), Some(e.row.clone())));
+                                pairs.push((at(i), Some(e.at)));
                             } else {
-                                pairs.push((e.row.clone(), Some(prepared.rows[i].clone())));
+                                pairs.push((e.at, Some(at(i))));
                                 if !e.matched && self.join_type == JoinType::LeftOuter {
                                     e.matched = true;
                                     newly_matched.push((e.bucket, kg));
@@ -756,26 +971,29 @@ impl JoinOperator {
                             }
                         }
                     }
-                    self.sides[other].dirty.extend(newly_matched);
-                    if side == LEFT && !matched {
-                        self.track_unmatched(&key, kg, t);
-                    }
+                    others.dirty.extend(newly_matched.drain(..));
                     let slice = self.sides[side].slice;
-                    self.sides[side].insert(
+                    let slot = self.sides[side].insert(
+                        hash,
                         key,
                         kg,
                         Entry {
                             time: t,
                             bucket: t.div_euclid(slice),
-                            row: prepared.rows[i].clone(),
+                            at: at(i),
                             matched,
                         },
                     );
+                    if side == LEFT && !matched {
+                        self.track_unmatched(slot, t);
+                    }
                 }
             }
         }
         self.late_records.add(late);
-        self.emit(&pairs, None, out)
+        self.emit(&pairs, None, out)?;
+        self.sweep();
+        Ok(())
     }
 
     /// Fires the windows that end at or before `watermark` (all: `None`).
@@ -792,24 +1010,32 @@ impl JoinOperator {
             .collect();
         for end in ends {
             let left = self.sides[LEFT].drop_bucket(end);
-            let mut by_key: HashMap<Bytes, Vec<Bytes>> = HashMap::default();
-            for (k, e) in self.sides[RIGHT].drop_bucket(end) {
-                by_key.entry(k).or_default().push(e.row);
+            let right = self.sides[RIGHT].drop_bucket(end);
+            // Dropped slots keep their keys until an insert reuses them: none comes here.
+            let right_keys = &self.sides[RIGHT].keys.slots;
+            let mut by_key: HashMap<&[u8], Vec<RowRef>> = HashMap::default();
+            for (s, e) in &right {
+                by_key
+                    .entry(&right_keys[*s as usize].key)
+                    .or_default()
+                    .push(e.at);
             }
+            let left_keys = &self.sides[LEFT].keys.slots;
             let mut pairs = Vec::new();
-            for (k, e) in left {
-                match by_key.get(&k) {
+            for (s, e) in &left {
+                match by_key.get(&*left_keys[*s as usize].key) {
                     Some(rights) => {
                         for r in rights {
-                            pairs.push((e.row.clone(), Some(r.clone())));
+                            pairs.push((e.at, Some(*r)));
                         }
                     }
-                    None if self.join_type == JoinType::LeftOuter => pairs.push((e.row, None)),
+                    None if self.join_type == JoinType::LeftOuter => pairs.push((e.at, None)),
                     None => {}
                 }
             }
             self.emit(&pairs, Some((end - size, end)), out)?;
         }
+        self.sweep();
         Ok(())
     }
 
@@ -839,11 +1065,13 @@ impl JoinOperator {
             let outer = side == LEFT && self.join_type == JoinType::LeftOuter;
             for bucket in expired {
                 for (_, e) in self.sides[side].drop_bucket_where(bucket, |e| outer && !e.matched) {
-                    pairs.push((e.row, None));
+                    pairs.push((e.at, None));
                 }
             }
         }
-        self.emit(&pairs, None, out)
+        self.emit(&pairs, None, out)?;
+        self.sweep();
+        Ok(())
     }
 
     fn restore(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
@@ -880,27 +1108,46 @@ impl JoinOperator {
         let rows = RecordBatch::try_new(schema, batch.columns()[2..].to_vec())
             .map_err(|e| bad(format!("they do not fit this job's input: {e}")))?;
         let prepared = self.sides[side].prepare(&rows, &self.keys, self.max_parallelism)?;
-        for i in 0..rows.num_rows() {
-            let key = match (&prepared.keys[i], self.bounds) {
-                (Some(k), Bounds::Window { .. }) => windowed_key(bucket, k),
-                (None, Bounds::Window { .. }) => windowed_key(bucket, &[]),
-                (Some(k), _) => k.clone(),
-                (None, _) => return Err(bad("a stored row has a null key".into())),
+        let windowed = matches!(self.bounds, Bounds::Window { .. });
+        if !windowed && prepared.keyed.iter().any(|k| !k) {
+            return Err(bad("a stored row has a null key".into()));
+        }
+        let n = rows.num_rows();
+        let here = self.sides[side].batches.add(rows);
+        for i in 0..n {
+            let key: &[u8] = if prepared.keyed[i] {
+                prepared.keys.row(i).data()
+            } else {
+                &[]
             };
-            if side == LEFT && !matched.value(i) {
-                self.track_unmatched(&key, kg as u16, times.value(i));
-            }
-            self.sides[side].insert(
+            let (hash, key) = if windowed {
+                windowed_key(&mut self.windowed, bucket, key);
+                (
+                    windowed_hash(bucket, prepared.hashes[i]),
+                    &self.windowed[..],
+                )
+            } else {
+                (table_hash(prepared.hashes[i]), key)
+            };
+            let slot = self.sides[side].insert(
+                hash,
                 key,
                 kg as u16,
                 Entry {
                     time: times.value(i),
                     bucket,
-                    row: prepared.rows[i].clone(),
+                    at: RowRef {
+                        batch: here,
+                        row: i as u32,
+                    },
                     matched: matched.value(i),
                 },
             );
+            if side == LEFT && !matched.value(i) {
+                self.track_unmatched(slot, times.value(i));
+            }
         }
+        self.sweep();
         // `insert` marked the bucket changed: a restored subtask starts a new store, and its
         // next checkpoint must hold what it restored.
         Ok(())
