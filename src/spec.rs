@@ -632,12 +632,7 @@ pub(crate) fn build_source(
             format,
             columns,
         } => {
-            let (location, rest) = oxflow_connectors::object::S3Location::parse(uri)?;
-            if let Some(key) = rest.keys().next() {
-                return Err(OxflowError::InvalidPipeline(format!(
-                    "S3 source `{uri}`: unknown option `{key}`; the location takes endpoint and region"
-                )));
-            }
+            let location = oxflow_connectors::object::S3Location::parse_plain(uri, "S3 source")?;
             let what = format!("S3 source {uri}");
             match (format.as_deref(), columns) {
                 // Columns and format given: nothing to learn from the files, so they are listed
@@ -779,12 +774,7 @@ pub fn build_sink(
             max_file_mb,
             rollover_ms,
         } => {
-            let (location, rest) = oxflow_connectors::object::S3Location::parse(uri)?;
-            if let Some(key) = rest.keys().next() {
-                return Err(OxflowError::InvalidPipeline(format!(
-                    "S3 sink `{uri}`: unknown option `{key}`; the location takes endpoint and region"
-                )));
-            }
+            let location = oxflow_connectors::object::S3Location::parse_plain(uri, "S3 sink")?;
             let what = format!("S3 sink {uri}");
             let (format, rolling) = file_options(&what, format, *max_file_mb, *rollover_ms)?;
             Arc::new(

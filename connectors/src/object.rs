@@ -106,6 +106,21 @@ impl S3Location {
         ))
     }
 
+    /// Parses a location that takes no options but endpoint and region (a source's files, a
+    /// sink's directory): any other is named as an error, not ignored. `what` says whose.
+    pub fn parse_plain(uri: &str, what: &str) -> Result<Self> {
+        let (location, rest) = Self::parse(uri)?;
+        match rest.keys().next() {
+            Some(key) => Err(ConnectorError::Config {
+                connector: "s3",
+                reason: format!(
+                    "{what} `{uri}`: unknown option `{key}`; the location takes endpoint and region"
+                ),
+            }),
+            None => Ok(location),
+        }
+    }
+
     /// The client, or why it cannot sign requests.
     fn client(&self) -> Result<Arc<object_store::aws::AmazonS3>> {
         match &self.no_credentials {

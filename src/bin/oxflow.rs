@@ -690,13 +690,8 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
                 .with_watermarks(watermarks)?,
         )
     } else if args.source.starts_with("s3://") {
-        let (location, rest) = oxflow::connectors::object::S3Location::parse(&args.source)?;
-        if let Some(key) = rest.keys().next() {
-            bail!(
-                "S3 source `{}`: unknown option `{key}`; the location takes endpoint and region",
-                args.source
-            );
-        }
+        let location =
+            oxflow::connectors::object::S3Location::parse_plain(&args.source, "S3 source")?;
         let files = oxflow::connectors::input::FileStore::s3_files(&location)?;
         let store = oxflow::connectors::input::FileStore::S3(location);
         nexmark::Input::bids(nexmark::file_bids_in(pipeline, store, files, watermarks)?)
