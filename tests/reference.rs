@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use oxflow::arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+use oxflow::arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray};
+use oxflow::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use oxflow::connectors::memory::MemorySource;
 use oxflow::prelude::*;
 use proptest::prelude::*;
@@ -53,20 +54,38 @@ fn run_windows(
     lateness: i64,
     (batch, workers, storage): (usize, usize, StateStorage),
 ) -> (Vec<AggRow>, u64) {
-    let data = RecordBatch::try_new(
-        kv_schema(),
-        vec![
-            Arc::new(Int64Array::from(keys.to_vec())),
-            Arc::new(TimestampMillisecondArray::from(times.to_vec())),
-            Arc::new(Int64Array::from(values.to_vec())),
-        ],
-    )
-    .unwrap();
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(keys.to_vec())),
+        Arc::new(TimestampMillisecondArray::from(times.to_vec())),
+        Arc::new(Int64Array::from(values.to_vec())),
+    ];
+    let mut schema = kv_schema();
+    if window == WindowSpec::Inherited {
+        // Each row carries its window: the tumbling window of its key's size.
+        let starts: Vec<i64> = keys
+            .iter()
+            .zip(times)
+            .map(|(&k, &t)| t - t.rem_euclid(per_key_size(k)))
+            .collect();
+        let ends = keys.iter().zip(&starts).map(|(&k, &s)| s + per_key_size(k));
+        columns.push(Arc::new(TimestampMillisecondArray::from(starts.clone())));
+        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(ends)));
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for name in ["window_start", "window_end"] {
+            fields.push(Field::new(
+                name,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+        }
+        schema = Arc::new(Schema::new(fields));
+    }
+    let data = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let out = CollectSink::new();
     let spills = !matches!(window, WindowSpec::Session { .. });
     let job = Pipeline::new()
         .with_parallelism(workers)
-        .source(MemorySource::try_new(kv_schema(), &[data], batch).unwrap())
+        .source(MemorySource::try_new(schema, &[data], batch).unwrap())
         // One source split: the order of records, and so which are late, is the input's.
         .with_parallelism(1)
         .with_watermarks(WatermarkStrategy::bounded(
@@ -196,6 +215,12 @@ proptest! {
     fn hopping_in_panes_matches_reference(keys in proptest::collection::vec(0i64..4, 120), times in disordered(120), lateness in prop_oneof![Just(0i64), Just(30)]) {
         // Size a multiple of the slide: kept as panes of one slide, merged when a window fires.
         check_window(WindowSpec::hopping(Duration::from_millis(100), Duration::from_millis(20)), RefWindow::Hopping(100, 20), keys, times, lateness);
+    }
+
+    #[test]
+    fn inherited_matches_reference(keys in proptest::collection::vec(0i64..4, 120), times in disordered(120), lateness in prop_oneof![Just(0i64), Just(30)]) {
+        // Windows the rows carry, of a different size per key: many windows open at once.
+        check_window(WindowSpec::Inherited, RefWindow::PerKey, keys, times, lateness);
     }
 
     #[test]

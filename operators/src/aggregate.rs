@@ -6,8 +6,8 @@
 
 use crate::error::{OperatorError, Result};
 use crate::expr::check_columns;
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::take;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{filter, take};
 use datafusion::arrow::datatypes::{FieldRef, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
@@ -191,6 +191,44 @@ pub struct GroupsState {
 }
 
 impl GroupsState {
+    /// The groups at `indices`, in their order.
+    pub fn take(&self, indices: &UInt32Array) -> Result<GroupsState> {
+        let take_all = |columns: &[ArrayRef]| {
+            columns
+                .iter()
+                .map(|c| take(c.as_ref(), indices, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        Ok(GroupsState {
+            keys: take_all(&self.keys)?,
+            states: self
+                .states
+                .iter()
+                .map(|s| take_all(s))
+                .collect::<std::result::Result<_, _>>()?,
+            groups: indices.len(),
+        })
+    }
+
+    /// The groups `mask` selects, in their order.
+    pub fn filter(&self, mask: &BooleanArray) -> Result<GroupsState> {
+        let filter_all = |columns: &[ArrayRef]| {
+            columns
+                .iter()
+                .map(|c| filter(c.as_ref(), mask))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        };
+        Ok(GroupsState {
+            keys: filter_all(&self.keys)?,
+            states: self
+                .states
+                .iter()
+                .map(|s| filter_all(s))
+                .collect::<std::result::Result<_, _>>()?,
+            groups: mask.true_count(),
+        })
+    }
+
     /// The key columns, then each aggregate's state columns: how partials and state entries
     /// lay them out.
     pub fn into_columns(self) -> Vec<ArrayRef> {
@@ -253,6 +291,21 @@ impl Groups {
             acc.update_batch(args, &self.group_indices, filter.as_ref(), self.len)?;
         }
         Ok(())
+    }
+
+    /// How many groups there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The group of each row of the last [`Groups::update`] or [`Groups::merge`].
+    pub fn group_indices(&self) -> &[usize] {
+        &self.group_indices
     }
 
     /// Approximate memory held, in bytes.

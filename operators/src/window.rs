@@ -7,6 +7,8 @@
 //! window closes"). A record whose every window has fired is late: it is counted and goes to
 //! the late side output, or is dropped.
 
+mod shared;
+
 use crate::aggregate::{take_inputs, Aggregates, Groups, GroupsState};
 use crate::error::{column_index, OperatorError, Result};
 use crate::state::{
@@ -28,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
+
+use shared::SharedWindows;
 
 /// The name of the window start column every window operator emits.
 pub const WINDOW_START: &str = "window_start";
@@ -618,6 +622,14 @@ impl OperatorFactory for WindowAggregate {
         Ok(match (self.assigner_or_session()?, &self.settings.window) {
             (Some(windows_of), spec) => {
                 let layout = Layout::of(spec).unwrap_or(Layout::PerWindow);
+                // Inherited windows are many and small (one per auction, per joined window):
+                // one table holds them all, unless state goes to RocksDB (`use_state_store`).
+                let shared = match (&windows_of, self.phase) {
+                    (Assigner::Inherited { .. }, Phase::Single) => {
+                        Some(SharedWindows::try_new(&self.key_schema, &self.aggregates)?)
+                    }
+                    _ => None,
+                };
                 let assigner = match (layout, self.phase) {
                     // Partials carry their pane; they were checked for lateness upstream.
                     (_, Phase::Global) | (Layout::PerWindow, _) => windows_of.clone(),
@@ -655,6 +667,7 @@ impl OperatorFactory for WindowAggregate {
                     spilled_bytes: self.spilled_bytes.clone(),
                     local_budget: None,
                     buffered: 0,
+                    shared,
                 })
             }
             (None, WindowSpec::Session { gap }) => Box::new(crate::session::SessionWindows::new(
@@ -744,6 +757,9 @@ struct FixedWindows {
     local_budget: Option<usize>,
     /// About how many bytes the groups in memory hold.
     buffered: usize,
+    /// Inherited windows with state in memory: every window's groups in one table (see
+    /// [`shared`]); `groups` is then unused.
+    shared: Option<SharedWindows>,
 }
 
 /// A window aggregate's state in RocksDB ([`oxflow_runtime::state::StateStorage::RocksDb`]).
@@ -935,6 +951,15 @@ impl FixedWindows {
         }
         let lateness = self.lateness;
         let due = |end: EventTime| up_to.is_none_or(|w| end - 1 + lateness <= w);
+        if let Some(shared) = &mut self.shared {
+            if let Some(results) = shared.fire(due, &self.output)? {
+                for offset in (0..results.num_rows()).step_by(EMIT_ROWS) {
+                    let rows = EMIT_ROWS.min(results.num_rows() - offset);
+                    out.emit(results.slice(offset, rows));
+                }
+            }
+            return Ok(());
+        }
         let spilled = self.spill.as_ref().is_some_and(|s| !s.runs.is_empty());
         match self.layout {
             Layout::PerWindow => {
@@ -1313,6 +1338,14 @@ impl Operator for FixedWindows {
             .map(|&i| batch.column(i).clone())
             .collect();
         let inputs = self.aggregates.evaluate_inputs(&batch)?;
+        if let (Some(shared), Assigner::Inherited { start, end }) =
+            (&mut self.shared, &self.assigner)
+        {
+            // Rows of fired windows went to the late side above.
+            let (starts, ends) = (column_values(&batch, *start)?, column_values(&batch, *end)?);
+            shared.update(ends, starts, &keys, &inputs, batch.num_rows())?;
+            return Ok(());
+        }
         for rows in self.assigner.assign(&batch)? {
             // A hopping record may still belong to later windows while earlier ones have
             // fired; a pane lives until its last window fires.
@@ -1364,6 +1397,8 @@ impl Operator for FixedWindows {
             self.local_budget = Some(store.memory_budget());
             return false;
         }
+        // Spilled state is kept per window (given before any input: nothing is shared yet).
+        self.shared = None;
         self.spill = Some(Spill {
             store,
             spilled_bytes: self.spilled_bytes.clone(),
@@ -1377,6 +1412,22 @@ impl Operator for FixedWindows {
     }
 
     fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        if let Some(shared) = &mut self.shared {
+            // An entry per window, as below with state in memory.
+            let live: BTreeSet<Vec<u8>> = shared
+                .windows()
+                .iter()
+                .map(|&(end, start)| window_key(end, start))
+                .collect();
+            let changed = shared.take_changed()?;
+            self.stored.retain(state, |entry| live.contains(entry));
+            for ((end, start), partial) in changed {
+                let parts = self.encode_partial(start, end, partial)?;
+                self.stored.replace(state, window_key(end, start), parts);
+            }
+            state.set_operator_state(encode_i64(self.fired_up_to));
+            return Ok(());
+        }
         // With state in RocksDB, the entry of a window's groups in memory is a copy, keyed
         // apart from runs; in memory, it is the window's only entry.
         let copy_seq = self.spill.as_ref().map(|s| s.copy_seq);
@@ -1420,7 +1471,10 @@ impl Operator for FixedWindows {
             let (end, start, _) = parse_run_key(&key)?;
             let partial = self.partial_of(kg, &key, &decode_entry(kg, &value)?)?;
             // Marked dirty: this run's store starts empty.
-            self.update_groups(end, start, |g| g.merge(&partial))?;
+            match &mut self.shared {
+                Some(shared) => shared.merge_window(end, start, partial)?,
+                None => self.update_groups(end, start, |g| g.merge(&partial))?,
+            }
         }
         if let Some(spill) = &mut self.spill {
             // Copied into the store as they were: each entry is a run of its window.

@@ -120,6 +120,13 @@ pub enum RefWindow {
     Tumbling(i64),
     Hopping(i64, i64),
     Session(i64),
+    /// Tumbling windows of [`per_key_size`], which rows carry as an inherited window.
+    PerKey,
+}
+
+/// The window size of key `key` for [`RefWindow::PerKey`]: windows of keys overlap unaligned.
+pub fn per_key_size(key: i64) -> i64 {
+    60 + 20 * key.rem_euclid(4)
 }
 
 /// Open sessions of the reference: key -> (start, last, rows).
@@ -191,10 +198,11 @@ pub fn reference_windows(
         }
         let is_late = |end: i64| wm.is_some_and(|w| end - 1 + lateness <= w);
         match window {
-            RefWindow::Tumbling(size) | RefWindow::Hopping(size, _) => {
-                let slide = match window {
-                    RefWindow::Hopping(_, s) => s,
-                    _ => size,
+            RefWindow::Tumbling(_) | RefWindow::Hopping(..) | RefWindow::PerKey => {
+                let (size, slide) = match window {
+                    RefWindow::Hopping(size, slide) => (size, slide),
+                    RefWindow::Tumbling(size) => (size, size),
+                    _ => (per_key_size(key), per_key_size(key)),
                 };
                 let mut windows = Vec::new();
                 let mut start = t - t.rem_euclid(slide);
