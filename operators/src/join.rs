@@ -971,7 +971,9 @@ impl JoinOperator {
                             }
                         }
                     }
-                    others.dirty.extend(newly_matched.drain(..));
+                    if !newly_matched.is_empty() {
+                        others.dirty.extend(newly_matched.drain(..));
+                    }
                     let slice = self.sides[side].slice;
                     let slot = self.sides[side].insert(
                         hash,
