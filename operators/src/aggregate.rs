@@ -9,6 +9,7 @@ use crate::expr::check_columns;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{filter, take};
 use datafusion::arrow::datatypes::{FieldRef, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
@@ -193,39 +194,34 @@ pub struct GroupsState {
 impl GroupsState {
     /// The groups at `indices`, in their order.
     pub fn take(&self, indices: &UInt32Array) -> Result<GroupsState> {
-        let take_all = |columns: &[ArrayRef]| {
-            columns
-                .iter()
-                .map(|c| take(c.as_ref(), indices, None))
-                .collect::<std::result::Result<Vec<_>, _>>()
-        };
-        Ok(GroupsState {
-            keys: take_all(&self.keys)?,
-            states: self
-                .states
-                .iter()
-                .map(|s| take_all(s))
-                .collect::<std::result::Result<_, _>>()?,
-            groups: indices.len(),
-        })
+        self.select(indices.len(), |c| take(c, indices, None))
     }
 
     /// The groups `mask` selects, in their order.
     pub fn filter(&self, mask: &BooleanArray) -> Result<GroupsState> {
-        let filter_all = |columns: &[ArrayRef]| {
+        self.select(mask.true_count(), |c| filter(c, mask))
+    }
+
+    /// `groups` groups, each column picked from by `pick`.
+    fn select(
+        &self,
+        groups: usize,
+        pick: impl Fn(&dyn Array) -> std::result::Result<ArrayRef, ArrowError>,
+    ) -> Result<GroupsState> {
+        let pick_all = |columns: &[ArrayRef]| {
             columns
                 .iter()
-                .map(|c| filter(c.as_ref(), mask))
+                .map(|c| pick(c.as_ref()))
                 .collect::<std::result::Result<Vec<_>, _>>()
         };
         Ok(GroupsState {
-            keys: filter_all(&self.keys)?,
+            keys: pick_all(&self.keys)?,
             states: self
                 .states
                 .iter()
-                .map(|s| filter_all(s))
+                .map(|s| pick_all(s))
                 .collect::<std::result::Result<_, _>>()?,
-            groups: mask.true_count(),
+            groups,
         })
     }
 
