@@ -552,11 +552,6 @@ fn table_hash(exchange_hash: u64) -> u64 {
         .rotate_left(29)
 }
 
-/// The hash of a window join's stored key (window end, then key).
-fn windowed_hash(end: EventTime, key_hash: u64) -> u64 {
-    table_hash(key_hash ^ (end as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
-}
-
 /// The rows of one side.
 struct SideState {
     layout: SideLayout,
@@ -639,7 +634,7 @@ impl SideState {
         })
     }
 
-    /// Stores `entry` under `key` (`hash` from [`table_hash`] or [`windowed_hash`]),
+    /// Stores `entry` under `key` (`hash` from [`table_hash`] or [`windowed_key`]),
     /// returning the key's slot.
     fn insert(&mut self, hash: u64, key: &[u8], key_group: u16, entry: Entry) -> u32 {
         let bucket = entry.bucket;
@@ -779,11 +774,13 @@ struct JoinOperator {
 /// A joined pair (or a left row alone), as stored rows.
 type Pair = (RowRef, Option<RowRef>);
 
-/// A window join's stored key: the window's end, then the key.
-fn windowed_key(into: &mut Vec<u8>, end: EventTime, key: &[u8]) {
+/// Writes a window join's stored key into `into` (the window's end, then the key) and
+/// returns its table hash, from the key's exchange hash `key_hash`.
+fn windowed_key(into: &mut Vec<u8>, end: EventTime, key: &[u8], key_hash: u64) -> u64 {
     into.clear();
     into.extend_from_slice(&end.to_be_bytes());
     into.extend_from_slice(key);
+    table_hash(key_hash ^ (end as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
 }
 
 impl JoinOperator {
@@ -911,9 +908,10 @@ impl JoinOperator {
                     while start + size > t {
                         let end = start + size;
                         if !(self.watermark != EventTime::MIN && end - 1 <= self.watermark) {
-                            windowed_key(&mut self.windowed, end, key);
+                            let hash =
+                                windowed_key(&mut self.windowed, end, key, prepared.hashes[i]);
                             self.sides[side].insert(
-                                windowed_hash(end, prepared.hashes[i]),
+                                hash,
                                 &self.windowed,
                                 prepared.key_groups[i],
                                 Entry {
@@ -1123,11 +1121,8 @@ impl JoinOperator {
                 &[]
             };
             let (hash, key) = if windowed {
-                windowed_key(&mut self.windowed, bucket, key);
-                (
-                    windowed_hash(bucket, prepared.hashes[i]),
-                    &self.windowed[..],
-                )
+                let hash = windowed_key(&mut self.windowed, bucket, key, prepared.hashes[i]);
+                (hash, &self.windowed[..])
             } else {
                 (table_hash(prepared.hashes[i]), key)
             };

@@ -128,32 +128,22 @@ impl SharedWindows {
         due: impl Fn(EventTime) -> bool,
         output: &SchemaRef,
     ) -> Result<Option<RecordBatch>> {
-        let Some(&later) = self.windows.iter().find(|(end, _)| !due(*end)) else {
-            // Every window is due: the table is finished as it is.
-            if self.windows.is_empty() {
-                return Ok(None);
-            }
-            let fired = self.windows.len();
-            self.windows.clear();
-            self.touched.clear();
-            let all = std::mem::replace(
-                &mut self.groups,
-                Groups::try_new(&self.schema, &self.aggregates)?,
-            );
-            return self.results(all, fired, output).map(Some);
-        };
-        let kept_windows = self.windows.split_off(&later);
-        let fired = std::mem::replace(&mut self.windows, kept_windows).len();
+        let fired = self.windows.iter().take_while(|(end, _)| due(*end)).count();
         if fired == 0 {
             return Ok(None);
         }
+        let fresh = Groups::try_new(&self.schema, &self.aggregates)?;
+        let groups = std::mem::replace(&mut self.groups, fresh);
+        let Some(&kept_from) = self.windows.iter().nth(fired) else {
+            // Every window is due: the table is finished as it is.
+            self.windows.clear();
+            self.touched.clear();
+            return self.results(groups, fired, output).map(Some);
+        };
+        self.windows = self.windows.split_off(&kept_from);
         // Some windows stay: the table is cut in two, its groups in order (ids are assigned in
         // order of arrival, so the kept groups keep their relative ids and touched flags).
-        let state = std::mem::replace(
-            &mut self.groups,
-            Groups::try_new(&self.schema, &self.aggregates)?,
-        )
-        .into_state()?;
+        let state = groups.into_state()?;
         let (ends, _) = bounds_of(&state)?;
         let due_mask: BooleanArray = ends.values().iter().map(|&e| Some(due(e))).collect();
         let kept_mask = not(&due_mask)?;
