@@ -1,12 +1,17 @@
-//! State-heavy checkpoint benchmark: datagen with many distinct keys into one long tumbling
-//! window (count, sum, min, max, avg per key), checkpointed every interval. Prints, per
-//! checkpoint, its duration, total state and bytes added, then the process's peak memory.
-//! With `restore`, starts from the latest checkpoint and prints how long the state took to
-//! load.
+//! State-heavy checkpoint benchmark: datagen with many distinct keys, checkpointed every
+//! interval, into one of:
+//!
+//! - `window` (the default): one long tumbling window, count, sum, min, max, avg per key;
+//! - `running`: the same aggregates per key without a window (a streaming `GROUP BY`, one
+//!   output row per input row).
+//!
+//! Prints, per checkpoint, its duration, total state and bytes added, then the process's
+//! peak memory. With `restore`, starts from the latest checkpoint and prints how long the
+//! state took to load.
 //!
 //! ```text
-//! cargo bench --bench state -- run DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB]
-//! cargo bench --bench state -- restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB]
+//! cargo bench --bench state -- run DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB] [JOB]
+//! cargo bench --bench state -- restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB] [JOB]
 //! ```
 //!
 //! `BUDGET_MB` 0 (the default) keeps state in memory; more keeps it in RocksDB with that much
@@ -27,7 +32,7 @@ fn peak_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
-fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize) -> Job {
+fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize, kind: &str) -> Job {
     let config = DatagenConfig {
         rows: None,
         key_cardinality: keys,
@@ -36,7 +41,14 @@ fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize) -> Job {
         batch_size: 8192,
         ..Default::default()
     };
-    Pipeline::new()
+    let aggregates = [
+        count(col("value")).alias("n"),
+        sum(col("value")).alias("total"),
+        min(col("value")).alias("low"),
+        max(col("value")).alias("high"),
+        avg(col("value")).alias("mean"),
+    ];
+    let keyed = Pipeline::new()
         .with_parallelism(2)
         .source(DatagenSource::try_new(config).unwrap())
         .with_watermarks(oxflow::runtime::watermark::WatermarkStrategy::bounded(
@@ -44,15 +56,15 @@ fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize) -> Job {
             Duration::from_secs(1),
         ))
         .unwrap()
-        .key_by(["key"])
-        .window(WindowSpec::tumbling(Duration::from_secs(3600)))
-        .aggregate([
-            count(col("value")).alias("n"),
-            sum(col("value")).alias("total"),
-            min(col("value")).alias("low"),
-            max(col("value")).alias("high"),
-            avg(col("value")).alias("mean"),
-        ])
+        .key_by(["key"]);
+    let stream = match kind {
+        "window" => keyed
+            .window(WindowSpec::tumbling(Duration::from_secs(3600)))
+            .aggregate(aggregates),
+        "running" => keyed.aggregate(aggregates),
+        other => panic!("JOB is window or running, not {other}"),
+    };
+    stream
         .unwrap()
         .sink(BlackholeSink::default())
         .unwrap()
@@ -71,7 +83,9 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let (Some(phase), Some(dir)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: state run|restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB]");
+        eprintln!(
+            "usage: state run|restore DIR [KEYS] [CHECKPOINTS] [INTERVAL_MS] [BUDGET_MB] [JOB]"
+        );
         return;
     };
     let dir = PathBuf::from(dir);
@@ -82,7 +96,8 @@ fn main() {
             .map_or(1000, |k| k.parse().expect("INTERVAL_MS")),
     );
     let budget_mb: usize = args.get(5).map_or(0, |k| k.parse().expect("BUDGET_MB"));
-    let mut job = job(&dir, keys, interval, budget_mb);
+    let kind = args.get(6).map_or("window", String::as_str);
+    let mut job = job(&dir, keys, interval, budget_mb, kind);
     if phase == "restore" {
         job = job.restore_from(RestoreFrom::Latest);
     }
@@ -102,7 +117,7 @@ fn main() {
     let _ = runner.join();
     if phase == "restore" {
         println!(
-            "{{\"phase\":\"restore\",\"keys\":{keys},\"budget_mb\":{budget_mb},\"restore_state_ms\":{},\"peak_rss_mib\":{:.0}}}",
+            "{{\"phase\":\"restore\",\"job\":\"{kind}\",\"keys\":{keys},\"budget_mb\":{budget_mb},\"restore_state_ms\":{},\"peak_rss_mib\":{:.0}}}",
             restore_ms.get(),
             peak_rss_mib()
         );
@@ -120,7 +135,7 @@ fn main() {
     }
     let rows = records.get();
     println!(
-        "{{\"phase\":\"run\",\"keys\":{keys},\"budget_mb\":{budget_mb},\"records\":{rows},\"seconds\":{seconds:.1},\"events_per_sec\":{:.0},\"peak_rss_mib\":{:.0}}}",
+        "{{\"phase\":\"run\",\"job\":\"{kind}\",\"keys\":{keys},\"budget_mb\":{budget_mb},\"records\":{rows},\"seconds\":{seconds:.1},\"events_per_sec\":{:.0},\"peak_rss_mib\":{:.0}}}",
         rows as f64 / seconds,
         peak_rss_mib()
     );

@@ -485,13 +485,25 @@ fn table<T: serde::de::DeserializeOwned + PartialOrd>(seed: u64, table: NexmarkT
     sorted_rows(&collect(Pipeline::new().with_parallelism(1).source(source)))
 }
 
-fn run_join_query(query: &str, seed: u64, batch: usize, workers: usize) -> Vec<RecordBatch> {
+fn run_join_query(
+    query: &str,
+    seed: u64,
+    (batch, workers, storage): (usize, usize, StateStorage),
+) -> Vec<RecordBatch> {
     let input = oxflow::nexmark::Input::generator(
         Pipeline::new().with_parallelism(workers),
         join_config(seed, batch),
         oxflow::nexmark::watermarks(),
     );
-    collect(oxflow::nexmark::apply(query, input).unwrap())
+    let out = CollectSink::new();
+    oxflow::nexmark::apply(query, input)
+        .unwrap()
+        .sink(out.clone())
+        .unwrap()
+        .with_state_storage(storage)
+        .execute_blocking()
+        .unwrap();
+    out.batches()
 }
 
 fn q3_reference(people: &[PersonRow], auctions: &[AuctionRow]) -> Vec<Q3Row> {
@@ -574,16 +586,20 @@ proptest! {
         let (q3, q8) = (q3_reference(&people, &auctions), q8_reference(&people, &auctions));
         let q4 = q4_reference(&auctions, &bids);
         prop_assert!(!q3.is_empty() && !q8.is_empty() && !q4.is_empty());
-        for (batch, workers) in [(1000, 1), (7, 2), (50, 3), (333, 4)] {
-            prop_assert_eq!(&sorted_rows::<Q3Row>(&run_join_query("q3", seed, batch, workers)), &q3, "q3 batch {} workers {}", batch, workers);
-            prop_assert_eq!(&sorted_rows::<Q8Row>(&run_join_query("q8", seed, batch, workers)), &q8, "q8 batch {} workers {}", batch, workers);
+        // State in memory, and in RocksDB with a budget so small that every batch spills
+        // (q4's windows and its running average per category).
+        let spilling = StateStorage::RocksDb { memory_budget: 1 };
+        let runs = [(1000, 1, StateStorage::Memory), (7, 2, spilling), (50, 3, StateStorage::Memory), (333, 4, spilling)];
+        for run @ (batch, workers, storage) in runs {
+            prop_assert_eq!(&sorted_rows::<Q3Row>(&run_join_query("q3", seed, run)), &q3, "q3 batch {} workers {} state {:?}", batch, workers, storage);
+            prop_assert_eq!(&sorted_rows::<Q8Row>(&run_join_query("q8", seed, run)), &q8, "q8 batch {} workers {} state {:?}", batch, workers, storage);
             // Averages agree to rounding: DataFusion's accumulator sums in its own way.
-            let got = sorted_rows::<Q4Row>(&run_join_query("q4", seed, batch, workers));
-            prop_assert_eq!(got.len(), q4.len(), "q4 batch {} workers {}", batch, workers);
+            let got = sorted_rows::<Q4Row>(&run_join_query("q4", seed, run));
+            prop_assert_eq!(got.len(), q4.len(), "q4 batch {} workers {} state {:?}", batch, workers, storage);
             for (g, e) in got.iter().zip(&q4) {
                 prop_assert!(
                     g.category == e.category && (g.avg_final - e.avg_final).abs() <= 1e-9 * e.avg_final.abs(),
-                    "q4 batch {} workers {}: {:?} != {:?}", batch, workers, g, e
+                    "q4 batch {} workers {} state {:?}: {:?} != {:?}", batch, workers, storage, g, e
                 );
             }
         }

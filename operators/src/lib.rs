@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod error;
 pub mod expr;
 pub mod join;
+mod keyed;
 pub mod map;
 pub mod running;
 pub mod session;

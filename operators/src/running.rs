@@ -10,24 +10,24 @@
 
 use crate::aggregate::Aggregates;
 use crate::error::{column_index, OperatorError, Result};
+use crate::keyed::{KeyedCodec, KeyedState};
 use crate::state::{decode_entry, encode_by_key_group, state_batch, StoredEntries};
 use crate::window::{key_fields, LateSide};
 use crate::LateRecords;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{
     cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn,
 };
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Accumulator, Expr};
 use oxflow_runtime::exchange::{hash_keys, key_group};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::operator::{Operator, OperatorFactory, Output, SubtaskInfo};
-use oxflow_runtime::state::{encode_batch, RestoredState, StateSnapshot};
+use oxflow_runtime::state::{encode_batch, RestoredState, StateSnapshot, StateStore, StoreUse};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::EventTime;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Builds the running aggregate of each subtask; see the module documentation.
@@ -39,6 +39,7 @@ pub struct RunningAggregate {
     key_schema: SchemaRef,
     output: SchemaRef,
     late_records: Counter,
+    spilled_bytes: Counter,
 }
 
 impl RunningAggregate {
@@ -76,6 +77,7 @@ impl RunningAggregate {
             key_schema,
             output: Arc::new(Schema::new(fields)),
             late_records: Counter::default(),
+            spilled_bytes: Counter::default(),
         })
     }
 }
@@ -88,7 +90,10 @@ impl OperatorFactory for RunningAggregate {
         self.output.clone()
     }
     fn counters(&self) -> Vec<(String, Counter)> {
-        vec![("late_records".into(), self.late_records.clone())]
+        vec![
+            ("late_records".into(), self.late_records.clone()),
+            ("spilled_bytes".into(), self.spilled_bytes.clone()),
+        ]
     }
     fn create(&self, subtask: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn Operator>> {
         let converter = RowConverter::new(
@@ -99,15 +104,15 @@ impl OperatorFactory for RunningAggregate {
                 .collect(),
         )
         .map_err(OperatorError::from)?;
+        let codec =
+            AccumulatorCodec::try_new(converter, self.aggregates.clone(), self.key_indices.len())?;
         Ok(Box::new(RunningOperator {
             key_indices: self.key_indices.clone(),
             time_column: self.time_column.clone(),
-            aggregates: self.aggregates.clone(),
             input: self.input.clone(),
             output: self.output.clone(),
-            keys: converter,
-            groups: HashMap::new(),
-            dirty: HashSet::new(),
+            codec,
+            groups: KeyedState::default(),
             pending: Vec::new(),
             earliest: EventTime::MAX,
             pending_changed: false,
@@ -120,14 +125,9 @@ impl OperatorFactory for RunningAggregate {
                 self.input.clone(),
             )?,
             max_parallelism: subtask.max_parallelism,
+            spilled_bytes: self.spilled_bytes.clone(),
         }))
     }
-}
-
-/// The accumulators of one key.
-struct KeyState {
-    key_group: u16,
-    accumulators: Vec<Box<dyn Accumulator>>,
 }
 
 /// The entry item of the rows waiting for the watermark.
@@ -135,16 +135,192 @@ const PENDING: &[u8] = b"p";
 /// The prefix of a key's accumulator entry.
 const KEY: u8 = b'k';
 
+/// A key's accumulators.
+type Accumulators = Vec<Box<dyn Accumulator>>;
+
+/// How a key's accumulators become an entry: their states as one row in Arrow's row format
+/// ([`ROW_ENTRY`]; about a tenth of an IPC batch's bytes and time for one key), or, where
+/// the row format does not take a state's type, one row of the key's columns and the states
+/// as an Arrow IPC batch (the format of earlier checkpoints, still read). The same with state
+/// in memory or in RocksDB.
+struct AccumulatorCodec {
+    keys: RowConverter,
+    aggregates: Aggregates,
+    key_columns: usize,
+    /// How many state columns each aggregate keeps.
+    state_columns: Vec<usize>,
+    /// The states' row format, when every state is of a fixed-width type (so that a row of
+    /// the right length always decodes, whatever its bytes), with that length and a
+    /// fingerprint of the types (so that an entry of a job with other aggregates is refused,
+    /// not misread).
+    states: Option<StateRows>,
+}
+
+struct StateRows {
+    converter: RowConverter,
+    width: usize,
+    fingerprint: u32,
+}
+
+/// The first bytes of a row-format entry; then the types' fingerprint and the CRC-32 of the
+/// row (both big endian), then the row.
+const ROW_ENTRY: &[u8; 4] = b"OXR1";
+
+impl AccumulatorCodec {
+    fn try_new(keys: RowConverter, aggregates: Aggregates, key_columns: usize) -> Result<Self> {
+        let fields = aggregates.state_fields()?;
+        let types: Vec<_> = fields
+            .iter()
+            .flatten()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let fixed = types
+            .iter()
+            .all(|t| t.is_primitive() || *t == DataType::Boolean);
+        let states = match RowConverter::new(types.iter().cloned().map(SortField::new).collect()) {
+            Ok(converter) if fixed => {
+                let nulls: Vec<ArrayRef> = types.iter().map(|t| new_null_array(t, 1)).collect();
+                let width = converter.convert_columns(&nulls)?.row(0).as_ref().len();
+                Some(StateRows {
+                    converter,
+                    width,
+                    fingerprint: crc32fast::hash(format!("{types:?}").as_bytes()),
+                })
+            }
+            _ => None,
+        };
+        Ok(AccumulatorCodec {
+            keys,
+            aggregates,
+            key_columns,
+            state_columns: fields.iter().map(Vec::len).collect(),
+            states,
+        })
+    }
+
+    fn state_arrays(accumulators: &mut Accumulators) -> Result<Vec<ArrayRef>> {
+        let mut columns = Vec::new();
+        for acc in accumulators.iter_mut() {
+            for scalar in acc.state()? {
+                columns.push(scalar.to_array()?);
+            }
+        }
+        Ok(columns)
+    }
+
+    fn merged(&self, states: &[ArrayRef]) -> Result<Accumulators> {
+        let mut accumulators = self.aggregates.row_accumulators()?;
+        let mut next = 0;
+        for (acc, &n) in accumulators.iter_mut().zip(&self.state_columns) {
+            acc.merge_batch(&states[next..next + n])?;
+            next += n;
+        }
+        Ok(accumulators)
+    }
+}
+
+impl KeyedCodec<Accumulators> for AccumulatorCodec {
+    fn encode(&self, item: &[u8], accumulators: &mut Accumulators) -> Result<Vec<u8>> {
+        let states = Self::state_arrays(accumulators)?;
+        if let Some(StateRows {
+            converter,
+            fingerprint,
+            ..
+        }) = &self.states
+        {
+            let rows = converter.convert_columns(&states)?;
+            let row = rows.row(0);
+            let mut entry = Vec::with_capacity(12 + row.as_ref().len());
+            entry.extend_from_slice(ROW_ENTRY);
+            entry.extend_from_slice(&fingerprint.to_be_bytes());
+            entry.extend_from_slice(&crc32fast::hash(row.as_ref()).to_be_bytes());
+            entry.extend_from_slice(row.as_ref());
+            return Ok(entry);
+        }
+        let parser = self.keys.parser();
+        let mut columns = self.keys.convert_rows([parser.parse(&item[1..])])?;
+        columns.extend(states);
+        Ok(encode_batch(&state_batch(columns)?)?)
+    }
+
+    fn decode(&self, kg: usize, item: &[u8], entry: &[u8]) -> Result<Accumulators> {
+        let bad = |m: String| {
+            OperatorError::State(format!("running aggregate state in key group {kg}: {m}"))
+        };
+        if item.first() != Some(&KEY) {
+            return Err(bad(format!(
+                "an entry of {} bytes is not a key's",
+                item.len()
+            )));
+        }
+        if let Some(rest) = entry.strip_prefix(ROW_ENTRY) {
+            let Some(StateRows {
+                converter,
+                width,
+                fingerprint,
+            }) = &self.states
+            else {
+                return Err(bad("a row-format entry, but this job's aggregates keep states the row format cannot hold".into()));
+            };
+            let (Some(fp), Some(crc), Some(row)) = (rest.get(..4), rest.get(4..8), rest.get(8..))
+            else {
+                return Err(bad(format!(
+                    "a row entry of {} bytes is truncated",
+                    entry.len()
+                )));
+            };
+            if fp != fingerprint.to_be_bytes() {
+                return Err(bad(
+                    "the entry was written by a job with other aggregates".into()
+                ));
+            }
+            if crc != crc32fast::hash(row).to_be_bytes() {
+                return Err(bad("the entry fails its checksum".into()));
+            }
+            if row.len() != *width {
+                return Err(bad(format!(
+                    "a row of {} bytes, this job's states take {width}",
+                    row.len()
+                )));
+            }
+            let states = converter.convert_rows([converter.parser().parse(row)])?;
+            return self.merged(&states);
+        }
+        let batch = decode_entry(kg, entry)?;
+        let expected = self.key_columns + self.state_columns.iter().sum::<usize>();
+        if batch.num_rows() != 1 || batch.num_columns() != expected {
+            return Err(bad(format!(
+                "{} rows of {} columns, this job's aggregates keep one of {expected}",
+                batch.num_rows(),
+                batch.num_columns()
+            )));
+        }
+        let key = self
+            .keys
+            .convert_columns(&batch.columns()[..self.key_columns])
+            .map_err(|e| bad(format!("its key columns do not fit this job's key: {e}")))?;
+        if key.row(0).as_ref() != &item[1..] {
+            return Err(bad("the entry's key columns are not its key".into()));
+        }
+        self.merged(&batch.columns()[self.key_columns..])
+    }
+
+    fn size(&self, accumulators: &Accumulators) -> usize {
+        // Each accumulator is boxed: its pointer in the vector and its allocation's header.
+        accumulators
+            .iter()
+            .map(|a| a.size() + 2 * std::mem::size_of::<Box<dyn Accumulator>>())
+            .sum()
+    }
+}
+
 struct RunningOperator {
     key_indices: Vec<usize>,
     time_column: String,
-    aggregates: Aggregates,
     input: SchemaRef,
     output: SchemaRef,
-    keys: RowConverter,
-    groups: HashMap<Box<[u8]>, KeyState>,
-    /// Keys updated since the last snapshot.
-    dirty: HashSet<Box<[u8]>>,
+    codec: AccumulatorCodec,
+    groups: KeyedState<Accumulators>,
     /// Rows waiting for the watermark to pass them, and the earliest time among them.
     pending: Vec<RecordBatch>,
     earliest: EventTime,
@@ -154,6 +330,7 @@ struct RunningOperator {
     /// Counts and drops late rows.
     late: LateSide,
     max_parallelism: usize,
+    spilled_bytes: Counter,
 }
 
 impl RunningOperator {
@@ -223,37 +400,41 @@ impl RunningOperator {
     /// Folds `batch` row by row, emitting each row's key with its new aggregates.
     fn apply(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
         let keys = self.key_columns(batch);
-        let encoded = self.keys.convert_columns(&keys)?;
+        let encoded = self.codec.keys.convert_columns(&keys)?;
         let mut hashes = Vec::new();
         hash_keys(&keys, &mut hashes)?;
-        let inputs = self.aggregates.evaluate_inputs(batch)?;
+        let inputs = self.codec.aggregates.evaluate_inputs(batch)?;
         let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); inputs.len()];
+        let mut item = vec![KEY];
+        let aggregates = &self.codec.aggregates;
         for (row, &hash) in hashes.iter().enumerate() {
-            let key: Box<[u8]> = encoded.row(row).as_ref().into();
-            let state = match self.groups.get_mut(&key) {
-                Some(state) => state,
-                None => {
-                    let state = KeyState {
-                        key_group: key_group(hash, self.max_parallelism) as u16,
-                        accumulators: self.aggregates.row_accumulators()?,
-                    };
-                    self.groups.entry(key.clone()).or_insert(state)
-                }
-            };
-            for ((acc, (args, filter)), values) in
-                state.accumulators.iter_mut().zip(&inputs).zip(&mut values)
-            {
-                if filter
-                    .as_ref()
-                    .is_none_or(|f| f.is_valid(row) && f.value(row))
-                {
-                    let args: Vec<ArrayRef> = args.iter().map(|a| a.slice(row, 1)).collect();
-                    acc.update_batch(&args)?;
-                }
-                values.push(acc.evaluate()?);
-            }
-            self.dirty.insert(key);
+            item.truncate(1);
+            item.extend_from_slice(encoded.row(row).as_ref());
+            self.groups.update(
+                key_group(hash, self.max_parallelism),
+                &item,
+                &self.codec,
+                || aggregates.row_accumulators(),
+                |accumulators| {
+                    for ((acc, (args, filter)), values) in
+                        accumulators.iter_mut().zip(&inputs).zip(&mut values)
+                    {
+                        if filter
+                            .as_ref()
+                            .is_none_or(|f| f.is_valid(row) && f.value(row))
+                        {
+                            let args: Vec<ArrayRef> =
+                                args.iter().map(|a| a.slice(row, 1)).collect();
+                            acc.update_batch(&args)?;
+                        }
+                        values.push(acc.evaluate()?);
+                    }
+                    Ok(())
+                },
+            )?;
         }
+        // Between batches, so that a batch's keys are in memory while it is folded.
+        self.groups.evict_if_over(&self.codec)?;
         let mut columns = keys;
         for (values, field) in values
             .into_iter()
@@ -281,76 +462,22 @@ impl RunningOperator {
             self.stored.replace(state, PENDING.to_vec(), parts);
             self.pending_changed = false;
         }
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(group) = self.groups.get_mut(&key) else {
-                continue;
-            };
-            let parser = self.keys.parser();
-            let mut columns = self.keys.convert_rows([parser.parse(&key)])?;
-            for acc in group.accumulators.iter_mut() {
-                for scalar in acc.state()? {
-                    columns.push(scalar.to_array()?);
-                }
-            }
-            let mut item = vec![KEY];
-            item.extend_from_slice(&key);
-            state.put(
-                group.key_group as usize,
-                &item,
-                encode_batch(&state_batch(columns)?)?,
-            );
-        }
-        Ok(())
+        self.groups.snapshot(state, &self.codec)
     }
 
     fn restore(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
-        let batch = decode_entry(kg, value)?;
-        let bad = |m: String| {
-            OperatorError::State(format!("running aggregate state in key group {kg}: {m}"))
-        };
         if item == PENDING {
-            let rows = RecordBatch::try_new(self.input.clone(), batch.columns().to_vec())
-                .map_err(|e| bad(format!("waiting rows do not fit this job's input: {e}")))?;
-            self.hold(rows)?;
-            return Ok(());
+            let batch = decode_entry(kg, value)?;
+            let rows =
+                RecordBatch::try_new(self.input.clone(), batch.columns().to_vec()).map_err(|e| {
+                    OperatorError::State(format!(
+                        "running aggregate state in key group {kg}: waiting rows do not fit this job's input: {e}"
+                    ))
+                })?;
+            return self.hold(rows);
         }
-        if item.first() != Some(&KEY) || batch.num_rows() != 1 {
-            return Err(bad(format!(
-                "an entry of {} bytes is not a key's",
-                item.len()
-            )));
-        }
-        let n = self.key_indices.len();
-        let state_fields = self.aggregates.state_fields()?;
-        let expected = n + state_fields.iter().map(Vec::len).sum::<usize>();
-        if batch.num_columns() != expected {
-            return Err(bad(format!(
-                "{} columns, this job's aggregates keep {expected}",
-                batch.num_columns()
-            )));
-        }
-        let key_columns = batch.columns()[..n].to_vec();
-        let key: Box<[u8]> = self
-            .keys
-            .convert_columns(&key_columns)?
-            .row(0)
-            .as_ref()
-            .into();
-        let mut accumulators = self.aggregates.row_accumulators()?;
-        let mut next = n;
-        for (acc, fields) in accumulators.iter_mut().zip(&state_fields) {
-            acc.merge_batch(&batch.columns()[next..next + fields.len()])?;
-            next += fields.len();
-        }
-        self.groups.insert(
-            key.clone(),
-            KeyState {
-                key_group: kg as u16,
-                accumulators,
-            },
-        );
-        // A restored subtask writes a new store: its next checkpoint must hold this key.
-        self.dirty.insert(key);
+        let accumulators = self.codec.decode(kg, item, value)?;
+        self.groups.restore(kg, item, accumulators, &self.codec);
         Ok(())
     }
 }
@@ -386,6 +513,13 @@ impl Operator for RunningOperator {
         Ok(self.snapshot(state)?)
     }
 
+    fn use_state_store(&mut self, store: StateStore) -> StoreUse {
+        // Keys' accumulators go to the store; the rows waiting for the watermark (at most
+        // the watermark's delay of input) stay in memory.
+        self.groups
+            .use_store(store, KEY, self.spilled_bytes.clone())
+    }
+
     fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
         for (kg, item, value) in state.keyed {
             self.restore(kg, &item, &value)?;
@@ -398,10 +532,10 @@ impl Operator for RunningOperator {
 mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
-    use datafusion::arrow::datatypes::DataType;
     use datafusion::functions_aggregate::expr_fn::{count, sum};
     use datafusion::prelude::col;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -450,13 +584,18 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(100))]
         /// Rows out of order (within the watermark delay), in any batches, restored from
-        /// RocksDB at random points: the changelog equals folding the rows in (time, key,
-        /// value) order.
+        /// RocksDB at random points, with state in memory or in RocksDB under a budget (of
+        /// one byte: every key is written out after each batch) that changes at each
+        /// restore: the changelog equals folding the rows in (time, key, value) order.
         #[test]
         fn the_changelog_folds_rows_in_event_time_order(
-            raw in proptest::collection::vec((0i64..3, 0i64..100, 0i64..20, 0i64..10), 1..60),
+            raw in proptest::collection::vec((0i64..12, 0i64..100, 0i64..20, 0i64..10), 1..60),
             chunk in 1usize..5,
             restores in proptest::collection::vec(0usize..20, 0..3),
+            budgets in proptest::collection::vec(
+                proptest::option::of(prop_oneof![Just(1usize), Just(3000)]),
+                4,
+            ),
         ) {
             const DELAY: i64 = 10;
             let mut arrivals: Vec<(i64, (i64, i64, i64))> =
@@ -464,12 +603,14 @@ mod tests {
             arrivals.sort();
             let factory = factory();
             let mut restarts = crate::state::Restarts::new();
-            let mut op = factory.create(info()).unwrap();
+            let mut op = restarts.create(&factory, info(), budgets[0]);
+            let mut budget = budgets.iter().cycle().skip(1);
             let (mut out, mut emitted) = (Output::default(), Vec::new());
             let (mut max_time, mut watermark) = (i64::MIN, EventTime::MIN);
             for (n, part) in arrivals.chunks(chunk).enumerate() {
                 if restores.contains(&n) {
-                    restarts.restart(&mut op, &factory, info());
+                    let budget = *budget.next().unwrap();
+                    restarts.restart_with(&mut op, &factory, info(), budget);
                 }
                 let col = |f: fn(&(i64, i64, i64)) -> i64| -> ArrayRef {
                     Arc::new(Int64Array::from_iter_values(part.iter().map(|(_, r)| f(r))))
@@ -486,6 +627,9 @@ mod tests {
             op.on_end_of_input(&mut out).unwrap();
             emitted.extend(out.drain());
             prop_assert_eq!(factory.late_records.get(), 0);
+            if budgets[0] == Some(1) && restores.is_empty() && raw.len() > 1 {
+                prop_assert!(factory.spilled_bytes.get() > 0, "a 1-byte budget spills");
+            }
             // The reference: every row in (time, key, value) order, folded per key.
             let mut ordered: Vec<(i64, i64, i64)> = raw.iter().map(|&(k, t, _, v)| (t, k, v)).collect();
             ordered.sort();
@@ -501,6 +645,77 @@ mod tests {
             expected.sort();
             prop_assert_eq!(rows(&emitted), expected);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Fuzz: a key's entry from a damaged or foreign checkpoint is an error or some
+        /// value, never a panic, even with a valid header and checksum around any bytes.
+        #[test]
+        fn key_entries_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            framed in proptest::bool::ANY,
+        ) {
+            let factory = factory();
+            let keys = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+            let codec = AccumulatorCodec::try_new(keys, factory.aggregates.clone(), 1).unwrap();
+            let rows = codec.states.as_ref().expect("count and sum states are fixed-width");
+            let mut entry = bytes.clone();
+            if framed {
+                entry = ROW_ENTRY.to_vec();
+                entry.extend_from_slice(&rows.fingerprint.to_be_bytes());
+                entry.extend_from_slice(&crc32fast::hash(&bytes).to_be_bytes());
+                entry.extend_from_slice(&bytes);
+            }
+            let _ = codec.decode(0, b"k\x01", &entry);
+            let _ = codec.decode(0, &bytes, &entry);
+        }
+    }
+
+    #[test]
+    fn key_entries_round_trip_and_refuse_another_jobs() {
+        let factory = factory();
+        let keys = || RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let codec = AccumulatorCodec::try_new(keys(), factory.aggregates.clone(), 1).unwrap();
+        let mut accumulators = factory.aggregates.row_accumulators().unwrap();
+        let v: ArrayRef = Arc::new(Int64Array::from(vec![4, 5]));
+        for acc in accumulators.iter_mut() {
+            acc.update_batch(std::slice::from_ref(&v)).unwrap();
+        }
+        let item = [
+            &[KEY][..],
+            keys()
+                .convert_columns(&[v.slice(0, 1)])
+                .unwrap()
+                .row(0)
+                .as_ref(),
+        ]
+        .concat();
+        let entry = codec.encode(&item, &mut accumulators).unwrap();
+        assert!(
+            entry.starts_with(ROW_ENTRY) && entry.len() < 64,
+            "{} bytes",
+            entry.len()
+        );
+        let mut back = codec.decode(3, &item, &entry).unwrap();
+        let values: Vec<ScalarValue> = back.iter_mut().map(|a| a.evaluate().unwrap()).collect();
+        assert_eq!(
+            values,
+            vec![ScalarValue::Int64(Some(2)), ScalarValue::Int64(Some(9))]
+        );
+        let other = RunningAggregate::try_new(
+            vec!["k".into()],
+            Some("t".into()),
+            &[sum(col("v")).alias("total")],
+            schema(),
+        )
+        .unwrap();
+        let other = AccumulatorCodec::try_new(keys(), other.aggregates, 1).unwrap();
+        let err = other.decode(3, &item, &entry).err().unwrap().to_string();
+        assert!(
+            err.contains("other aggregates") && err.contains("key group 3"),
+            "{err}"
+        );
     }
 
     #[test]

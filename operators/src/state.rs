@@ -201,12 +201,15 @@ pub(crate) fn max_i64(values: &[Vec<u8>]) -> Result<Option<i64>> {
 
 /// A subtask restarting from its own checkpoints, for operator tests: each restart snapshots
 /// the operator into RocksDB, checkpoints the store, and restores a fresh operator into a
-/// fresh store, as a restored subtask of a real job does.
+/// fresh store, as a restored subtask of a real job does. Each operator keeps its state in
+/// memory, or in the store with a memory budget (chosen per operator, so that a checkpoint
+/// of one storage restores into the other).
 #[cfg(test)]
 pub(crate) struct Restarts {
     dir: tempfile::TempDir,
     backend: oxflow_runtime::state::StateBackend,
     count: usize,
+    store_use: oxflow_runtime::state::StoreUse,
 }
 
 #[cfg(test)]
@@ -218,7 +221,24 @@ impl Restarts {
             dir,
             backend,
             count: 0,
+            store_use: oxflow_runtime::state::StoreUse::Memory,
         }
+    }
+
+    /// A new operator of `factory`, keeping its state in the store with `budget` bytes in
+    /// memory (`None`: in memory).
+    pub(crate) fn create(
+        &mut self,
+        factory: &dyn oxflow_runtime::OperatorFactory,
+        subtask: oxflow_runtime::SubtaskInfo,
+        budget: Option<usize>,
+    ) -> Box<dyn oxflow_runtime::Operator> {
+        let mut op = factory.create(subtask).unwrap();
+        self.store_use = match budget {
+            Some(budget) => op.use_state_store(self.backend.store(0, 0, budget)),
+            None => oxflow_runtime::state::StoreUse::Memory,
+        };
+        op
     }
 
     /// Replaces `op` by a new operator of `factory` restored from `op`'s state.
@@ -228,21 +248,35 @@ impl Restarts {
         factory: &dyn oxflow_runtime::OperatorFactory,
         subtask: oxflow_runtime::SubtaskInfo,
     ) {
+        self.restart_with(op, factory, subtask, None)
+    }
+
+    /// As [`Restarts::restart`], the new operator keeping its state in the store with
+    /// `budget` bytes in memory (`None`: in memory).
+    pub(crate) fn restart_with(
+        &mut self,
+        op: &mut Box<dyn oxflow_runtime::Operator>,
+        factory: &dyn oxflow_runtime::OperatorFactory,
+        subtask: oxflow_runtime::SubtaskInfo,
+        budget: Option<usize>,
+    ) {
         use oxflow_runtime::state::{key_group_range, read_state, StateBackend};
         let mut snapshot = StateSnapshot::default();
         op.snapshot_state(&mut snapshot).unwrap();
         self.backend.apply(0, 0, snapshot).unwrap();
+        self.backend.freeze();
         self.count += 1;
         let target = self.dir.path().join(format!("chk-{}", self.count));
         self.backend.checkpoint(&target, self.dir.path()).unwrap();
         let key_groups =
             key_group_range(subtask.index, subtask.parallelism, subtask.max_parallelism);
-        let state = read_state(&[target], 1, key_groups, None)
-            .unwrap()
-            .remove(0);
         self.backend =
             StateBackend::open(&self.dir.path().join(format!("db-{}", self.count))).unwrap();
-        *op = factory.create(subtask).unwrap();
+        *op = self.create(factory, subtask, budget);
+        let store_use = [self.store_use];
+        let state = read_state(&[target], 1, key_groups, Some((&self.backend, &store_use)))
+            .unwrap()
+            .remove(0);
         if !state.is_empty() {
             op.restore_state(state).unwrap();
         }

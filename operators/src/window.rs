@@ -23,7 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::logical_expr::Expr;
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::sink::{SinkRef, SinkWriter};
-use oxflow_runtime::state::{encode_batch, RestoredState, StateSnapshot, StateStore};
+use oxflow_runtime::state::{encode_batch, RestoredState, StateSnapshot, StateStore, StoreUse};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::{EventTime, Operator, OperatorFactory, Output, SubtaskInfo};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1389,13 +1389,13 @@ impl Operator for FixedWindows {
         Ok(self.late.finish()?)
     }
 
-    fn use_state_store(&mut self, store: StateStore) -> bool {
+    fn use_state_store(&mut self, store: StateStore) -> StoreUse {
         if self.phase == Phase::Local {
             // A pre-aggregate: instead of spilling, it ships its partials early when they
             // outgrow the budget (the global phase merges however many come). Its state
             // stays in memory, under the budget.
             self.local_budget = Some(store.memory_budget());
-            return false;
+            return StoreUse::Memory;
         }
         // Spilled state is kept per window (given before any input: nothing is shared yet).
         self.shared = None;
@@ -1408,7 +1408,7 @@ impl Operator for FixedWindows {
             copy_seq: 0,
             pending: StateSnapshot::default(),
         });
-        true
+        StoreUse::Indexed
     }
 
     fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {

@@ -24,7 +24,9 @@ use crate::metrics::{CheckpointHistory, Counter, JobMetrics, StageCounter};
 use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
-use crate::state::{key_group_range, read_state, StateBackend, StateSnapshot, StateStorage};
+use crate::state::{
+    key_group_range, read_state, StateBackend, StateSnapshot, StateStorage, StoreUse,
+};
 use crate::watermark::{
     InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkStrategy, WatermarkUpdate,
 };
@@ -803,7 +805,7 @@ impl TaskCheckpointing {
     /// Before any input: gives operators that can keep state in RocksDB their store, then
     /// restores.
     fn start(&mut self, chain: &mut Chain) -> Result<()> {
-        let mut in_store = vec![false; chain.operators.len()];
+        let mut in_store = vec![StoreUse::Memory; chain.operators.len()];
         if let StateStorage::RocksDb { memory_budget } = self.storage {
             let work = self
                 .work
@@ -820,7 +822,7 @@ impl TaskCheckpointing {
 
     /// Hands each operator the state of the key groups this subtask owns (copied into the
     /// store for operators `in_store` marks), and the watermark they had reached.
-    fn restore(&self, chain: &mut Chain, in_store: &[bool]) -> Result<()> {
+    fn restore(&self, chain: &mut Chain, in_store: &[StoreUse]) -> Result<()> {
         let Some(r) = &self.restore else {
             return Ok(());
         };

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::message::EventTime;
 use crate::metrics::Counter;
-use crate::state::{RestoredState, StateSnapshot, StateStore};
+use crate::state::{RestoredState, StateSnapshot, StateStore, StoreUse};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,12 +151,12 @@ pub trait Operator: Send {
 
     /// The job keeps state in RocksDB ([`crate::state::StateStorage::RocksDb`]): an operator
     /// that can keep its state in `store`, with at most `store.memory_budget()` bytes in
-    /// memory, takes it and returns true; it is then restored through the store too
-    /// ([`RestoredState::stored`]). Called before [`Operator::restore_state`] and any input.
-    /// The default keeps state in memory.
-    fn use_state_store(&mut self, store: StateStore) -> bool {
+    /// memory, takes it and says how it uses it; it is then restored through the store too
+    /// (its entries are copied there). Called before [`Operator::restore_state`] and any
+    /// input. The default keeps state in memory.
+    fn use_state_store(&mut self, store: StateStore) -> StoreUse {
         let _ = store;
-        false
+        StoreUse::Memory
     }
 
     /// Before any input: take back the state of the key groups this subtask now owns, as

@@ -52,6 +52,26 @@ pub enum StateStorage {
     },
 }
 
+/// How an operator keeps its state when the job keeps state in RocksDB (its answer to
+/// [`crate::Operator::use_state_store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreUse {
+    /// In memory, as with [`StateStorage::Memory`]: the operator does not take the store.
+    #[default]
+    Memory,
+    /// In the store, with an index of its entries in memory: on restore the operator is
+    /// told the key of every entry copied into the store ([`RestoredState::stored`]).
+    Indexed,
+    /// Per-key entries (those whose key starts with `prefix`) in the store, found by key
+    /// when needed, as Flink's RocksDB backend keeps keyed state: on restore they are copied
+    /// into the store and not listed, so restoring costs no memory per key. Every other
+    /// entry is handed over in [`RestoredState::keyed`], as with state in memory.
+    ByKey {
+        /// The first byte of the operator's per-key entry keys.
+        prefix: u8,
+    },
+}
+
 /// The key group of entries that belong to an operator instance, not to a key.
 pub const OPERATOR_STATE: u16 = u16::MAX;
 
@@ -102,8 +122,9 @@ impl StateSnapshot {
 pub struct RestoredState {
     /// `(key group, key, value)` of the key groups this subtask owns now, in key order.
     pub keyed: Vec<(usize, Vec<u8>, Vec<u8>)>,
-    /// For an operator that took a [`StateStore`]: `(key group, key)` of the entries copied
-    /// into that store instead of being handed over in `keyed` (state may not fit in memory).
+    /// For an operator that took a [`StateStore`] as [`StoreUse::Indexed`]: `(key group,
+    /// key)` of the entries copied into that store instead of being handed over in `keyed`
+    /// (state may not fit in memory). Empty for [`StoreUse::ByKey`].
     pub stored: Vec<(usize, Vec<u8>)>,
     /// The non-keyed state of every subtask of the checkpointed job, in subtask order.
     pub operator: Vec<Vec<u8>>,
@@ -486,7 +507,7 @@ pub fn read_state(
     dirs: &[PathBuf],
     operators: usize,
     key_groups: Range<usize>,
-    into: Option<(&StateBackend, &[bool])>,
+    into: Option<(&StateBackend, &[StoreUse])>,
 ) -> Result<Vec<RestoredState>> {
     let mut restored: Vec<RestoredState> =
         (0..operators).map(|_| RestoredState::default()).collect();
@@ -500,12 +521,12 @@ pub fn read_state(
             let op = op as u16;
             let from = entry_key(op, key_groups.start as u16, &[]);
             let to = entry_key(op, key_groups.end as u16, &[]);
-            let copy_to = into.and_then(|(backend, ops)| {
-                ops.get(op as usize)
-                    .copied()
-                    .unwrap_or(false)
-                    .then_some(backend)
+            let use_ = into.map_or(StoreUse::Memory, |(_, ops)| {
+                ops.get(op as usize).copied().unwrap_or_default()
             });
+            let copy_to = into
+                .filter(|_| use_ != StoreUse::Memory)
+                .map(|(backend, _)| backend);
             // Copied entries go into an SST file the store then takes in whole: one
             // sequential write, no memtable (the old store's keys come in order).
             let options = sst_options();
@@ -526,12 +547,21 @@ pub fn read_state(
                     )));
                 };
                 let kg = u16::from_be_bytes([kg0, kg1]) as usize;
-                match &mut copy {
+                let copied = match use_ {
+                    StoreUse::Memory => None,
+                    StoreUse::Indexed => copy.as_mut(),
+                    StoreUse::ByKey { prefix } => {
+                        copy.as_mut().filter(|_| k.get(4) == Some(&prefix))
+                    }
+                };
+                match copied {
                     None => state.keyed.push((kg, k[4..].to_vec(), v.to_vec())),
                     Some(copy) => {
                         // Same operator, same key group: the entry key is the same.
                         copy.put(&k, &v)?;
-                        state.stored.push((kg, k[4..].to_vec()));
+                        if use_ == StoreUse::Indexed {
+                            state.stored.push((kg, k[4..].to_vec()));
+                        }
                     }
                 }
             }
@@ -726,7 +756,13 @@ mod tests {
 
         // Copied into a store instead: only keys come back, values are in the store.
         let backend = StateBackend::open(&tmp.path().join("new")).unwrap();
-        let mut restored = read_state(&dirs, 2, 10..20, Some((&backend, &[true, false]))).unwrap();
+        let mut restored = read_state(
+            &dirs,
+            2,
+            10..20,
+            Some((&backend, &[StoreUse::Indexed, StoreUse::Memory])),
+        )
+        .unwrap();
         let other = restored.pop().unwrap();
         let copied = restored.pop().unwrap();
         assert!(copied.keyed.is_empty());
@@ -740,6 +776,23 @@ mod tests {
         assert_eq!(backend.store(1, 0, 0).get(10, b"x").unwrap(), None);
         let other = read_state(&dirs, 2, 0..128, None).unwrap().pop().unwrap();
         assert_eq!(other.keyed.len(), 2);
+
+        // By key: entries with the prefix are copied and not listed, the others handed over.
+        let backend = StateBackend::open(&tmp.path().join("by-key")).unwrap();
+        let uses = [
+            StoreUse::ByKey { prefix: b'k' },
+            StoreUse::ByKey { prefix: b'k' },
+        ];
+        let mut restored = read_state(&dirs, 2, 10..20, Some((&backend, &uses))).unwrap();
+        let other = restored.pop().unwrap();
+        let copied = restored.pop().unwrap();
+        assert!(copied.keyed.is_empty() && copied.stored.is_empty());
+        assert_eq!(
+            backend.store(0, 0, 0).get(11, b"k").unwrap(),
+            Some(vec![11])
+        );
+        assert_eq!(other.keyed.len(), 2, "operator 1's b\"x\" has no prefix");
+        assert!(other.stored.is_empty());
     }
 
     #[test]
