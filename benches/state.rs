@@ -3,7 +3,9 @@
 //!
 //! - `window` (the default): one long tumbling window, count, sum, min, max, avg per key;
 //! - `running`: the same aggregates per key without a window (a streaming `GROUP BY`, one
-//!   output row per input row).
+//!   output row per input row);
+//! - `session`: the same aggregates per key in session windows with a one-hour gap (every
+//!   key's session stays open, and a session keeps its rows until it closes).
 //!
 //! Prints, per checkpoint, its duration, total state and bytes added, then the process's
 //! peak memory. With `restore`, starts from the latest checkpoint and prints how long the
@@ -62,7 +64,10 @@ fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize, kind: &st
             .window(WindowSpec::tumbling(Duration::from_secs(3600)))
             .aggregate(aggregates),
         "running" => keyed.aggregate(aggregates),
-        other => panic!("JOB is window or running, not {other}"),
+        "session" => keyed
+            .window(WindowSpec::session(Duration::from_secs(3600)))
+            .aggregate(aggregates),
+        other => panic!("JOB is window, running or session, not {other}"),
     };
     stream
         .unwrap()

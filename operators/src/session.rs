@@ -7,16 +7,21 @@
 
 use crate::aggregate::{AggregateInputs, Aggregates, Groups};
 use crate::error::{OperatorError, Result};
-use crate::state::{decode_entry, encode_by_key_group, state_batch, StoredEntries};
+use crate::keyed::{KeyedCodec, KeyedState};
+use crate::state::{
+    decode_entry, encode_by_key_group, encode_i64, max_i64, state_batch, StoredEntries,
+};
 use crate::window::LateSide;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{interleave, take};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::HashMap;
-use oxflow_runtime::state::{RestoredState, StateSnapshot};
+use oxflow_runtime::exchange::{hash_keys, key_group};
+use oxflow_runtime::metrics::Counter;
+use oxflow_runtime::state::{encode_batch, RestoredState, StateSnapshot, StateStore, StoreUse};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::{EventTime, Operator, Output};
 use std::cmp::Reverse;
@@ -32,12 +37,90 @@ pub(crate) struct SessionConfig {
     pub aggregates: Aggregates,
     pub output: SchemaRef,
     pub max_parallelism: usize,
+    /// The operator's input (the types of the rows it keeps).
+    pub input: SchemaRef,
+    /// Counts the bytes written to the store early, with state in RocksDB.
+    pub spilled_bytes: Counter,
 }
 
-struct Session {
+/// One open session of a key: its bounds and rows, which are (batch, row) references with
+/// state in memory and the rows themselves, in Arrow's row format, with state in RocksDB.
+struct Session<R = (u32, u32)> {
     start: EventTime,
     last: EventTime,
-    rows: Vec<(u32, u32)>,
+    rows: Vec<R>,
+}
+
+/// Where a record went among its key's sessions.
+enum Placed {
+    /// Into no session: it is late.
+    Late,
+    /// Into a new session, closing at the given time at the earliest.
+    Opened(EventTime),
+    /// Into an open session (merging those it bridges).
+    Joined,
+}
+
+/// Puts the record at `t` (as `row`) into `sessions`, which are disjoint and sorted.
+fn place<R>(
+    sessions: &mut Vec<Session<R>>,
+    t: EventTime,
+    row: R,
+    (gap, lateness, watermark): (i64, i64, EventTime),
+) -> Placed {
+    // The sessions the record's [t, t + gap) overlaps are contiguous; it may bridge several.
+    let first = sessions.partition_point(|s| s.last + gap <= t);
+    let overlapping = sessions[first..]
+        .iter()
+        .take_while(|s| s.start < t + gap)
+        .count();
+    if overlapping == 0 {
+        if watermark != EventTime::MIN && t + gap - 1 + lateness <= watermark {
+            return Placed::Late;
+        }
+        sessions.insert(
+            first,
+            Session {
+                start: t,
+                last: t,
+                rows: vec![row],
+            },
+        );
+        return Placed::Opened(t + gap - 1 + lateness);
+    }
+    for merged in sessions
+        .drain(first + 1..first + overlapping)
+        .collect::<Vec<_>>()
+    {
+        let s = &mut sessions[first];
+        s.start = s.start.min(merged.start);
+        s.last = s.last.max(merged.last);
+        s.rows.extend(merged.rows);
+    }
+    let s = &mut sessions[first];
+    s.start = s.start.min(t);
+    s.last = s.last.max(t);
+    s.rows.push(row);
+    Placed::Joined
+}
+
+/// Moves the sessions of `sessions` that close at or before `up_to` into `closed`, and
+/// returns when the next of the others closes.
+fn take_closed<R>(
+    sessions: &mut Vec<Session<R>>,
+    up_to: EventTime,
+    gap_and_lateness: i64,
+    closed: &mut Vec<Session<R>>,
+) -> Option<EventTime> {
+    let mut i = 0;
+    while i < sessions.len() {
+        if sessions[i].last + gap_and_lateness <= up_to {
+            closed.push(sessions.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    sessions.iter().map(|s| s.last + gap_and_lateness).min()
 }
 
 /// Columns of a batch kept while open sessions refer to its rows.
@@ -59,6 +142,12 @@ pub(crate) struct SessionWindows {
     /// Per aggregate: number of arguments and whether it has a filter.
     layout: Vec<(usize, bool)>,
     stored: StoredEntries,
+    /// How rows would be kept in RocksDB (none when the row format cannot hold their types),
+    /// and the layout of the inputs they hold.
+    row_format: Option<(StoredRows, InputLayout)>,
+    /// With state in RocksDB: the sessions by key (`sessions`, `timers` and `pending` are
+    /// then unused).
+    by_key: Option<ByKey>,
 }
 
 impl SessionWindows {
@@ -70,7 +159,10 @@ impl SessionWindows {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
+        let row_format = StoredRows::plan(&cfg)?;
         Ok(SessionWindows {
+            row_format,
+            by_key: None,
             cfg,
             late,
             converter,
@@ -85,6 +177,9 @@ impl SessionWindows {
     }
 
     fn fire(&mut self, up_to: EventTime, out: &mut Output) -> Result<()> {
+        if self.by_key.is_some() {
+            return self.fire_stored(up_to, out);
+        }
         // Timers are lazy: a session that grew after its timer was set is re-armed when the
         // old timer pops, so a record never touches the heap unless it opens a session.
         let mut closed: Vec<Session> = Vec::new();
@@ -94,15 +189,7 @@ impl SessionWindows {
             let Some(sessions) = self.sessions.get_mut(&*key) else {
                 continue;
             };
-            let mut i = 0;
-            while i < sessions.len() {
-                if sessions[i].last + gap - 1 + lateness <= up_to {
-                    closed.push(sessions.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            match sessions.iter().map(|s| s.last + gap - 1 + lateness).min() {
+            match take_closed(sessions, up_to, gap - 1 + lateness, &mut closed) {
                 None => {
                     self.sessions.remove(&*key);
                 }
@@ -127,21 +214,37 @@ impl SessionWindows {
             }
         }
 
+        let bounds: Vec<(EventTime, EventTime)> =
+            closed.iter().map(|s| (s.start, s.last)).collect();
+        self.emit(&bounds, &gathered, group_indices, first_rows, out)
+    }
+
+    /// Emits the sessions of `bounds` (start, last): their rows are `gathered` (keys, then
+    /// aggregate inputs), session by session, with each row's session number and each
+    /// session's first row.
+    fn emit(
+        &self,
+        bounds: &[(EventTime, EventTime)],
+        gathered: &[ArrayRef],
+        group_indices: Vec<usize>,
+        first_rows: Vec<u32>,
+        out: &mut Output,
+    ) -> Result<()> {
         let n_keys = self.cfg.key_indices.len();
         let inputs = self.rebuild_inputs(&gathered[n_keys..]);
         let mut groups = Groups::try_new(
             &Arc::new(datafusion::arrow::datatypes::Schema::empty()),
             &self.cfg.aggregates,
         )?;
-        groups.update_with_indices(group_indices, closed.len(), &inputs)?;
+        groups.update_with_indices(group_indices, bounds.len(), &inputs)?;
         let (_, aggregates) = groups.finish()?;
         let first = UInt32Array::from(first_rows);
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampMillisecondArray::from_iter_values(
-                closed.iter().map(|s| s.start),
+                bounds.iter().map(|s| s.0),
             )),
             Arc::new(TimestampMillisecondArray::from_iter_values(
-                closed.iter().map(|s| s.last + self.cfg.gap),
+                bounds.iter().map(|s| s.1 + self.cfg.gap),
             )),
         ];
         for key in &gathered[..n_keys] {
@@ -211,6 +314,9 @@ impl SessionWindows {
 
 impl Operator for SessionWindows {
     fn on_batch(&mut self, batch: RecordBatch, _: &mut Output) -> oxflow_runtime::Result<()> {
+        if self.by_key.is_some() {
+            return Ok(self.on_batch_stored(batch)?);
+        }
         let n = batch.num_rows();
         let times = event_times(&batch, &self.cfg.time_column)?.to_vec();
         let keys: Vec<ArrayRef> = self
@@ -238,43 +344,16 @@ impl Operator for SessionWindows {
                 rows.row(i).data()
             };
             let sessions = self.sessions.entry_ref(key).or_default();
-            // Sessions are disjoint and sorted, so the ones the record's [t, t + gap)
-            // overlaps are contiguous; it may bridge several.
-            let first = sessions.partition_point(|s| s.last + gap <= t);
-            let overlapping = sessions[first..]
-                .iter()
-                .take_while(|s| s.start < t + gap)
-                .count();
-            if overlapping == 0 {
-                if watermark != EventTime::MIN && t + gap - 1 + lateness <= watermark {
+            match place(sessions, t, (id, i as u32), (gap, lateness, watermark)) {
+                Placed::Late => {
                     late[i] = true;
                     if sessions.is_empty() {
                         self.sessions.remove(key);
                     }
                     continue;
                 }
-                let session = Session {
-                    start: t,
-                    last: t,
-                    rows: vec![(id, i as u32)],
-                };
-                sessions.insert(first, session);
-                self.timers
-                    .push(Reverse((t + gap - 1 + lateness, key.into())));
-            } else {
-                for merged in sessions
-                    .drain(first + 1..first + overlapping)
-                    .collect::<Vec<_>>()
-                {
-                    let s = &mut sessions[first];
-                    s.start = s.start.min(merged.start);
-                    s.last = s.last.max(merged.last);
-                    s.rows.extend(merged.rows);
-                }
-                let s = &mut sessions[first];
-                s.start = s.start.min(t);
-                s.last = s.last.max(t);
-                s.rows.push((id, i as u32));
+                Placed::Opened(closes) => self.timers.push(Reverse((closes, key.into()))),
+                Placed::Joined => {}
             }
             live += 1;
         }
@@ -311,32 +390,42 @@ impl Operator for SessionWindows {
     /// Open sessions are written whole at every checkpoint, one entry per key group: their
     /// rows with each row's session bounds and number.
     fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        let layout = serde_json::to_vec(&self.layout).expect("layouts serialize");
+        state.set_operator_state(layout);
+        if let Some(by_key) = &mut self.by_key {
+            return Ok(by_key.snapshot(state)?);
+        }
         let open: Vec<&Session> = self.sessions.values().flatten().collect();
         let (gathered, numbers, _) = self.gather(open.iter().copied())?;
         let parts = if gathered.is_empty() {
             Vec::new()
         } else {
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(Int64Array::from_iter_values(
-                    numbers.iter().map(|&g| open[g].start),
-                )),
-                Arc::new(Int64Array::from_iter_values(
-                    numbers.iter().map(|&g| open[g].last),
-                )),
-                Arc::new(UInt32Array::from_iter_values(
-                    numbers.iter().map(|&g| g as u32),
-                )),
-            ];
-            columns.extend(gathered);
-            let batch = state_batch(columns)?;
+            let bounds: Vec<(EventTime, EventTime)> =
+                open.iter().map(|s| (s.start, s.last)).collect();
+            let batch = entry_batch(&bounds, &numbers, gathered)?;
             // Session keys are exactly the key_by columns, in order.
             let keys = &batch.columns()[3..3 + self.cfg.key_indices.len()];
             encode_by_key_group(&batch, keys, self.cfg.max_parallelism)?
         };
         self.stored.replace(state, SESSIONS.to_vec(), parts);
-        let layout = serde_json::to_vec(&self.layout).expect("layouts serialize");
-        state.set_operator_state(layout);
         Ok(())
+    }
+
+    fn use_state_store(&mut self, store: StateStore) -> StoreUse {
+        let Some((codec, layout)) = self.row_format.take() else {
+            // Rows of types Arrow's row format cannot hold stay in memory.
+            return StoreUse::Memory;
+        };
+        self.layout = layout;
+        let mut state = KeyedState::default();
+        let used = state.use_store(store, KEY, self.cfg.spilled_bytes.clone());
+        self.by_key = Some(ByKey {
+            state,
+            codec,
+            timers: BinaryHeap::new(),
+            timers_changed: HashMap::default(),
+        });
+        used
     }
 
     fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
@@ -345,36 +434,29 @@ impl Operator for SessionWindows {
                 OperatorError::State(format!("session aggregate layout is unreadable: {e}"))
             })?;
         }
+        if self.by_key.is_some() {
+            return Ok(self.restore_stored(state.keyed)?);
+        }
         let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
         let n_keys = self.cfg.key_indices.len();
-        for (kg, _, value) in state.keyed {
-            let batch = decode_entry(kg, &value)?;
-            let bad =
-                |what: &str| OperatorError::State(format!("sessions of key group {kg}: {what}"));
-            if batch.num_columns() < 3 + n_keys {
-                return Err(bad("too few columns").into());
+        for (kg, item, value) in state.keyed {
+            if item.first() == Some(&TIMER) {
+                // A timer of state kept in RocksDB: here timers come from the sessions.
+                continue;
             }
-            let int64 = |i: usize| {
-                batch
-                    .column(i)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| bad("session bounds are not Int64"))
-            };
-            let (starts, lasts) = (int64(0)?, int64(1)?);
-            let numbers = batch
-                .column(2)
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .ok_or_else(|| bad("session numbers are not UInt32"))?;
-            let columns = batch.columns()[3..].to_vec();
+            let EntryRows {
+                starts,
+                lasts,
+                numbers,
+                columns,
+            } = EntryRows::parse(kg, &value, n_keys)?;
             let keys = self
                 .converter
                 .convert_columns(&columns[..n_keys])
                 .map_err(OperatorError::from)?;
             let id = self.next_batch;
             self.next_batch = self.next_batch.wrapping_add(1);
-            for i in 0..batch.num_rows() {
+            for i in 0..starts.len() {
                 let key: &[u8] = if n_keys == 0 { &[] } else { keys.row(i).data() };
                 let sessions = self.sessions.entry_ref(key).or_default();
                 if i == 0 || numbers.value(i) != numbers.value(i - 1) {
@@ -390,7 +472,7 @@ impl Operator for SessionWindows {
                     .rows
                     .push((id, i as u32));
             }
-            let live = batch.num_rows();
+            let live = starts.len();
             if live > 0 {
                 self.pending.insert(id, Pending { columns, live });
             }
@@ -407,6 +489,393 @@ impl Operator for SessionWindows {
 
 /// The item key of the sessions entry of a key group.
 const SESSIONS: &[u8] = b"sessions";
+/// With state in RocksDB, the first byte of a key's sessions entry (then the key's row).
+const KEY: u8 = b'k';
+/// With state in RocksDB, the first byte of a key's timer entry (then the key's row): when
+/// its earliest session closes, at the earliest.
+const TIMER: u8 = b't';
+
+/// The batch of a sessions entry: each row's session bounds and number (an index into
+/// `bounds`), then the rows' columns (keys, then aggregate inputs).
+fn entry_batch(
+    bounds: &[(EventTime, EventTime)],
+    numbers: &[usize],
+    rows: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(
+            numbers.iter().map(|&g| bounds[g].0),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            numbers.iter().map(|&g| bounds[g].1),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            numbers.iter().map(|&g| g as u32),
+        )),
+    ];
+    columns.extend(rows);
+    state_batch(columns)
+}
+
+/// The open sessions of a state entry: a key group's (state in memory) or one key's (state
+/// in RocksDB). Both are [`entry_batch`]es, so a checkpoint restores into either storage.
+struct EntryRows {
+    starts: Int64Array,
+    lasts: Int64Array,
+    numbers: UInt32Array,
+    columns: Vec<ArrayRef>,
+}
+
+impl EntryRows {
+    fn parse(kg: usize, value: &[u8], n_keys: usize) -> Result<EntryRows> {
+        let batch = decode_entry(kg, value)?;
+        let bad = |what: &str| OperatorError::State(format!("sessions of key group {kg}: {what}"));
+        if batch.num_columns() < 3 + n_keys {
+            return Err(bad("too few columns"));
+        }
+        let int64 = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .cloned()
+                .ok_or_else(|| bad("session bounds are not Int64"))
+        };
+        let (starts, lasts) = (int64(0)?, int64(1)?);
+        let numbers = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .cloned()
+            .ok_or_else(|| bad("session numbers are not UInt32"))?;
+        Ok(EntryRows {
+            starts,
+            lasts,
+            numbers,
+            columns: batch.columns()[3..].to_vec(),
+        })
+    }
+}
+
+/// A key's open sessions with state in RocksDB: their rows in Arrow's row format (owned, so
+/// that a key is written out or dropped on its own, which rows referring to shared batches
+/// would not allow).
+type KeySessions = Vec<OwnedSession>;
+type OwnedSession = Session<Box<[u8]>>;
+/// Per aggregate: number of arguments and whether it has a filter.
+type InputLayout = Vec<(usize, bool)>;
+/// A key's timer with state in RocksDB: when, the key's row, its key group.
+type StoredTimer = Reverse<(EventTime, Box<[u8]>, u16)>;
+
+/// How a key's sessions become an entry and back: the rows' columns are the key columns,
+/// then the aggregates' inputs (arguments, then filter, per aggregate).
+struct StoredRows {
+    rows: RowConverter,
+    types: Vec<DataType>,
+    n_keys: usize,
+}
+
+impl StoredRows {
+    /// The row format of the operator's rows, with the layout of their inputs; `None` when
+    /// the row format cannot hold their types.
+    fn plan(cfg: &SessionConfig) -> Result<Option<(StoredRows, InputLayout)>> {
+        let inputs = cfg
+            .aggregates
+            .evaluate_inputs(&RecordBatch::new_empty(cfg.input.clone()))?;
+        let mut types: Vec<DataType> = cfg
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let mut layout = Vec::new();
+        for (args, filter) in &inputs {
+            layout.push((args.len(), filter.is_some()));
+            types.extend(args.iter().map(|a| a.data_type().clone()));
+            if filter.is_some() {
+                types.push(DataType::Boolean);
+            }
+        }
+        let fields = types.iter().cloned().map(SortField::new).collect();
+        Ok(RowConverter::new(fields).ok().map(|rows| {
+            let n_keys = cfg.key_indices.len();
+            (
+                StoredRows {
+                    rows,
+                    types,
+                    n_keys,
+                },
+                layout,
+            )
+        }))
+    }
+
+    /// The rows of `sessions` as columns, session by session, with each row's session
+    /// number and each session's first row.
+    fn gather<'a>(
+        &self,
+        sessions: impl IntoIterator<Item = &'a Session<Box<[u8]>>>,
+    ) -> Result<(Vec<ArrayRef>, Vec<usize>, Vec<u32>)> {
+        let parser = self.rows.parser();
+        let mut rows = Vec::new();
+        let mut numbers = Vec::new();
+        let mut first_rows = Vec::new();
+        for (g, session) in sessions.into_iter().enumerate() {
+            first_rows.push(rows.len() as u32);
+            for row in &session.rows {
+                // Rows made by this converter, never read from outside.
+                rows.push(parser.parse(row));
+                numbers.push(g);
+            }
+        }
+        if rows.is_empty() {
+            return Ok((Vec::new(), numbers, first_rows));
+        }
+        Ok((self.rows.convert_rows(rows)?, numbers, first_rows))
+    }
+
+    /// The sessions of an entry, in its order, with the row of each one's first record.
+    fn sessions(&self, kg: usize, entry: &EntryRows) -> Result<Vec<(usize, OwnedSession)>> {
+        let types: Vec<DataType> = entry
+            .columns
+            .iter()
+            .map(|c| c.data_type().clone())
+            .collect();
+        if types != self.types {
+            return Err(OperatorError::State(format!(
+                "sessions of key group {kg}: rows of types {types:?}, this job keeps {:?}",
+                self.types
+            )));
+        }
+        let rows = self.rows.convert_columns(&entry.columns)?;
+        let mut sessions: Vec<(usize, OwnedSession)> = Vec::new();
+        for i in 0..entry.starts.len() {
+            if i == 0 || entry.numbers.value(i) != entry.numbers.value(i - 1) {
+                let session = Session {
+                    start: entry.starts.value(i),
+                    last: entry.lasts.value(i),
+                    rows: Vec::new(),
+                };
+                sessions.push((i, session));
+            }
+            let (_, session) = sessions.last_mut().expect("pushed above");
+            session.rows.push(rows.row(i).as_ref().into());
+        }
+        Ok(sessions)
+    }
+}
+
+impl KeyedCodec<KeySessions> for StoredRows {
+    fn encode(&self, _: &[u8], sessions: &mut KeySessions) -> Result<Vec<u8>> {
+        let (columns, numbers, _) = self.gather(sessions.iter())?;
+        let bounds: Vec<(EventTime, EventTime)> =
+            sessions.iter().map(|s| (s.start, s.last)).collect();
+        Ok(encode_batch(&entry_batch(&bounds, &numbers, columns)?)?)
+    }
+
+    fn decode(&self, kg: usize, _: &[u8], entry: &[u8]) -> Result<KeySessions> {
+        let entry = EntryRows::parse(kg, entry, self.n_keys)?;
+        let mut sessions: KeySessions = self
+            .sessions(kg, &entry)?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        sessions.sort_by_key(|s| s.start);
+        Ok(sessions)
+    }
+
+    fn size(&self, sessions: &KeySessions) -> usize {
+        let session = std::mem::size_of::<Session<Box<[u8]>>>();
+        // Each row is boxed: its pointer in the vector and its allocation's header.
+        let row = 2 * std::mem::size_of::<Box<[u8]>>();
+        sessions
+            .iter()
+            .map(|s| session + s.rows.iter().map(|r| r.len() + row).sum::<usize>())
+            .sum()
+    }
+}
+
+/// Sessions by key with state in RocksDB: each key's sessions in a [`KeyedState`] under the
+/// memory budget; the timers (a time and a key per key with open sessions) in memory, and
+/// in the checkpoint as one small entry per key.
+struct ByKey {
+    state: KeyedState<KeySessions>,
+    codec: StoredRows,
+    /// When each key's earliest session closes, at the earliest (a timer may be stale: see
+    /// `fire_stored`), with the key's row and key group.
+    timers: BinaryHeap<StoredTimer>,
+    /// Timer entries to write at the next snapshot, by key (`None`: delete it).
+    timers_changed: HashMap<Box<[u8]>, (u16, Option<EventTime>)>,
+}
+
+impl ByKey {
+    fn snapshot(&mut self, state: &mut StateSnapshot) -> Result<()> {
+        self.state.snapshot(state, &self.codec)?;
+        for (key, (kg, at)) in self.timers_changed.drain() {
+            let item = [&[TIMER][..], &key].concat();
+            match at {
+                Some(t) => state.put(kg as usize, &item, encode_i64(t)),
+                None => state.delete(kg as usize, &item),
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms the timer of `key` (its row) at `at`, and has the checkpoint keep it.
+    fn arm(&mut self, kg: u16, key: &[u8], at: EventTime) {
+        self.timers.push(Reverse((at, key.into(), kg)));
+        self.timers_changed.insert(key.into(), (kg, Some(at)));
+    }
+}
+
+impl SessionWindows {
+    fn on_batch_stored(&mut self, batch: RecordBatch) -> Result<()> {
+        let by_key = self.by_key.as_mut().expect("state is in the store");
+        let times = event_times(&batch, &self.cfg.time_column)?;
+        let mut columns: Vec<ArrayRef> = self
+            .cfg
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let keys = self.converter.convert_columns(&columns)?;
+        let mut hashes = Vec::new();
+        if !columns.is_empty() {
+            hash_keys(&columns, &mut hashes)?;
+        }
+        for (args, filter) in self.cfg.aggregates.evaluate_inputs(&batch)? {
+            columns.extend(args);
+            if let Some(f) = filter {
+                columns.push(Arc::new(f));
+            }
+        }
+        let rows = by_key.codec.rows.convert_columns(&columns)?;
+        let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
+        let limits = (gap, lateness, self.watermark);
+        let mut late = vec![false; batch.num_rows()];
+        let mut item = vec![KEY];
+        for (i, &t) in times.iter().enumerate() {
+            item.truncate(1);
+            // Without key columns every record has the one, empty key, in key group 0.
+            let kg = match hashes.get(i) {
+                Some(&h) => {
+                    item.extend_from_slice(keys.row(i).as_ref());
+                    key_group(h, self.cfg.max_parallelism)
+                }
+                None => 0,
+            };
+            let row: Box<[u8]> = rows.row(i).as_ref().into();
+            let (placed, earliest) = by_key.state.update(
+                kg,
+                &item,
+                &by_key.codec,
+                || Ok(Vec::new()),
+                |sessions| {
+                    let placed = place(sessions, t, row, limits);
+                    let earliest = sessions.iter().map(|s| s.last + gap - 1 + lateness).min();
+                    Ok((placed, earliest))
+                },
+            )?;
+            match (placed, earliest) {
+                (Placed::Late, None) => {
+                    late[i] = true;
+                    // The key had no session: drop the empty one made for it.
+                    by_key.state.take(kg, &item, &by_key.codec)?;
+                }
+                (Placed::Late, Some(_)) => late[i] = true,
+                (Placed::Opened(closes), earliest) => {
+                    // Timers are lazy, as with state in memory; the checkpoint keeps the
+                    // key's earliest close.
+                    by_key
+                        .timers
+                        .push(Reverse((closes, item[1..].into(), kg as u16)));
+                    let at = earliest.unwrap_or(closes);
+                    by_key
+                        .timers_changed
+                        .insert(item[1..].into(), (kg as u16, Some(at)));
+                }
+                (Placed::Joined, _) => {}
+            }
+        }
+        by_key.state.evict_if_over(&by_key.codec)?;
+        self.late.split(batch, &late)?;
+        Ok(())
+    }
+
+    fn fire_stored(&mut self, up_to: EventTime, out: &mut Output) -> Result<()> {
+        let gap_and_lateness = self.cfg.gap - 1 + self.cfg.lateness;
+        let by_key = self.by_key.as_mut().expect("state is in the store");
+        let mut closed: KeySessions = Vec::new();
+        while by_key.timers.peek().is_some_and(|t| t.0 .0 <= up_to) {
+            let Reverse((_, key, kg)) = by_key.timers.pop().expect("peeked");
+            let item = [&[KEY][..], &key].concat();
+            // A stale timer of a key whose sessions all closed: nothing is stored.
+            let Some(mut sessions) = by_key.state.take(kg as usize, &item, &by_key.codec)? else {
+                continue;
+            };
+            match take_closed(&mut sessions, up_to, gap_and_lateness, &mut closed) {
+                None => {
+                    by_key.timers_changed.insert(key, (kg, None));
+                }
+                Some(next) => {
+                    by_key.state.update(
+                        kg as usize,
+                        &item,
+                        &by_key.codec,
+                        move || Ok(sessions),
+                        |_| Ok(()),
+                    )?;
+                    by_key.arm(kg, &key, next);
+                }
+            }
+        }
+        if closed.is_empty() {
+            return Ok(());
+        }
+        let (gathered, numbers, first_rows) = by_key.codec.gather(closed.iter())?;
+        by_key.state.evict_if_over(&by_key.codec)?;
+        let bounds: Vec<(EventTime, EventTime)> =
+            closed.iter().map(|s| (s.start, s.last)).collect();
+        self.emit(&bounds, &gathered, numbers, first_rows, out)
+    }
+
+    /// Takes back restored entries with state in RocksDB: keys' timers (their sessions were
+    /// copied into the store), or the sessions of a key group written with state in memory.
+    fn restore_stored(&mut self, keyed: Vec<(usize, Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let n_keys = self.cfg.key_indices.len();
+        let gap_and_lateness = self.cfg.gap - 1 + self.cfg.lateness;
+        let by_key = self.by_key.as_mut().expect("state is in the store");
+        for (kg, item, value) in keyed {
+            if item.first() == Some(&TIMER) {
+                let at = max_i64(&[value]).map_err(|e| {
+                    OperatorError::State(format!("a session timer in key group {kg}: {e}"))
+                })?;
+                let at = at.expect("one value");
+                // Restored into a new store: written again at the next snapshot.
+                by_key.arm(kg as u16, &item[1..], at);
+                continue;
+            }
+            let entry = EntryRows::parse(kg, &value, n_keys)?;
+            let keys = self.converter.convert_columns(&entry.columns[..n_keys])?;
+            let mut by_row: HashMap<Box<[u8]>, KeySessions> = HashMap::default();
+            for (first, session) in by_key.codec.sessions(kg, &entry)? {
+                let mut key = vec![KEY];
+                if n_keys > 0 {
+                    key.extend_from_slice(keys.row(first).as_ref());
+                }
+                by_row.entry(key.into()).or_default().push(session);
+            }
+            for (item, mut sessions) in by_row {
+                sessions.sort_by_key(|s| s.start);
+                if let Some(at) = sessions.iter().map(|s| s.last + gap_and_lateness).min() {
+                    by_key.arm(kg as u16, &item[1..], at);
+                }
+                by_key.state.restore(kg, &item, sessions, &by_key.codec);
+            }
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 impl SessionWindows {
@@ -425,6 +894,121 @@ mod tests {
     use datafusion::prelude::col;
     use oxflow_runtime::{OperatorFactory, SubtaskInfo};
     use std::time::Duration;
+
+    /// Sessions of (k, t, v) rows arriving in `arrivals` order in chunks of `chunk`, the
+    /// watermark 2 behind the latest time after each chunk, restored at the chunks
+    /// `restores` names, each attempt keeping its state as `budgets` says in turn (`None`:
+    /// in memory). Returns the closed sessions (start, end, key, count, sum), sorted, and
+    /// the number of late records.
+    fn run_sessions(
+        arrivals: &[(i64, i64, i64)],
+        chunk: usize,
+        restores: &[usize],
+        budgets: &[Option<usize>],
+    ) -> (Vec<[i64; 5]>, u64) {
+        use datafusion::functions_aggregate::expr_fn::sum;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("t", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let factory = WindowAggregate::try_new(
+            WindowSettings {
+                keys: vec!["k".into()],
+                window: WindowSpec::session(Duration::from_millis(4)),
+                time_column: Some("t".into()),
+                allowed_lateness: Duration::ZERO,
+                late: LateRecords::Drop,
+            },
+            &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
+            schema.clone(),
+        )
+        .unwrap();
+        let info = SubtaskInfo {
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 8,
+        };
+        let mut restarts = crate::state::Restarts::new();
+        let mut op = restarts.create(&factory, info, budgets[0]);
+        let mut budget = budgets.iter().cycle().skip(1);
+        let (mut out, mut emitted) = (Output::default(), Vec::new());
+        let mut max_time = i64::MIN;
+        for (n, part) in arrivals.chunks(chunk).enumerate() {
+            if restores.contains(&n) {
+                let budget = *budget.next().unwrap();
+                restarts.restart_with(&mut op, &factory, info, budget);
+                // As the executor does: a restored operator hears its watermark again.
+                if max_time != i64::MIN {
+                    op.on_watermark(max_time - 2, &mut out).unwrap();
+                }
+            }
+            let column = |f: fn(&(i64, i64, i64)) -> i64| -> ArrayRef {
+                Arc::new(Int64Array::from_iter_values(part.iter().map(f)))
+            };
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![column(|r| r.0), column(|r| r.1), column(|r| r.2)],
+            )
+            .unwrap();
+            op.on_batch(batch, &mut out).unwrap();
+            max_time = part.iter().map(|r| r.1).fold(max_time, i64::max);
+            op.on_watermark(max_time - 2, &mut out).unwrap();
+            emitted.extend(out.drain());
+        }
+        op.on_end_of_input(&mut out).unwrap();
+        emitted.extend(out.drain());
+        let mut rows = Vec::new();
+        for b in &emitted {
+            let int = |i: usize| -> Vec<i64> {
+                let c = datafusion::arrow::compute::cast(b.column(i), &DataType::Int64).unwrap();
+                c.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            };
+            let columns: Vec<Vec<i64>> = (0..5).map(int).collect();
+            rows.extend((0..b.num_rows()).map(|r| std::array::from_fn(|c| columns[c][r])));
+        }
+        rows.sort();
+        let late = factory
+            .counters()
+            .into_iter()
+            .find(|(name, _)| name == "late_records")
+            .map_or(0, |(_, c)| c.get());
+        (rows, late)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Restored at random points, keeping state in memory or in RocksDB under a budget
+        /// (of one byte: every key is written out after each batch) that changes at each
+        /// restore: the same sessions close, and the same records are late, as in one run
+        /// in memory.
+        #[test]
+        fn restores_and_storages_change_no_session(
+            raw in proptest::collection::vec((0i64..6, 0i64..200, 0i64..10), 1..80),
+            chunk in 1usize..6,
+            restores in proptest::collection::vec(0usize..30, 0..3),
+            budgets in proptest::collection::vec(
+                proptest::option::of(proptest::prop_oneof![
+                    proptest::strategy::Just(1usize),
+                    proptest::strategy::Just(1 << 20)
+                ]),
+                4,
+            ),
+        ) {
+            // Out of order by up to 10 (the third number), so that some records are late.
+            let mut arrivals: Vec<(i64, (i64, i64, i64))> =
+                raw.iter().map(|&(k, t, d)| (t + d, (k, t, d))).collect();
+            arrivals.sort();
+            let arrivals: Vec<(i64, i64, i64)> = arrivals.into_iter().map(|(_, r)| r).collect();
+            let expected = run_sessions(&arrivals, chunk, &[], &[None]);
+            let got = run_sessions(&arrivals, chunk, &restores, &budgets);
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
 
     #[test]
     fn a_record_bridging_two_sessions_merges_them_and_frees_batches() {
@@ -464,6 +1048,8 @@ mod tests {
             .unwrap(),
             output: factory.output_schema(),
             max_parallelism: 128,
+            input: schema.clone(),
+            spilled_bytes: Counter::default(),
         };
         let late = LateSide::try_new(
             &LateRecords::Drop,

@@ -296,7 +296,7 @@ mod tests {
             let _ = parse_window_key(&bytes);
             let _ = parse_run_key(&bytes);
             let _ = decode_entry(3, &bytes);
-            let _ = max_i64(&[bytes.clone()]);
+            let _ = max_i64(std::slice::from_ref(&bytes));
         }
     }
     use datafusion::arrow::array::Int64Array;

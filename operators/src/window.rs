@@ -684,6 +684,8 @@ impl OperatorFactory for WindowAggregate {
                     aggregates: self.aggregates.clone(),
                     output: self.output.clone(),
                     max_parallelism: subtask.max_parallelism,
+                    input: self.input.clone(),
+                    spilled_bytes: self.spilled_bytes.clone(),
                 },
                 late,
             )?),

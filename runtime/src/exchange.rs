@@ -218,10 +218,10 @@ mod tests {
         let ints: ArrayRef = Arc::new(Int64Array::from(vec![0, 1, 42, -7, i64::MAX]));
         let strings: ArrayRef = Arc::new(StringArray::from(vec!["", "a", "auction", "ü", "x y"]));
         let mut hashes = Vec::new();
-        hash_keys(&[ints.clone()], &mut hashes).unwrap();
+        hash_keys(std::slice::from_ref(&ints), &mut hashes).unwrap();
         let groups: Vec<usize> = hashes.iter().map(|&h| key_group(h, 128)).collect();
         assert_eq!((hashes.as_slice(), groups.as_slice()), PINNED_INT64);
-        hash_keys(&[strings.clone()], &mut hashes).unwrap();
+        hash_keys(std::slice::from_ref(&strings), &mut hashes).unwrap();
         let groups: Vec<usize> = hashes.iter().map(|&h| key_group(h, 128)).collect();
         assert_eq!((hashes.as_slice(), groups.as_slice()), PINNED_UTF8);
         hash_keys(&[ints, strings], &mut hashes).unwrap();
