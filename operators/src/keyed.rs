@@ -12,9 +12,80 @@
 //! storage at any parallelism.
 
 use crate::error::Result;
+use datafusion::arrow::array::{new_null_array, ArrayRef};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{HashMap, HashSet};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::state::{StateSnapshot, StateStore, StoreUse};
+
+/// Arrow's row format for values whose every column is of a fixed-width type, so that a row
+/// of the right length always decodes, whatever its bytes: per-key entries in it are a
+/// fraction of an IPC batch's bytes and time. Entries are framed by a magic, a fingerprint of
+/// the types (so that an entry of a job with other types is refused, not misread) and the
+/// CRC-32 of the body.
+pub(crate) struct FixedRows {
+    pub(crate) converter: RowConverter,
+    /// The bytes of one row.
+    pub(crate) width: usize,
+    fingerprint: u32,
+}
+
+impl FixedRows {
+    /// The row format of `types`, if they are all fixed-width.
+    pub(crate) fn of(types: &[DataType]) -> Result<Option<FixedRows>> {
+        let fixed = types
+            .iter()
+            .all(|t| t.is_primitive() || *t == DataType::Boolean);
+        // No columns: no rows to tell apart (and a row of no bytes).
+        if !fixed || types.is_empty() {
+            return Ok(None);
+        }
+        let Ok(converter) = RowConverter::new(types.iter().cloned().map(SortField::new).collect())
+        else {
+            return Ok(None);
+        };
+        let nulls: Vec<ArrayRef> = types.iter().map(|t| new_null_array(t, 1)).collect();
+        let width = converter.convert_columns(&nulls)?.row(0).as_ref().len();
+        Ok(Some(FixedRows {
+            converter,
+            width,
+            fingerprint: crc32fast::hash(format!("{types:?}").as_bytes()),
+        }))
+    }
+
+    /// `body` framed as an entry starting with `magic`.
+    pub(crate) fn frame(&self, magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(12 + body.len());
+        entry.extend_from_slice(magic);
+        entry.extend_from_slice(&self.fingerprint.to_be_bytes());
+        entry.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
+        entry.extend_from_slice(body);
+        entry
+    }
+
+    /// The body of an entry framed with `magic`; an error says what is wrong with it.
+    pub(crate) fn unframe<'a>(
+        &self,
+        magic: &[u8; 4],
+        entry: &'a [u8],
+    ) -> std::result::Result<&'a [u8], String> {
+        let Some(rest) = entry.strip_prefix(magic) else {
+            return Err("the entry is not in the row format".into());
+        };
+        let (Some(fp), Some(crc), Some(body)) = (rest.get(..4), rest.get(4..8), rest.get(8..))
+        else {
+            return Err(format!("a row entry of {} bytes is truncated", entry.len()));
+        };
+        if fp != self.fingerprint.to_be_bytes() {
+            return Err("the entry was written by a job with other aggregates".into());
+        }
+        if crc != crc32fast::hash(body).to_be_bytes() {
+            return Err("the entry fails its checksum".into());
+        }
+        Ok(body)
+    }
+}
 
 /// How an operator turns its per-key values into entry bytes and back.
 pub(crate) trait KeyedCodec<V> {

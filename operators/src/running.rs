@@ -10,15 +10,15 @@
 
 use crate::aggregate::Aggregates;
 use crate::error::{column_index, OperatorError, Result};
-use crate::keyed::{KeyedCodec, KeyedState};
+use crate::keyed::{FixedRows, KeyedCodec, KeyedState};
 use crate::state::{decode_entry, encode_by_key_group, state_batch, StoredEntries};
 use crate::window::{key_fields, LateSide};
 use crate::LateRecords;
-use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{
     cast, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Accumulator, Expr};
@@ -149,21 +149,12 @@ struct AccumulatorCodec {
     key_columns: usize,
     /// How many state columns each aggregate keeps.
     state_columns: Vec<usize>,
-    /// The states' row format, when every state is of a fixed-width type (so that a row of
-    /// the right length always decodes, whatever its bytes), with that length and a
-    /// fingerprint of the types (so that an entry of a job with other aggregates is refused,
-    /// not misread).
-    states: Option<StateRows>,
+    /// The states' row format, when every state is of a fixed-width type.
+    states: Option<FixedRows>,
 }
 
-struct StateRows {
-    converter: RowConverter,
-    width: usize,
-    fingerprint: u32,
-}
-
-/// The first bytes of a row-format entry; then the types' fingerprint and the CRC-32 of the
-/// row (both big endian), then the row.
+/// The magic of a row-format entry (then [`FixedRows::frame`]'s fingerprint and CRC-32, then
+/// the row).
 const ROW_ENTRY: &[u8; 4] = b"OXR1";
 
 impl AccumulatorCodec {
@@ -174,21 +165,7 @@ impl AccumulatorCodec {
             .flatten()
             .map(|f| f.data_type().clone())
             .collect();
-        let fixed = types
-            .iter()
-            .all(|t| t.is_primitive() || *t == DataType::Boolean);
-        let states = match RowConverter::new(types.iter().cloned().map(SortField::new).collect()) {
-            Ok(converter) if fixed => {
-                let nulls: Vec<ArrayRef> = types.iter().map(|t| new_null_array(t, 1)).collect();
-                let width = converter.convert_columns(&nulls)?.row(0).as_ref().len();
-                Some(StateRows {
-                    converter,
-                    width,
-                    fingerprint: crc32fast::hash(format!("{types:?}").as_bytes()),
-                })
-            }
-            _ => None,
-        };
+        let states = FixedRows::of(&types)?;
         Ok(AccumulatorCodec {
             keys,
             aggregates,
@@ -222,20 +199,9 @@ impl AccumulatorCodec {
 impl KeyedCodec<Accumulators> for AccumulatorCodec {
     fn encode(&self, item: &[u8], accumulators: &mut Accumulators) -> Result<Vec<u8>> {
         let states = Self::state_arrays(accumulators)?;
-        if let Some(StateRows {
-            converter,
-            fingerprint,
-            ..
-        }) = &self.states
-        {
-            let rows = converter.convert_columns(&states)?;
-            let row = rows.row(0);
-            let mut entry = Vec::with_capacity(12 + row.as_ref().len());
-            entry.extend_from_slice(ROW_ENTRY);
-            entry.extend_from_slice(&fingerprint.to_be_bytes());
-            entry.extend_from_slice(&crc32fast::hash(row.as_ref()).to_be_bytes());
-            entry.extend_from_slice(row.as_ref());
-            return Ok(entry);
+        if let Some(rows) = &self.states {
+            let row = rows.converter.convert_columns(&states)?;
+            return Ok(rows.frame(ROW_ENTRY, row.row(0).as_ref()));
         }
         let parser = self.keys.parser();
         let mut columns = self.keys.convert_rows([parser.parse(&item[1..])])?;
@@ -253,37 +219,21 @@ impl KeyedCodec<Accumulators> for AccumulatorCodec {
                 item.len()
             )));
         }
-        if let Some(rest) = entry.strip_prefix(ROW_ENTRY) {
-            let Some(StateRows {
-                converter,
-                width,
-                fingerprint,
-            }) = &self.states
-            else {
+        if entry.starts_with(ROW_ENTRY) {
+            let Some(rows) = &self.states else {
                 return Err(bad("a row-format entry, but this job's aggregates keep states the row format cannot hold".into()));
             };
-            let (Some(fp), Some(crc), Some(row)) = (rest.get(..4), rest.get(4..8), rest.get(8..))
-            else {
+            let row = rows.unframe(ROW_ENTRY, entry).map_err(bad)?;
+            if row.len() != rows.width {
                 return Err(bad(format!(
-                    "a row entry of {} bytes is truncated",
-                    entry.len()
-                )));
-            };
-            if fp != fingerprint.to_be_bytes() {
-                return Err(bad(
-                    "the entry was written by a job with other aggregates".into()
-                ));
-            }
-            if crc != crc32fast::hash(row).to_be_bytes() {
-                return Err(bad("the entry fails its checksum".into()));
-            }
-            if row.len() != *width {
-                return Err(bad(format!(
-                    "a row of {} bytes, this job's states take {width}",
-                    row.len()
+                    "a row of {} bytes, this job's states take {}",
+                    row.len(),
+                    rows.width
                 )));
             }
-            let states = converter.convert_rows([converter.parser().parse(row)])?;
+            let states = rows
+                .converter
+                .convert_rows([rows.converter.parser().parse(row)])?;
             return self.merged(&states);
         }
         let batch = decode_entry(kg, entry)?;
@@ -532,6 +482,7 @@ impl Operator for RunningOperator {
 mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::DataType;
     use datafusion::functions_aggregate::expr_fn::{count, sum};
     use datafusion::prelude::col;
     use proptest::prelude::*;
@@ -660,13 +611,11 @@ mod tests {
             let keys = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
             let codec = AccumulatorCodec::try_new(keys, factory.aggregates.clone(), 1).unwrap();
             let rows = codec.states.as_ref().expect("count and sum states are fixed-width");
-            let mut entry = bytes.clone();
-            if framed {
-                entry = ROW_ENTRY.to_vec();
-                entry.extend_from_slice(&rows.fingerprint.to_be_bytes());
-                entry.extend_from_slice(&crc32fast::hash(&bytes).to_be_bytes());
-                entry.extend_from_slice(&bytes);
-            }
+            let entry = if framed {
+                rows.frame(ROW_ENTRY, &bytes)
+            } else {
+                bytes.clone()
+            };
             let _ = codec.decode(0, b"k\x01", &entry);
             let _ = codec.decode(0, &bytes, &entry);
         }
