@@ -788,10 +788,18 @@ impl KeyedCodec<KeySessions> for StoredRows {
     fn size(&self, sessions: &KeySessions) -> usize {
         let session = std::mem::size_of::<Session<Box<[u8]>>>();
         // Each row is boxed: its pointer in the vector and its allocation's header.
-        let row = 2 * std::mem::size_of::<Box<[u8]>>();
+        let boxed = 2 * std::mem::size_of::<Box<[u8]>>();
+        // Called after every update: with rows of one width, without visiting each row (a
+        // hot key's session may hold many).
         sessions
             .iter()
-            .map(|s| session + s.rows.iter().map(|r| r.len() + row).sum::<usize>())
+            .map(|s| {
+                session
+                    + match &self.fixed {
+                        Some(fixed) => s.rows.len() * (fixed.width + boxed),
+                        None => s.rows.iter().map(|r| r.len() + boxed).sum(),
+                    }
+            })
             .sum()
     }
 }
