@@ -45,10 +45,79 @@ pub(crate) struct SessionConfig {
 
 /// One open session of a key: its bounds and rows, which are (batch, row) references with
 /// state in memory and the rows themselves, in Arrow's row format, with state in RocksDB.
-struct Session<R = (u32, u32)> {
+struct Session<S = Vec<(u32, u32)>> {
     start: EventTime,
     last: EventTime,
-    rows: Vec<R>,
+    rows: S,
+}
+
+/// The rows of one session.
+trait RowSet {
+    type Row<'a>;
+    fn one(row: Self::Row<'_>) -> Self;
+    fn push(&mut self, row: Self::Row<'_>);
+    /// Takes in the rows of a session merged into this one.
+    fn append(&mut self, other: Self);
+}
+
+impl RowSet for Vec<(u32, u32)> {
+    type Row<'a> = (u32, u32);
+    fn one(row: (u32, u32)) -> Self {
+        vec![row]
+    }
+    fn push(&mut self, row: (u32, u32)) {
+        Vec::push(self, row)
+    }
+    fn append(&mut self, mut other: Self) {
+        Vec::append(self, &mut other)
+    }
+}
+
+/// Rows in Arrow's row format, one after the other in one buffer (a heap allocation per
+/// session, not per row).
+#[derive(Default)]
+struct FlatRows {
+    bytes: Vec<u8>,
+    /// Where each row ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl FlatRows {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let row = &self.bytes[start..end];
+            start = end;
+            row
+        })
+    }
+
+    /// What the rows hold on the heap.
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
+}
+
+impl RowSet for FlatRows {
+    type Row<'a> = &'a [u8];
+    fn one(row: &[u8]) -> Self {
+        let mut rows = FlatRows::default();
+        rows.push(row);
+        rows
+    }
+    fn push(&mut self, row: &[u8]) {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+    }
+    fn append(&mut self, other: Self) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|end| end + base));
+    }
 }
 
 /// Where a record went among its key's sessions.
@@ -62,10 +131,10 @@ enum Placed {
 }
 
 /// Puts the record at `t` (as `row`) into `sessions`, which are disjoint and sorted.
-fn place<R>(
-    sessions: &mut Vec<Session<R>>,
+fn place<S: RowSet>(
+    sessions: &mut Vec<Session<S>>,
     t: EventTime,
-    row: R,
+    row: S::Row<'_>,
     (gap, lateness, watermark): (i64, i64, EventTime),
 ) -> Placed {
     // The sessions the record's [t, t + gap) overlaps are contiguous; it may bridge several.
@@ -83,7 +152,7 @@ fn place<R>(
             Session {
                 start: t,
                 last: t,
-                rows: vec![row],
+                rows: S::one(row),
             },
         );
         return Placed::Opened(t + gap - 1 + lateness);
@@ -95,7 +164,7 @@ fn place<R>(
         let s = &mut sessions[first];
         s.start = s.start.min(merged.start);
         s.last = s.last.max(merged.last);
-        s.rows.extend(merged.rows);
+        s.rows.append(merged.rows);
     }
     let s = &mut sessions[first];
     s.start = s.start.min(t);
@@ -565,7 +634,7 @@ impl EntryRows {
 /// that a key is written out or dropped on its own, which rows referring to shared batches
 /// would not allow).
 type KeySessions = Vec<OwnedSession>;
-type OwnedSession = Session<Box<[u8]>>;
+type OwnedSession = Session<FlatRows>;
 /// Per aggregate: number of arguments and whether it has a filter.
 type InputLayout = Vec<(usize, bool)>;
 /// A key's timer with state in RocksDB: when, the key's row, its key group.
@@ -630,7 +699,7 @@ impl StoredRows {
     /// number and each session's first row.
     fn gather<'a>(
         &self,
-        sessions: impl IntoIterator<Item = &'a Session<Box<[u8]>>>,
+        sessions: impl IntoIterator<Item = &'a OwnedSession>,
     ) -> Result<(Vec<ArrayRef>, Vec<usize>, Vec<u32>)> {
         let parser = self.rows.parser();
         let mut rows = Vec::new();
@@ -638,7 +707,7 @@ impl StoredRows {
         let mut first_rows = Vec::new();
         for (g, session) in sessions.into_iter().enumerate() {
             first_rows.push(rows.len() as u32);
-            for row in &session.rows {
+            for row in session.rows.iter() {
                 // Rows made by this converter, never read from outside.
                 rows.push(parser.parse(row));
                 numbers.push(g);
@@ -693,8 +762,15 @@ impl StoredRows {
                     rows.len()
                 )));
             }
-            let rows = rows.by_ref().take(count as usize).map(Box::from).collect();
-            sessions.push(Session { start, last, rows });
+            let mut flat = FlatRows::default();
+            for row in rows.by_ref().take(count as usize) {
+                flat.push(row);
+            }
+            sessions.push(Session {
+                start,
+                last,
+                rows: flat,
+            });
         }
         if rows.len() > 0 {
             return Err(bad(format!("{} rows belong to no session", rows.len())));
@@ -738,12 +814,12 @@ impl StoredRows {
                 let session = Session {
                     start: entry.starts.value(i),
                     last: entry.lasts.value(i),
-                    rows: Vec::new(),
+                    rows: FlatRows::default(),
                 };
                 sessions.push((i, session));
             }
             let (_, session) = sessions.last_mut().expect("pushed above");
-            session.rows.push(rows.row(i).as_ref().into());
+            session.rows.push(rows.row(i).as_ref());
         }
         Ok(sessions)
     }
@@ -760,8 +836,9 @@ impl KeyedCodec<KeySessions> for StoredRows {
                 body.extend_from_slice(&s.last.to_be_bytes());
                 body.extend_from_slice(&(s.rows.len() as u32).to_be_bytes());
             }
-            for row in sessions.iter().flat_map(|s| &s.rows) {
-                body.extend_from_slice(row);
+            for s in sessions.iter() {
+                // Fixed-width rows, one after the other: the buffer as it is.
+                body.extend_from_slice(&s.rows.bytes);
             }
             return Ok(fixed.frame(SESSION_ENTRY, &body));
         }
@@ -786,21 +863,8 @@ impl KeyedCodec<KeySessions> for StoredRows {
     }
 
     fn size(&self, sessions: &KeySessions) -> usize {
-        let session = std::mem::size_of::<Session<Box<[u8]>>>();
-        // Each row is boxed: its pointer in the vector and its allocation's header.
-        let boxed = 2 * std::mem::size_of::<Box<[u8]>>();
-        // Called after every update: with rows of one width, without visiting each row (a
-        // hot key's session may hold many).
-        sessions
-            .iter()
-            .map(|s| {
-                session
-                    + match &self.fixed {
-                        Some(fixed) => s.rows.len() * (fixed.width + boxed),
-                        None => s.rows.iter().map(|r| r.len() + boxed).sum(),
-                    }
-            })
-            .sum()
+        let session = std::mem::size_of::<OwnedSession>();
+        sessions.iter().map(|s| session + s.rows.heap_bytes()).sum()
     }
 }
 
@@ -873,14 +937,14 @@ impl SessionWindows {
                 }
                 None => 0,
             };
-            let row: Box<[u8]> = rows.row(i).as_ref().into();
+            let row = rows.row(i);
             let (placed, earliest) = by_key.state.update(
                 kg,
                 &item,
                 &by_key.codec,
                 || Ok(Vec::new()),
                 |sessions| {
-                    let placed = place(sessions, t, row, limits);
+                    let placed = place(sessions, t, row.as_ref(), limits);
                     let earliest = sessions.iter().map(|s| s.last + gap - 1 + lateness).min();
                     Ok((placed, earliest))
                 },
@@ -1162,17 +1226,18 @@ mod tests {
             .map(|c| Arc::new(Int64Array::from(vec![c, c + 10, c + 20])) as ArrayRef)
             .collect();
         let rows = codec.rows.convert_columns(&columns).unwrap();
-        let row = |i: usize| Box::from(rows.row(i).as_ref());
+        let mut first = FlatRows::one(rows.row(0).as_ref());
+        first.push(rows.row(1).as_ref());
         let mut sessions: KeySessions = vec![
             Session {
                 start: 1,
                 last: 3,
-                rows: vec![row(0), row(1)],
+                rows: first,
             },
             Session {
                 start: 9,
                 last: 9,
-                rows: vec![row(2)],
+                rows: FlatRows::one(rows.row(2).as_ref()),
             },
         ];
         let entry = codec.encode(b"k", &mut sessions).unwrap();
@@ -1183,7 +1248,7 @@ mod tests {
             .map(|s| (s.start, s.last, s.rows.len()))
             .collect();
         assert_eq!(bounds, vec![(1, 3, 2), (9, 9, 1)]);
-        assert_eq!(back[0].rows[1], sessions[0].rows[1]);
+        assert_eq!(back[0].rows.iter().nth(1), sessions[0].rows.iter().nth(1));
         // The same sessions as columns, for a restore with state in memory.
         let columns = codec.entry_rows(0, &entry).unwrap();
         assert_eq!(columns.numbers.values(), &[0, 0, 1]);
