@@ -50,7 +50,8 @@ pub struct JobSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateSpec {
-    /// MiB of state each window operator subtask keeps in memory before writing to RocksDB.
+    /// MiB of state each window, session or running aggregate subtask keeps in memory before
+    /// writing to RocksDB.
     pub memory_budget_mb: u64,
 }
 

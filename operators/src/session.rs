@@ -1077,6 +1077,15 @@ mod tests {
     use oxflow_runtime::{OperatorFactory, SubtaskInfo};
     use std::time::Duration;
 
+    /// Rows of a key, a time and a value, all Int64.
+    fn ktv_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("t", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]))
+    }
+
     /// Sessions of (k, t, v) rows arriving in `arrivals` order in chunks of `chunk`, the
     /// watermark 2 behind the latest time after each chunk, restored at the chunks
     /// `restores` names, each attempt keeping its state as `budgets` says in turn (`None`:
@@ -1089,11 +1098,7 @@ mod tests {
         budgets: &[Option<usize>],
     ) -> (Vec<[i64; 5]>, u64) {
         use datafusion::functions_aggregate::expr_fn::sum;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("t", DataType::Int64, false),
-            Field::new("v", DataType::Int64, false),
-        ]));
+        let schema = ktv_schema();
         let factory = WindowAggregate::try_new(
             WindowSettings {
                 keys: vec!["k".into()],
@@ -1195,11 +1200,7 @@ mod tests {
     /// The row format of (k, t, v) rows whose session windows count and sum v.
     fn stored_rows() -> StoredRows {
         use datafusion::functions_aggregate::expr_fn::sum;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("t", DataType::Int64, false),
-            Field::new("v", DataType::Int64, false),
-        ]));
+        let schema = ktv_schema();
         let cfg = SessionConfig {
             gap: 4,
             lateness: 0,

@@ -44,8 +44,7 @@ pub enum StateStorage {
     Memory,
     /// In RocksDB, with at most `memory_budget` bytes buffered in memory per stateful
     /// operator and subtask: state may be larger than memory. Operators that cannot spill
-    /// (joins, sessions, top-N, running aggregates) keep their state in memory as with
-    /// `Memory`.
+    /// (joins, top-N) keep their state in memory as with `Memory`.
     RocksDb {
         /// Bytes of state an operator subtask keeps in memory before writing it to RocksDB.
         memory_budget: usize,
