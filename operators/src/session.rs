@@ -15,7 +15,7 @@ use crate::window::LateSide;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
-use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::compute::{concat, interleave, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::HashMap;
@@ -243,6 +243,48 @@ impl SessionWindows {
             layout: Vec::new(),
             stored: StoredEntries::default(),
         })
+    }
+
+    /// Takes back restored open sessions as a batch of their own. A row starts a session
+    /// where its session number or its key differs from the previous row's.
+    fn restore_rows(&mut self, entry: EntryRows) -> Result<()> {
+        let EntryRows {
+            starts,
+            lasts,
+            numbers,
+            columns,
+        } = entry;
+        let n_keys = self.cfg.key_indices.len();
+        let keys = self.converter.convert_columns(&columns[..n_keys])?;
+        let key = |i: usize| -> &[u8] {
+            if n_keys == 0 {
+                &[]
+            } else {
+                keys.row(i).data()
+            }
+        };
+        let id = self.next_batch;
+        self.next_batch = self.next_batch.wrapping_add(1);
+        for i in 0..starts.len() {
+            let sessions = self.sessions.entry_ref(key(i)).or_default();
+            if i == 0 || numbers.value(i) != numbers.value(i - 1) || key(i) != key(i - 1) {
+                sessions.push(Session {
+                    start: starts.value(i),
+                    last: lasts.value(i),
+                    rows: Vec::new(),
+                });
+            }
+            sessions
+                .last_mut()
+                .expect("pushed above")
+                .rows
+                .push((id, i as u32));
+        }
+        let live = starts.len();
+        if live > 0 {
+            self.pending.insert(id, Pending { columns, live });
+        }
+        Ok(())
     }
 
     fn fire(&mut self, up_to: EventTime, out: &mut Output) -> Result<()> {
@@ -508,47 +550,30 @@ impl Operator for SessionWindows {
         }
         let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
         let n_keys = self.cfg.key_indices.len();
+        // Keys' entries of state kept in RocksDB, gathered into one batch per key group
+        // (a batch per key would cost its arrays' overhead for every key).
+        let mut keys_entries: Vec<EntryRows> = Vec::new();
         for (kg, item, value) in state.keyed {
             if item.first() == Some(&TIMER) {
                 // A timer of state kept in RocksDB: here timers come from the sessions.
                 continue;
             }
-            let EntryRows {
-                starts,
-                lasts,
-                numbers,
-                columns,
-            } = match &self.row_format {
+            let entry = match &self.row_format {
                 // A key's entry of state in RocksDB may be in the row format.
                 Some((rows, _)) => rows.entry_rows(kg, &value)?,
                 None => EntryRows::parse(kg, &value, n_keys)?,
             };
-            let keys = self
-                .converter
-                .convert_columns(&columns[..n_keys])
-                .map_err(OperatorError::from)?;
-            let id = self.next_batch;
-            self.next_batch = self.next_batch.wrapping_add(1);
-            for i in 0..starts.len() {
-                let key: &[u8] = if n_keys == 0 { &[] } else { keys.row(i).data() };
-                let sessions = self.sessions.entry_ref(key).or_default();
-                if i == 0 || numbers.value(i) != numbers.value(i - 1) {
-                    sessions.push(Session {
-                        start: starts.value(i),
-                        last: lasts.value(i),
-                        rows: Vec::new(),
-                    });
-                }
-                sessions
-                    .last_mut()
-                    .expect("pushed above")
-                    .rows
-                    .push((id, i as u32));
+            if item.first() != Some(&KEY) {
+                self.restore_rows(entry)?;
+                continue;
             }
-            let live = starts.len();
-            if live > 0 {
-                self.pending.insert(id, Pending { columns, live });
+            keys_entries.push(entry);
+            if keys_entries.len() >= 4096 {
+                self.restore_rows(EntryRows::concat(std::mem::take(&mut keys_entries))?)?;
             }
+        }
+        if !keys_entries.is_empty() {
+            self.restore_rows(EntryRows::concat(keys_entries)?)?;
         }
         for (key, sessions) in self.sessions.iter_mut() {
             sessions.sort_by_key(|s| s.start);
@@ -600,6 +625,43 @@ struct EntryRows {
 }
 
 impl EntryRows {
+    /// The rows of `entries` one after the other, their session numbers kept apart.
+    fn concat(entries: Vec<EntryRows>) -> Result<EntryRows> {
+        let mut numbers = Vec::new();
+        let mut next = 0u32;
+        for e in &entries {
+            let base = next;
+            for &n in e.numbers.values() {
+                numbers.push(base.saturating_add(n));
+                next = next.max(base.saturating_add(n).saturating_add(1));
+            }
+        }
+        let column = |arrays: Vec<&dyn Array>| -> Result<ArrayRef> { Ok(concat(&arrays)?) };
+        let width = entries.first().map_or(0, |e| e.columns.len());
+        if let Some(e) = entries.iter().find(|e| e.columns.len() != width) {
+            return Err(OperatorError::State(format!(
+                "sessions of keys with {} and {width} columns",
+                e.columns.len()
+            )));
+        }
+        let int64 = |f: fn(&EntryRows) -> &Int64Array| -> Result<Int64Array> {
+            let arrays: Vec<&dyn Array> = entries.iter().map(|e| f(e) as &dyn Array).collect();
+            Ok(column(arrays)?
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("Int64 arrays concatenate to one")
+                .clone())
+        };
+        Ok(EntryRows {
+            starts: int64(|e| &e.starts)?,
+            lasts: int64(|e| &e.lasts)?,
+            numbers: UInt32Array::from(numbers),
+            columns: (0..width)
+                .map(|c| column(entries.iter().map(|e| e.columns[c].as_ref()).collect()))
+                .collect::<Result<_>>()?,
+        })
+    }
+
     fn parse(kg: usize, value: &[u8], n_keys: usize) -> Result<EntryRows> {
         let batch = decode_entry(kg, value)?;
         let bad = |what: &str| OperatorError::State(format!("sessions of key group {kg}: {what}"));
