@@ -1341,6 +1341,44 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_session_number_shared_by_two_keys_is_two_sessions() {
+        let factory = WindowAggregate::try_new(
+            WindowSettings {
+                keys: vec!["k".into()],
+                window: WindowSpec::session(Duration::from_millis(4)),
+                time_column: Some("t".into()),
+                allowed_lateness: Duration::ZERO,
+                late: LateRecords::Drop,
+            },
+            &[count(col("v")).alias("n")],
+            ktv_schema(),
+        )
+        .unwrap();
+        let info = SubtaskInfo {
+            index: 0,
+            parallelism: 1,
+            max_parallelism: 8,
+        };
+        // Rows of keys 1 and 2 numbered as one session (no checkpoint writes that).
+        let rows: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(Int64Array::from(vec![5, 6])),
+        ];
+        let entry = encode_batch(&entry_batch(&[(0, 1)], &[0, 0], rows).unwrap()).unwrap();
+        let mut op = factory.create(info).unwrap();
+        op.restore_state(RestoredState {
+            keyed: vec![(0, SESSIONS.to_vec(), entry)],
+            operator: vec![b"[[1,false]]".to_vec()],
+            ..Default::default()
+        })
+        .unwrap();
+        let mut out = Output::default();
+        op.on_end_of_input(&mut out).unwrap();
+        let rows: usize = out.drain().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 2, "one session per key");
+    }
+
+    #[test]
     fn a_record_bridging_two_sessions_merges_them_and_frees_batches() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", DataType::Int64, false),
