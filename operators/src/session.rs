@@ -1139,6 +1139,26 @@ mod tests {
     use oxflow_runtime::{OperatorFactory, SubtaskInfo};
     use std::time::Duration;
 
+    /// Session windows of `gap_ms` per key `k` over `t`, computing `aggregates`.
+    fn session_factory(
+        gap_ms: u64,
+        aggregates: &[datafusion::logical_expr::Expr],
+        schema: SchemaRef,
+    ) -> WindowAggregate {
+        WindowAggregate::try_new(
+            WindowSettings {
+                keys: vec!["k".into()],
+                window: WindowSpec::session(Duration::from_millis(gap_ms)),
+                time_column: Some("t".into()),
+                allowed_lateness: Duration::ZERO,
+                late: LateRecords::Drop,
+            },
+            aggregates,
+            schema,
+        )
+        .unwrap()
+    }
+
     /// Rows of a key, a time and a value, all Int64.
     fn ktv_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -1161,18 +1181,11 @@ mod tests {
     ) -> (Vec<[i64; 5]>, u64) {
         use datafusion::functions_aggregate::expr_fn::sum;
         let schema = ktv_schema();
-        let factory = WindowAggregate::try_new(
-            WindowSettings {
-                keys: vec!["k".into()],
-                window: WindowSpec::session(Duration::from_millis(4)),
-                time_column: Some("t".into()),
-                allowed_lateness: Duration::ZERO,
-                late: LateRecords::Drop,
-            },
+        let factory = session_factory(
+            4,
             &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
             schema.clone(),
-        )
-        .unwrap();
+        );
         let info = SubtaskInfo {
             index: 0,
             parallelism: 1,
@@ -1342,18 +1355,7 @@ mod tests {
 
     #[test]
     fn a_restored_session_number_shared_by_two_keys_is_two_sessions() {
-        let factory = WindowAggregate::try_new(
-            WindowSettings {
-                keys: vec!["k".into()],
-                window: WindowSpec::session(Duration::from_millis(4)),
-                time_column: Some("t".into()),
-                allowed_lateness: Duration::ZERO,
-                late: LateRecords::Drop,
-            },
-            &[count(col("v")).alias("n")],
-            ktv_schema(),
-        )
-        .unwrap();
+        let factory = session_factory(4, &[count(col("v")).alias("n")], ktv_schema());
         let info = SubtaskInfo {
             index: 0,
             parallelism: 1,
@@ -1384,18 +1386,7 @@ mod tests {
             Field::new("k", DataType::Int64, false),
             Field::new("t", DataType::Int64, false),
         ]));
-        let factory = WindowAggregate::try_new(
-            WindowSettings {
-                keys: vec!["k".into()],
-                window: WindowSpec::session(Duration::from_millis(10)),
-                time_column: Some("t".into()),
-                allowed_lateness: Duration::ZERO,
-                late: LateRecords::Drop,
-            },
-            &[count(col("t")).alias("n")],
-            schema.clone(),
-        )
-        .unwrap();
+        let factory = session_factory(10, &[count(col("t")).alias("n")], schema.clone());
         let batch = |k: Vec<i64>, t: Vec<i64>| {
             RecordBatch::try_new(
                 schema.clone(),
