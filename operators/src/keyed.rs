@@ -247,10 +247,7 @@ impl<V> KeyedState<V> {
     }
 
     /// Reads `key`'s value (from the store if it is not in memory) without changing it, and
-    /// removes it: its entry is deleted at the next write. Running aggregates never drop a
-    /// key; this is for operators whose keys end (a key's last session closing, join rows
-    /// expiring), which are to keep their state here next.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// removes it: its entry is deleted at the next write (a key's last session closing).
     pub(crate) fn take<C: KeyedCodec<V>>(
         &mut self,
         key_group: usize,

@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{concat, interleave, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::HashMap;
 use oxflow_runtime::exchange::{hash_keys, key_group};
 use oxflow_runtime::metrics::Counter;
@@ -173,6 +173,19 @@ fn place<S: RowSet>(
     Placed::Joined
 }
 
+/// When the first of `sessions` closes (`None`: there are none).
+fn earliest_close<S>(sessions: &[Session<S>], gap_and_lateness: i64) -> Option<EventTime> {
+    sessions.iter().map(|s| s.last + gap_and_lateness).min()
+}
+
+/// Whether row `i` of a restored entry starts a session: its session number or its key
+/// (when `keys` holds the rows' keys) differs from the previous row's.
+fn starts_session(numbers: &UInt32Array, keys: Option<&Rows>, i: usize) -> bool {
+    i == 0
+        || numbers.value(i) != numbers.value(i - 1)
+        || keys.is_some_and(|k| k.row(i) != k.row(i - 1))
+}
+
 /// Moves the sessions of `sessions` that close at or before `up_to` into `closed`, and
 /// returns when the next of the others closes.
 fn take_closed<R>(
@@ -189,7 +202,7 @@ fn take_closed<R>(
             i += 1;
         }
     }
-    sessions.iter().map(|s| s.last + gap_and_lateness).min()
+    earliest_close(sessions, gap_and_lateness)
 }
 
 /// Columns of a batch kept while open sessions refer to its rows.
@@ -256,18 +269,13 @@ impl SessionWindows {
         } = entry;
         let n_keys = self.cfg.key_indices.len();
         let keys = self.converter.convert_columns(&columns[..n_keys])?;
-        let key = |i: usize| -> &[u8] {
-            if n_keys == 0 {
-                &[]
-            } else {
-                keys.row(i).data()
-            }
-        };
+        let keys = (n_keys > 0).then_some(&keys);
         let id = self.next_batch;
         self.next_batch = self.next_batch.wrapping_add(1);
         for i in 0..starts.len() {
-            let sessions = self.sessions.entry_ref(key(i)).or_default();
-            if i == 0 || numbers.value(i) != numbers.value(i - 1) || key(i) != key(i - 1) {
+            let key: &[u8] = keys.map_or(&[], |k| k.row(i).data());
+            let sessions = self.sessions.entry_ref(key).or_default();
+            if starts_session(&numbers, keys, i) {
                 sessions.push(Session {
                     start: starts.value(i),
                     last: lasts.value(i),
@@ -550,8 +558,8 @@ impl Operator for SessionWindows {
         }
         let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
         let n_keys = self.cfg.key_indices.len();
-        // Keys' entries of state kept in RocksDB, gathered into one batch per key group
-        // (a batch per key would cost its arrays' overhead for every key).
+        // Keys' entries of state kept in RocksDB, gathered into one batch per 4 096 keys (a
+        // batch per key would cost its arrays' overhead for every key).
         let mut keys_entries: Vec<EntryRows> = Vec::new();
         for (kg, item, value) in state.keyed {
             if item.first() == Some(&TIMER) {
@@ -577,7 +585,7 @@ impl Operator for SessionWindows {
         }
         for (key, sessions) in self.sessions.iter_mut() {
             sessions.sort_by_key(|s| s.start);
-            if let Some(next) = sessions.iter().map(|s| s.last + gap - 1 + lateness).min() {
+            if let Some(next) = earliest_close(sessions, gap - 1 + lateness) {
                 self.timers.push(Reverse((next, key.as_slice().into())));
             }
         }
@@ -856,8 +864,14 @@ impl StoredRows {
         })
     }
 
-    /// The sessions of an entry, in its order, with the row of each one's first record.
-    fn sessions(&self, kg: usize, entry: &EntryRows) -> Result<Vec<(usize, OwnedSession)>> {
+    /// The sessions of an entry, in its order, with the row of each one's first record
+    /// (`keys`: the rows' keys, when the entry may hold several).
+    fn sessions(
+        &self,
+        kg: usize,
+        entry: &EntryRows,
+        keys: Option<&Rows>,
+    ) -> Result<Vec<(usize, OwnedSession)>> {
         let types: Vec<DataType> = entry
             .columns
             .iter()
@@ -872,7 +886,7 @@ impl StoredRows {
         let rows = self.rows.convert_columns(&entry.columns)?;
         let mut sessions: Vec<(usize, OwnedSession)> = Vec::new();
         for i in 0..entry.starts.len() {
-            if i == 0 || entry.numbers.value(i) != entry.numbers.value(i - 1) {
+            if starts_session(&entry.numbers, keys, i) {
                 let session = Session {
                     start: entry.starts.value(i),
                     last: entry.lasts.value(i),
@@ -916,7 +930,7 @@ impl KeyedCodec<KeySessions> for StoredRows {
         }
         let entry = EntryRows::parse(kg, entry, self.n_keys)?;
         let mut sessions: KeySessions = self
-            .sessions(kg, &entry)?
+            .sessions(kg, &entry, None)?
             .into_iter()
             .map(|(_, s)| s)
             .collect();
@@ -987,6 +1001,7 @@ impl SessionWindows {
         let rows = by_key.codec.rows.convert_columns(&columns)?;
         let (gap, lateness) = (self.cfg.gap, self.cfg.lateness);
         let limits = (gap, lateness, self.watermark);
+        let gap_and_lateness = gap - 1 + lateness;
         let mut late = vec![false; batch.num_rows()];
         let mut item = vec![KEY];
         for (i, &t) in times.iter().enumerate() {
@@ -1007,8 +1022,7 @@ impl SessionWindows {
                 || Ok(Vec::new()),
                 |sessions| {
                     let placed = place(sessions, t, row.as_ref(), limits);
-                    let earliest = sessions.iter().map(|s| s.last + gap - 1 + lateness).min();
-                    Ok((placed, earliest))
+                    Ok((placed, earliest_close(sessions, gap_and_lateness)))
                 },
             )?;
             match (placed, earliest) {
@@ -1018,16 +1032,10 @@ impl SessionWindows {
                     by_key.state.take(kg, &item, &by_key.codec)?;
                 }
                 (Placed::Late, Some(_)) => late[i] = true,
+                // Timers are lazy, as with state in memory: a new session arms its key at
+                // the key's earliest close (a lower bound of when it next has one due).
                 (Placed::Opened(closes), earliest) => {
-                    // Timers are lazy, as with state in memory; the checkpoint keeps the
-                    // key's earliest close.
-                    by_key
-                        .timers
-                        .push(Reverse((closes, item[1..].into(), kg as u16)));
-                    let at = earliest.unwrap_or(closes);
-                    by_key
-                        .timers_changed
-                        .insert(item[1..].into(), (kg as u16, Some(at)));
+                    by_key.arm(kg as u16, &item[1..], earliest.unwrap_or(closes))
                 }
                 (Placed::Joined, _) => {}
             }
@@ -1044,24 +1052,21 @@ impl SessionWindows {
         while by_key.timers.peek().is_some_and(|t| t.0 .0 <= up_to) {
             let Reverse((_, key, kg)) = by_key.timers.pop().expect("peeked");
             let item = [&[KEY][..], &key].concat();
-            // A stale timer of a key whose sessions all closed: nothing is stored.
-            let Some(mut sessions) = by_key.state.take(kg as usize, &item, &by_key.codec)? else {
-                continue;
-            };
-            match take_closed(&mut sessions, up_to, gap_and_lateness, &mut closed) {
+            // A stale timer of a key whose sessions all closed finds none (an empty value,
+            // dropped below with the timer's entry).
+            let next = by_key.state.update(
+                kg as usize,
+                &item,
+                &by_key.codec,
+                || Ok(Vec::new()),
+                |sessions| Ok(take_closed(sessions, up_to, gap_and_lateness, &mut closed)),
+            )?;
+            match next {
                 None => {
+                    by_key.state.take(kg as usize, &item, &by_key.codec)?;
                     by_key.timers_changed.insert(key, (kg, None));
                 }
-                Some(next) => {
-                    by_key.state.update(
-                        kg as usize,
-                        &item,
-                        &by_key.codec,
-                        move || Ok(sessions),
-                        |_| Ok(()),
-                    )?;
-                    by_key.arm(kg, &key, next);
-                }
+                Some(next) => by_key.arm(kg, &key, next),
             }
         }
         if closed.is_empty() {
@@ -1093,7 +1098,7 @@ impl SessionWindows {
             if item.first() == Some(&KEY) {
                 // A key's sessions handed over rather than copied into the store.
                 let sessions = by_key.codec.decode(kg, &item, &value)?;
-                if let Some(at) = sessions.iter().map(|s| s.last + gap_and_lateness).min() {
+                if let Some(at) = earliest_close(&sessions, gap_and_lateness) {
                     by_key.arm(kg as u16, &item[1..], at);
                 }
                 by_key.state.restore(kg, &item, sessions, &by_key.codec);
@@ -1102,7 +1107,8 @@ impl SessionWindows {
             let entry = EntryRows::parse(kg, &value, n_keys)?;
             let keys = self.converter.convert_columns(&entry.columns[..n_keys])?;
             let mut by_row: HashMap<Box<[u8]>, KeySessions> = HashMap::default();
-            for (first, session) in by_key.codec.sessions(kg, &entry)? {
+            let key_rows = (n_keys > 0).then_some(&keys);
+            for (first, session) in by_key.codec.sessions(kg, &entry, key_rows)? {
                 let mut key = vec![KEY];
                 if n_keys > 0 {
                     key.extend_from_slice(keys.row(first).as_ref());
@@ -1111,7 +1117,7 @@ impl SessionWindows {
             }
             for (item, mut sessions) in by_row {
                 sessions.sort_by_key(|s| s.start);
-                if let Some(at) = sessions.iter().map(|s| s.last + gap_and_lateness).min() {
+                if let Some(at) = earliest_close(&sessions, gap_and_lateness) {
                     by_key.arm(kg as u16, &item[1..], at);
                 }
                 by_key.state.restore(kg, &item, sessions, &by_key.codec);
