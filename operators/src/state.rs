@@ -206,10 +206,12 @@ pub(crate) fn max_i64(values: &[Vec<u8>]) -> Result<Option<i64>> {
 /// of one storage restores into the other).
 #[cfg(test)]
 pub(crate) struct Restarts {
-    dir: tempfile::TempDir,
     backend: oxflow_runtime::state::StateBackend,
     count: usize,
     store_use: oxflow_runtime::state::StoreUse,
+    /// Dropped last: RocksDB flushes on close, and a flush into a deleted directory fails
+    /// and waits a second before it gives up.
+    dir: tempfile::TempDir,
 }
 
 #[cfg(test)]
@@ -241,18 +243,8 @@ impl Restarts {
         op
     }
 
-    /// Replaces `op` by a new operator of `factory` restored from `op`'s state.
-    pub(crate) fn restart(
-        &mut self,
-        op: &mut Box<dyn oxflow_runtime::Operator>,
-        factory: &dyn oxflow_runtime::OperatorFactory,
-        subtask: oxflow_runtime::SubtaskInfo,
-    ) {
-        self.restart_with(op, factory, subtask, None)
-    }
-
-    /// As [`Restarts::restart`], the new operator keeping its state in the store with
-    /// `budget` bytes in memory (`None`: in memory).
+    /// Replaces `op` by a new operator of `factory` restored from `op`'s state, keeping its
+    /// state in the store with `budget` bytes in memory (`None`: in memory).
     pub(crate) fn restart_with(
         &mut self,
         op: &mut Box<dyn oxflow_runtime::Operator>,
