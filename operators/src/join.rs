@@ -2,10 +2,11 @@
 //! or bounded by a state time-to-live), inner or left outer.
 //!
 //! Both sides arrive hash-partitioned on their join keys, so rows with equal keys meet in one
-//! subtask. Each side keeps its rows in memory, found by key, and laid out in *buckets* (a
-//! window for a window join, a slice of event time otherwise) per key group: a checkpoint
-//! rewrites only the buckets that changed, expiry drops whole buckets, and state moves between
-//! parallelisms by key group like every other keyed operator's.
+//! subtask. With state in RocksDB, rows are kept per join key in the store under the memory
+//! budget (see [`stored`]). Otherwise each side keeps its rows in memory, found by key, and
+//! laid out in *buckets* (a window for a window join, a slice of event time otherwise) per key
+//! group: a checkpoint rewrites only the buckets that changed, expiry drops whole buckets, and
+//! state moves between parallelisms by key group like every other keyed operator's.
 //!
 //! Output is append-only, so every emitted row is final:
 //! - a window join emits a window's pairs when the watermark passes the window's end;
@@ -21,7 +22,7 @@
 //! already be gone.
 
 use crate::error::{column_index, OperatorError, Result};
-use crate::state::state_batch;
+use crate::keyed::{KEY, TIMER};
 use crate::window::{window_field, WindowSpec, WINDOW_END, WINDOW_START};
 use datafusion::arrow::array::{
     new_empty_array, new_null_array, Array, ArrayRef, BooleanArray, Int64Array, RecordBatch,
@@ -35,7 +36,7 @@ use hashbrown::HashTable;
 use oxflow_runtime::exchange::{hash_keys, key_group};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::operator::{Operator, OperatorFactory, Output, SubtaskInfo};
-use oxflow_runtime::state::{decode_batch, encode_batch, RestoredState, StateSnapshot};
+use oxflow_runtime::state::{RestoredState, StateSnapshot, StateStore, StoreUse};
 use oxflow_runtime::watermark::event_times;
 use oxflow_runtime::EventTime;
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,6 +127,7 @@ pub struct StreamJoin {
     right: SchemaRef,
     output: SchemaRef,
     late_records: Counter,
+    spilled_bytes: Counter,
 }
 
 /// The key, time and column layout of one input.
@@ -252,6 +254,7 @@ impl StreamJoin {
             right,
             output: Arc::new(Schema::new(fields)),
             late_records: Counter::default(),
+            spilled_bytes: Counter::default(),
         })
     }
 
@@ -304,7 +307,10 @@ impl OperatorFactory for StreamJoin {
         2
     }
     fn counters(&self) -> Vec<(String, Counter)> {
-        vec![("late_records".into(), self.late_records.clone())]
+        vec![
+            ("late_records".into(), self.late_records.clone()),
+            ("spilled_bytes".into(), self.spilled_bytes.clone()),
+        ]
     }
     fn create(&self, subtask: SubtaskInfo) -> oxflow_runtime::Result<Box<dyn Operator>> {
         let left = self.layout(LEFT)?;
@@ -329,12 +335,17 @@ impl OperatorFactory for StreamJoin {
             late_records: self.late_records.clone(),
             max_parallelism: subtask.max_parallelism,
             windowed: Vec::new(),
+            codec: stored::JoinCodec::plan(&self.left, &self.right)?,
+            by_key: None,
+            spilled_bytes: self.spilled_bytes.clone(),
         }))
     }
 }
 
 type HashMap<K, V> = std::collections::HashMap<K, V, RandomState>;
 type HashSet<K> = std::collections::HashSet<K, RandomState>;
+
+mod stored;
 
 const LEFT: usize = 0;
 const RIGHT: usize = 1;
@@ -730,14 +741,12 @@ impl SideState {
             }
             let refs: Vec<RowRef> = entries.iter().map(|e| e.at).collect();
             let columns = self.batches.gather(&self.layout.schema, &refs)?;
-            let mut all: Vec<ArrayRef> = vec![
-                Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.time))),
-                Arc::new(BooleanArray::from_iter(
-                    entries.iter().map(|e| Some(e.matched)),
-                )),
-            ];
-            all.extend(columns);
-            state.put(kg as usize, &item, encode_batch(&state_batch(all)?)?);
+            let entry = stored::slice_entry(
+                entries.iter().map(|e| e.time),
+                entries.iter().map(|e| e.matched),
+                columns,
+            )?;
+            state.put(kg as usize, &item, entry);
             self.written.insert((bucket, kg));
         }
         Ok(())
@@ -769,6 +778,13 @@ struct JoinOperator {
     max_parallelism: usize,
     /// Scratch for a window join's stored key (window end, then key).
     windowed: Vec<u8>,
+    /// How rows become entries with state in RocksDB (`None`: the row format cannot hold
+    /// them); taken by [`JoinOperator::use_store`].
+    codec: Option<stored::JoinCodec>,
+    /// The state, with state in RocksDB (then `sides` hold only batches being emitted).
+    by_key: Option<stored::ByKey>,
+    /// Counts the bytes written to the store early, with state in RocksDB.
+    spilled_bytes: Counter,
 }
 
 /// A joined pair (or a left row alone), as stored rows.
@@ -1075,38 +1091,29 @@ impl JoinOperator {
     }
 
     fn restore(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
-        let (side, bucket) = match item {
-            [side @ (0 | 1), rest @ ..] if rest.len() == 8 => (
-                *side as usize,
-                i64::from_be_bytes(rest.try_into().expect("8 bytes")),
-            ),
-            _ => {
-                return Err(OperatorError::State(format!(
-                    "a join state entry key in key group {kg} has {} bytes, not 9",
-                    item.len()
-                )))
-            }
-        };
-        let batch = decode_batch(value, &format!("of a join in key group {kg}"))?;
-        let bad = |m: String| OperatorError::State(format!("join rows in key group {kg}: {m}"));
-        if batch.num_columns() < 2 {
-            return Err(bad("too few columns".into()));
+        if item.first() == Some(&TIMER) {
+            // A timer of state kept in RocksDB: here timers come from the rows.
+            return Ok(());
         }
-        let times = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| bad("no times".into()))?
-            .clone();
-        let matched = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| bad("no match flags".into()))?
-            .clone();
-        let schema = self.sides[side].layout.schema.clone();
-        let rows = RecordBatch::try_new(schema, batch.columns()[2..].to_vec())
-            .map_err(|e| bad(format!("they do not fit this job's input: {e}")))?;
+        if item.first() == Some(&KEY) {
+            return self.restore_key_into_memory(kg, item, value);
+        }
+        let (side, bucket, times, matched, rows) = self.parse_slice(kg, item, value)?;
+        self.restore_rows(kg, side, Some(bucket), &times, &matched, rows)
+    }
+
+    /// Takes back stored rows of `side` in key group `kg`, in `bucket` (`None`: each in the
+    /// time slice of its time).
+    fn restore_rows(
+        &mut self,
+        kg: usize,
+        side: usize,
+        bucket: Option<i64>,
+        times: &Int64Array,
+        matched: &BooleanArray,
+        rows: RecordBatch,
+    ) -> Result<()> {
+        let bad = |m: String| OperatorError::State(format!("join rows in key group {kg}: {m}"));
         let prepared = self.sides[side].prepare(&rows, &self.keys, self.max_parallelism)?;
         let windowed = matches!(self.bounds, Bounds::Window { .. });
         if !windowed && prepared.keyed.iter().any(|k| !k) {
@@ -1120,6 +1127,9 @@ impl JoinOperator {
             } else {
                 &[]
             };
+            let time = times.value(i);
+            let slice = self.sides[side].slice;
+            let bucket = bucket.unwrap_or_else(|| time.div_euclid(slice));
             let (hash, key) = if windowed {
                 let hash = windowed_key(&mut self.windowed, bucket, key, prepared.hashes[i]);
                 (hash, &self.windowed[..])
@@ -1131,7 +1141,7 @@ impl JoinOperator {
                 key,
                 kg as u16,
                 Entry {
-                    time: times.value(i),
+                    time,
                     bucket,
                     at: RowRef {
                         batch: here,
@@ -1141,7 +1151,7 @@ impl JoinOperator {
                 },
             );
             if side == LEFT && !matched.value(i) {
-                self.track_unmatched(slot, times.value(i));
+                self.track_unmatched(slot, time);
             }
         }
         self.sweep();
@@ -1170,6 +1180,9 @@ impl Operator for JoinOperator {
                 OperatorError::State(format!("a join has 2 inputs, not {}", input + 1)).into(),
             );
         }
+        if self.by_key.is_some() {
+            return Ok(self.on_side_stored(input, batch, out)?);
+        }
         Ok(self.on_side(input, batch, out)?)
     }
 
@@ -1179,16 +1192,33 @@ impl Operator for JoinOperator {
         out: &mut Output,
     ) -> oxflow_runtime::Result<()> {
         self.watermark = watermark;
+        if self.by_key.is_some() {
+            // An unbounded join's timers wait for the end of input.
+            if self.bounds != Bounds::Unbounded {
+                self.fire_stored(watermark, out)?;
+            }
+            return Ok(());
+        }
         self.fire_windows(Some(watermark), out)?;
         Ok(self.expire(Some(watermark), out)?)
     }
 
     fn on_end_of_input(&mut self, out: &mut Output) -> oxflow_runtime::Result<()> {
+        if self.by_key.is_some() {
+            return Ok(self.fire_stored(EventTime::MAX, out)?);
+        }
         self.fire_windows(None, out)?;
         Ok(self.expire(None, out)?)
     }
 
+    fn use_state_store(&mut self, store: StateStore) -> StoreUse {
+        self.use_store(store, self.spilled_bytes.clone())
+    }
+
     fn snapshot_state(&mut self, state: &mut StateSnapshot) -> oxflow_runtime::Result<()> {
+        if let Some(by_key) = &mut self.by_key {
+            return Ok(by_key.snapshot(state)?);
+        }
         for (side, s) in self.sides.iter_mut().enumerate() {
             s.snapshot(side as u8, state)?;
         }
@@ -1197,7 +1227,10 @@ impl Operator for JoinOperator {
 
     fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
         for (kg, item, value) in state.keyed {
-            self.restore(kg, &item, &value)?;
+            match self.by_key {
+                Some(_) => self.restore_stored(kg, &item, &value)?,
+                None => self.restore(kg, &item, &value)?,
+            }
         }
         Ok(())
     }
@@ -1361,8 +1394,22 @@ mod tests {
         delay: i64,
         restores: &[usize],
     ) -> Vec<RecordBatch> {
+        run_in(factory, rows, chunk, delay, restores, &[None])
+    }
+
+    /// As [`run`], with state in RocksDB under a budget of `budgets[0]` bytes (`None`: in
+    /// memory), and after the n-th restore `budgets[n]` (cycling through them).
+    fn run_in(
+        factory: &StreamJoin,
+        rows: &[Row],
+        chunk: usize,
+        delay: i64,
+        restores: &[usize],
+        budgets: &[Option<usize>],
+    ) -> Vec<RecordBatch> {
         let mut restarts = crate::state::Restarts::new();
-        let mut op = factory.create(info()).unwrap();
+        let mut op = restarts.create(factory, info(), budgets[0]);
+        let mut restarted = 0;
         let mut out = Output::default();
         let mut emitted = Vec::new();
         let mut max_time = i64::MIN;
@@ -1380,7 +1427,9 @@ mod tests {
         }
         for (n, part) in batches.into_iter().enumerate() {
             if restores.contains(&n) {
-                restarts.restart(&mut op, factory, info());
+                restarted += 1;
+                let budget = budgets[restarted % budgets.len()];
+                restarts.restart_with(&mut op, factory, info(), budget);
                 if watermark != EventTime::MIN {
                     op.on_watermark(watermark, &mut out).unwrap();
                 }
@@ -1438,6 +1487,7 @@ mod tests {
             raw in proptest::collection::vec((any::<bool>(), proptest::option::weighted(0.9, 0i64..4), 0i64..150, 0i64..20), 0..60),
             chunk in 1usize..6,
             restores in proptest::collection::vec(0usize..30, 0..4),
+            storages in proptest::collection::vec(0u8..3, 1..5),
         ) {
             const DELAY: i64 = 20;
             let join_type = if outer { JoinType::LeftOuter } else { JoinType::Inner };
@@ -1454,9 +1504,51 @@ mod tests {
             let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
             let factory = StreamJoin::try_new(settings(join_type, spec.clone()), schema(), schema()).unwrap();
             let windowed = matches!(spec, JoinSpec::Window(_));
-            let got = rows_of(&run(&factory, &rows, chunk, DELAY, &restores), windowed);
+            // In memory, in RocksDB with every key evicted at once (a 1-byte budget), or in
+            // RocksDB with room to spare; restores move state between them.
+            let budgets: Vec<Option<usize>> = storages
+                .iter()
+                .map(|s| [None, Some(1), Some(1 << 20)][*s as usize])
+                .collect();
+            let got = rows_of(&run_in(&factory, &rows, chunk, DELAY, &restores, &budgets), windowed);
             prop_assert_eq!(factory.late_records.get(), 0);
             prop_assert_eq!(got, naive(&rows, join_type, &spec));
+        }
+    }
+
+    /// With state in RocksDB and a budget of one byte, every key goes to the store as soon as
+    /// it is touched, and the join's output is still the same as in memory.
+    #[test]
+    fn a_join_under_a_tiny_budget_spills_and_joins_the_same() {
+        let rows: Vec<Row> = (0..200)
+            .map(|i| Row {
+                left: i % 3 != 0,
+                key: Some(i % 7),
+                time: i,
+                value: i,
+            })
+            .collect();
+        for spec in [
+            JoinSpec::Interval {
+                lower: -10,
+                upper: 5,
+            },
+            JoinSpec::Window(WindowSpec::tumbling(Duration::from_millis(10))),
+            JoinSpec::Regular { ttl: None },
+        ] {
+            let factory = StreamJoin::try_new(
+                settings(JoinType::LeftOuter, spec.clone()),
+                schema(),
+                schema(),
+            )
+            .unwrap();
+            let windowed = matches!(spec, JoinSpec::Window(_));
+            let stored = rows_of(
+                &run_in(&factory, &rows, 4, 3, &[10, 30], &[Some(1)]),
+                windowed,
+            );
+            assert!(factory.spilled_bytes.get() > 0, "{spec:?}");
+            assert_eq!(stored, naive(&rows, JoinType::LeftOuter, &spec), "{spec:?}");
         }
     }
 

@@ -2,7 +2,8 @@
 //! with a write-back cache in front of it.
 //!
 //! Operators whose state is a value per key (a running aggregate's accumulators, a key's open
-//! sessions) keep it in a [`KeyedState`]. With state in memory, every value stays in memory
+//! sessions, a join key's rows, a window and key's top rows) keep it in a [`KeyedState`],
+//! those with timers in a [`TimedKeys`]. With state in memory, every value stays in memory
 //! and a barrier writes the values changed since the previous one. With state in RocksDB
 //! ([`StoreUse::ByKey`]) memory holds at most the budget: when the values outgrow it, the
 //! least recently used are written to the store (if changed) and dropped, and a key not in
@@ -11,47 +12,31 @@
 //! cuts. Either way an entry is one key's value, so a checkpoint restores into either
 //! storage at any parallelism.
 
-use crate::error::Result;
+use crate::error::{OperatorError, Result};
+use crate::state::encode_i64;
 use datafusion::arrow::array::{new_null_array, ArrayRef};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{HashMap, HashSet};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::state::{StateSnapshot, StateStore, StoreUse};
+use oxflow_runtime::EventTime;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
-/// Arrow's row format for values whose every column is of a fixed-width type, so that a row
-/// of the right length always decodes, whatever its bytes: per-key entries in it are a
-/// fraction of an IPC batch's bytes and time. Entries are framed by a magic, a fingerprint of
-/// the types (so that an entry of a job with other types is refused, not misread) and the
+/// The frame of an entry in a row layout of our own: a magic, a fingerprint of the types it
+/// holds (so that an entry of a job with other types is refused, not misread) and the
 /// CRC-32 of the body.
-pub(crate) struct FixedRows {
-    pub(crate) converter: RowConverter,
-    /// The bytes of one row.
-    pub(crate) width: usize,
+pub(crate) struct EntryFrame {
     fingerprint: u32,
 }
 
-impl FixedRows {
-    /// The row format of `types`, if they are all fixed-width.
-    pub(crate) fn of(types: &[DataType]) -> Result<Option<FixedRows>> {
-        let fixed = types
-            .iter()
-            .all(|t| t.is_primitive() || *t == DataType::Boolean);
-        // No columns: no rows to tell apart (and a row of no bytes).
-        if !fixed || types.is_empty() {
-            return Ok(None);
-        }
-        let Ok(converter) = RowConverter::new(types.iter().cloned().map(SortField::new).collect())
-        else {
-            return Ok(None);
-        };
-        let nulls: Vec<ArrayRef> = types.iter().map(|t| new_null_array(t, 1)).collect();
-        let width = converter.convert_columns(&nulls)?.row(0).as_ref().len();
-        Ok(Some(FixedRows {
-            converter,
-            width,
+impl EntryFrame {
+    /// The frame of entries holding values of `types`.
+    pub(crate) fn of(types: &[DataType]) -> EntryFrame {
+        EntryFrame {
             fingerprint: crc32fast::hash(format!("{types:?}").as_bytes()),
-        }))
+        }
     }
 
     /// `body` framed as an entry starting with `magic`.
@@ -78,12 +63,131 @@ impl FixedRows {
             return Err(format!("a row entry of {} bytes is truncated", entry.len()));
         };
         if fp != self.fingerprint.to_be_bytes() {
-            return Err("the entry was written by a job with other aggregates".into());
+            return Err("the entry was written by a job whose state has other types".into());
         }
         if crc != crc32fast::hash(body).to_be_bytes() {
             return Err("the entry fails its checksum".into());
         }
         Ok(body)
+    }
+}
+
+/// Arrow's row format for values whose every column is of a fixed-width type, so that a row
+/// of the right length always decodes, whatever its bytes: per-key entries in it are a
+/// fraction of an IPC batch's bytes and time. Entries are framed by an [`EntryFrame`].
+pub(crate) struct FixedRows {
+    pub(crate) converter: RowConverter,
+    /// The bytes of one row.
+    pub(crate) width: usize,
+    frame: EntryFrame,
+}
+
+impl FixedRows {
+    /// The row format of `types`, if they are all fixed-width.
+    pub(crate) fn of(types: &[DataType]) -> Result<Option<FixedRows>> {
+        let fixed = types
+            .iter()
+            .all(|t| t.is_primitive() || *t == DataType::Boolean);
+        // No columns: no rows to tell apart (and a row of no bytes).
+        if !fixed || types.is_empty() {
+            return Ok(None);
+        }
+        let Ok(converter) = RowConverter::new(types.iter().cloned().map(SortField::new).collect())
+        else {
+            return Ok(None);
+        };
+        let nulls: Vec<ArrayRef> = types.iter().map(|t| new_null_array(t, 1)).collect();
+        let width = converter.convert_columns(&nulls)?.row(0).as_ref().len();
+        Ok(Some(FixedRows {
+            converter,
+            width,
+            frame: EntryFrame::of(types),
+        }))
+    }
+
+    /// `body` framed as an entry starting with `magic`.
+    pub(crate) fn frame(&self, magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        self.frame.frame(magic, body)
+    }
+
+    /// The body of an entry framed with `magic`; an error says what is wrong with it.
+    pub(crate) fn unframe<'a>(
+        &self,
+        magic: &[u8; 4],
+        entry: &'a [u8],
+    ) -> std::result::Result<&'a [u8], String> {
+        self.frame.unframe(magic, entry)
+    }
+}
+
+/// Rows in Arrow's row format, one after the other in one buffer (a heap allocation per
+/// set of rows, not per row).
+#[derive(Default, Clone)]
+pub(crate) struct FlatRows {
+    pub(crate) bytes: Vec<u8>,
+    /// Where each row ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl FlatRows {
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let row = &self.bytes[start..end];
+            start = end;
+            row
+        })
+    }
+
+    /// Row `i`.
+    pub(crate) fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    pub(crate) fn push(&mut self, row: &[u8]) {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Takes in the rows of `other` after these.
+    pub(crate) fn append(&mut self, other: Self) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|end| end + base));
+    }
+
+    /// Keeps the rows whose index `keep` picks, in order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut start = 0;
+        let mut to = 0;
+        let mut kept = 0;
+        for i in 0..self.ends.len() {
+            let end = self.ends[i];
+            if keep(i) {
+                let len = end - start;
+                self.bytes.copy_within(start..end, to);
+                to += len;
+                self.ends[kept] = to;
+                kept += 1;
+            }
+            start = end;
+        }
+        self.bytes.truncate(to);
+        self.ends.truncate(kept);
+    }
+
+    /// What the rows hold on the heap.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
     }
 }
 
@@ -404,10 +508,92 @@ impl<V> KeyedState<V> {
     }
 }
 
+/// With state in RocksDB, the first byte of a key's value entry (then the key).
+pub(crate) const KEY: u8 = b'k';
+/// With state in RocksDB, the first byte of a key's timer entry (then the key).
+pub(crate) const TIMER: u8 = b't';
+
+/// A key's timer: when, the key (without [`KEY`]), its key group.
+type Timer = Reverse<(EventTime, Box<[u8]>, u16)>;
+
+/// Per-key values in a [`KeyedState`] under the memory budget, each with a timer in event
+/// time (when a key's session closes, a join key's rows expire or its window fires), as
+/// Flink keeps keyed state and its timer service. Timers stay in memory (a time and a key
+/// per key that has one) and go to the checkpoint as one small entry per key, so that a
+/// restore, which copies values into the store without listing them, finds its keys again.
+pub(crate) struct TimedKeys<V, C> {
+    pub(crate) state: KeyedState<V>,
+    pub(crate) codec: C,
+    timers: BinaryHeap<Timer>,
+    /// Timer entries to write at the next snapshot, by key (`None`: delete it).
+    changed: HashMap<Box<[u8]>, (u16, Option<EventTime>)>,
+}
+
+impl<V, C: KeyedCodec<V>> TimedKeys<V, C> {
+    /// Keeps values in `store` through `codec`; see [`KeyedState::use_store`].
+    pub(crate) fn new(store: StateStore, codec: C, spilled_bytes: Counter) -> (Self, StoreUse) {
+        let mut state = KeyedState::default();
+        let used = state.use_store(store, KEY, spilled_bytes);
+        let keys = TimedKeys {
+            state,
+            codec,
+            timers: BinaryHeap::new(),
+            changed: HashMap::default(),
+        };
+        (keys, used)
+    }
+
+    /// At a barrier: the changed values and timers.
+    pub(crate) fn snapshot(&mut self, state: &mut StateSnapshot) -> Result<()> {
+        self.state.snapshot(state, &self.codec)?;
+        for (key, (kg, at)) in self.changed.drain() {
+            let item = [&[TIMER][..], &key].concat();
+            match at {
+                Some(t) => state.put(kg as usize, &item, encode_i64(t)),
+                None => state.delete(kg as usize, &item),
+            }
+        }
+        Ok(())
+    }
+
+    /// Arms the timer of `key` (without [`KEY`]) at `at`, and has the checkpoint keep it. An
+    /// earlier timer of the key stays armed: timers are lower bounds, and the operator
+    /// re-arms a key whose timer found nothing due.
+    pub(crate) fn arm(&mut self, kg: u16, key: &[u8], at: EventTime) {
+        self.timers.push(Reverse((at, key.into(), kg)));
+        self.changed.insert(key.into(), (kg, Some(at)));
+    }
+
+    /// Deletes the timer entry of `key`, whose value is gone.
+    pub(crate) fn disarm(&mut self, kg: u16, key: Box<[u8]>) {
+        self.changed.insert(key, (kg, None));
+    }
+
+    /// The next key whose timer is at or before `up_to`, with its key group.
+    pub(crate) fn pop_due(&mut self, up_to: EventTime) -> Option<(EventTime, Box<[u8]>, u16)> {
+        if self.timers.peek()?.0 .0 > up_to {
+            return None;
+        }
+        self.timers.pop().map(|Reverse(t)| t)
+    }
+
+    /// Takes back a restored timer entry (`item` starts with [`TIMER`]).
+    pub(crate) fn restore_timer(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
+        let bytes: [u8; 8] = value.try_into().map_err(|_| {
+            OperatorError::State(format!(
+                "a timer in key group {kg} has {} bytes, not 8",
+                value.len()
+            ))
+        })?;
+        // Restored into a new store: written again at the next snapshot.
+        self.arm(kg as u16, &item[1..], i64::from_be_bytes(bytes));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::OperatorError;
     use oxflow_runtime::state::StateBackend;
 
     /// Values are u64 counters, 100 bytes each for the budget (a key in memory counts about

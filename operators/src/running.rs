@@ -662,7 +662,7 @@ mod tests {
         let other = AccumulatorCodec::try_new(keys(), other.aggregates, 1).unwrap();
         let err = other.decode(3, &item, &entry).err().unwrap().to_string();
         assert!(
-            err.contains("other aggregates") && err.contains("key group 3"),
+            err.contains("other types") && err.contains("key group 3"),
             "{err}"
         );
     }

@@ -7,10 +7,8 @@
 
 use crate::aggregate::{AggregateInputs, Aggregates, Groups};
 use crate::error::{OperatorError, Result};
-use crate::keyed::{FixedRows, KeyedCodec, KeyedState};
-use crate::state::{
-    decode_entry, encode_by_key_group, encode_i64, max_i64, state_batch, StoredEntries,
-};
+use crate::keyed::{FixedRows, FlatRows, KeyedCodec, TimedKeys, KEY, TIMER};
+use crate::state::{decode_entry, encode_by_key_group, state_batch, StoredEntries};
 use crate::window::LateSide;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
@@ -73,35 +71,6 @@ impl RowSet for Vec<(u32, u32)> {
     }
 }
 
-/// Rows in Arrow's row format, one after the other in one buffer (a heap allocation per
-/// session, not per row).
-#[derive(Default)]
-struct FlatRows {
-    bytes: Vec<u8>,
-    /// Where each row ends in `bytes`.
-    ends: Vec<usize>,
-}
-
-impl FlatRows {
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let row = &self.bytes[start..end];
-            start = end;
-            row
-        })
-    }
-
-    /// What the rows hold on the heap.
-    fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
-    }
-}
-
 impl RowSet for FlatRows {
     type Row<'a> = &'a [u8];
     fn one(row: &[u8]) -> Self {
@@ -110,13 +79,10 @@ impl RowSet for FlatRows {
         rows
     }
     fn push(&mut self, row: &[u8]) {
-        self.bytes.extend_from_slice(row);
-        self.ends.push(self.bytes.len());
+        FlatRows::push(self, row)
     }
     fn append(&mut self, other: Self) {
-        let base = self.bytes.len();
-        self.bytes.extend_from_slice(&other.bytes);
-        self.ends.extend(other.ends.iter().map(|end| end + base));
+        FlatRows::append(self, other)
     }
 }
 
@@ -536,14 +502,8 @@ impl Operator for SessionWindows {
             return StoreUse::Memory;
         };
         self.layout = layout;
-        let mut state = KeyedState::default();
-        let used = state.use_store(store, KEY, self.cfg.spilled_bytes.clone());
-        self.by_key = Some(ByKey {
-            state,
-            codec,
-            timers: BinaryHeap::new(),
-            timers_changed: HashMap::default(),
-        });
+        let (by_key, used) = TimedKeys::new(store, codec, self.cfg.spilled_bytes.clone());
+        self.by_key = Some(by_key);
         used
     }
 
@@ -595,11 +555,6 @@ impl Operator for SessionWindows {
 
 /// The item key of the sessions entry of a key group.
 const SESSIONS: &[u8] = b"sessions";
-/// With state in RocksDB, the first byte of a key's sessions entry (then the key's row).
-const KEY: u8 = b'k';
-/// With state in RocksDB, the first byte of a key's timer entry (then the key's row): when
-/// its earliest session closes, at the earliest.
-const TIMER: u8 = b't';
 
 /// The batch of a sessions entry: each row's session bounds and number (an index into
 /// `bounds`), then the rows' columns (keys, then aggregate inputs).
@@ -707,8 +662,6 @@ type KeySessions = Vec<OwnedSession>;
 type OwnedSession = Session<FlatRows>;
 /// Per aggregate: number of arguments and whether it has a filter.
 type InputLayout = Vec<(usize, bool)>;
-/// A key's timer with state in RocksDB: when, the key's row, its key group.
-type StoredTimer = Reverse<(EventTime, Box<[u8]>, u16)>;
 
 /// How a key's sessions become an entry and back: the rows' columns are the key columns,
 /// then the aggregates' inputs (arguments, then filter, per aggregate).
@@ -945,37 +898,9 @@ impl KeyedCodec<KeySessions> for StoredRows {
 }
 
 /// Sessions by key with state in RocksDB: each key's sessions in a [`KeyedState`] under the
-/// memory budget; the timers (a time and a key per key with open sessions) in memory, and
-/// in the checkpoint as one small entry per key.
-struct ByKey {
-    state: KeyedState<KeySessions>,
-    codec: StoredRows,
-    /// When each key's earliest session closes, at the earliest (a timer may be stale: see
-    /// `fire_stored`), with the key's row and key group.
-    timers: BinaryHeap<StoredTimer>,
-    /// Timer entries to write at the next snapshot, by key (`None`: delete it).
-    timers_changed: HashMap<Box<[u8]>, (u16, Option<EventTime>)>,
-}
-
-impl ByKey {
-    fn snapshot(&mut self, state: &mut StateSnapshot) -> Result<()> {
-        self.state.snapshot(state, &self.codec)?;
-        for (key, (kg, at)) in self.timers_changed.drain() {
-            let item = [&[TIMER][..], &key].concat();
-            match at {
-                Some(t) => state.put(kg as usize, &item, encode_i64(t)),
-                None => state.delete(kg as usize, &item),
-            }
-        }
-        Ok(())
-    }
-
-    /// Arms the timer of `key` (its row) at `at`, and has the checkpoint keep it.
-    fn arm(&mut self, kg: u16, key: &[u8], at: EventTime) {
-        self.timers.push(Reverse((at, key.into(), kg)));
-        self.timers_changed.insert(key.into(), (kg, Some(at)));
-    }
-}
+/// memory budget, with a timer per key at its earliest session's close, at the earliest (a
+/// timer may be stale: see `fire_stored`).
+type ByKey = TimedKeys<KeySessions, StoredRows>;
 
 impl SessionWindows {
     fn on_batch_stored(&mut self, batch: RecordBatch) -> Result<()> {
@@ -1049,8 +974,7 @@ impl SessionWindows {
         let gap_and_lateness = self.cfg.gap - 1 + self.cfg.lateness;
         let by_key = self.by_key.as_mut().expect("state is in the store");
         let mut closed: KeySessions = Vec::new();
-        while by_key.timers.peek().is_some_and(|t| t.0 .0 <= up_to) {
-            let Reverse((_, key, kg)) = by_key.timers.pop().expect("peeked");
+        while let Some((_, key, kg)) = by_key.pop_due(up_to) {
             let item = [&[KEY][..], &key].concat();
             // A stale timer of a key whose sessions all closed finds none (an empty value,
             // dropped below with the timer's entry).
@@ -1064,7 +988,7 @@ impl SessionWindows {
             match next {
                 None => {
                     by_key.state.take(kg as usize, &item, &by_key.codec)?;
-                    by_key.timers_changed.insert(key, (kg, None));
+                    by_key.disarm(kg, key);
                 }
                 Some(next) => by_key.arm(kg, &key, next),
             }
@@ -1087,12 +1011,7 @@ impl SessionWindows {
         let by_key = self.by_key.as_mut().expect("state is in the store");
         for (kg, item, value) in keyed {
             if item.first() == Some(&TIMER) {
-                let at = max_i64(&[value]).map_err(|e| {
-                    OperatorError::State(format!("a session timer in key group {kg}: {e}"))
-                })?;
-                let at = at.expect("one value");
-                // Restored into a new store: written again at the next snapshot.
-                by_key.arm(kg as u16, &item[1..], at);
+                by_key.restore_timer(kg, &item, &value)?;
                 continue;
             }
             if item.first() == Some(&KEY) {
