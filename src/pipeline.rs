@@ -1070,10 +1070,10 @@ impl Job {
         Ok(spec)
     }
 
-    /// Keeps state as `storage` says. With [`StateStorage::RocksDb`], window aggregates,
-    /// session windows and running aggregates keep at most the memory budget in memory per
-    /// subtask and the rest in RocksDB, so their state may be larger than memory; the default keeps everything in memory (faster while it
-    /// fits).
+    /// Keeps state as `storage` says. With [`StateStorage::RocksDb`], every stateful operator
+    /// (window aggregates, session windows, running aggregates, joins, top-N) keeps at most
+    /// the memory budget in memory per subtask and the rest in RocksDB, so its state may be
+    /// larger than memory; the default keeps everything in memory (faster while it fits).
     pub fn with_state_storage(mut self, storage: StateStorage) -> Self {
         self.state = storage;
         self

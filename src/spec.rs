@@ -50,8 +50,8 @@ pub struct JobSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateSpec {
-    /// MiB of state each window, session or running aggregate subtask keeps in memory before
-    /// writing to RocksDB.
+    /// MiB of state each stateful operator subtask (window, session, running aggregate, join,
+    /// top-N) keeps in memory before writing to RocksDB.
     pub memory_budget_mb: u64,
 }
 

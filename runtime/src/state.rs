@@ -43,8 +43,8 @@ pub enum StateStorage {
     #[default]
     Memory,
     /// In RocksDB, with at most `memory_budget` bytes buffered in memory per stateful
-    /// operator and subtask: state may be larger than memory. Operators that cannot spill
-    /// (joins, top-N) keep their state in memory as with `Memory`.
+    /// operator and subtask: state may be larger than memory. An operator whose rows
+    /// Arrow's row format cannot hold keeps its state in memory as with `Memory`.
     RocksDb {
         /// Bytes of state an operator subtask keeps in memory before writing it to RocksDB.
         memory_budget: usize,

@@ -515,9 +515,9 @@ struct NexmarkArgs {
     /// beginning if there is none yet) or the path of a checkpoint or savepoint directory.
     #[arg(long)]
     restore: Option<String>,
-    /// Keep the state of windows, sessions and running aggregates in RocksDB with at most this
-    /// many MiB in memory per operator subtask, so state may be larger than memory (default:
-    /// all state in memory).
+    /// Keep the state of windows, sessions, running aggregates, joins and top-N in RocksDB with
+    /// at most this many MiB in memory per operator subtask, so state may be larger than memory
+    /// (default: all state in memory).
     #[arg(long)]
     state_memory_budget_mb: Option<u64>,
 }
