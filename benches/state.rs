@@ -5,7 +5,11 @@
 //! - `running`: the same aggregates per key without a window (a streaming `GROUP BY`, one
 //!   output row per input row);
 //! - `session`: the same aggregates per key in session windows with a one-hour gap (every
-//!   key's session stays open, and a session keeps its rows until it closes).
+//!   key's session stays open, and a session keeps its rows until it closes);
+//! - `join`: two such streams (other seeds) joined on `key` with a one-hour state TTL (every
+//!   row of both sides stays in state);
+//! - `window-join`: the same two streams in a one-hour tumbling window join;
+//! - `topn`: the three highest values per key in a one-hour tumbling window.
 //!
 //! Prints, per checkpoint, its duration, total state and bytes added, then the process's
 //! peak memory. With `restore`, starts from the latest checkpoint and prints how long the
@@ -35,12 +39,13 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize, kind: &str) -> Job {
-    let config = DatagenConfig {
+    let config = |seed| DatagenConfig {
         rows: None,
         key_cardinality: keys,
         // One hour of event time holds ~360 M rows: everything lands in one window.
         event_rate: 100_000,
         batch_size: 8192,
+        seed,
         ..Default::default()
     };
     let aggregates = [
@@ -50,24 +55,34 @@ fn job(dir: &PathBuf, keys: u64, interval: Duration, budget_mb: usize, kind: &st
         max(col("value")).alias("high"),
         avg(col("value")).alias("mean"),
     ];
-    let keyed = Pipeline::new()
-        .with_parallelism(2)
-        .source(DatagenSource::try_new(config).unwrap())
-        .with_watermarks(oxflow::runtime::watermark::WatermarkStrategy::bounded(
-            "ts",
-            Duration::from_secs(1),
-        ))
-        .unwrap()
-        .key_by(["key"]);
+    let pipeline = Pipeline::new().with_parallelism(2);
+    let keyed_stream = |seed| {
+        pipeline
+            .clone()
+            .source(DatagenSource::try_new(config(seed)).unwrap())
+            .with_watermarks(oxflow::runtime::watermark::WatermarkStrategy::bounded(
+                "ts",
+                Duration::from_secs(1),
+            ))
+            .unwrap()
+            .key_by(["key"])
+    };
+    let hour = Duration::from_secs(3600);
+    let keyed = keyed_stream(0);
     let stream = match kind {
         "window" => keyed
-            .window(WindowSpec::tumbling(Duration::from_secs(3600)))
+            .window(WindowSpec::tumbling(hour))
             .aggregate(aggregates),
         "running" => keyed.aggregate(aggregates),
         "session" => keyed
-            .window(WindowSpec::session(Duration::from_secs(3600)))
+            .window(WindowSpec::session(hour))
             .aggregate(aggregates),
-        other => panic!("JOB is window, running or session, not {other}"),
+        "join" => keyed.join(keyed_stream(1)).regular(Some(hour)),
+        "window-join" => keyed
+            .join(keyed_stream(1))
+            .window(WindowSpec::tumbling(hour)),
+        "topn" => keyed.window(WindowSpec::tumbling(hour)).top_n("value", 3),
+        other => panic!("JOB is window, running, session, join, window-join or topn, not {other}"),
     };
     stream
         .unwrap()
@@ -109,7 +124,6 @@ fn main() {
     let metrics = job.metrics();
     let completed = metrics.counter("checkpoints.completed");
     let restore_ms = metrics.counter("restore.state_ms");
-    let records = metrics.counter("stage0.source-datagen.records_in");
     let cancel = job.cancel_handle();
     let started = Instant::now();
     let runner = std::thread::spawn(move || job.execute_blocking());
@@ -138,7 +152,13 @@ fn main() {
             );
         }
     }
-    let rows = records.get();
+    // Both inputs of a join.
+    let rows: u64 = metrics
+        .snapshot()
+        .iter()
+        .filter(|(name, _)| name.ends_with("source-datagen.records_in"))
+        .map(|(_, n)| n)
+        .sum();
     println!(
         "{{\"phase\":\"run\",\"job\":\"{kind}\",\"keys\":{keys},\"budget_mb\":{budget_mb},\"records\":{rows},\"seconds\":{seconds:.1},\"events_per_sec\":{:.0},\"peak_rss_mib\":{:.0}}}",
         rows as f64 / seconds,

@@ -22,7 +22,7 @@
 //! already be gone.
 
 use crate::error::{column_index, OperatorError, Result};
-use crate::keyed::{KEY, TIMER};
+use crate::keyed::{is_timer, KEY};
 use crate::window::{window_field, WindowSpec, WINDOW_END, WINDOW_START};
 use datafusion::arrow::array::{
     new_empty_array, new_null_array, Array, ArrayRef, BooleanArray, Int64Array, RecordBatch,
@@ -1091,7 +1091,7 @@ impl JoinOperator {
     }
 
     fn restore(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
-        if item.first() == Some(&TIMER) {
+        if is_timer(item) {
             // A timer of state kept in RocksDB: here timers come from the rows.
             return Ok(());
         }

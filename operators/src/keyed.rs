@@ -13,7 +13,6 @@
 //! storage at any parallelism.
 
 use crate::error::{OperatorError, Result};
-use crate::state::encode_i64;
 use datafusion::arrow::array::{new_null_array, ArrayRef};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -21,8 +20,7 @@ use datafusion::common::{HashMap, HashSet};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::state::{StateSnapshot, StateStore, StoreUse};
 use oxflow_runtime::EventTime;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 
 /// The frame of an entry in a row layout of our own: a magic, a fingerprint of the types it
 /// holds (so that an entry of a job with other types is refused, not misread) and the
@@ -260,17 +258,17 @@ impl<V> Default for KeyedState<V> {
 impl<V> KeyedState<V> {
     /// Keeps values in `store`, with at most its budget in memory, counting the bytes
     /// written to it early in `spilled_bytes`. Every key the operator gives starts with
-    /// `prefix` (its other entries, not kept here, must not).
+    /// one of `prefixes` (its other entries, not kept here, must not).
     pub(crate) fn use_store(
         &mut self,
         store: StateStore,
-        prefix: u8,
+        prefixes: &'static [u8],
         spilled_bytes: Counter,
     ) -> StoreUse {
         self.budget = store.memory_budget();
         self.store = Some(store);
         self.spilled_bytes = spilled_bytes;
-        StoreUse::ByKey { prefix }
+        StoreUse::ByKey { prefixes }
     }
 
     /// Bytes the values in memory hold (under a budget; 0 without one).
@@ -326,7 +324,7 @@ impl<V> KeyedState<V> {
         let kg = key_group as u16;
         // A key removed since the last write still has its old version in the store: it is
         // gone, not to be read back; the new value will replace it.
-        let was_removed = self.removed.remove(&(kg, Box::from(key)));
+        let was_removed = !self.removed.is_empty() && self.removed.remove(&(kg, Box::from(key)));
         let stored = match &self.store {
             Some(store) if !was_removed => store.get(key_group, key)?,
             _ => None,
@@ -461,6 +459,10 @@ impl<V> KeyedState<V> {
             false
         });
         self.bytes = bytes;
+        // Keys written out need no write at the barrier: forget them, so that the list of
+        // changed keys stays within the keys in memory.
+        let slots = &self.slots;
+        self.changed.retain(|key| slots.contains_key(key));
         self.spilled_bytes.add(written as u64);
         if let Some(e) = failed {
             return Err(e);
@@ -510,74 +512,330 @@ impl<V> KeyedState<V> {
 
 /// With state in RocksDB, the first byte of a key's value entry (then the key).
 pub(crate) const KEY: u8 = b'k';
-/// With state in RocksDB, the first byte of a key's timer entry (then the key).
-pub(crate) const TIMER: u8 = b't';
+/// With state in RocksDB, the first byte of a timer entry (then its time, ordered, and the
+/// key): timers sort by time within their key group.
+pub(crate) const TIMER: u8 = b'T';
+/// The first byte of a key's timer entry as checkpoints before timers were kept in RocksDB
+/// wrote it (then the key; its time is the value): restored, they are armed again.
+const OLD_TIMER: u8 = b't';
 
-/// A key's timer: when, the key (without [`KEY`]), its key group.
-type Timer = Reverse<(EventTime, Box<[u8]>, u16)>;
+/// Whether an entry key is a timer's (either layout): state kept in memory skips them, its
+/// timers come from its values.
+pub(crate) fn is_timer(item: &[u8]) -> bool {
+    matches!(item.first(), Some(&TIMER) | Some(&OLD_TIMER))
+}
 
-/// Per-key values in a [`KeyedState`] under the memory budget, each with a timer in event
+/// A timer entry's key: [`TIMER`], the time (big endian with its sign bit flipped, so that
+/// bytes sort as times do) and the key.
+fn timer_item(at: EventTime, key: &[u8]) -> Vec<u8> {
+    let mut item = Vec::with_capacity(9 + key.len());
+    item.push(TIMER);
+    item.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
+    item.extend_from_slice(key);
+    item
+}
+
+/// The time and key of a timer entry's key.
+fn parse_timer(kg: usize, item: &[u8]) -> Result<(EventTime, Box<[u8]>)> {
+    match item {
+        [TIMER, rest @ ..] if rest.len() >= 8 => {
+            let (time, key) = rest.split_at(8);
+            let t = u64::from_be_bytes(time.try_into().expect("8 bytes")) ^ (1 << 63);
+            Ok((t as i64, key.into()))
+        }
+        _ => Err(OperatorError::State(format!(
+            "a timer entry key in key group {kg} has {} bytes, not a time and a key",
+            item.len()
+        ))),
+    }
+}
+
+/// The earliest timers of one key group held in memory.
+#[derive(Default)]
+struct GroupTimers {
+    cache: BTreeSet<(EventTime, Box<[u8]>)>,
+    /// Every timer of the key group before this time is in `cache` (`None`: every timer
+    /// is); later ones may be only in the store.
+    bound: Option<EventTime>,
+}
+
+impl GroupTimers {
+    /// When the key group's next timer is due, at the earliest: its first cached timer, or
+    /// else the bound from which the store must be read.
+    fn head(&self) -> Option<EventTime> {
+        self.cache.first().map(|(t, _)| *t).or(self.bound)
+    }
+}
+
+/// Timers of keyed state in RocksDB, as Flink's RocksDB timer service keeps them: each is
+/// an entry of its key group in the store, sorted by time, and memory holds only each key
+/// group's earliest ones (at most `cap` over all), read from the store in runs as they are
+/// needed. So timers cost memory for the few due next, not for every key. Timers are lower
+/// bounds: an operator re-arms a key whose timer found nothing due; a key may have several.
+struct TimerQueue {
+    store: StateStore,
+    /// By key group; each starts unknown (bound `EventTime::MIN`), so a restored job reads
+    /// its timers from the store when first asked, without being told what was restored.
+    groups: Vec<GroupTimers>,
+    /// Each key group's head, to find the earliest over all.
+    heads: BTreeSet<(EventTime, u16)>,
+    /// Timer puts (`true`) and deletes not yet in the store.
+    pending: Vec<(u16, Vec<u8>, bool)>,
+    cached: usize,
+    cap: usize,
+    /// Timers read from the store per key group at a time.
+    run: usize,
+}
+
+/// Timers read from the store per key group at a time.
+const TIMER_RUN: usize = 256;
+
+/// A due timer: its time, key and key group.
+pub(crate) type DueTimer = (EventTime, Box<[u8]>, u16);
+
+impl TimerQueue {
+    fn new(store: StateStore, key_groups: usize) -> TimerQueue {
+        // About 100 bytes a cached timer: an eighth of the budget, at least four runs.
+        let cap = (store.memory_budget() / 8 / 100).max(TIMER_RUN * 4);
+        Self::with_limits(store, key_groups, cap, TIMER_RUN)
+    }
+
+    /// Caching at most `cap` timers, reading `run` at a time.
+    fn with_limits(store: StateStore, key_groups: usize, cap: usize, run: usize) -> TimerQueue {
+        let groups: Vec<GroupTimers> = (0..key_groups)
+            .map(|_| GroupTimers {
+                cache: BTreeSet::new(),
+                bound: Some(EventTime::MIN),
+            })
+            .collect();
+        let heads = (0..key_groups as u16)
+            .map(|g| (EventTime::MIN, g))
+            .collect();
+        TimerQueue {
+            store,
+            groups,
+            heads,
+            pending: Vec::new(),
+            cached: 0,
+            cap,
+            run,
+        }
+    }
+
+    fn group(&mut self, kg: u16) -> Result<&mut GroupTimers> {
+        let n = self.groups.len();
+        self.groups
+            .get_mut(kg as usize)
+            .ok_or_else(|| OperatorError::State(format!("a timer of key group {kg}, of {n}")))
+    }
+
+    /// Runs `f` on key group `kg`'s timers, keeping its head in `heads`.
+    fn with_group<R>(
+        &mut self,
+        kg: u16,
+        f: impl FnOnce(&mut GroupTimers, &mut usize) -> R,
+    ) -> Result<R> {
+        let mut cached = self.cached;
+        let group = self.group(kg)?;
+        let before = group.head();
+        let result = f(group, &mut cached);
+        let after = group.head();
+        self.cached = cached;
+        if before != after {
+            if let Some(t) = before {
+                self.heads.remove(&(t, kg));
+            }
+            if let Some(t) = after {
+                self.heads.insert((t, kg));
+            }
+        }
+        Ok(result)
+    }
+
+    fn arm(&mut self, kg: u16, key: &[u8], at: EventTime) -> Result<()> {
+        self.pending.push((kg, timer_item(at, key), true));
+        self.with_group(kg, |g, cached| {
+            if g.bound.is_none_or(|b| at < b) && g.cache.insert((at, key.into())) {
+                *cached += 1;
+            }
+        })?;
+        if self.cached > self.cap {
+            self.trim()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the latest quarter (at least one) of each key group's cached timers until at
+    /// most `cap` are left (they stay in the store).
+    fn trim(&mut self) -> Result<()> {
+        while self.cached > self.cap {
+            self.trim_once()?;
+        }
+        Ok(())
+    }
+
+    fn trim_once(&mut self) -> Result<()> {
+        for kg in 0..self.groups.len() as u16 {
+            self.with_group(kg, |g, cached| {
+                let drop = g.cache.len().div_ceil(4);
+                for _ in 0..drop {
+                    if let Some((t, _)) = g.cache.pop_last() {
+                        *cached -= 1;
+                        g.bound = Some(g.bound.map_or(t, |b| b.min(t)));
+                    }
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending timer changes to the store; unless `wait`, only if it takes writes
+    /// now (not while a checkpoint is being cut) or they pile up.
+    fn flush(&mut self, wait: bool) -> Result<()> {
+        if self.pending.is_empty()
+            || !(wait || self.store.can_write() || self.pending.len() > self.cap)
+        {
+            return Ok(());
+        }
+        let mut changes = StateSnapshot::default();
+        self.drain_into(&mut changes);
+        Ok(self.store.write(changes)?)
+    }
+
+    fn drain_into(&mut self, changes: &mut StateSnapshot) {
+        // A snapshot applies its deletes before its puts: only each entry's last change
+        // goes in (a timer armed again after it fired must stay, one fired after it was
+        // armed must go).
+        let mut last: HashMap<(u16, Vec<u8>), bool> = HashMap::default();
+        for (kg, item, put) in self.pending.drain(..) {
+            last.insert((kg, item), put);
+        }
+        for ((kg, item), put) in last {
+            match put {
+                true => changes.put(kg as usize, &item, Vec::new()),
+                false => changes.delete(kg as usize, &item),
+            }
+        }
+    }
+
+    /// The earliest timer at or before `up_to`, removed (its entry deleted).
+    fn pop_due(&mut self, up_to: EventTime) -> Result<Option<DueTimer>> {
+        let popped = self.pop_reading(up_to)?;
+        // Runs read on the way may have filled the cache past its cap.
+        self.trim()?;
+        Ok(popped)
+    }
+
+    fn pop_reading(&mut self, up_to: EventTime) -> Result<Option<DueTimer>> {
+        loop {
+            let Some(&(head, kg)) = self.heads.first() else {
+                return Ok(None);
+            };
+            if head > up_to {
+                return Ok(None);
+            }
+            let popped = self.with_group(kg, |g, cached| {
+                let popped = g.cache.pop_first();
+                *cached -= popped.is_some() as usize;
+                popped
+            })?;
+            if let Some((t, key)) = popped {
+                self.pending.push((kg, timer_item(t, &key), false));
+                return Ok(Some((t, key, kg)));
+            }
+            self.refill(kg)?;
+        }
+    }
+
+    /// Reads key group `kg`'s next run of timers from the store (its cache is empty).
+    fn refill(&mut self, kg: u16) -> Result<()> {
+        // The store must hold every arm and delete so far.
+        self.flush(true)?;
+        let Some(bound) = self.group(kg)?.bound else {
+            return Ok(());
+        };
+        let items =
+            self.store
+                .scan_keys(kg as usize, &timer_item(bound, &[]), &[TIMER], self.run)?;
+        let timers = items
+            .iter()
+            .map(|item| parse_timer(kg as usize, item))
+            .collect::<Result<Vec<_>>>()?;
+        let run = self.run;
+        self.with_group(kg, |g, cached| {
+            g.bound = match timers.len() < run {
+                true => None,
+                // Those at the last time may not all have been read.
+                false => timers.last().map(|(t, _)| *t),
+            };
+            for timer in timers {
+                *cached += g.cache.insert(timer) as usize;
+            }
+        })
+    }
+}
+
+/// Per-key values in a [`KeyedState`] under the memory budget, each with timers in event
 /// time (when a key's session closes, a join key's rows expire or its window fires), as
-/// Flink keeps keyed state and its timer service. Timers stay in memory (a time and a key
-/// per key that has one) and go to the checkpoint as one small entry per key, so that a
-/// restore, which copies values into the store without listing them, finds its keys again.
+/// Flink keeps keyed state and its timer service, both in RocksDB ([`TimerQueue`]). A
+/// restore copies values and timers into the store without listing them.
 pub(crate) struct TimedKeys<V, C> {
     pub(crate) state: KeyedState<V>,
     pub(crate) codec: C,
-    timers: BinaryHeap<Timer>,
-    /// Timer entries to write at the next snapshot, by key (`None`: delete it).
-    changed: HashMap<Box<[u8]>, (u16, Option<EventTime>)>,
+    timers: TimerQueue,
 }
 
 impl<V, C: KeyedCodec<V>> TimedKeys<V, C> {
-    /// Keeps values in `store` through `codec`; see [`KeyedState::use_store`].
-    pub(crate) fn new(store: StateStore, codec: C, spilled_bytes: Counter) -> (Self, StoreUse) {
+    /// Keeps values in `store` through `codec`, with timers for `key_groups` key groups;
+    /// see [`KeyedState::use_store`].
+    pub(crate) fn new(
+        store: StateStore,
+        codec: C,
+        key_groups: usize,
+        spilled_bytes: Counter,
+    ) -> (Self, StoreUse) {
         let mut state = KeyedState::default();
-        let used = state.use_store(store, KEY, spilled_bytes);
-        let keys = TimedKeys {
-            state,
-            codec,
-            timers: BinaryHeap::new(),
-            changed: HashMap::default(),
-        };
-        (keys, used)
+        let timers = TimerQueue::new(store.clone(), key_groups);
+        let used = state.use_store(store, &[KEY, TIMER], spilled_bytes);
+        (
+            TimedKeys {
+                state,
+                codec,
+                timers,
+            },
+            used,
+        )
     }
 
     /// At a barrier: the changed values and timers.
     pub(crate) fn snapshot(&mut self, state: &mut StateSnapshot) -> Result<()> {
         self.state.snapshot(state, &self.codec)?;
-        for (key, (kg, at)) in self.changed.drain() {
-            let item = [&[TIMER][..], &key].concat();
-            match at {
-                Some(t) => state.put(kg as usize, &item, encode_i64(t)),
-                None => state.delete(kg as usize, &item),
-            }
-        }
+        self.timers.drain_into(state);
         Ok(())
     }
 
-    /// Arms the timer of `key` (without [`KEY`]) at `at`, and has the checkpoint keep it. An
-    /// earlier timer of the key stays armed: timers are lower bounds, and the operator
-    /// re-arms a key whose timer found nothing due.
-    pub(crate) fn arm(&mut self, kg: u16, key: &[u8], at: EventTime) {
-        self.timers.push(Reverse((at, key.into(), kg)));
-        self.changed.insert(key.into(), (kg, Some(at)));
+    /// Between batches: writes values out if they outgrow the budget, and timer changes.
+    pub(crate) fn evict_if_over(&mut self) -> Result<()> {
+        self.state.evict_if_over(&self.codec)?;
+        self.timers.flush(false)
     }
 
-    /// Deletes the timer entry of `key`, whose value is gone.
-    pub(crate) fn disarm(&mut self, kg: u16, key: Box<[u8]>) {
-        self.changed.insert(key, (kg, None));
+    /// Arms a timer of `key` (without [`KEY`]) at `at`. An earlier timer of the key stays
+    /// armed: timers are lower bounds, and the operator re-arms a key whose timer found
+    /// nothing due.
+    pub(crate) fn arm(&mut self, kg: u16, key: &[u8], at: EventTime) -> Result<()> {
+        self.timers.arm(kg, key, at)
     }
 
-    /// The next key whose timer is at or before `up_to`, with its key group.
-    pub(crate) fn pop_due(&mut self, up_to: EventTime) -> Option<(EventTime, Box<[u8]>, u16)> {
-        if self.timers.peek()?.0 .0 > up_to {
-            return None;
-        }
-        self.timers.pop().map(|Reverse(t)| t)
+    /// The next key whose timer is at or before `up_to`, with its key group; the timer is
+    /// gone.
+    pub(crate) fn pop_due(&mut self, up_to: EventTime) -> Result<Option<DueTimer>> {
+        self.timers.pop_due(up_to)
     }
 
-    /// Takes back a restored timer entry (`item` starts with [`TIMER`]).
+    /// Takes back a restored timer entry that was not copied into the store: one of a
+    /// checkpoint written before timers were kept in RocksDB (`item` is [`OLD_TIMER`] and
+    /// the key, the value its time).
     pub(crate) fn restore_timer(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
         let bytes: [u8; 8] = value.try_into().map_err(|_| {
             OperatorError::State(format!(
@@ -585,9 +843,12 @@ impl<V, C: KeyedCodec<V>> TimedKeys<V, C> {
                 value.len()
             ))
         })?;
-        // Restored into a new store: written again at the next snapshot.
-        self.arm(kg as u16, &item[1..], i64::from_be_bytes(bytes));
-        Ok(())
+        if item.first() != Some(&OLD_TIMER) {
+            return Err(OperatorError::State(format!(
+                "an entry in key group {kg} is not a timer"
+            )));
+        }
+        self.arm(kg as u16, &item[1..], i64::from_be_bytes(bytes))
     }
 }
 
@@ -626,7 +887,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let backend = StateBackend::open(dir.path()).unwrap();
             let mut state = KeyedState::default();
-            let _ = state.use_store(backend.store(0, 0, budget_keys * 250), 0, Counter::default());
+            let _ = state.use_store(backend.store(0, 0, budget_keys * 250), &[0], Counter::default());
             let mut reference: HashMap<u8, u64> = HashMap::default();
             for (key, op) in ops {
                 let kg = (key % 4) as usize;
@@ -659,6 +920,58 @@ mod tests {
                 let got = state.take((key % 4) as usize, &[key], &Counters).unwrap();
                 proptest::prop_assert_eq!(got, reference.get(&key).copied());
             }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Arming and popping timers, caching at most a few and reading two at a time from
+        /// the store, with snapshots applied in between and restores into a new queue over
+        /// the same store: timers pop in time order, each once, as from a plain set.
+        #[test]
+        fn timers_in_the_store_pop_in_order(
+            ops in proptest::collection::vec((0u8..4, 0u8..6, -20i64..20, 0u8..8), 1..300),
+            cap in 1usize..6,
+        ) {
+            const RUN: usize = 2;
+            let dir = tempfile::tempdir().unwrap();
+            let backend = StateBackend::open(dir.path()).unwrap();
+            let queue = || TimerQueue::with_limits(backend.store(0, 0, 1), 4, cap, RUN);
+            let mut timers = queue();
+            let mut reference: BTreeSet<(EventTime, u8, u16)> = BTreeSet::new();
+            for (kg, key, t, op) in ops {
+                match op {
+                    0 => {
+                        let mut snapshot = StateSnapshot::default();
+                        timers.drain_into(&mut snapshot);
+                        backend.apply(0, 0, snapshot).unwrap();
+                        // A restore: only the store is left.
+                        timers = queue();
+                    }
+                    1 | 2 => {
+                        let got = timers.pop_due(t).unwrap();
+                        let want = reference.iter().find(|r| r.0 <= t).copied();
+                        match (got, want) {
+                            (None, None) => {}
+                            (Some((at, k, g)), Some((first, _, _))) => {
+                                proptest::prop_assert_eq!(at, first, "not the earliest");
+                                proptest::prop_assert!(reference.remove(&(at, k[0], g)));
+                            }
+                            (got, want) => proptest::prop_assert!(false, "{:?} vs {:?}", got, want),
+                        }
+                    }
+                    3 => timers.flush(false).unwrap(),
+                    _ => {
+                        timers.arm(kg as u16, &[key], t).unwrap();
+                        reference.insert((t, key, kg as u16));
+                    }
+                }
+                proptest::prop_assert!(timers.cached <= cap);
+            }
+            while let Some((at, k, g)) = timers.pop_due(EventTime::MAX).unwrap() {
+                proptest::prop_assert!(reference.remove(&(at, k[0], g)));
+            }
+            proptest::prop_assert!(reference.is_empty(), "left: {:?}", reference);
         }
     }
 }

@@ -467,7 +467,7 @@ impl Operator for RunningOperator {
         // Keys' accumulators go to the store; the rows waiting for the watermark (at most
         // the watermark's delay of input) stay in memory.
         self.groups
-            .use_store(store, KEY, self.spilled_bytes.clone())
+            .use_store(store, &[KEY], self.spilled_bytes.clone())
     }
 
     fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {

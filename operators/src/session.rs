@@ -7,7 +7,7 @@
 
 use crate::aggregate::{AggregateInputs, Aggregates, Groups};
 use crate::error::{OperatorError, Result};
-use crate::keyed::{FixedRows, FlatRows, KeyedCodec, TimedKeys, KEY, TIMER};
+use crate::keyed::{is_timer, FixedRows, FlatRows, KeyedCodec, TimedKeys, KEY};
 use crate::state::{decode_entry, encode_by_key_group, state_batch, StoredEntries};
 use crate::window::LateSide;
 use datafusion::arrow::array::{
@@ -502,7 +502,12 @@ impl Operator for SessionWindows {
             return StoreUse::Memory;
         };
         self.layout = layout;
-        let (by_key, used) = TimedKeys::new(store, codec, self.cfg.spilled_bytes.clone());
+        let (by_key, used) = TimedKeys::new(
+            store,
+            codec,
+            self.cfg.max_parallelism,
+            self.cfg.spilled_bytes.clone(),
+        );
         self.by_key = Some(by_key);
         used
     }
@@ -522,7 +527,7 @@ impl Operator for SessionWindows {
         // batch per key would cost its arrays' overhead for every key).
         let mut keys_entries: Vec<EntryRows> = Vec::new();
         for (kg, item, value) in state.keyed {
-            if item.first() == Some(&TIMER) {
+            if is_timer(&item) {
                 // A timer of state kept in RocksDB: here timers come from the sessions.
                 continue;
             }
@@ -960,12 +965,12 @@ impl SessionWindows {
                 // Timers are lazy, as with state in memory: a new session arms its key at
                 // the key's earliest close (a lower bound of when it next has one due).
                 (Placed::Opened(closes), earliest) => {
-                    by_key.arm(kg as u16, &item[1..], earliest.unwrap_or(closes))
+                    by_key.arm(kg as u16, &item[1..], earliest.unwrap_or(closes))?
                 }
                 (Placed::Joined, _) => {}
             }
         }
-        by_key.state.evict_if_over(&by_key.codec)?;
+        by_key.evict_if_over()?;
         self.late.split(batch, &late)?;
         Ok(())
     }
@@ -974,10 +979,10 @@ impl SessionWindows {
         let gap_and_lateness = self.cfg.gap - 1 + self.cfg.lateness;
         let by_key = self.by_key.as_mut().expect("state is in the store");
         let mut closed: KeySessions = Vec::new();
-        while let Some((_, key, kg)) = by_key.pop_due(up_to) {
+        while let Some((_, key, kg)) = by_key.pop_due(up_to)? {
             let item = [&[KEY][..], &key].concat();
             // A stale timer of a key whose sessions all closed finds none (an empty value,
-            // dropped below with the timer's entry).
+            // dropped below).
             let next = by_key.state.update(
                 kg as usize,
                 &item,
@@ -988,29 +993,29 @@ impl SessionWindows {
             match next {
                 None => {
                     by_key.state.take(kg as usize, &item, &by_key.codec)?;
-                    by_key.disarm(kg, key);
                 }
-                Some(next) => by_key.arm(kg, &key, next),
+                Some(next) => by_key.arm(kg, &key, next)?,
             }
         }
         if closed.is_empty() {
             return Ok(());
         }
         let (gathered, numbers, first_rows) = by_key.codec.gather(closed.iter())?;
-        by_key.state.evict_if_over(&by_key.codec)?;
+        by_key.evict_if_over()?;
         let bounds: Vec<(EventTime, EventTime)> =
             closed.iter().map(|s| (s.start, s.last)).collect();
         self.emit(&bounds, &gathered, numbers, first_rows, out)
     }
 
-    /// Takes back restored entries with state in RocksDB: keys' timers (their sessions were
-    /// copied into the store), or the sessions of a key group written with state in memory.
+    /// Takes back restored entries with state in RocksDB that were not copied into the
+    /// store: keys' timers of checkpoints written before timers were kept in RocksDB, or the
+    /// sessions of a key group written with state in memory.
     fn restore_stored(&mut self, keyed: Vec<(usize, Vec<u8>, Vec<u8>)>) -> Result<()> {
         let n_keys = self.cfg.key_indices.len();
         let gap_and_lateness = self.cfg.gap - 1 + self.cfg.lateness;
         let by_key = self.by_key.as_mut().expect("state is in the store");
         for (kg, item, value) in keyed {
-            if item.first() == Some(&TIMER) {
+            if is_timer(&item) {
                 by_key.restore_timer(kg, &item, &value)?;
                 continue;
             }
@@ -1018,7 +1023,7 @@ impl SessionWindows {
                 // A key's sessions handed over rather than copied into the store.
                 let sessions = by_key.codec.decode(kg, &item, &value)?;
                 if let Some(at) = earliest_close(&sessions, gap_and_lateness) {
-                    by_key.arm(kg as u16, &item[1..], at);
+                    by_key.arm(kg as u16, &item[1..], at)?;
                 }
                 by_key.state.restore(kg, &item, sessions, &by_key.codec);
                 continue;
@@ -1037,7 +1042,7 @@ impl SessionWindows {
             for (item, mut sessions) in by_row {
                 sessions.sort_by_key(|s| s.start);
                 if let Some(at) = earliest_close(&sessions, gap_and_lateness) {
-                    by_key.arm(kg as u16, &item[1..], at);
+                    by_key.arm(kg as u16, &item[1..], at)?;
                 }
                 by_key.state.restore(kg, &item, sessions, &by_key.codec);
             }

@@ -6,7 +6,7 @@
 //! little more than its answer whatever its input.
 
 use crate::error::{column_index, OperatorError, Result};
-use crate::keyed::{FixedRows, FlatRows, KeyedCodec, TimedKeys, KEY, TIMER};
+use crate::keyed::{is_timer, FixedRows, FlatRows, KeyedCodec, TimedKeys, KEY};
 use crate::state::{
     decode_entry, encode_by_key_group, parse_window_key, window_key, StoredEntries,
 };
@@ -348,7 +348,7 @@ impl Operator for TopNOperator {
             }
         }
         if let Some(by_key) = &mut self.by_key {
-            by_key.state.evict_if_over(&by_key.codec)?;
+            by_key.evict_if_over()?;
         }
         Ok(())
     }
@@ -357,7 +357,12 @@ impl Operator for TopNOperator {
         let Some(codec) = self.codec.take() else {
             return StoreUse::Memory;
         };
-        let (by_key, used) = ByKey::new(store, codec, self.spilled_bytes.clone());
+        let (by_key, used) = ByKey::new(
+            store,
+            codec,
+            self.max_parallelism,
+            self.spilled_bytes.clone(),
+        );
         self.by_key = Some(by_key);
         used
     }
@@ -389,14 +394,14 @@ impl Operator for TopNOperator {
 
     fn restore_state(&mut self, state: RestoredState) -> oxflow_runtime::Result<()> {
         for (kg, key, value) in state.keyed {
-            match (key.first(), &mut self.by_key) {
-                (Some(&TIMER), Some(by_key)) => {
+            match (is_timer(&key), key.first(), &mut self.by_key) {
+                (true, _, Some(by_key)) => {
                     by_key.restore_timer(kg, &key, &value)?;
                     continue;
                 }
                 // A timer of state kept in RocksDB: here the windows' rows are enough.
-                (Some(&TIMER), None) => continue,
-                (Some(&KEY), None) => {
+                (true, _, None) => continue,
+                (false, Some(&KEY), None) => {
                     self.restore_key_into_memory(kg, &key, &value)?;
                     continue;
                 }
@@ -641,7 +646,7 @@ impl TopNOperator {
                 },
             )?;
             if new {
-                by_key.arm(kg as u16, &item[1..], fires);
+                by_key.arm(kg as u16, &item[1..], fires)?;
             }
         }
         Ok(())
@@ -651,10 +656,9 @@ impl TopNOperator {
     fn fire_stored(&mut self, up_to: EventTime, out: &mut Output) -> Result<()> {
         let by_key = self.by_key.as_mut().expect("state is in the store");
         let mut windows: Vec<((EventTime, EventTime), FlatRows)> = Vec::new();
-        while let Some((_, key, kg)) = by_key.pop_due(up_to) {
+        while let Some((_, key, kg)) = by_key.pop_due(up_to)? {
             let item = [&[KEY][..], &key].concat();
             let window = parse_window_key(&key)?;
-            by_key.disarm(kg, key);
             let Some(top) = by_key.state.take(kg as usize, &item, &by_key.codec)? else {
                 continue;
             };
@@ -663,7 +667,7 @@ impl TopNOperator {
                 _ => windows.push((window, top.rows)),
             }
         }
-        by_key.state.evict_if_over(&by_key.codec)?;
+        by_key.evict_if_over()?;
         for ((end, start), rows) in windows {
             let top = by_key.codec.batch(&rows)?;
             if self.inherited {

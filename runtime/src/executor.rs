@@ -811,9 +811,12 @@ impl TaskCheckpointing {
                 .work
                 .as_ref()
                 .expect("a work directory with state in RocksDB");
-            let backend = StateBackend::open(work)?;
+            // RocksDB's own buffers come out of the budget, as Flink's managed memory holds
+            // them: half for RocksDB, half for the operator's state in memory.
+            let backend = StateBackend::open_with_budget(work, Some(memory_budget / 2))?;
+            let in_memory = memory_budget - memory_budget / 2;
             for (k, op) in chain.operators.iter_mut().enumerate() {
-                in_store[k] = op.use_state_store(backend.store(k, self.info.index, memory_budget));
+                in_store[k] = op.use_state_store(backend.store(k, self.info.index, in_memory));
             }
             self.backend = Some(backend);
         }

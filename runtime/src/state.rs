@@ -27,7 +27,7 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use rocksdb::{
     checkpoint::Checkpoint, BlockBasedOptions, Direction, IngestExternalFileOptions, IteratorMode,
-    Options, SstFileWriter, WriteBatch, WriteOptions, DB,
+    Options, ReadOptions, SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -61,13 +61,14 @@ pub enum StoreUse {
     /// In the store, with an index of its entries in memory: on restore the operator is
     /// told the key of every entry copied into the store ([`RestoredState::stored`]).
     Indexed,
-    /// Per-key entries (those whose key starts with `prefix`) in the store, found by key
-    /// when needed, as Flink's RocksDB backend keeps keyed state: on restore they are copied
-    /// into the store and not listed, so restoring costs no memory per key. Every other
-    /// entry is handed over in [`RestoredState::keyed`], as with state in memory.
+    /// Per-key entries (those whose key starts with one of `prefixes`) in the store, found
+    /// by key when needed, as Flink's RocksDB backend keeps keyed state and timers: on
+    /// restore they are copied into the store and not listed, so restoring costs no memory
+    /// per key. Every other entry is handed over in [`RestoredState::keyed`], as with state
+    /// in memory.
     ByKey {
-        /// The first byte of the operator's per-key entry keys.
-        prefix: u8,
+        /// The first bytes of the operator's per-key entry keys (its values, its timers).
+        prefixes: &'static [u8],
     },
 }
 
@@ -251,6 +252,40 @@ impl StateStore {
             .get(entry_key(self.operator, key_group as u16, key))
             .map_err(|e| rocks("reading state", e))
     }
+
+    /// The keys of `key_group`, in order, from `from` (inclusive) on, that start with
+    /// `prefix` (which `from` starts with too): at most `limit` of them. A scan stops at the
+    /// prefix's end, so deleted entries beyond it cost nothing.
+    pub fn scan_keys(
+        &self,
+        key_group: usize,
+        from: &[u8],
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let kg = key_group as u16;
+        let start = entry_key(self.operator, kg, from);
+        let mut options = ReadOptions::default();
+        // The first key after every key starting with the prefix.
+        let mut end = entry_key(self.operator, kg, prefix);
+        while end.last() == Some(&u8::MAX) {
+            end.pop();
+        }
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+            options.set_iterate_upper_bound(end);
+        }
+        let head = entry_key(self.operator, kg, &[]).len();
+        let mut keys = Vec::new();
+        let entries = self
+            .db
+            .iterator_opt(IteratorMode::From(&start, Direction::Forward), options);
+        for entry in entries.take(limit) {
+            let (k, _) = entry.map_err(|e| rocks("scanning state", e))?;
+            keys.push(k[head..].to_vec());
+        }
+        Ok(keys)
+    }
 }
 
 fn entry_key(operator: u16, key_group: u16, key: &[u8]) -> Vec<u8> {
@@ -421,10 +456,32 @@ pub struct StateFiles {
 impl StateBackend {
     /// Opens (creating) the store in `dir`, which must be this subtask's alone.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_budget(dir, None)
+    }
+
+    /// As [`StateBackend::open`], for operators that keep state in the store while they
+    /// run, RocksDB itself using about `rocksdb_memory` bytes (`None`: state in memory,
+    /// written at barriers; RocksDB's defaults). As Flink counts RocksDB's write buffers and
+    /// block cache within managed memory: two write buffers of a quarter of it each and a
+    /// block cache of half (at least 1 MiB each, at most RocksDB's defaults of 64 MiB and
+    /// 32 MiB). A Bloom filter on the write buffers lets a lookup of a key that is not
+    /// there, the usual case for a key not yet seen, skip the buffer's search.
+    pub fn open_with_budget(dir: &Path, rocksdb_memory: Option<usize>) -> Result<Self> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        options.set_block_based_table_factory(&table_options());
+        let mut table = table_options();
+        if let Some(memory) = rocksdb_memory {
+            const MIB: usize = 1 << 20;
+            options.set_write_buffer_size((memory / 4).clamp(MIB, 64 * MIB));
+            options.set_max_write_buffer_number(2);
+            options.set_memtable_prefix_bloom_ratio(0.1);
+            options.set_memtable_whole_key_filtering(true);
+            table.set_block_cache(&rocksdb::Cache::new_lru_cache(
+                (memory / 2).clamp(MIB, 32 * MIB),
+            ));
+        }
+        options.set_block_based_table_factory(&table);
         let db = DB::open(&options, dir)
             .map_err(|e| rocks(format!("opening state in {}", dir.display()), e))?;
         Ok(StateBackend {
@@ -560,9 +617,9 @@ pub fn read_state(
                 let copied = match use_ {
                     StoreUse::Memory => None,
                     StoreUse::Indexed => copy.as_mut(),
-                    StoreUse::ByKey { prefix } => {
-                        copy.as_mut().filter(|_| k.get(4) == Some(&prefix))
-                    }
+                    StoreUse::ByKey { prefixes } => copy
+                        .as_mut()
+                        .filter(|_| k.get(4).is_some_and(|b| prefixes.contains(b))),
                 };
                 match copied {
                     None => state.keyed.push((kg, k[4..].to_vec(), v.to_vec())),
@@ -790,8 +847,8 @@ mod tests {
         // By key: entries with the prefix are copied and not listed, the others handed over.
         let backend = StateBackend::open(&tmp.path().join("by-key")).unwrap();
         let uses = [
-            StoreUse::ByKey { prefix: b'k' },
-            StoreUse::ByKey { prefix: b'k' },
+            StoreUse::ByKey { prefixes: b"k" },
+            StoreUse::ByKey { prefixes: b"k" },
         ];
         let mut restored = read_state(&dirs, 2, 10..20, Some((&backend, &uses))).unwrap();
         let other = restored.pop().unwrap();

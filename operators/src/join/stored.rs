@@ -9,7 +9,7 @@
 
 use super::{Bounds, JoinOperator, JoinType, Pair, RowRef, LEFT, RIGHT};
 use crate::error::{OperatorError, Result};
-use crate::keyed::{EntryFrame, FixedRows, FlatRows, KeyedCodec, TimedKeys, KEY, TIMER};
+use crate::keyed::{is_timer, EntryFrame, FixedRows, FlatRows, KeyedCodec, TimedKeys, KEY};
 use crate::state::state_batch;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -274,7 +274,7 @@ impl JoinOperator {
         let Some(codec) = self.codec.take() else {
             return StoreUse::Memory;
         };
-        let (by_key, used) = ByKey::new(store, codec, spilled_bytes);
+        let (by_key, used) = ByKey::new(store, codec, self.max_parallelism, spilled_bytes);
         self.by_key = Some(by_key);
         used
     }
@@ -350,7 +350,7 @@ impl JoinOperator {
                         },
                     )?;
                     if new {
-                        by_key.arm(kg, &item[1..], end - 1);
+                        by_key.arm(kg, &item[1..], end - 1)?;
                     }
                 }
                 continue;
@@ -412,10 +412,10 @@ impl JoinOperator {
                 },
             )?;
             if let Some(e) = arm {
-                by_key.arm(kg, &item[1..], e);
+                by_key.arm(kg, &item[1..], e)?;
             }
         }
-        by_key.state.evict_if_over(&by_key.codec)?;
+        by_key.evict_if_over()?;
         self.late_records.add(late);
         self.emit_gathered(gathered, None, out)?;
         self.sweep();
@@ -456,10 +456,9 @@ impl JoinOperator {
         let mut window = None;
         let mut done: Vec<(Gathered, Option<(EventTime, EventTime)>)> = Vec::new();
         let by_key = self.by_key.as_mut().expect("state is in the store");
-        while let Some((_, key, kg)) = by_key.pop_due(up_to) {
+        while let Some((_, key, kg)) = by_key.pop_due(up_to)? {
             let item = [&[KEY][..], &key].concat();
             if let Bounds::Window { size, .. } = bounds {
-                by_key.disarm(kg, key.clone());
                 let Some(v) = by_key.state.take(kg as usize, &item, &by_key.codec)? else {
                     continue;
                 };
@@ -536,13 +535,12 @@ impl JoinOperator {
             match rest {
                 (true, _) => {
                     by_key.state.take(kg as usize, &item, &by_key.codec)?;
-                    by_key.disarm(kg, key);
                 }
-                (false, Some(next)) => by_key.arm(kg, &key, next),
+                (false, Some(next)) => by_key.arm(kg, &key, next)?,
                 (false, None) => {}
             }
         }
-        by_key.state.evict_if_over(&by_key.codec)?;
+        by_key.evict_if_over()?;
         done.push((gathered, window));
         for (gathered, window) in done {
             self.emit_gathered(gathered, window, out)?;
@@ -552,23 +550,17 @@ impl JoinOperator {
         Ok(())
     }
 
-    /// Takes back restored entries with state in RocksDB: keys' timers (their rows were
-    /// copied into the store), or the rows of a time slice written with state in memory.
+    /// Takes back a restored entry with state in RocksDB that was not copied into the store:
+    /// a time slice's rows written with state in memory, or a key's timer of a checkpoint
+    /// written before timers were kept in RocksDB.
     pub(super) fn restore_stored(&mut self, kg: usize, item: &[u8], value: &[u8]) -> Result<()> {
         let by_key = self.by_key.as_mut().expect("state is in the store");
-        match item.first() {
-            Some(&TIMER) => return by_key.restore_timer(kg, item, value),
-            Some(&KEY) => {
-                // A key's rows handed over rather than copied into the store.
-                let rows = by_key.codec.decode(kg, item, value)?;
-                if let Some(at) = rows.armed {
-                    by_key.arm(kg as u16, &item[1..], at);
-                }
-                by_key.state.restore(kg, item, rows, &by_key.codec);
-                return Ok(());
-            }
-            _ => {}
+        if is_timer(item) {
+            // Of a checkpoint written before timers were kept in RocksDB.
+            return by_key.restore_timer(kg, item, value);
         }
+        // Keys' rows and timers were copied into the store: what is left are time slices
+        // of state kept in memory.
         let (side, bucket, times, matched, rows) = self.parse_slice(kg, item, value)?;
         let prepared = self.sides[side].prepare(&rows, &self.keys, self.max_parallelism)?;
         let expiries: Vec<Option<EventTime>> = times
@@ -618,9 +610,9 @@ impl JoinOperator {
                 },
             )?;
             if let Some(e) = arm {
-                by_key.arm(kg as u16, &key[1..], e);
+                by_key.arm(kg as u16, &key[1..], e)?;
             }
-            by_key.state.evict_if_over(&by_key.codec)?;
+            by_key.evict_if_over()?;
         }
         Ok(())
     }
