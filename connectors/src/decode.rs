@@ -3,6 +3,7 @@
 //! does not, so that the bad one can be named (file and line, topic, partition and offset)
 //! and skipped or reported.
 
+use crate::flat_json::FlatJson;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
@@ -68,6 +69,8 @@ impl Decoder {
 pub(crate) struct RecordDecoder {
     format: TextFormat,
     schema: SchemaRef,
+    /// JSON of flat objects of simple types: the fast path, tried first.
+    flat: Option<FlatJson>,
 }
 
 /// A decoded batch, and which records made its rows (indices into the records given, in
@@ -79,7 +82,15 @@ pub(crate) struct Decoded {
 
 impl RecordDecoder {
     pub fn new(format: TextFormat, schema: SchemaRef) -> Self {
-        RecordDecoder { format, schema }
+        let flat = match format {
+            TextFormat::Json => FlatJson::plan(&schema),
+            TextFormat::Csv { .. } => None,
+        };
+        RecordDecoder {
+            format,
+            schema,
+            flat,
+        }
     }
 
     /// Decodes message payloads, one record each (a queue's messages), under a bad-record
@@ -125,6 +136,12 @@ impl RecordDecoder {
     where
         E: From<ArrowError>,
     {
+        if let Some(batch) = self.flat.as_ref().and_then(|f| f.decode(bytes, records)) {
+            return Ok(Decoded {
+                batch,
+                kept: (0..records.len()).collect(),
+            });
+        }
         let batch_size = records.len().max(1);
         let whole = Decoder::new(self.format, &self.schema, batch_size)?.decode_all(bytes);
         if let Ok(batch) = whole {

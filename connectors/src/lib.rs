@@ -22,6 +22,7 @@ pub mod datagen;
 mod decode;
 pub mod error;
 pub mod file;
+mod flat_json;
 pub mod input;
 mod io_runtime;
 pub mod json;
