@@ -274,6 +274,29 @@ struct TopNOperator {
 }
 
 impl TopNOperator {
+    /// Emits a window's top rows, with its bounds unless the rows carry their window.
+    fn emit_window(
+        &self,
+        start: EventTime,
+        end: EventTime,
+        top: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
+        if self.inherited {
+            out.emit(top);
+        } else {
+            let columns = top.columns().iter().cloned();
+            out.emit(with_bounds(
+                &self.output,
+                start,
+                end,
+                top.num_rows(),
+                columns,
+            )?);
+        }
+        Ok(())
+    }
+
     /// Adds rows to a window's candidates, reducing them to the top n when they pile up.
     fn add_candidates(&mut self, window: (EventTime, EventTime), top: RecordBatch) -> Result<()> {
         self.dirty.insert(window);
@@ -305,18 +328,7 @@ impl TopNOperator {
             let top = self
                 .reducer
                 .reduce(&concat_batches(&self.input, &c.batches)?)?;
-            if self.inherited {
-                out.emit(top);
-            } else {
-                let columns = top.columns().iter().cloned();
-                out.emit(with_bounds(
-                    &self.output,
-                    start,
-                    end,
-                    top.num_rows(),
-                    columns,
-                )?);
-            }
+            self.emit_window(start, end, top, out)?;
         }
         Ok(())
     }
@@ -668,20 +680,12 @@ impl TopNOperator {
             }
         }
         by_key.evict_if_over()?;
-        for ((end, start), rows) in windows {
-            let top = by_key.codec.batch(&rows)?;
-            if self.inherited {
-                out.emit(top);
-            } else {
-                let columns = top.columns().iter().cloned();
-                out.emit(with_bounds(
-                    &self.output,
-                    start,
-                    end,
-                    top.num_rows(),
-                    columns,
-                )?);
-            }
+        let fired = windows
+            .into_iter()
+            .map(|(window, rows)| Ok((window, by_key.codec.batch(&rows)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for ((end, start), top) in fired {
+            self.emit_window(start, end, top, out)?;
             out.check_cancelled()?;
         }
         Ok(())

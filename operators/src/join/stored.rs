@@ -58,6 +58,14 @@ impl KeyRows {
     fn is_empty(&self) -> bool {
         self.sides.iter().all(|s| s.len() == 0)
     }
+
+    /// Makes the key's timer fire by `at` (a row's expiry, its window's end): the time to
+    /// arm, if that is earlier than its timer so far.
+    fn arm_by(&mut self, at: Option<EventTime>) -> Option<EventTime> {
+        let at = at.filter(|&e| self.armed.is_none_or(|a| e < a))?;
+        self.armed = Some(at);
+        Some(at)
+    }
 }
 
 /// The magic of a join key's entry (the runtime's IPC entries start with `OXS1`); then
@@ -402,13 +410,7 @@ impl JoinOperator {
                         }
                     }
                     v.sides[side].push(t, matched, rows.row(i).as_ref());
-                    Ok(match expires {
-                        Some(e) if v.armed.is_none_or(|a| e < a) => {
-                            v.armed = Some(e);
-                            Some(e)
-                        }
-                        _ => None,
-                    })
+                    Ok(v.arm_by(expires))
                 },
             )?;
             if let Some(e) = arm {
@@ -600,13 +602,7 @@ impl JoinOperator {
                 || Ok(KeyRows::default()),
                 |v| {
                     v.sides[side].push(t, m, converted.row(i).as_ref());
-                    Ok(match timer {
-                        Some(e) if v.armed.is_none_or(|a| e < a) => {
-                            v.armed = Some(e);
-                            Some(e)
-                        }
-                        _ => None,
-                    })
+                    Ok(v.arm_by(timer))
                 },
             )?;
             if let Some(e) = arm {
