@@ -1121,20 +1121,8 @@ mod tests {
             parallelism: 1,
             max_parallelism: 8,
         };
-        let mut restarts = crate::state::Restarts::new();
-        let mut op = restarts.create(&factory, info, budgets[0]);
-        let mut budget = budgets.iter().cycle().skip(1);
-        let (mut out, mut emitted) = (Output::default(), Vec::new());
         let mut max_time = i64::MIN;
-        for (n, part) in arrivals.chunks(chunk).enumerate() {
-            if restores.contains(&n) {
-                let budget = *budget.next().unwrap();
-                restarts.restart_with(&mut op, &factory, info, budget);
-                // As the executor does: a restored operator hears its watermark again.
-                if max_time != i64::MIN {
-                    op.on_watermark(max_time - 2, &mut out).unwrap();
-                }
-            }
+        let chunks = arrivals.chunks(chunk).map(|part| {
             let column = |f: fn(&(i64, i64, i64)) -> i64| -> ArrayRef {
                 Arc::new(Int64Array::from_iter_values(part.iter().map(f)))
             };
@@ -1143,13 +1131,10 @@ mod tests {
                 vec![column(|r| r.0), column(|r| r.1), column(|r| r.2)],
             )
             .unwrap();
-            op.on_batch(batch, &mut out).unwrap();
             max_time = part.iter().map(|r| r.1).fold(max_time, i64::max);
-            op.on_watermark(max_time - 2, &mut out).unwrap();
-            emitted.extend(out.drain());
-        }
-        op.on_end_of_input(&mut out).unwrap();
-        emitted.extend(out.drain());
+            (batch, max_time)
+        });
+        let emitted = crate::state::Restarts::run(&factory, info, chunks, restores, budgets, 2);
         let mut rows = Vec::new();
         for b in &emitted {
             let int = |i: usize| -> Vec<i64> {

@@ -243,6 +243,42 @@ impl Restarts {
         op
     }
 
+    /// Runs a single-input operator of `factory` over `chunks` (each a batch and the latest
+    /// event time so far) as a subtask does: before each chunk `restores` names, restarted
+    /// from its own state, each attempt keeping its state as `budgets` says in turn (`None`:
+    /// in memory), and told its watermark again; after each chunk, the watermark `lag`
+    /// behind the latest time. Returns everything it emitted, to the end of input.
+    pub(crate) fn run(
+        factory: &dyn oxflow_runtime::OperatorFactory,
+        subtask: oxflow_runtime::SubtaskInfo,
+        chunks: impl IntoIterator<Item = (datafusion::arrow::array::RecordBatch, i64)>,
+        restores: &[usize],
+        budgets: &[Option<usize>],
+        lag: i64,
+    ) -> Vec<datafusion::arrow::array::RecordBatch> {
+        let mut restarts = Restarts::new();
+        let mut op = restarts.create(factory, subtask, budgets[0]);
+        let mut budget = budgets.iter().cycle().skip(1);
+        let (mut out, mut emitted) = (oxflow_runtime::Output::default(), Vec::new());
+        let mut watermark = None;
+        for (n, (batch, max_time)) in chunks.into_iter().enumerate() {
+            if restores.contains(&n) {
+                restarts.restart_with(&mut op, factory, subtask, *budget.next().unwrap());
+                // As the executor does: a restored operator hears its watermark again.
+                if let Some(w) = watermark {
+                    op.on_watermark(w, &mut out).unwrap();
+                }
+            }
+            op.on_batch(batch, &mut out).unwrap();
+            watermark = Some(max_time - lag);
+            op.on_watermark(max_time - lag, &mut out).unwrap();
+            emitted.extend(out.drain());
+        }
+        op.on_end_of_input(&mut out).unwrap();
+        emitted.extend(out.drain());
+        emitted
+    }
+
     /// Replaces `op` by a new operator of `factory` restored from `op`'s state, keeping its
     /// state in the store with `budget` bytes in memory (`None`: in memory).
     pub(crate) fn restart_with(

@@ -820,18 +820,8 @@ mod tests {
             parallelism: 1,
             max_parallelism: 8,
         };
-        let mut restarts = crate::state::Restarts::new();
-        let mut op = restarts.create(&factory, info, budgets[0]);
-        let mut budget = budgets.iter().cycle().skip(1);
-        let (mut out, mut emitted) = (Output::default(), Vec::new());
         let mut max_time = i64::MIN;
-        for (c, part) in rows.chunks(chunk).enumerate() {
-            if restores.contains(&c) {
-                restarts.restart_with(&mut op, &factory, info, *budget.next().unwrap());
-                if max_time != i64::MIN {
-                    op.on_watermark(max_time - 10, &mut out).unwrap();
-                }
-            }
+        let chunks = rows.chunks(chunk).map(|part| {
             let batch = RecordBatch::try_new(
                 schema.clone(),
                 vec![
@@ -841,13 +831,10 @@ mod tests {
                 ],
             )
             .unwrap();
-            op.on_batch(batch, &mut out).unwrap();
             max_time = part.iter().map(|r| r.1).fold(max_time, i64::max);
-            op.on_watermark(max_time - 10, &mut out).unwrap();
-            emitted.extend(out.drain());
-        }
-        op.on_end_of_input(&mut out).unwrap();
-        emitted.extend(out.drain());
+            (batch, max_time)
+        });
+        let emitted = crate::state::Restarts::run(&factory, info, chunks, restores, budgets, 10);
         if budgets.iter().all(|b| *b == Some(1)) && rows.iter().any(|r| r.2.is_some()) {
             // Nothing fits a one-byte budget: every key went through RocksDB.
             assert!(factory.spilled_bytes.get() > 0, "nothing was spilled");
