@@ -107,6 +107,46 @@ enum Bounds {
 }
 
 impl Bounds {
+    /// Whether a row at `time` comes too late at `watermark` to join: at or below a
+    /// watermark, state it could have matched may be gone (an unbounded join has none).
+    fn is_late(&self, watermark: EventTime, time: EventTime) -> bool {
+        *self != Bounds::Unbounded && watermark != EventTime::MIN && time <= watermark
+    }
+
+    /// Whether a row of one side at `time` joins one of the other at `other` (both of a key):
+    /// `right.time - left.time` within the bounds (any for an unbounded join).
+    fn joins(&self, side: usize, time: EventTime, other: EventTime) -> bool {
+        let (lower, upper) = match self {
+            Bounds::Interval { lower, upper } => (*lower, *upper),
+            _ => (i64::MIN / 2, i64::MAX / 2),
+        };
+        let diff = if side == LEFT {
+            other - time
+        } else {
+            time - other
+        };
+        (lower..=upper).contains(&diff)
+    }
+
+    /// The time a window ending at `end` fires at: when the watermark reaches it.
+    fn fires_at(end: EventTime) -> EventTime {
+        end - 1
+    }
+
+    /// Whether the window ending at `end` has fired at `watermark`.
+    fn fired(end: EventTime, watermark: EventTime) -> bool {
+        watermark != EventTime::MIN && Bounds::fires_at(end) <= watermark
+    }
+
+    /// The ends of the windows of `size` every `slide` that hold `time`, latest first.
+    fn window_ends(time: EventTime, size: i64, slide: i64) -> impl Iterator<Item = EventTime> {
+        let last_start = time - time.rem_euclid(slide);
+        (0..)
+            .map(move |k| last_start - k * slide)
+            .take_while(move |start| start + size > time)
+            .map(move |start| start + size)
+    }
+
     /// The width of the time slices state is laid out in (the window for a window join).
     fn slice(&self) -> i64 {
         match self {
@@ -829,12 +869,6 @@ impl JoinOperator {
         }
     }
 
-    fn is_late(&self, time: EventTime) -> bool {
-        self.bounds != Bounds::Unbounded
-            && self.watermark != EventTime::MIN
-            && time <= self.watermark
-    }
-
     /// Builds output rows from pairs; `window` adds the bounds columns.
     fn emit(
         &mut self,
@@ -906,9 +940,11 @@ impl JoinOperator {
             Bounds::Window { size, slide } => {
                 for i in 0..n {
                     let t = prepared.times[i];
-                    // The last window a row belongs to ends at `start_of(t) + size`.
-                    let last_end = t - t.rem_euclid(slide) + size;
-                    if self.watermark != EventTime::MIN && last_end - 1 <= self.watermark {
+                    let mut ends = Bounds::window_ends(t, size, slide).peekable();
+                    if ends
+                        .peek()
+                        .is_some_and(|&last| Bounds::fired(last, self.watermark))
+                    {
                         late += 1;
                         continue;
                     }
@@ -920,38 +956,28 @@ impl JoinOperator {
                         false if side == LEFT && self.join_type == JoinType::LeftOuter => &[],
                         false => continue,
                     };
-                    let mut start = t - t.rem_euclid(slide);
-                    while start + size > t {
-                        let end = start + size;
-                        if !(self.watermark != EventTime::MIN && end - 1 <= self.watermark) {
-                            let hash =
-                                windowed_key(&mut self.windowed, end, key, prepared.hashes[i]);
-                            self.sides[side].insert(
-                                hash,
-                                &self.windowed,
-                                prepared.key_groups[i],
-                                Entry {
-                                    time: t,
-                                    bucket: end,
-                                    at: at(i),
-                                    matched: false,
-                                },
-                            );
-                        }
-                        start -= slide;
+                    for end in ends.filter(|&end| !Bounds::fired(end, self.watermark)) {
+                        let hash = windowed_key(&mut self.windowed, end, key, prepared.hashes[i]);
+                        self.sides[side].insert(
+                            hash,
+                            &self.windowed,
+                            prepared.key_groups[i],
+                            Entry {
+                                time: t,
+                                bucket: end,
+                                at: at(i),
+                                matched: false,
+                            },
+                        );
                     }
                 }
             }
             Bounds::Unbounded | Bounds::Interval { .. } => {
-                let (lower, upper) = match self.bounds {
-                    Bounds::Interval { lower, upper } => (lower, upper),
-                    _ => (i64::MIN / 2, i64::MAX / 2),
-                };
                 let other = 1 - side;
                 let mut newly_matched = Vec::new();
                 for i in 0..n {
                     let t = prepared.times[i];
-                    if self.is_late(t) {
+                    if self.bounds.is_late(self.watermark, t) {
                         late += 1;
                         continue;
                     }
@@ -968,9 +994,7 @@ impl JoinOperator {
                     let others = &mut self.sides[other];
                     if let Some(s) = others.keys.find(hash, key) {
                         for e in others.keys.slots[s as usize].entries.iter_mut() {
-                            // right.time - left.time within [lower, upper]
-                            let diff = if side == LEFT { e.time - t } else { t - e.time };
-                            if diff < lower || diff > upper {
+                            if !self.bounds.joins(side, t, e.time) {
                                 continue;
                             }
                             matched = true;
@@ -1022,7 +1046,7 @@ impl JoinOperator {
             .keys()
             .chain(self.sides[RIGHT].buckets.keys())
             .copied()
-            .filter(|&end| watermark.is_none_or(|w| end - 1 <= w))
+            .filter(|&end| watermark.is_none_or(|w| Bounds::fires_at(end) <= w))
             .collect();
         for end in ends {
             let left = self.sides[LEFT].drop_bucket(end);

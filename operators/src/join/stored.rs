@@ -13,7 +13,7 @@ use crate::keyed::{is_timer, EntryFrame, FixedRows, FlatRows, KeyedCodec, TimedK
 use crate::state::state_batch;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{Row, RowConverter, SortField};
 use oxflow_runtime::metrics::Counter;
 use oxflow_runtime::state::{decode_batch, encode_batch, StateStore, StoreUse};
 use oxflow_runtime::{EventTime, Output};
@@ -42,6 +42,17 @@ impl SideRows {
 
     fn heap_bytes(&self) -> usize {
         self.times.capacity() * 8 + self.matched.capacity() + self.rows.heap_bytes()
+    }
+
+    /// Keeps the rows `keep` flags, in order.
+    fn retain(&mut self, keep: &[bool]) {
+        let mut flags = keep.iter();
+        self.times
+            .retain(|_| *flags.next().expect("a flag per row"));
+        let mut flags = keep.iter();
+        self.matched
+            .retain(|_| *flags.next().expect("a flag per row"));
+        self.rows.retain(|i| keep[i]);
     }
 }
 
@@ -250,6 +261,54 @@ fn expiry(bounds: Bounds, join_type: JoinType, side: usize, t: EventTime) -> Opt
     }
 }
 
+/// Writes into `into` the store key of a join key's rows: [`KEY`], the window's end (for a
+/// window join), then the key.
+fn key_item(into: &mut Vec<u8>, end: Option<EventTime>, key: &[u8]) {
+    into.clear();
+    into.push(KEY);
+    if let Some(end) = end {
+        into.extend_from_slice(&end.to_be_bytes());
+    }
+    into.extend_from_slice(key);
+}
+
+/// Adds a row (its side, time, matched flag and row-format bytes) to the rows of `item` in
+/// key group `kg`, and makes the key's timer fire by `timer`.
+fn store_row(
+    by_key: &mut ByKey,
+    kg: u16,
+    item: &[u8],
+    (side, time, matched, row): (usize, EventTime, bool, Row<'_>),
+    timer: Option<EventTime>,
+) -> Result<()> {
+    let arm = by_key.state.update(
+        kg as usize,
+        item,
+        &by_key.codec,
+        || Ok(KeyRows::default()),
+        |v| {
+            v.sides[side].push(time, matched, row.as_ref());
+            Ok(v.arm_by(timer))
+        },
+    )?;
+    if let Some(at) = arm {
+        by_key.arm(kg, &item[1..], at)?;
+    }
+    Ok(())
+}
+
+/// The window's end in a window join's key (without [`KEY`]).
+fn window_end(kg: usize, key: &[u8]) -> Result<EventTime> {
+    key.get(..8)
+        .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| {
+            OperatorError::State(format!(
+                "a window join key in key group {kg} has {} bytes",
+                key.len()
+            ))
+        })
+}
+
 /// Join keys with state in RocksDB.
 pub(super) type ByKey = TimedKeys<KeyRows, JoinCodec>;
 
@@ -301,13 +360,6 @@ impl JoinOperator {
         out: &mut Output,
     ) -> Result<()> {
         let prepared = self.sides[side].prepare(&batch, &self.keys, self.max_parallelism)?;
-        let by_key = self.by_key.as_mut().expect("state is in the store");
-        let rows = by_key.codec.converters[side].convert_columns(batch.columns())?;
-        let here = self.sides[side].batches.add(batch);
-        let at = |i: usize| RowRef {
-            batch: here,
-            row: i as u32,
-        };
         let (outer, watermark, bounds) = (
             self.join_type == JoinType::LeftOuter,
             self.watermark,
@@ -319,6 +371,12 @@ impl JoinOperator {
             .map(|&t| self.expiry(side, t))
             .collect();
         let by_key = self.by_key.as_mut().expect("state is in the store");
+        let rows = by_key.codec.converters[side].convert_columns(batch.columns())?;
+        let here = self.sides[side].batches.add(batch);
+        let at = |i: usize| RowRef {
+            batch: here,
+            row: i as u32,
+        };
         let mut gathered = Gathered::default();
         let mut late = 0u64;
         let mut item = Vec::new();
@@ -326,8 +384,11 @@ impl JoinOperator {
             let t = prepared.times[i];
             let kg = prepared.key_groups[i];
             if let Bounds::Window { size, slide } = bounds {
-                let last_end = t - t.rem_euclid(slide) + size;
-                if watermark != EventTime::MIN && last_end - 1 <= watermark {
+                let mut ends = Bounds::window_ends(t, size, slide).peekable();
+                if ends
+                    .peek()
+                    .is_some_and(|&last| Bounds::fired(last, watermark))
+                {
                     late += 1;
                     continue;
                 }
@@ -336,34 +397,14 @@ impl JoinOperator {
                     false if side == LEFT && outer => &[],
                     false => continue,
                 };
-                let mut start = t - t.rem_euclid(slide);
-                while start + size > t {
-                    let end = start + size;
-                    start -= slide;
-                    if watermark != EventTime::MIN && end - 1 <= watermark {
-                        continue;
-                    }
-                    item.clear();
-                    item.push(KEY);
-                    item.extend_from_slice(&end.to_be_bytes());
-                    item.extend_from_slice(key);
-                    let new = by_key.state.update(
-                        kg as usize,
-                        &item,
-                        &by_key.codec,
-                        || Ok(KeyRows::default()),
-                        |v| {
-                            v.sides[side].push(t, false, rows.row(i).as_ref());
-                            Ok(v.armed.replace(end - 1).is_none())
-                        },
-                    )?;
-                    if new {
-                        by_key.arm(kg, &item[1..], end - 1)?;
-                    }
+                for end in ends.filter(|&end| !Bounds::fired(end, watermark)) {
+                    key_item(&mut item, Some(end), key);
+                    let row = (side, t, false, rows.row(i));
+                    store_row(by_key, kg, &item, row, Some(Bounds::fires_at(end)))?;
                 }
                 continue;
             }
-            if bounds != Bounds::Unbounded && watermark != EventTime::MIN && t <= watermark {
+            if bounds.is_late(watermark, t) {
                 late += 1;
                 continue;
             }
@@ -373,13 +414,7 @@ impl JoinOperator {
                 }
                 continue;
             }
-            item.clear();
-            item.push(KEY);
-            item.extend_from_slice(prepared.keys.row(i).data());
-            let (lower, upper) = match bounds {
-                Bounds::Interval { lower, upper } => (lower, upper),
-                _ => (i64::MIN / 2, i64::MAX / 2),
-            };
+            key_item(&mut item, None, prepared.keys.row(i).data());
             let other = 1 - side;
             let arm = by_key.state.update(
                 kg as usize,
@@ -390,13 +425,7 @@ impl JoinOperator {
                     let mut matched = false;
                     let others = &mut v.sides[other];
                     for j in 0..others.len() {
-                        // right.time - left.time within [lower, upper]
-                        let diff = if side == LEFT {
-                            others.times[j] - t
-                        } else {
-                            t - others.times[j]
-                        };
-                        if diff < lower || diff > upper {
+                        if !bounds.joins(side, t, others.times[j]) {
                             continue;
                         }
                         matched = true;
@@ -464,15 +493,7 @@ impl JoinOperator {
                 let Some(v) = by_key.state.take(kg as usize, &item, &by_key.codec)? else {
                     continue;
                 };
-                let end = key
-                    .get(..8)
-                    .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
-                    .ok_or_else(|| {
-                        OperatorError::State(format!(
-                            "a window join timer in key group {kg} has a key of {} bytes",
-                            key.len()
-                        ))
-                    })?;
+                let end = window_end(kg as usize, &key)?;
                 // Pairs go out window by window, with its bounds.
                 if window.is_some_and(|(_, e)| e != end) {
                     done.push((std::mem::take(&mut gathered), window));
@@ -510,12 +531,7 @@ impl JoinOperator {
                             }
                             keep.push(!due);
                         }
-                        let rows = &mut v.sides[side];
-                        let mut k = keep.iter();
-                        rows.times.retain(|_| *k.next().expect("a flag per row"));
-                        let mut k = keep.iter();
-                        rows.matched.retain(|_| *k.next().expect("a flag per row"));
-                        rows.rows.retain(|i| keep[i]);
+                        v.sides[side].retain(&keep);
                     }
                     if v.armed.is_some_and(|a| a > up_to) {
                         // This timer was stale: the key's own is still armed.
@@ -575,39 +591,24 @@ impl JoinOperator {
         let converted = by_key.codec.converters[side].convert_columns(rows.columns())?;
         let mut key = Vec::new();
         for (i, &expires) in expiries.iter().enumerate() {
-            key.clear();
-            key.push(KEY);
-            let timer = if windowed {
-                key.extend_from_slice(&bucket.to_be_bytes());
-                Some(bucket - 1)
-            } else {
-                expires
-            };
-            match prepared.keyed[i] {
-                true => key.extend_from_slice(prepared.keys.row(i).data()),
+            let row_key: &[u8] = match prepared.keyed[i] {
+                true => prepared.keys.row(i).data(),
                 // A window join's left outer rows with a null key are kept under the empty
                 // key; no other row has a null key.
-                false if windowed => {}
+                false if windowed => &[],
                 false => {
                     return Err(OperatorError::State(format!(
                         "join rows in key group {kg}: a stored row has a null key"
                     )))
                 }
-            }
-            let (t, m) = (times.value(i), matched.value(i));
-            let arm = by_key.state.update(
-                kg,
-                &key,
-                &by_key.codec,
-                || Ok(KeyRows::default()),
-                |v| {
-                    v.sides[side].push(t, m, converted.row(i).as_ref());
-                    Ok(v.arm_by(timer))
-                },
-            )?;
-            if let Some(e) = arm {
-                by_key.arm(kg as u16, &key[1..], e)?;
-            }
+            };
+            let (end, timer) = match windowed {
+                true => (Some(bucket), Some(Bounds::fires_at(bucket))),
+                false => (None, expires),
+            };
+            key_item(&mut key, end, row_key);
+            let row = (side, times.value(i), matched.value(i), converted.row(i));
+            store_row(by_key, kg as u16, &key, row, timer)?;
             by_key.evict_if_over()?;
         }
         Ok(())
@@ -627,16 +628,7 @@ impl JoinOperator {
         };
         let rows = codec.decode(kg, item, value)?;
         let bucket = match self.bounds {
-            Bounds::Window { .. } => Some(
-                item.get(1..9)
-                    .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
-                    .ok_or_else(|| {
-                        OperatorError::State(format!(
-                            "a window join key in key group {kg} has {} bytes",
-                            item.len()
-                        ))
-                    })?,
-            ),
+            Bounds::Window { .. } => Some(window_end(kg, &item[1..])?),
             _ => None,
         };
         let mut sides = Vec::new();
