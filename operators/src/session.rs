@@ -1019,15 +1019,8 @@ impl SessionWindows {
                 by_key.restore_timer(kg, &item, &value)?;
                 continue;
             }
-            if item.first() == Some(&KEY) {
-                // A key's sessions handed over rather than copied into the store.
-                let sessions = by_key.codec.decode(kg, &item, &value)?;
-                if let Some(at) = earliest_close(&sessions, gap_and_lateness) {
-                    by_key.arm(kg as u16, &item[1..], at)?;
-                }
-                by_key.state.restore(kg, &item, sessions, &by_key.codec);
-                continue;
-            }
+            // Keys' sessions and timers were copied into the store (`StoreUse::ByKey`): what
+            // is left are key groups' sessions written with state in memory.
             let entry = EntryRows::parse(kg, &value, n_keys)?;
             let keys = self.converter.convert_columns(&entry.columns[..n_keys])?;
             let mut by_row: HashMap<Box<[u8]>, KeySessions> = HashMap::default();
@@ -1191,23 +1184,32 @@ mod tests {
     fn stored_rows() -> StoredRows {
         use datafusion::functions_aggregate::expr_fn::sum;
         let schema = ktv_schema();
-        let cfg = SessionConfig {
-            gap: 4,
+        let aggregates = [count(col("v")).alias("n"), sum(col("v")).alias("total")];
+        let cfg = session_config(4, &aggregates, schema.clone(), schema, 8);
+        StoredRows::plan(&cfg).unwrap().unwrap().0
+    }
+
+    /// The sessions of rows keyed by their first column `k`, in time `t`, closing after
+    /// `gap`, with `aggregates`.
+    fn session_config(
+        gap: i64,
+        aggregates: &[datafusion::logical_expr::Expr],
+        input: SchemaRef,
+        output: SchemaRef,
+        max_parallelism: usize,
+    ) -> SessionConfig {
+        SessionConfig {
+            gap,
             lateness: 0,
             time_column: "t".into(),
             key_indices: vec![0],
             key_schema: Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)])),
-            aggregates: crate::aggregate::Aggregates::try_new(
-                &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
-                &schema,
-            )
-            .unwrap(),
-            output: schema.clone(),
-            max_parallelism: 8,
-            input: schema,
+            aggregates: crate::aggregate::Aggregates::try_new(aggregates, &input).unwrap(),
+            output,
+            max_parallelism,
+            input,
             spilled_bytes: Counter::default(),
-        };
-        StoredRows::plan(&cfg).unwrap().unwrap().0
+        }
     }
 
     #[test]
@@ -1309,22 +1311,13 @@ mod tests {
             )
             .unwrap()
         };
-        let cfg = SessionConfig {
-            gap: 10,
-            lateness: 0,
-            time_column: "t".into(),
-            key_indices: vec![0],
-            key_schema: Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)])),
-            aggregates: crate::aggregate::Aggregates::try_new(
-                &[count(col("t")).alias("n")],
-                &schema,
-            )
-            .unwrap(),
-            output: factory.output_schema(),
-            max_parallelism: 128,
-            input: schema.clone(),
-            spilled_bytes: Counter::default(),
-        };
+        let cfg = session_config(
+            10,
+            &[count(col("t")).alias("n")],
+            schema.clone(),
+            factory.output_schema(),
+            128,
+        );
         let late = LateSide::try_new(
             &LateRecords::Drop,
             Default::default(),
