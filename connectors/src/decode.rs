@@ -182,24 +182,39 @@ impl RecordDecoder {
     }
 }
 
+/// `texts` as records: their bytes, each ending in a newline, and each one's range.
+#[cfg(test)]
+pub(crate) fn records(texts: &[&str]) -> (Vec<u8>, Vec<(usize, usize)>) {
+    let mut bytes = Vec::new();
+    let mut spans = Vec::new();
+    for t in texts {
+        let start = bytes.len();
+        bytes.extend_from_slice(t.as_bytes());
+        bytes.push(b'\n');
+        spans.push((start, bytes.len()));
+    }
+    (bytes, spans)
+}
+
+/// arrow-json's reading of `records` JSON records in `bytes`, as the general path decodes a
+/// batch (`None`: an error, or not one row per record): the reference for the fast path.
+#[cfg(test)]
+pub(crate) fn general_json(
+    schema: &SchemaRef,
+    bytes: &[u8],
+    records: usize,
+) -> Option<RecordBatch> {
+    let mut decoder = Decoder::new(TextFormat::Json, schema, records.max(1)).ok()?;
+    let batch = decoder.decode_all(bytes).ok()??;
+    (batch.num_rows() == records).then_some(batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
-
-    fn records(texts: &[&str]) -> (Vec<u8>, Vec<(usize, usize)>) {
-        let mut bytes = Vec::new();
-        let mut spans = Vec::new();
-        for t in texts {
-            let start = bytes.len();
-            bytes.extend_from_slice(t.as_bytes());
-            bytes.push(b'\n');
-            spans.push((start, bytes.len()));
-        }
-        (bytes, spans)
-    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]

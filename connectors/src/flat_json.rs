@@ -640,6 +640,7 @@ fn utc_millis(s: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::general_json;
     use datafusion::arrow::datatypes::{Field, Schema};
     use proptest::prelude::*;
 
@@ -656,35 +657,9 @@ mod tests {
         ]))
     }
 
-    /// arrow-json's reading of the records, as the general path does it (`None`: an error
-    /// or not one row per record).
-    fn reference(schema: &SchemaRef, bytes: &[u8], records: usize) -> Option<RecordBatch> {
-        let mut decoder = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
-            .with_batch_size(records.max(1))
-            .build_decoder()
-            .ok()?;
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let used = decoder.decode(rest).ok()?;
-            if used == 0 {
-                break;
-            }
-            rest = &rest[used..];
-        }
-        let batch = decoder.flush().ok()??;
-        (batch.num_rows() == records).then_some(batch)
-    }
-
     fn lines(records: &[String]) -> (Vec<u8>, Vec<(usize, usize)>) {
-        let mut bytes = Vec::new();
-        let mut spans = Vec::new();
-        for r in records {
-            let start = bytes.len();
-            bytes.extend_from_slice(r.as_bytes());
-            bytes.push(b'\n');
-            spans.push((start, bytes.len()));
-        }
-        (bytes, spans)
+        let texts: Vec<&str> = records.iter().map(String::as_str).collect();
+        crate::decode::records(&texts)
     }
 
     #[test]
@@ -699,7 +674,7 @@ mod tests {
             .unwrap()
             .decode(&bytes, &spans)
             .expect("the fast path reads these");
-        assert_eq!(Some(fast), reference(&schema(), &bytes, records.len()));
+        assert_eq!(Some(fast), general_json(&schema(), &bytes, records.len()));
     }
 
     #[test]
@@ -830,7 +805,7 @@ mod tests {
             let (bytes, spans) = lines(&records);
             let schema = schema();
             if let Some(fast) = FlatJson::plan(&schema).unwrap().decode(&bytes, &spans) {
-                let slow = reference(&schema, &bytes, records.len());
+                let slow = general_json(&schema, &bytes, records.len());
                 prop_assert_eq!(Some(fast), slow, "{:?}", records);
             }
         }
@@ -854,7 +829,7 @@ mod tests {
             record.truncate(cut);
             record.push(b'\n');
             if let Some(fast) = plan.decode(&record, &[(0, record.len())]) {
-                prop_assert_eq!(Some(fast), reference(&schema(), &record, 1));
+                prop_assert_eq!(Some(fast), general_json(&schema(), &record, 1));
             }
         }
     }
