@@ -522,11 +522,57 @@ impl Batches {
     }
 }
 
+/// A join key's encoded bytes, inline when short (an integer key is 9 bytes in the row
+/// format), so that finding a key reads the slot it is in and no second allocation.
+enum KeyBytes {
+    Inline {
+        len: u8,
+        bytes: [u8; KeyBytes::INLINE],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    const INLINE: usize = 22;
+
+    fn new(key: &[u8]) -> KeyBytes {
+        let mut bytes = KeyBytes::Inline {
+            len: 0,
+            bytes: [0; KeyBytes::INLINE],
+        };
+        bytes.set(key);
+        bytes
+    }
+
+    fn set(&mut self, key: &[u8]) {
+        match self {
+            KeyBytes::Inline { len, bytes } if key.len() <= KeyBytes::INLINE => {
+                bytes[..key.len()].copy_from_slice(key);
+                *len = key.len() as u8;
+            }
+            KeyBytes::Heap(b) if b.len() == key.len() => b.copy_from_slice(key),
+            _ if key.len() <= KeyBytes::INLINE => *self = KeyBytes::new(key),
+            _ => *self = KeyBytes::Heap(key.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for KeyBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline { len, bytes } => &bytes[..*len as usize],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+}
+
 /// The rows of one join key (for a window join: window and key).
 struct KeySlot {
     hash: u64,
     key_group: u16,
-    key: Box<[u8]>,
+    key: KeyBytes,
     /// Empty: the slot is free.
     entries: Vec<Entry>,
     /// The snapshot epoch and bucket this key last marked changed: its next row in the same
@@ -535,9 +581,10 @@ struct KeySlot {
 }
 
 /// Rows by join key: a slab of keys found through a hash table of slot numbers, so a lookup
-/// takes the encoded key as a slice and the hash the exchange computed, and only a new key
-/// allocates. A slot is freed when its last row leaves, which happens only as its last bucket
-/// is dropped, so no bucket lists a freed slot; it keeps its key until it is reused.
+/// takes the encoded key as a slice and the hash the exchange computed. A slot is freed when
+/// its last row leaves, which happens only as its last bucket is dropped, so no bucket lists
+/// a freed slot; it keeps its key until it is reused, and its buffers after that: keys come
+/// and go with every time slice, and a reused slot costs no allocation.
 #[derive(Default)]
 struct KeyTable {
     slots: Vec<KeySlot>,
@@ -561,20 +608,24 @@ impl KeyTable {
         if let Some(s) = self.find(hash, key) {
             return (s, false);
         }
-        let slot = KeySlot {
-            hash,
-            key_group,
-            key: key.into(),
-            entries: Vec::new(),
-            noted: None,
-        };
         let s = match self.free.pop() {
             Some(s) => {
-                self.slots[s as usize] = slot;
+                let slot = &mut self.slots[s as usize];
+                slot.hash = hash;
+                slot.key_group = key_group;
+                slot.key.set(key);
+                slot.entries.clear();
+                slot.noted = None;
                 s
             }
             None => {
-                self.slots.push(slot);
+                self.slots.push(KeySlot {
+                    hash,
+                    key_group,
+                    key: KeyBytes::new(key),
+                    entries: Vec::new(),
+                    noted: None,
+                });
                 self.slots.len() as u32 - 1
             }
         };
@@ -1542,6 +1593,34 @@ mod tests {
 
     /// With state in RocksDB and a budget of one byte, every key goes to the store as soon as
     /// it is touched, and the join's output is still the same as in memory.
+    /// A reused key slot holds whatever key comes next, short or long, and finds it.
+    #[test]
+    fn key_slots_are_reused_for_keys_of_any_length() {
+        let keys: Vec<Vec<u8>> = [0usize, 9, 22, 23, 40, 9, 23, 23, 0, 60]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b * 7 + i) as u8).collect())
+            .collect();
+        let mut table = KeyTable::default();
+        let mut live: Vec<(u32, usize)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hash = table_hash(i as u64);
+            let (s, new) = table.find_or_insert(hash, key, 0);
+            assert!(new);
+            assert_eq!(&*table.slots[s as usize].key, &key[..]);
+            live.push((s, i));
+            // Keys leave in turn, so slots of every length are reused for every length.
+            if i % 2 == 1 {
+                let (gone, _) = live.remove(0);
+                table.remove(gone);
+            }
+            for &(s, k) in &live {
+                assert_eq!(table.find(table_hash(k as u64), &keys[k]), Some(s));
+            }
+        }
+        assert!(table.slots.len() < keys.len());
+    }
+
     #[test]
     fn a_join_under_a_tiny_budget_spills_and_joins_the_same() {
         let rows: Vec<Row> = (0..200)
