@@ -778,7 +778,13 @@ impl SideState {
             return dropped;
         };
         for (kg, slots) in groups {
-            self.dirty.insert((bucket, kg));
+            // A written entry is deleted at the next snapshot; one never written is
+            // forgotten (without checkpoints, every bucket would stay listed for good).
+            if self.written.contains(&(bucket, kg)) {
+                self.dirty.insert((bucket, kg));
+            } else {
+                self.dirty.remove(&(bucket, kg));
+            }
             for s in slots {
                 let entries = &mut self.keys.slots[s as usize].entries;
                 if entries.is_empty() {

@@ -526,11 +526,15 @@ impl WindowAggregate {
     /// before the exchange, that pre-aggregates each pane of its subtask's records and ships
     /// partial states when the watermark completes the pane; and a global phase merging them.
     /// A hot key then costs the exchange and the keyed subtask one row per pane and subtask.
-    /// `None` for windows that are not cut in panes (sessions, inherited, uneven hops) or
-    /// without a key.
+    /// Inherited windows (one per auction in q4, per joined window in q8) are not cut in
+    /// panes: their local phase combines each batch's rows by window and key and ships the
+    /// partials at once, holding nothing (Flink's mini-batch local aggregation), so a join's
+    /// output reaches the exchange as a row per window, key and batch, not a row per match.
+    /// `None` for windows that are neither (sessions, uneven hops) or without a key.
     pub fn two_phase(&self) -> Result<Option<(WindowAggregate, WindowAggregate)>> {
         let paned = Layout::of(&self.settings.window).is_some();
-        if !paned || self.key_indices.is_empty() || self.phase != Phase::Single {
+        let inherited = self.settings.window == WindowSpec::Inherited;
+        if !(paned || inherited) || self.key_indices.is_empty() || self.phase != Phase::Single {
             return Ok(None);
         }
         let mut fields = vec![window_field(PANE_START), window_field(PANE_END)];
@@ -624,8 +628,11 @@ impl OperatorFactory for WindowAggregate {
                 let layout = Layout::of(spec).unwrap_or(Layout::PerWindow);
                 // Inherited windows are many and small (one per auction, per joined window):
                 // one table holds them all, unless state goes to RocksDB (`use_state_store`).
+                // (The global phase of panes reads them as inherited windows, but merges
+                // panes into windows: only inherited windows' own global phase shares.)
+                let inherited = *spec == WindowSpec::Inherited;
                 let shared = match (&windows_of, self.phase) {
-                    (Assigner::Inherited { .. }, Phase::Single) => {
+                    (Assigner::Inherited { .. }, Phase::Single | Phase::Global) if inherited => {
                         Some(SharedWindows::try_new(&self.key_schema, &self.aggregates)?)
                     }
                     _ => None,
@@ -1323,6 +1330,14 @@ pub(crate) fn late_flags(
 
 impl Operator for FixedWindows {
     fn on_batch(&mut self, batch: RecordBatch, out: &mut Output) -> oxflow_runtime::Result<()> {
+        if self.phase == Phase::Global && self.shared.is_some() {
+            let (starts, ends) = (column_values(&batch, 0)?, column_values(&batch, 1)?);
+            let state = self.groups_state(batch.columns()[2..].to_vec());
+            if let Some(shared) = &mut self.shared {
+                shared.merge_partials(ends, starts, state)?;
+            }
+            return Ok(());
+        }
         if self.phase == Phase::Global {
             self.merge_partials(&batch)?;
             self.spill_if_full()?;
@@ -1340,6 +1355,20 @@ impl Operator for FixedWindows {
             .map(|&i| batch.column(i).clone())
             .collect();
         let inputs = self.aggregates.evaluate_inputs(&batch)?;
+        if let (Phase::Local, Assigner::Inherited { start, end }) = (self.phase, &self.assigner) {
+            let (starts, ends) = (column_values(&batch, *start)?, column_values(&batch, *end)?);
+            out.emit(shared::combine(
+                &self.key_schema,
+                &self.aggregates,
+                ends,
+                starts,
+                &keys,
+                &inputs,
+                batch.num_rows(),
+                &self.output,
+            )?);
+            return Ok(());
+        }
         if let (Some(shared), Assigner::Inherited { start, end }) =
             (&mut self.shared, &self.assigner)
         {

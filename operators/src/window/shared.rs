@@ -32,6 +32,20 @@ use std::sync::Arc;
 /// spread over the tables their ends fall in (a q4 batch touches about four).
 pub(super) const PART_MS: i64 = 1_000;
 
+/// What a part takes in: rows, or partial states of groups.
+enum Add<'a> {
+    Rows(&'a AggregateInputs),
+    States(&'a [Vec<ArrayRef>]),
+}
+
+/// `indices` of each of `columns`.
+fn take_all(columns: &[ArrayRef], indices: &UInt32Array) -> Result<Vec<ArrayRef>> {
+    Ok(columns
+        .iter()
+        .map(|c| take(c.as_ref(), indices, None))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 /// The groups of the windows whose ends fall in one stretch of [`PART_MS`].
 struct Part {
     groups: Groups,
@@ -50,6 +64,46 @@ pub(super) struct SharedWindows {
     aggregates: Aggregates,
     /// The windows with groups, in order of end.
     windows: BTreeSet<(EventTime, EventTime)>,
+}
+
+/// The key columns of a table of many windows' groups: the window's end and start as Int64,
+/// then the aggregate's keys.
+fn bounded_keys(key_schema: &SchemaRef) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("window_end", DataType::Int64, false),
+        Field::new("window_start", DataType::Int64, false),
+    ];
+    fields.extend(key_schema.fields().iter().map(|f| f.as_ref().clone()));
+    Arc::new(Schema::new(fields))
+}
+
+/// Pre-aggregates one batch's rows by window and key into partial states, laid out as
+/// `output` (`[start, end, keys.., states..]`): what a combining phase ships in place of the
+/// rows (Flink's mini-batch local aggregation), holding nothing between batches.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn combine(
+    key_schema: &SchemaRef,
+    aggregates: &Aggregates,
+    ends: &[i64],
+    starts: &[i64],
+    keys: &[ArrayRef],
+    inputs: &AggregateInputs,
+    rows: usize,
+    output: &SchemaRef,
+) -> Result<RecordBatch> {
+    let mut groups = Groups::try_new(&bounded_keys(key_schema), aggregates)?;
+    let mut all = vec![bound_column(ends), bound_column(starts)];
+    all.extend(keys.iter().cloned());
+    groups.update(&all, inputs, rows)?;
+    let state = groups.into_state()?;
+    let timestamp = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let mut columns = vec![
+        cast(&state.keys[1], &timestamp)?,
+        cast(&state.keys[0], &timestamp)?,
+    ];
+    columns.extend(state.keys[2..].iter().cloned());
+    columns.extend(state.states.into_iter().flatten());
+    Ok(RecordBatch::try_new(output.clone(), columns)?)
 }
 
 /// A window's bounds as a key column.
@@ -77,15 +131,10 @@ impl SharedWindows {
     }
 
     fn with_width(key_schema: &SchemaRef, aggregates: &Aggregates, width: i64) -> Result<Self> {
-        let mut fields = vec![
-            Field::new("window_end", DataType::Int64, false),
-            Field::new("window_start", DataType::Int64, false),
-        ];
-        fields.extend(key_schema.fields().iter().map(|f| f.as_ref().clone()));
         Ok(SharedWindows {
             parts: BTreeMap::new(),
             width: width.max(1),
-            schema: Arc::new(Schema::new(fields)),
+            schema: bounded_keys(key_schema),
             aggregates: aggregates.clone(),
             windows: BTreeSet::new(),
         })
@@ -116,53 +165,114 @@ impl SharedWindows {
         inputs: &AggregateInputs,
         rows: usize,
     ) -> Result<()> {
-        let Some(&first) = ends.first() else {
-            return Ok(());
-        };
-        let part = self.part_of(first);
-        if ends.iter().all(|&e| self.part_of(e) == part) {
-            return self.update_part(part, ends, starts, keys, inputs, rows);
-        }
-        // Rows of several parts: each part takes its rows, in their order.
-        let mut by_part: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        for (i, &end) in ends.iter().enumerate() {
-            by_part.entry(self.part_of(end)).or_default().push(i as u32);
-        }
-        for (part, rows) in by_part {
-            let pick =
-                |values: &[i64]| -> Vec<i64> { rows.iter().map(|&i| values[i as usize]).collect() };
-            let indices = UInt32Array::from(rows.clone());
-            let part_keys = keys
-                .iter()
-                .map(|k| take(k.as_ref(), &indices, None))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let part_inputs = take_inputs(inputs, &indices)?;
-            self.update_part(
+        for (part, picked) in self.rows_by_part(ends) {
+            let Some(indices) = picked else {
+                return self.add_to_part(part, ends, starts, keys, rows, Add::Rows(inputs));
+            };
+            let pick = |values: &[i64]| -> Vec<i64> {
+                indices
+                    .values()
+                    .iter()
+                    .map(|&i| values[i as usize])
+                    .collect()
+            };
+            self.add_to_part(
                 part,
                 &pick(ends),
                 &pick(starts),
-                &part_keys,
-                &part_inputs,
-                rows.len(),
+                &take_all(keys, &indices)?,
+                indices.len(),
+                Add::Rows(&take_inputs(inputs, &indices)?),
             )?;
         }
         Ok(())
     }
 
-    fn update_part(
+    /// Merges partial states of groups (`partial`'s keys without the bounds), the i-th of
+    /// window `[starts[i], ends[i])`: what a combining phase ships.
+    pub(super) fn merge_partials(
+        &mut self,
+        ends: &[i64],
+        starts: &[i64],
+        partial: GroupsState,
+    ) -> Result<()> {
+        for (part, picked) in self.rows_by_part(ends) {
+            let Some(indices) = picked else {
+                let n = partial.groups;
+                return self.add_to_part(
+                    part,
+                    ends,
+                    starts,
+                    &partial.keys,
+                    n,
+                    Add::States(&partial.states),
+                );
+            };
+            let pick = |values: &[i64]| -> Vec<i64> {
+                indices
+                    .values()
+                    .iter()
+                    .map(|&i| values[i as usize])
+                    .collect()
+            };
+            let states = partial
+                .states
+                .iter()
+                .map(|s| take_all(s, &indices))
+                .collect::<Result<Vec<_>>>()?;
+            self.add_to_part(
+                part,
+                &pick(ends),
+                &pick(starts),
+                &take_all(&partial.keys, &indices)?,
+                indices.len(),
+                Add::States(&states),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The parts the rows with window ends `ends` fall in, each with its rows (`None`: all
+    /// rows, the usual case).
+    fn rows_by_part(&self, ends: &[i64]) -> Vec<(i64, Option<UInt32Array>)> {
+        let Some(&first) = ends.first() else {
+            return Vec::new();
+        };
+        let part = self.part_of(first);
+        if ends.iter().all(|&e| self.part_of(e) == part) {
+            return vec![(part, None)];
+        }
+        let mut by_part: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (i, &end) in ends.iter().enumerate() {
+            by_part.entry(self.part_of(end)).or_default().push(i as u32);
+        }
+        by_part
+            .into_iter()
+            .map(|(part, rows)| (part, Some(UInt32Array::from(rows))))
+            .collect()
+    }
+
+    fn add_to_part(
         &mut self,
         part: i64,
         ends: &[i64],
         starts: &[i64],
         keys: &[ArrayRef],
-        inputs: &AggregateInputs,
         rows: usize,
+        add: Add,
     ) -> Result<()> {
         let mut all = vec![bound_column(ends), bound_column(starts)];
         all.extend(keys.iter().cloned());
         let (target, windows) = self.part(part)?;
         let before = target.groups.len();
-        target.groups.update(&all, inputs, rows)?;
+        match add {
+            Add::Rows(inputs) => target.groups.update(&all, inputs, rows)?,
+            Add::States(states) => target.groups.merge(&GroupsState {
+                keys: all,
+                states: states.to_vec(),
+                groups: rows,
+            })?,
+        }
         Self::note(target, windows, ends, starts, before);
         Ok(())
     }
@@ -175,19 +285,15 @@ impl SharedWindows {
         partial: GroupsState,
     ) -> Result<()> {
         let n = partial.groups;
-        let (ends, starts) = (vec![end; n], vec![start; n]);
-        let mut keys = vec![bound_column(&ends), bound_column(&starts)];
-        keys.extend(partial.keys);
         let part = self.part_of(end);
-        let (target, windows) = self.part(part)?;
-        let before = target.groups.len();
-        target.groups.merge(&GroupsState {
-            keys,
-            states: partial.states,
-            groups: n,
-        })?;
-        Self::note(target, windows, &ends, &starts, before);
-        Ok(())
+        self.add_to_part(
+            part,
+            &vec![end; n],
+            &vec![start; n],
+            &partial.keys,
+            n,
+            Add::States(&partial.states),
+        )
     }
 
     /// Marks the groups of the part's last update touched, and lists the windows of new ones
