@@ -16,7 +16,7 @@ use datafusion::common::hash_utils::{create_hashes, RandomState};
 pub const DEFAULT_MAX_PARALLELISM: usize = 128;
 
 /// How the records of one stage are spread over the subtasks of the next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Partitioning {
     /// Subtask `i` sends to subtask `i` (same parallelism on both sides).
     Forward,

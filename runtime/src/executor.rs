@@ -1,14 +1,19 @@
-//! Runs a job graph: one thread per subtask, bounded channels between stages.
+//! Runs a job graph to completion in this process.
 //!
-//! Threads rather than async tasks: every subtask is CPU-bound on Arrow kernels, and a
-//! dedicated thread lets sources and sinks block (files, stdout, librdkafka) without starving
-//! anyone. A channel carries `(input index, message)` so a task with several inputs can keep
-//! a watermark per input.
+//! [`execute`] prepares the run (restores and heals a checkpoint, numbers the next one,
+//! clears working state, starts the checkpoint coordinator), lays the graph out as a
+//! [`PhysicalPlan`] (tasks, their channels and key groups, as data), builds each task from
+//! its plan ([`TaskContext::task_body`]: operators chained, the sink or senders to the next
+//! stage, checkpointing, and the loop reading a source split or the task's inbox), and hands
+//! them to the [`LocalLauncher`] over [`LocalChannels`]. A message travels as
+//! `(channel, message)`, so a task with several inputs keeps a watermark and a barrier
+//! alignment per channel.
 
 // The executor measures real elapsed time (job duration, time blocked on a full channel);
 // operator logic never sees it.
 #![allow(clippy::disallowed_methods)]
 
+use crate::channel::{ChannelSender, Channels, Envelope, Inbox, LocalChannels, Offer};
 use crate::checkpoint::{
     checkpoint_dir, checkpoint_ids, CheckpointConfig, Manifest, Restored, SourceSnapshot,
     TaskSnapshot,
@@ -17,11 +22,13 @@ use crate::clock::Clock;
 pub use crate::coordinator::CheckpointStats;
 use crate::coordinator::{Coordinator, FinishedReader, JobShape, Report, SavepointRequests};
 use crate::error::{Result, RuntimeError};
-use crate::exchange::{Partitioner, Partitioning};
+use crate::exchange::Partitioner;
 use crate::graph::{JobGraph, StageInput};
+use crate::launcher::LocalLauncher;
 use crate::message::{EventTime, Message};
 use crate::metrics::{CheckpointHistory, Counter, JobMetrics, StageCounter};
 use crate::operator::{Operator, Output, SubtaskInfo};
+use crate::plan::{PhysicalPlan, TaskOutput, TaskPlan};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
 use crate::state::{
@@ -30,15 +37,14 @@ use crate::state::{
 use crate::watermark::{
     InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkStrategy, WatermarkUpdate,
 };
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-type Envelope = (usize, Message);
 
 /// Numbers scratch state directories of the jobs of one process.
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
@@ -256,231 +262,43 @@ pub fn execute(
     let completed = coordinator.completed.clone();
     let (report_tx, report_rx) = channel::<Report>();
 
-    // Each stage's channels: input k's upstream subtasks send on channels
-    // `offsets[k]..offsets[k] + count` (one channel in all for a forward edge), and
-    // `sides[channel]` is k again.
-    let consumers = graph.consumers();
-    let mut offsets: Vec<Vec<usize>> = Vec::with_capacity(n);
-    let mut sides: Vec<Vec<usize>> = Vec::with_capacity(n);
-    for (t, stage) in graph.stages.iter().enumerate() {
-        let (mut stage_offsets, mut stage_sides) = (Vec::new(), Vec::new());
-        for (k, edge) in stage.input.edges(t).iter().enumerate() {
-            stage_offsets.push(stage_sides.len());
-            let count = match edge.partitioning {
-                Partitioning::Forward => 1,
-                _ => graph.stages[edge.from].parallelism,
-            };
-            stage_sides.extend(std::iter::repeat_n(k, count));
-        }
-        offsets.push(stage_offsets);
-        sides.push(stage_sides);
+    // The job as tasks and channels, all run here: a thread per task, in-memory channels.
+    let plan = PhysicalPlan::of(&graph);
+    let mut channels = LocalChannels::new(&plan);
+    let context = TaskContext {
+        graph: &graph,
+        schemas: &schemas,
+        metrics: &metrics,
+        clock: &clock,
+        cancel: &cancel,
+        checkpoint_root: options.checkpoints.as_ref().map(|c| c.dir.clone()),
+        work_root: work_root.as_ref(),
+        storage: options.state,
+        restore: restore.as_ref(),
+        reports: &report_tx,
+        trigger: &trigger,
+        completed: &completed,
+    };
+    let mut launcher = LocalLauncher::new(cancel.clone());
+    let sink_rows = metrics.counter(&format!(
+        "stage{}.{}.records_out",
+        n - 1,
+        graph.stages[n - 1].name
+    ));
+    let launched = plan.tasks.iter().try_for_each(|task| {
+        let body = context.task_body(task, &mut channels)?;
+        launcher.spawn(&task.name, body)
+    });
+    if let Err(e) = launched {
+        // The tasks already running stop, and are waited for, before the error is told.
+        cancel.cancel();
+        drop(channels);
+        launcher.join();
+        return Err(e);
     }
-    // Receivers of each stage's subtasks (none for a source stage).
-    let mut receivers: Vec<Vec<Receiver<Envelope>>> = Vec::with_capacity(n);
-    let mut senders: Vec<Vec<SyncSender<Envelope>>> = Vec::with_capacity(n);
-    for stage in &graph.stages {
-        let (tx, rx): (Vec<_>, Vec<_>) = (0..stage.parallelism)
-            .map(|_| sync_channel(graph.channel_capacity))
-            .unzip();
-        senders.push(tx);
-        receivers.push(rx);
-    }
-
-    let mut handles = Vec::new();
-    let mut sink_rows = Counter::default();
-    for (s, stage) in graph.stages.iter().enumerate() {
-        let prefix = format!("stage{s}.{}", stage.name);
-        let records_in = metrics.counter(&format!("{prefix}.records_in"));
-        let records_out = metrics.counter(&format!("{prefix}.records_out"));
-        if stage.sink.is_some() {
-            sink_rows = records_out.clone();
-        }
-        let backpressure = metrics.counter(&format!("{prefix}.backpressure_ms"));
-        for op in &stage.operators {
-            for (name, counter) in op.counters() {
-                metrics.register(&format!("{prefix}.{}.{name}", op.name()), counter);
-            }
-        }
-        // Subtask i of this stage takes the i-th receiver (unused for a source stage).
-        let mut stage_receivers = std::mem::take(&mut receivers[s]).into_iter();
-        for index in 0..stage.parallelism {
-            let receiver = stage_receivers.next();
-            let info = SubtaskInfo {
-                index,
-                parallelism: stage.parallelism,
-                max_parallelism: graph.max_parallelism,
-            };
-            let task = format!("{}[{}/{}]", stage.name, index + 1, stage.parallelism);
-            // Each count is kept for the stage and for this subtask (`<figure>.<index>`).
-            let per_subtask = |stage: &Counter, figure: &str| {
-                StageCounter::new(
-                    stage.clone(),
-                    metrics.counter(&format!("{prefix}.{figure}.{index}")),
-                )
-            };
-            let records_in = per_subtask(&records_in, "records_in");
-            let records_out = per_subtask(&records_out, "records_out");
-            let backpressure = per_subtask(&backpressure, "backpressure_ms");
-            let operators = stage
-                .operators
-                .iter()
-                .map(|f| f.create(info))
-                .collect::<Result<Vec<_>>>()?;
-            let downstream = match (&stage.sink, consumers[s]) {
-                (Some(sink), _) => Downstream::Sink(sink.create_writer(info, schemas[s].clone())?),
-                (None, Some((t, k))) => {
-                    let next = &graph.stages[t];
-                    let partitioning = next.input.edges(t)[k].partitioning.clone();
-                    Downstream::Exchange {
-                        partitioner: Partitioner::try_new(
-                            &partitioning,
-                            index,
-                            next.parallelism,
-                            graph.max_parallelism,
-                            &schemas[s],
-                        )?,
-                        forward: partitioning == Partitioning::Forward,
-                        index,
-                        offset: offsets[t][k],
-                        senders: senders[t].clone(),
-                        backpressure,
-                        cancel: cancel.clone(),
-                    }
-                }
-                (None, None) => unreachable!("validated: every stage but the last feeds one"),
-            };
-            let chain = Chain {
-                operators,
-                outputs: Vec::new(),
-                downstream,
-                records_out,
-                watermark: EventTime::MIN,
-                // Per subtask: a stage's watermark is the least of its subtasks'.
-                watermark_gauge: metrics.counter(&format!("{prefix}.watermark_ms.{index}")),
-                cancel: cancel.clone(),
-            };
-            let checkpointing = TaskCheckpointing {
-                stage: s,
-                info,
-                root: options.checkpoints.as_ref().map(|c| c.dir.clone()),
-                work: work_root
-                    .as_ref()
-                    .map(|w| w.join(format!("stage{s}-{index}"))),
-                reports: report_tx.clone(),
-                storage: options.state,
-                backend: None,
-                background: None,
-                restore: restore.clone(),
-                restore_ms: metrics.counter("restore.state_ms"),
-            };
-            let body: Box<dyn FnOnce() -> Result<()> + Send> = match &stage.input {
-                StageInput::Source { source, watermarks } => {
-                    let mut generator = watermarks.clone().map(WatermarkGenerator::new);
-                    let mut partition_times = BTreeMap::new();
-                    let reader = match &restore {
-                        None => source.create_reader(info)?,
-                        Some(r) => {
-                            let old = &r.manifest.stages[s].subtasks;
-                            let positions =
-                                old.iter()
-                                    .map(|t| {
-                                        t.source.as_ref().map(|s| s.position.clone()).ok_or_else(
-                                            || {
-                                                RuntimeError::Checkpoint(format!(
-                                                    "{}: a source split has no position",
-                                                    r.dir.display()
-                                                ))
-                                            },
-                                        )
-                                    })
-                                    .collect::<Result<Vec<_>>>()?;
-                            let max_time = own_or_least(old, info, |t| {
-                                t.source.as_ref().and_then(|s| s.max_event_time)
-                            });
-                            if let (Some(g), Some(t)) = (&mut generator, max_time) {
-                                g.restore(t);
-                            }
-                            // Each partition was read by one old split: take every one's.
-                            partition_times = old
-                                .iter()
-                                .filter_map(|t| t.source.as_ref())
-                                .flat_map(|s| s.partition_event_times.clone())
-                                .collect();
-                            source.restore_reader(info, &positions)?
-                        }
-                    };
-                    let idle_timeout = watermarks.as_ref().and_then(|w| w.idle_timeout);
-                    let partitioned = watermarks
-                        .clone()
-                        .map(|w| PartitionWatermarks::new(w, partition_times));
-                    let (clock, cancel) = (clock.clone(), cancel.clone());
-                    let trigger = trigger.clone();
-                    let completed = completed.clone();
-                    let screen = watermarks.clone();
-                    let out_of_range =
-                        metrics.counter(&format!("{prefix}.event_time_out_of_range"));
-                    Box::new(move || {
-                        run_source(SourceTask {
-                            reader,
-                            generator,
-                            partitioned,
-                            idle_timeout,
-                            screen,
-                            out_of_range,
-                            chain,
-                            clock,
-                            cancel,
-                            records_in,
-                            checkpointing,
-                            trigger,
-                            completed,
-                        })
-                    })
-                }
-                StageInput::Exchange(_) | StageInput::Inputs(_) => {
-                    let rx = receiver.expect("one receiver per subtask");
-                    let cancel = cancel.clone();
-                    let sides = sides[s].clone();
-                    Box::new(move || {
-                        run_exchange_input(rx, sides, chain, cancel, records_in, checkpointing)
-                    })
-                }
-            };
-            let cancel = cancel.clone();
-            let name = task.clone();
-            let handle = std::thread::Builder::new()
-                .name(task.clone())
-                .spawn(move || {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
-                        .unwrap_or_else(|payload| {
-                            let message = payload
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_else(|| "non-string panic".into());
-                            Err(RuntimeError::Panic {
-                                task: name.clone(),
-                                message,
-                            })
-                        });
-                    if result.is_err() {
-                        cancel.cancel();
-                    }
-                    result.map_err(|e| match e {
-                        RuntimeError::Cancelled | RuntimeError::Panic { .. } => e,
-                        other => RuntimeError::Task {
-                            task: name,
-                            source: Box::new(other),
-                        },
-                    })
-                })
-                .map_err(|e| RuntimeError::io(format!("spawning thread for {task}"), e))?;
-            handles.push(handle);
-        }
-    }
-    // The executor's own copies must go, or the first stage's receivers would never close
-    // and the coordinator would wait forever.
-    drop(senders);
+    // The executor's own copies must go, or the first stage's inboxes would never close and
+    // the coordinator would wait forever.
+    drop(channels);
     drop(report_tx);
     let coordinator_cancel = cancel.clone();
     let coordinator_thread = std::thread::Builder::new()
@@ -494,25 +312,7 @@ pub fn execute(
         })
         .map_err(|e| RuntimeError::io("spawning the checkpoint coordinator", e))?;
 
-    let mut first_error: Option<RuntimeError> = None;
-    for handle in handles {
-        let result = handle.join().unwrap_or_else(|_| {
-            Err(RuntimeError::Panic {
-                task: "unknown".into(),
-                message: "thread panicked".into(),
-            })
-        });
-        if let Err(e) = result {
-            let replace = match &first_error {
-                None => true,
-                Some(RuntimeError::Cancelled) => !matches!(e, RuntimeError::Cancelled),
-                Some(_) => false,
-            };
-            if replace {
-                first_error = Some(e);
-            }
-        }
-    }
+    let first_error = launcher.join();
     let (mut coordinator, coordinated) =
         coordinator_thread.join().map_err(|_| RuntimeError::Panic {
             task: "checkpoint-coordinator".into(),
@@ -541,11 +341,12 @@ pub fn execute(
 enum Downstream {
     Exchange {
         partitioner: Partitioner,
-        forward: bool,
-        index: usize,
-        /// The first channel of the receiving stage this edge sends on.
-        offset: usize,
-        senders: Vec<SyncSender<Envelope>>,
+        /// The channel this task sends on, in every target's inbox.
+        channel: usize,
+        /// A sender per task of the next stage, by subtask index.
+        senders: Vec<Box<dyn ChannelSender>>,
+        /// The targets that hear watermarks, barriers and the end of input.
+        control: Vec<usize>,
         backpressure: StageCounter,
         cancel: CancelHandle,
     },
@@ -553,15 +354,15 @@ enum Downstream {
 }
 
 fn send(
-    sender: &SyncSender<Envelope>,
+    sender: &dyn ChannelSender,
     envelope: Envelope,
     backpressure: &StageCounter,
     cancel: &CancelHandle,
 ) -> Result<()> {
     match sender.try_send(envelope) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Disconnected(_)) => Err(RuntimeError::Cancelled),
-        Err(TrySendError::Full(mut envelope)) => {
+        Offer::Sent => Ok(()),
+        Offer::Closed => Err(RuntimeError::Cancelled),
+        Offer::Full(mut envelope) => {
             // The receiver is slower than we are: wait, and count how long (backpressure).
             let started = Instant::now();
             loop {
@@ -569,9 +370,9 @@ fn send(
                     return Err(RuntimeError::Cancelled);
                 }
                 match sender.try_send(envelope) {
-                    Ok(()) => break,
-                    Err(TrySendError::Disconnected(_)) => return Err(RuntimeError::Cancelled),
-                    Err(TrySendError::Full(e)) => {
+                    Offer::Sent => break,
+                    Offer::Closed => return Err(RuntimeError::Cancelled),
+                    Offer::Full(e) => {
                         envelope = e;
                         std::thread::sleep(Duration::from_micros(50));
                     }
@@ -589,23 +390,19 @@ impl Downstream {
             Downstream::Sink(writer) => writer.write(&batch),
             Downstream::Exchange {
                 partitioner,
-                forward,
-                index,
-                offset,
+                channel,
                 senders,
                 backpressure,
                 cancel,
-            } => {
-                let input = *offset + if *forward { 0 } else { *index };
-                partitioner.partition(batch, |target, part| {
-                    send(
-                        &senders[target],
-                        (input, Message::Data(part)),
-                        backpressure,
-                        cancel,
-                    )
-                })
-            }
+                ..
+            } => partitioner.partition(batch, |target, part| {
+                send(
+                    senders[target].as_ref(),
+                    (*channel, Message::Data(part)),
+                    backpressure,
+                    cancel,
+                )
+            }),
         }
     }
 
@@ -615,29 +412,191 @@ impl Downstream {
             // `TaskCheckpointing::checkpoint`): they produce output to commit.
             Downstream::Sink(_) => Ok(()),
             Downstream::Exchange {
-                forward,
-                index,
-                offset,
+                channel,
                 senders,
+                control,
                 backpressure,
                 cancel,
                 ..
             } => {
-                if *forward {
-                    send(&senders[*index], (*offset, message), backpressure, cancel)
-                } else {
-                    for sender in senders.iter() {
-                        send(
-                            sender,
-                            (*offset + *index, message.clone()),
-                            backpressure,
-                            cancel,
-                        )?;
-                    }
-                    Ok(())
+                for &target in control.iter() {
+                    send(
+                        senders[target].as_ref(),
+                        (*channel, message.clone()),
+                        backpressure,
+                        cancel,
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What every task of one run shares, to build a task's body from its plan.
+struct TaskContext<'a> {
+    graph: &'a JobGraph,
+    schemas: &'a [SchemaRef],
+    metrics: &'a JobMetrics,
+    clock: &'a Arc<dyn Clock>,
+    cancel: &'a CancelHandle,
+    checkpoint_root: Option<PathBuf>,
+    work_root: Option<&'a PathBuf>,
+    storage: StateStorage,
+    restore: Option<&'a Arc<Restored>>,
+    reports: &'a Sender<Report>,
+    trigger: &'a Arc<AtomicU64>,
+    completed: &'a Arc<AtomicU64>,
+}
+
+/// A task ready to run on a thread of its own.
+type TaskBody = Box<dyn FnOnce() -> Result<()> + Send>;
+
+impl TaskContext<'_> {
+    /// Builds task `task`: its operators, its downstream (the sink, or senders to the next
+    /// stage's tasks), its checkpointing, and its loop (reading a source split, or its inbox).
+    fn task_body(&self, task: &TaskPlan, channels: &mut dyn Channels) -> Result<TaskBody> {
+        let (s, index, info) = (task.id.stage, task.id.subtask, task.info);
+        let stage = &self.graph.stages[s];
+        let metrics = self.metrics;
+        let prefix = format!("stage{s}.{}", stage.name);
+        let records_in = metrics.counter(&format!("{prefix}.records_in"));
+        let records_out = metrics.counter(&format!("{prefix}.records_out"));
+        let backpressure = metrics.counter(&format!("{prefix}.backpressure_ms"));
+        if index == 0 {
+            for op in &stage.operators {
+                for (name, counter) in op.counters() {
+                    metrics.register(&format!("{prefix}.{}.{name}", op.name()), counter);
                 }
             }
         }
+        // Each count is kept for the stage and for this subtask (`<figure>.<index>`).
+        let per_subtask = |stage: &Counter, figure: &str| {
+            StageCounter::new(
+                stage.clone(),
+                metrics.counter(&format!("{prefix}.{figure}.{index}")),
+            )
+        };
+        let records_in = per_subtask(&records_in, "records_in");
+        let records_out = per_subtask(&records_out, "records_out");
+        let backpressure = per_subtask(&backpressure, "backpressure_ms");
+        let operators = stage
+            .operators
+            .iter()
+            .map(|f| f.create(info))
+            .collect::<Result<Vec<_>>>()?;
+        let downstream = match (&stage.sink, &task.output) {
+            (Some(sink), _) => Downstream::Sink(sink.create_writer(info, self.schemas[s].clone())?),
+            (None, TaskOutput::Exchange(edge)) => Downstream::Exchange {
+                partitioner: Partitioner::try_new(
+                    &edge.partitioning,
+                    index,
+                    edge.targets.len(),
+                    self.graph.max_parallelism,
+                    &self.schemas[s],
+                )?,
+                channel: edge.channel,
+                senders: edge
+                    .targets
+                    .iter()
+                    .map(|&t| channels.sender(t))
+                    .collect::<Result<_>>()?,
+                control: edge.control_targets(index),
+                backpressure,
+                cancel: self.cancel.clone(),
+            },
+            (None, TaskOutput::Sink) => {
+                return Err(RuntimeError::InvalidJob(format!(
+                    "stage `{}` ends the job but has no sink",
+                    stage.name
+                )))
+            }
+        };
+        let chain = Chain {
+            operators,
+            outputs: Vec::new(),
+            downstream,
+            records_out,
+            watermark: EventTime::MIN,
+            // Per subtask: a stage's watermark is the least of its subtasks'.
+            watermark_gauge: metrics.counter(&format!("{prefix}.watermark_ms.{index}")),
+            cancel: self.cancel.clone(),
+        };
+        let checkpointing = TaskCheckpointing {
+            stage: s,
+            info,
+            root: self.checkpoint_root.clone(),
+            work: self.work_root.map(|w| w.join(format!("stage{s}-{index}"))),
+            reports: self.reports.clone(),
+            storage: self.storage,
+            backend: None,
+            background: None,
+            restore: self.restore.cloned(),
+            restore_ms: metrics.counter("restore.state_ms"),
+        };
+        let StageInput::Source { source, watermarks } = &stage.input else {
+            let inbox = channels.inbox(task.id)?;
+            let cancel = self.cancel.clone();
+            let sides = task.inbound.clone();
+            return Ok(Box::new(move || {
+                run_exchange_input(inbox, sides, chain, cancel, records_in, checkpointing)
+            }));
+        };
+        let mut generator = watermarks.clone().map(WatermarkGenerator::new);
+        let mut partition_times = BTreeMap::new();
+        let reader = match self.restore {
+            None => source.create_reader(info)?,
+            Some(r) => {
+                let old = &r.manifest.stages[s].subtasks;
+                let positions = old
+                    .iter()
+                    .map(|t| {
+                        t.source
+                            .as_ref()
+                            .map(|s| s.position.clone())
+                            .ok_or_else(|| {
+                                RuntimeError::Checkpoint(format!(
+                                    "{}: a source split has no position",
+                                    r.dir.display()
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let max_time = own_or_least(old, info, |t| {
+                    t.source.as_ref().and_then(|s| s.max_event_time)
+                });
+                if let (Some(g), Some(t)) = (&mut generator, max_time) {
+                    g.restore(t);
+                }
+                // Each partition was read by one old split: take every one's.
+                partition_times = old
+                    .iter()
+                    .filter_map(|t| t.source.as_ref())
+                    .flat_map(|s| s.partition_event_times.clone())
+                    .collect();
+                source.restore_reader(info, &positions)?
+            }
+        };
+        let idle_timeout = watermarks.as_ref().and_then(|w| w.idle_timeout);
+        let partitioned = watermarks
+            .clone()
+            .map(|w| PartitionWatermarks::new(w, partition_times));
+        let task = SourceTask {
+            reader,
+            generator,
+            partitioned,
+            idle_timeout,
+            screen: watermarks.clone(),
+            out_of_range: metrics.counter(&format!("{prefix}.event_time_out_of_range")),
+            chain,
+            clock: self.clock.clone(),
+            cancel: self.cancel.clone(),
+            records_in,
+            checkpointing,
+            trigger: self.trigger.clone(),
+            completed: self.completed.clone(),
+        };
+        Ok(Box::new(move || run_source(task)))
     }
 }
 
@@ -1173,7 +1132,7 @@ impl Alignment {
 
 /// Runs a subtask fed by channels; `sides[channel]` is the stage input the channel belongs to.
 fn run_exchange_input(
-    rx: Receiver<Envelope>,
+    mut inbox: Box<dyn Inbox>,
     sides: Vec<usize>,
     mut chain: Chain,
     cancel: CancelHandle,
@@ -1192,7 +1151,7 @@ fn run_exchange_input(
         }
         let (input, message) = match replay.pop_front() {
             Some(envelope) => envelope,
-            None => rx.recv().map_err(|_| RuntimeError::Cancelled)?,
+            None => inbox.recv().ok_or(RuntimeError::Cancelled)?,
         };
         if alignment.holds(input) {
             alignment.held.push_back((input, message));

@@ -17,6 +17,7 @@
 //! group into the channels of the next stage; the last stage ends in a [`sink::SinkWriter`].
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod checkpoint;
 pub mod clock;
 pub mod coordinator;
@@ -24,9 +25,11 @@ pub mod error;
 pub mod exchange;
 pub mod executor;
 pub mod graph;
+pub mod launcher;
 pub mod message;
 pub mod metrics;
 pub mod operator;
+pub mod plan;
 pub mod sink;
 pub mod source;
 pub mod state;
