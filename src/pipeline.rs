@@ -1150,6 +1150,15 @@ impl Job {
                         ))
                     }
                 };
+                if let Some(store) = options.checkpoints.as_ref().and_then(|c| c.store.clone()) {
+                    // A newer checkpoint in the store (this machine's were lost, or another
+                    // ran the job last) is downloaded first; the local ones decide otherwise.
+                    let (fetched, passed_over) =
+                        oxflow_runtime::store::fetch_latest(store.0.as_ref(), &dir)?;
+                    if let Some(id) = fetched {
+                        tracing::info!(checkpoint = id, store = ?store, passed_over = passed_over.len(), "restoring a checkpoint from the store");
+                    }
+                }
                 let (found, skipped) = checkpoint::latest(&dir)?;
                 if found.is_none() {
                     tracing::warn!(

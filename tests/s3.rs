@@ -198,6 +198,81 @@ fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
     assert_eq!(objects_and_lines(&uri).1, common::generator_lines("q5"));
 }
 
+/// The machine is lost: the job is killed and its checkpoint directory deleted. Restored on
+/// a fresh directory from the checkpoint store in S3, it ends with exactly the output of an
+/// uninterrupted run; the store holds shared state files and the retained manifests only.
+#[test]
+#[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
+fn a_job_whose_checkpoint_directory_is_lost_restores_from_the_store_in_s3() {
+    let uri = location(&common::unique("lost-out"));
+    let store = location(&common::unique("lost-store"));
+    let args = |chk: &std::path::Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = common::ORDERED_GENERATOR
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(
+            [
+                "--query",
+                "q5",
+                "--sink",
+                &uri,
+                "--checkpoint-dir",
+                &chk.display().to_string(),
+                "--checkpoint-interval-ms",
+                "200",
+                "--checkpoint-store",
+                &store,
+                "--checkpoints-retained",
+                "2",
+                "--state-memory-budget-mb",
+                "8",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let lost = tempfile::tempdir().unwrap();
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args(args(lost.path(), &["--rate", "60000"]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    job.kill().unwrap();
+    job.wait().unwrap();
+    drop(lost);
+    let (location, _) = S3Location::parse(&store).unwrap();
+    let keys = store_keys(&location);
+    let manifests = keys
+        .iter()
+        .filter(|k| k.ends_with("/_manifest.json"))
+        .count();
+    assert!((1..=2).contains(&manifests), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("files/stage")),
+        "{keys:?}"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let restored = summary(&oxflow(
+        &args(fresh.path(), &["--restore", "latest"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    ));
+    assert!(!restored["restored_from"].is_null(), "{restored}");
+    assert_eq!(objects_and_lines(&uri).1, common::generator_lines("q5"));
+}
+
+/// Every key of a checkpoint store in S3.
+fn store_keys(location: &S3Location) -> Vec<String> {
+    use oxflow::runtime::store::CheckpointStore;
+    CheckpointStore::list(location, "").unwrap()
+}
+
 #[test]
 #[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
 fn s3_source_reads_json_lines_is_restored_mid_object_and_names_bad_input() {

@@ -17,6 +17,8 @@ use crate::io_runtime::run;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
+use oxflow_runtime::store::{CheckpointStore, FileStore, StoreRef};
+use oxflow_runtime::Result as RuntimeResult;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -137,6 +139,14 @@ impl S3Location {
 
     fn key(&self, name: &str) -> ObjectPath {
         self.prefix.clone().join(name)
+    }
+
+    /// The key of `key` under the prefix, each `/` of it starting a level (as
+    /// [`S3Location::key`] would escape it into one name).
+    fn nested_key(&self, key: &str) -> ObjectPath {
+        key.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |path, part| path.join(part))
     }
 
     fn s3_error(&self, what: &str, e: impl std::fmt::Display) -> ConnectorError {
@@ -324,6 +334,87 @@ pub const COMMIT_LOG_KEPT: u64 = 1000;
 /// Whether the environment gives the client a way to sign requests other than the instance
 /// metadata service: keys, a web identity (Kubernetes service accounts), a container's
 /// credentials endpoint, or a request for unsigned requests.
+/// Checkpoints kept in S3 ([`oxflow_runtime::store`]): keys are paths under the prefix.
+impl CheckpointStore for S3Location {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) -> RuntimeResult<()> {
+        let (store, path) = (self.client()?, self.nested_key(key));
+        run(async move { store.put(&path, PutPayload::from(bytes)).await })
+            .map(|_| ())
+            .map_err(|e| self.s3_error(&format!("writing {key}"), e).into())
+    }
+
+    fn get(&self, key: &str) -> RuntimeResult<Option<Vec<u8>>> {
+        let (store, path) = (self.client()?, self.nested_key(key));
+        match run(async move { store.get(&path).await?.bytes().await }) {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.s3_error(&format!("reading {key}"), e).into()),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> RuntimeResult<Vec<String>> {
+        use futures::TryStreamExt;
+        let (store, root) = (self.client()?, self.prefix.clone());
+        let listed: Vec<object_store::ObjectMeta> = run(async move {
+            object_store::ObjectStore::list(store.as_ref(), Some(&root))
+                .try_collect()
+                .await
+        })
+        .map_err(|e| self.s3_error("listing", e))?;
+        let depth = self.prefix.parts().count();
+        let mut keys: Vec<String> = listed
+            .into_iter()
+            .map(|m| {
+                m.location
+                    .parts()
+                    .skip(depth)
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn delete(&self, key: &str) -> RuntimeResult<()> {
+        let (store, path) = (self.client()?, self.nested_key(key));
+        match run(async move { store.delete(&path).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.s3_error(&format!("deleting {key}"), e).into()),
+        }
+    }
+}
+
+/// The checkpoint store `uri` names: `s3://BUCKET/PREFIX[?endpoint=URL&region=R]` or
+/// `file:///DIR` (a local or mounted, shared directory).
+pub fn checkpoint_store(uri: &str) -> Result<StoreRef> {
+    if let Some(dir) = uri.strip_prefix("file://") {
+        if !dir.starts_with('/') {
+            return Err(ConnectorError::Config {
+                connector: "checkpoint store",
+                reason: format!("`{uri}`: a file store names an absolute directory, file:///DIR"),
+            });
+        }
+        return Ok(StoreRef(Arc::new(FileStore::new(dir))));
+    }
+    if uri.starts_with("s3://") {
+        return Ok(StoreRef(Arc::new(S3Location::parse_plain(
+            uri,
+            "checkpoint store",
+        )?)));
+    }
+    Err(ConnectorError::Config {
+        connector: "checkpoint store",
+        reason: format!("`{uri}`: a checkpoint store is s3://BUCKET/PREFIX or file:///DIR"),
+    })
+}
+
 fn credentials_in_env() -> bool {
     [
         "AWS_ACCESS_KEY_ID",

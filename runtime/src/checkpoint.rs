@@ -16,6 +16,7 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::state::{file_crc32, FileEntry};
+use crate::store::StoreRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -39,8 +40,11 @@ pub struct CheckpointConfig {
     /// `execution.checkpointing.min-pause`; 0 by default), so that slow checkpoints leave
     /// the job time to process between them.
     pub min_pause: Duration,
-    /// How many completed checkpoints to keep (at least 1).
+    /// How many completed checkpoints to keep (at least 1), here and in the store.
     pub retained: usize,
+    /// Where completed checkpoints are copied before their output is committed, so that a
+    /// job survives the loss of this machine ([`crate::store`]); none: local only.
+    pub store: Option<StoreRef>,
 }
 
 impl CheckpointConfig {
@@ -51,6 +55,7 @@ impl CheckpointConfig {
             interval,
             min_pause: Duration::ZERO,
             retained: 3,
+            store: None,
         }
     }
 }
@@ -216,6 +221,11 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         }
         Err(e) => return Err(corrupt(dir, format!("reading {MANIFEST}: {e}"))),
     };
+    parse_manifest(&text, dir)
+}
+
+/// Checks a manifest's text (its checksum, its format, its paths); `dir` names it in errors.
+pub fn parse_manifest(text: &str, dir: &Path) -> Result<Manifest> {
     let mut lines = text.lines();
     let (Some(body), Some(crc)) = (lines.next(), lines.next()) else {
         return Err(corrupt(dir, format!("{MANIFEST} is truncated")));

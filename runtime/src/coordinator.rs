@@ -12,6 +12,7 @@ use crate::error::{Result, RuntimeError};
 use crate::metrics::{CheckpointHistory, CheckpointRecord, CheckpointStatus, Counter, JobMetrics};
 use crate::sink::{PendingCommit, SinkRef};
 use crate::source::SourceReader;
+use crate::store::upload;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -170,6 +171,9 @@ pub(crate) struct Coordinator {
     pub last_id_counter: Counter,
     pub duration_counter: Counter,
     pub bytes_counter: Counter,
+    /// Bytes the last checkpoint uploaded to the checkpoint store, and how long it took.
+    uploaded_counter: Counter,
+    upload_ms_counter: Counter,
     history: CheckpointHistory,
     pending: Option<Pending>,
     /// When the last checkpoint was triggered: the interval counts from there, as in Flink,
@@ -213,6 +217,8 @@ impl Coordinator {
             last_id_counter: metrics.counter("checkpoints.last_id"),
             duration_counter: metrics.counter("checkpoints.last_duration_ms"),
             bytes_counter: metrics.counter("checkpoints.state_bytes"),
+            uploaded_counter: metrics.counter("checkpoints.uploaded_bytes"),
+            upload_ms_counter: metrics.counter("checkpoints.last_upload_ms"),
             history,
             pending: None,
             last_trigger: Instant::now(),
@@ -425,6 +431,16 @@ impl Coordinator {
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
         write_manifest(&dir, manifest)?;
+        if let Some(store) = &config.store {
+            // In the store before any output is committed from it: a job restored elsewhere
+            // never finds output committed from a checkpoint the store lacks.
+            let started = Instant::now();
+            let bytes = upload(store.0.as_ref(), &dir, manifest, config.retained)?;
+            self.uploaded_counter.set(bytes);
+            self.upload_ms_counter
+                .set(started.elapsed().as_millis() as u64);
+            tracing::info!(checkpoint = manifest.id, uploaded_bytes = bytes, upload_ms = started.elapsed().as_millis() as u64, store = ?store, "checkpoint copied to the store");
+        }
         self.sink.commit(manifest.id, &manifest.sink_pending)?;
         apply_retention(&config.dir, config.retained)?;
         self.notify_completed(manifest.id);

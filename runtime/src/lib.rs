@@ -33,6 +33,7 @@ pub mod plan;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod watermark;
 
 pub use error::{Result, RuntimeError};

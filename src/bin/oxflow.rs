@@ -511,6 +511,12 @@ struct NexmarkArgs {
     /// How many completed checkpoints to keep.
     #[arg(long, default_value_t = 3)]
     checkpoints_retained: usize,
+    /// Also keep completed checkpoints here, uploaded (incrementally, by file) before their
+    /// output is committed, so that the job survives the loss of this machine:
+    /// s3://BUCKET/PREFIX[?endpoint=URL&region=R] or file:///DIR. `--restore latest` then
+    /// takes the newest of the store and --checkpoint-dir.
+    #[arg(long)]
+    checkpoint_store: Option<String>,
     /// Start from a checkpoint: `latest` (the newest valid one in --checkpoint-dir, or the
     /// beginning if there is none yet) or the path of a checkpoint or savepoint directory.
     #[arg(long)]
@@ -724,7 +730,12 @@ fn run_nexmark(args: &NexmarkArgs, query: &str) -> anyhow::Result<()> {
         );
         checkpoints.retained = args.checkpoints_retained.max(1);
         checkpoints.min_pause = std::time::Duration::from_millis(args.checkpoint_min_pause_ms);
+        if let Some(uri) = &args.checkpoint_store {
+            checkpoints.store = Some(oxflow::connectors::object::checkpoint_store(uri)?);
+        }
         job = job.with_checkpoints(checkpoints);
+    } else if args.checkpoint_store.is_some() {
+        bail!("--checkpoint-store needs --checkpoint-dir (checkpoints are cut there first)");
     }
     match args.state_memory_budget_mb {
         None => {}
