@@ -377,6 +377,32 @@ fn at_least_once_flushes_at_barriers() {
     assert!(err.contains("topic `nope`"), "{err}");
 }
 
+/// Producers report deliveries that fail only (`delivery.report.only.error`): a record the
+/// broker refuses still fails the flush at the barrier, saying why.
+#[test]
+fn a_refused_record_fails_the_barrier() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("refusing", 1, 1).unwrap();
+    let sink = KafkaSink::try_new(KafkaSinkConfig::json(
+        &brokers,
+        "refusing",
+        DeliveryGuarantee::AtLeastOnce,
+    ))
+    .unwrap();
+    let mut writer = sink.create_writer(split(0, 1), schema()).unwrap();
+    writer.write(&batch(&[1, 2])).unwrap();
+    assert!(writer.pre_commit().unwrap().is_none());
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 8],
+    );
+    writer.write(&batch(&[3])).unwrap();
+    let err = writer.pre_commit().unwrap_err().to_string();
+    assert!(err.contains("delivery to refusing/0 failed"), "{err}");
+}
+
 fn produce_at(brokers: &str, topic: &str, records: &[(i64, &str)]) {
     let records: Vec<_> = records.iter().map(|&(ts, v)| (0, Some(ts), v)).collect();
     send(brokers, topic, &records);
