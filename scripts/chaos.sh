@@ -5,15 +5,18 @@
 # compares the committed output with an uninterrupted run: they must be equal as multisets.
 #
 #   scripts/chaos.sh [--query q5] [--events 300000] [--rate 60000] [--kills 8] [--seed N]
-#                    [--state-mb N]
+#                    [--state-mb N] [--store]
 #
 # With --state-mb, two attempts in three keep window state in RocksDB with N MiB in memory
 # (--state-memory-budget-mb), the others in memory: each restores the other's checkpoints.
+# With --store, checkpoints are also kept in a checkpoint store (a directory, file://), and
+# after every other kill the checkpoint directory is deleted whole, as if the machine were
+# lost: the next attempt must restore from the store.
 #
 # Prints one line per attempt and a final verdict; exits non-zero on any difference.
 set -euo pipefail
 
-query=q5 events=300000 rate=60000 kills=8 seed=${RANDOM} state_mb=
+query=q5 events=300000 rate=60000 kills=8 seed=${RANDOM} state_mb= store=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --query) query=$2; shift 2 ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --kills) kills=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
     --state-mb) state_mb=$2; shift 2 ;;
+    --store) store=yes; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -32,12 +36,15 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
 bin=$CARGO_TARGET_DIR/release/oxflow
 
-export RUST_LOG=${RUST_LOG:-warn}
+export RUST_LOG=${RUST_LOG:-warn,oxflow::pipeline=info}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 common=(nexmark --query "$query" --events "$events" --event-rate 10000 --batch-size 1000)
 
 echo "chaos: query $query, $events events, $kills kills, seed $seed, in $work"
+stored=()
+[ "$store" = yes ] && stored=(--checkpoint-store "file://$work/store")
+lost=0
 "$bin" "${common[@]}" --workers 2 --sink "file:$work/expected" > "$work/expected.json"
 
 attempt=0 corrupted=no
@@ -50,7 +57,7 @@ while :; do
     label="$label, state in RocksDB"
   fi
   "$bin" "${common[@]}" --workers "$workers" "${state[@]}" --rate "$rate" --sink "file:$work/out" \
-    --checkpoint-dir "$work/chk" --checkpoint-interval-ms 100 --restore latest \
+    --checkpoint-dir "$work/chk" --checkpoint-interval-ms 100 --restore latest "${stored[@]}" \
     > "$work/attempt.json" 2> "$work/attempt-$attempt.log" &
   pid=$!
   if [ "$attempt" -le "$kills" ]; then
@@ -60,6 +67,11 @@ while :; do
     if kill -9 "$pid" 2>/dev/null; then
       wait "$pid" 2>/dev/null || true
       echo "attempt $attempt ($label): killed; $(ls "$work/chk" 2>/dev/null | grep -c '^chk-' || true) checkpoint directories"
+      if [ "$store" = yes ] && [ $((attempt % 2)) -eq 0 ]; then
+        rm -rf "$work/chk"
+        lost=$((lost + 1))
+        echo "machine lost: checkpoint directory deleted; the store holds $(ls "$work/store" 2>/dev/null | grep -c '^chk-' || true) checkpoints"
+      fi
     else
       wait "$pid" && echo "attempt $attempt ($label): finished before the kill"
       break
@@ -94,6 +106,10 @@ if [ "$corrupted" != no ] && ! cat "$work"/attempt-*.log | grep -q "skipping che
   # The corrupt checkpoint may have been superseded (and deleted) by a newer one before any
   # restore needed it; that is fine, but say so.
   echo "note: no restore had to pass over the corrupted checkpoint"
+fi
+
+if [ "$lost" -gt 0 ] && ! cat "$work"/attempt-*.log | grep -q "restoring a checkpoint from the store"; then
+  echo "note: no restore after a lost checkpoint directory found a checkpoint in the store"
 fi
 
 sort_output() { cat "$1"/part-* 2>/dev/null | sort; }
