@@ -1087,6 +1087,15 @@ impl Job {
         self
     }
 
+    /// Copies the job's completed checkpoints to `store` too (see
+    /// [`CheckpointConfig::store`]); nothing without checkpoints.
+    pub fn with_checkpoint_store(mut self, store: oxflow_runtime::store::StoreRef) -> Self {
+        if let Some(c) = &mut self.checkpoints {
+            c.store = Some(store);
+        }
+        self
+    }
+
     /// Starts from a checkpoint instead of the beginning: the newest valid one of the
     /// checkpoint directory ([`RestoreFrom::Latest`]; none yet means the beginning), or a
     /// given checkpoint or savepoint directory. The parallelism may differ from the run that

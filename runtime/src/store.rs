@@ -238,6 +238,56 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
     crate::checkpoint::sync_dir(&dir)
 }
 
+/// The part of a store under `prefix/`: one job's checkpoints in a store a server keeps for
+/// all its jobs.
+pub struct PrefixedStore {
+    inner: Arc<dyn CheckpointStore>,
+    prefix: String,
+}
+
+impl PrefixedStore {
+    /// The keys of `inner` under `prefix` (made of plain names, e.g. `jobs/job-3`).
+    pub fn new(inner: Arc<dyn CheckpointStore>, prefix: &str) -> Result<PrefixedStore> {
+        if !crate::checkpoint::is_contained(prefix) {
+            return Err(store_error(
+                inner.as_ref(),
+                format!("`{prefix}` is not a prefix inside the store"),
+            ));
+        }
+        Ok(PrefixedStore {
+            inner,
+            prefix: format!("{}/", prefix.trim_end_matches('/')),
+        })
+    }
+}
+
+impl CheckpointStore for PrefixedStore {
+    fn describe(&self) -> String {
+        format!(
+            "{}/{}",
+            self.inner.describe(),
+            self.prefix.trim_end_matches('/')
+        )
+    }
+    fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.inner.put(&format!("{}{key}", self.prefix), bytes)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.get(&format!("{}{key}", self.prefix))
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .list(&format!("{}{prefix}", self.prefix))?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
+            .collect())
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(&format!("{}{key}", self.prefix))
+    }
+}
+
 /// A checkpoint store in a local (or mounted, shared) directory: `file:///dir`.
 pub struct FileStore {
     root: std::path::PathBuf,
@@ -429,6 +479,14 @@ mod tests {
             !remote.path().join("chk-0000000001").exists(),
             "an emptied directory goes"
         );
+        // Two jobs' checkpoints side by side in one store see only their own.
+        let base: Arc<dyn CheckpointStore> = Arc::new(FileStore::new(remote.path()));
+        let job = PrefixedStore::new(base.clone(), "jobs/job-1").unwrap();
+        upload(&job, &checkpoint_dir(local.path(), 3), &third, 2).unwrap();
+        assert_eq!(store_ids(&job).unwrap(), vec![3]);
+        assert_eq!(store_ids(&store).unwrap(), vec![3, 2]);
+        assert_eq!(base.list("jobs/job-1/chk-").unwrap().len(), 1);
+        assert!(PrefixedStore::new(base, "../up").is_err());
     }
 
     /// A machine that lost its checkpoints gets the newest the store holds that is whole; a

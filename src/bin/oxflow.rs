@@ -111,6 +111,11 @@ struct ServerArgs {
     /// repeatable.
     #[arg(long = "allow-path", value_name = "DIR")]
     allow_paths: Vec<PathBuf>,
+    /// Also keep every job's completed checkpoints here, under jobs/<id>/ (uploaded
+    /// incrementally, before their output is committed), so that jobs survive the loss of
+    /// the data directory: s3://BUCKET/PREFIX[?endpoint=URL&region=R] or file:///DIR.
+    #[arg(long)]
+    checkpoint_store: Option<String>,
     /// Jobs running or restarting at once.
     #[arg(long, default_value_t = Limits::default().max_running_jobs)]
     max_running_jobs: usize,
@@ -356,6 +361,9 @@ fn serve(args: &ServerArgs) -> anyhow::Result<()> {
     config.no_auth = args.no_auth;
     config.allowed_paths = args.allow_paths.clone();
     config.limits = args.limits();
+    if let Some(uri) = &args.checkpoint_store {
+        config.checkpoint_store = Some(oxflow::connectors::object::checkpoint_store(uri)?);
+    }
     runtime()?.block_on(async {
         let server = oxflow::server::Server::new(oxflow::spec::Registry::new())
             .start(config)

@@ -48,6 +48,7 @@ use oxflow_runtime::coordinator::SavepointRequests;
 use oxflow_runtime::executor::CancelHandle;
 use oxflow_runtime::graph::PlanDescription;
 use oxflow_runtime::metrics::{watermark_value, CheckpointHistory, JobMetrics, StageFigure};
+use oxflow_runtime::store::{PrefixedStore, StoreRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, VecDeque};
@@ -73,6 +74,9 @@ pub struct ServerConfig {
     pub allowed_paths: Vec<PathBuf>,
     /// The bounds every job is held to.
     pub limits: Limits,
+    /// Where every job's completed checkpoints are also kept, under `jobs/<id>/`, so that a
+    /// job survives the loss of this machine's data directory ([`oxflow_runtime::store`]).
+    pub checkpoint_store: Option<StoreRef>,
 }
 
 impl ServerConfig {
@@ -86,6 +90,7 @@ impl ServerConfig {
             no_auth: false,
             allowed_paths: Vec::new(),
             limits: Limits::default(),
+            checkpoint_store: None,
         }
     }
 }
@@ -302,6 +307,7 @@ fn now_ms() -> u64 {
 struct Manager {
     registry: Registry,
     policy: Policy,
+    checkpoint_store: Option<StoreRef>,
     jobs_dir: PathBuf,
     jobs: Mutex<BTreeMap<String, Arc<JobEntry>>>,
     next: AtomicU64,
@@ -539,6 +545,17 @@ impl Manager {
             .with_checkpoint_history(entry.history.clone());
         *entry.plan.lock().expect("plan lock") = Some(job.plan());
         let has_checkpoints = record.spec.checkpoints.is_some();
+        if let (Some(store), true) = (&self.checkpoint_store, has_checkpoints) {
+            let own = PrefixedStore::new(store.0.clone(), &format!("jobs/{}", record.id))?;
+            if !first {
+                // This machine's copies may be gone (or older): the store's newest comes first.
+                let (fetched, _) = oxflow_runtime::store::fetch_latest(&own, &checkpoints)?;
+                if let Some(id) = fetched {
+                    tracing::info!(job = %record.id, checkpoint = id, "restoring a checkpoint from the store");
+                }
+            }
+            job = job.with_checkpoint_store(StoreRef(Arc::new(own)));
+        }
         // A later attempt (a restart, or a resume after the server died) goes on from the
         // job's own latest checkpoint; until it has one, from the savepoint it was submitted
         // with; else from the beginning (the sink then drops what earlier attempts wrote).
@@ -769,6 +786,7 @@ impl Server {
         let manager = Arc::new(Manager {
             registry: self.registry,
             policy,
+            checkpoint_store: config.checkpoint_store.clone(),
             jobs_dir: config.data_dir.join("jobs"),
             jobs: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(0),
