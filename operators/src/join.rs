@@ -713,9 +713,13 @@ impl SideState {
         let mut hashes = Vec::new();
         hash_keys(&key_columns, &mut hashes)?;
         let n = batch.num_rows();
-        let keyed = (0..n)
-            .map(|i| !key_columns.iter().any(|c| c.is_null(i)))
-            .collect();
+        let keyed = if key_columns.iter().all(|c| c.null_count() == 0) {
+            vec![true; n]
+        } else {
+            (0..n)
+                .map(|i| !key_columns.iter().any(|c| c.is_null(i)))
+                .collect()
+        };
         let key_groups = hashes
             .iter()
             .map(|&h| key_group(h, max_parallelism) as u16)
