@@ -9,11 +9,14 @@
 //! that a torn or corrupt file is named rather than half sent.
 
 use crate::error::{ConnectorError, Result};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const SPOOL_MAGIC: &[u8; 4] = b"OXK1";
+
+/// Bytes of records gathered before they are written.
+const SPOOL_BUFFER: usize = 256 << 10;
 
 /// Spool files are named `epoch-<writer>-<process token>-<counter>`.
 pub(crate) const SPOOL_PREFIX: &str = "epoch-";
@@ -40,7 +43,9 @@ pub(crate) fn process_token() -> u64 {
 pub(crate) struct SpoolFile {
     dir: PathBuf,
     name: String,
-    out: BufWriter<std::fs::File>,
+    out: std::fs::File,
+    /// Records not yet written.
+    buf: Vec<u8>,
     crc: crc32fast::Hasher,
     count: u64,
 }
@@ -60,37 +65,47 @@ impl SpoolFile {
         Ok(SpoolFile {
             dir: dir.to_path_buf(),
             name,
-            out: BufWriter::new(file),
+            out: file,
+            buf: Vec::with_capacity(SPOOL_BUFFER),
             crc: crc32fast::Hasher::new(),
             count: 0,
         })
     }
 
-    /// Appends a record.
+    /// Appends a record. Records gather in a buffer, written (and checksummed) in large
+    /// pieces: a write and a checksum update per field of every record cost more than the
+    /// record's copy.
     pub(crate) fn append(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
-        let mut frame = |bytes: &[u8]| -> std::io::Result<()> {
-            self.crc.update(bytes);
-            self.out.write_all(bytes)
-        };
-        let written = (|| {
-            match key {
-                None => frame(&u32::MAX.to_le_bytes())?,
-                Some(k) => {
-                    frame(&(k.len() as u32).to_le_bytes())?;
-                    frame(k)?;
-                }
+        match key {
+            None => self.buf.extend_from_slice(&u32::MAX.to_le_bytes()),
+            Some(k) => {
+                self.buf.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                self.buf.extend_from_slice(k);
             }
-            frame(&(value.len() as u32).to_le_bytes())?;
-            frame(value)
-        })();
-        written.map_err(|e| ConnectorError::io(format!("writing spool file {}", self.name), e))?;
+        }
+        self.buf
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(value);
         self.count += 1;
+        if self.buf.len() >= SPOOL_BUFFER {
+            self.write_buffer()?;
+        }
+        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> Result<()> {
+        self.crc.update(&self.buf);
+        self.out
+            .write_all(&self.buf)
+            .map_err(|e| ConnectorError::io(format!("writing spool file {}", self.name), e))?;
+        self.buf.clear();
         Ok(())
     }
 
     /// Closes the epoch, durable (trailer, fsync of the file and of its directory): its name
     /// and record count, for the checkpoint.
     pub(crate) fn seal(mut self) -> Result<(String, u64)> {
+        self.write_buffer()?;
         let path = self.dir.join(&self.name).display().to_string();
         let io = |e| ConnectorError::io(format!("writing spool file {path}"), e);
         let trailer = [
@@ -100,8 +115,7 @@ impl SpoolFile {
         ]
         .concat();
         self.out.write_all(&trailer).map_err(&io)?;
-        self.out.flush().map_err(&io)?;
-        self.out.get_ref().sync_all().map_err(&io)?;
+        self.out.sync_all().map_err(&io)?;
         oxflow_runtime::checkpoint::sync_dir(&self.dir).map_err(|e| ConnectorError::Config {
             connector: "spool",
             reason: e.to_string(),
