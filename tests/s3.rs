@@ -152,48 +152,58 @@ fn s3_uploads_become_visible_at_commit_once_even_when_replayed() {
     assert!(e.contains("part-9-forged.jsonl"), "{e}");
 }
 
+/// The arguments of q5 on the ordered generator into `uri`, checkpointed into `chk` every
+/// 200 ms, then `extra`.
+fn q5_checkpointed(uri: &str, chk: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let chk = chk.display().to_string();
+    let args = [
+        "--query",
+        "q5",
+        "--sink",
+        uri,
+        "--checkpoint-dir",
+        &chk,
+        "--checkpoint-interval-ms",
+        "200",
+    ];
+    common::ORDERED_GENERATOR
+        .iter()
+        .chain(&args)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Runs oxflow with `args` for `ms` milliseconds, then kills it (SIGKILL).
+fn killed_after(args: &[String], ms: u64) {
+    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    job.kill().unwrap();
+    job.wait().unwrap();
+}
+
+/// Runs oxflow with `args` to its end; its summary.
+fn run_args(args: &[String]) -> serde_json::Value {
+    summary(&oxflow(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+}
+
 #[test]
 #[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
 fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
     let uri = location(&common::unique("killed"));
     let chk = tempfile::tempdir().unwrap();
-    let args = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = common::ORDERED_GENERATOR
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        a.extend(
-            [
-                "--query",
-                "q5",
-                "--sink",
-                &uri,
-                "--checkpoint-dir",
-                &chk.path().display().to_string(),
-                "--checkpoint-interval-ms",
-                "200",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
-    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
-        .args(args(&["--rate", "60000"]))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    job.kill().unwrap();
-    job.wait().unwrap();
-    let restored = summary(&oxflow(
-        &args(&["--restore", "latest"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    ));
+    killed_after(
+        &q5_checkpointed(&uri, chk.path(), &["--rate", "60000"]),
+        2500,
+    );
+    let restored = run_args(&q5_checkpointed(&uri, chk.path(), &["--restore", "latest"]));
     assert!(!restored["restored_from"].is_null(), "{restored}");
     assert_eq!(objects_and_lines(&uri).1, common::generator_lines("q5"));
 }
@@ -206,44 +216,23 @@ fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
 fn a_job_whose_checkpoint_directory_is_lost_restores_from_the_store_in_s3() {
     let uri = location(&common::unique("lost-out"));
     let store = location(&common::unique("lost-store"));
-    let args = |chk: &std::path::Path, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = common::ORDERED_GENERATOR
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        a.extend(
-            [
-                "--query",
-                "q5",
-                "--sink",
-                &uri,
-                "--checkpoint-dir",
-                &chk.display().to_string(),
-                "--checkpoint-interval-ms",
-                "200",
-                "--checkpoint-store",
-                &store,
-                "--checkpoints-retained",
-                "2",
-                "--state-memory-budget-mb",
-                "8",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        a.extend(extra.iter().map(|s| s.to_string()));
+    fn stored<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec![
+            "--checkpoint-store",
+            store,
+            "--checkpoints-retained",
+            "2",
+            "--state-memory-budget-mb",
+            "8",
+        ];
+        a.extend(extra);
         a
-    };
+    }
     let lost = tempfile::tempdir().unwrap();
-    let mut job = std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
-        .args(args(lost.path(), &["--rate", "60000"]))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    job.kill().unwrap();
-    job.wait().unwrap();
+    killed_after(
+        &q5_checkpointed(&uri, lost.path(), &stored(&store, &["--rate", "60000"])),
+        2500,
+    );
     drop(lost);
     let (location, _) = S3Location::parse(&store).unwrap();
     let keys = store_keys(&location);
@@ -257,11 +246,10 @@ fn a_job_whose_checkpoint_directory_is_lost_restores_from_the_store_in_s3() {
         "{keys:?}"
     );
     let fresh = tempfile::tempdir().unwrap();
-    let restored = summary(&oxflow(
-        &args(fresh.path(), &["--restore", "latest"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+    let restored = run_args(&q5_checkpointed(
+        &uri,
+        fresh.path(),
+        &stored(&store, &["--restore", "latest"]),
     ));
     assert!(!restored["restored_from"].is_null(), "{restored}");
     assert_eq!(objects_and_lines(&uri).1, common::generator_lines("q5"));

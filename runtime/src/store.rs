@@ -53,6 +53,15 @@ impl std::fmt::Debug for StoreRef {
 
 const FILES: &str = "files/";
 
+/// Every state file `manifest` names.
+fn state_files(manifest: &Manifest) -> impl Iterator<Item = &FileEntry> {
+    manifest
+        .stages
+        .iter()
+        .flat_map(|s| &s.subtasks)
+        .flat_map(|t| &t.files)
+}
+
 /// The key of a state file's content.
 fn file_key(file: &FileEntry) -> String {
     format!("{FILES}{}.{:08x}-{}", file.path, file.crc32, file.size)
@@ -90,12 +99,7 @@ pub fn upload(
 ) -> Result<u64> {
     let held: BTreeSet<String> = store.list(FILES)?.into_iter().collect();
     let mut uploaded = 0;
-    for file in manifest
-        .stages
-        .iter()
-        .flat_map(|s| &s.subtasks)
-        .flat_map(|t| &t.files)
-    {
+    for file in state_files(manifest) {
         let key = file_key(file);
         if held.contains(&key) {
             continue;
@@ -130,14 +134,7 @@ fn retain(store: &dyn CheckpointStore, retained: usize) -> Result<()> {
     for &id in kept {
         // A kept manifest that cannot be read names nothing it could still restore.
         if let Some(manifest) = fetch_manifest(store, id).ok().flatten() {
-            for file in manifest
-                .stages
-                .iter()
-                .flat_map(|s| &s.subtasks)
-                .flat_map(|t| &t.files)
-            {
-                named.insert(file_key(file));
-            }
+            named.extend(state_files(&manifest).map(file_key));
         }
     }
     for key in store.list(FILES)? {
@@ -192,12 +189,7 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
         .ok_or_else(|| store_error(store, format!("checkpoint {id} has no manifest")))?;
     let dir = checkpoint_dir(root, id);
     let _ = std::fs::remove_dir_all(&dir);
-    for file in manifest
-        .stages
-        .iter()
-        .flat_map(|s| &s.subtasks)
-        .flat_map(|t| &t.files)
-    {
+    for file in state_files(&manifest) {
         let key = file_key(file);
         let bytes = store.get(&key)?.ok_or_else(|| {
             store_error(

@@ -33,6 +33,7 @@ use std::sync::Arc;
 pub(super) const PART_MS: i64 = 1_000;
 
 /// What a part takes in: rows, or partial states of groups.
+#[derive(Clone, Copy)]
 enum Add<'a> {
     Rows(&'a AggregateInputs),
     States(&'a [Vec<ArrayRef>]),
@@ -165,27 +166,7 @@ impl SharedWindows {
         inputs: &AggregateInputs,
         rows: usize,
     ) -> Result<()> {
-        for (part, picked) in self.rows_by_part(ends) {
-            let Some(indices) = picked else {
-                return self.add_to_part(part, ends, starts, keys, rows, Add::Rows(inputs));
-            };
-            let pick = |values: &[i64]| -> Vec<i64> {
-                indices
-                    .values()
-                    .iter()
-                    .map(|&i| values[i as usize])
-                    .collect()
-            };
-            self.add_to_part(
-                part,
-                &pick(ends),
-                &pick(starts),
-                &take_all(keys, &indices)?,
-                indices.len(),
-                Add::Rows(&take_inputs(inputs, &indices)?),
-            )?;
-        }
-        Ok(())
+        self.add(ends, starts, keys, rows, Add::Rows(inputs))
     }
 
     /// Merges partial states of groups (`partial`'s keys without the bounds), the i-th of
@@ -196,17 +177,22 @@ impl SharedWindows {
         starts: &[i64],
         partial: GroupsState,
     ) -> Result<()> {
+        let n = partial.groups;
+        self.add(ends, starts, &partial.keys, n, Add::States(&partial.states))
+    }
+
+    /// Adds rows or partial states, each to the part of its window's end.
+    fn add(
+        &mut self,
+        ends: &[i64],
+        starts: &[i64],
+        keys: &[ArrayRef],
+        rows: usize,
+        add: Add,
+    ) -> Result<()> {
         for (part, picked) in self.rows_by_part(ends) {
             let Some(indices) = picked else {
-                let n = partial.groups;
-                return self.add_to_part(
-                    part,
-                    ends,
-                    starts,
-                    &partial.keys,
-                    n,
-                    Add::States(&partial.states),
-                );
+                return self.add_to_part(part, ends, starts, keys, rows, add);
             };
             let pick = |values: &[i64]| -> Vec<i64> {
                 indices
@@ -215,18 +201,27 @@ impl SharedWindows {
                     .map(|&i| values[i as usize])
                     .collect()
             };
-            let states = partial
-                .states
-                .iter()
-                .map(|s| take_all(s, &indices))
-                .collect::<Result<Vec<_>>>()?;
+            let (inputs, states);
+            let picked = match add {
+                Add::Rows(all) => {
+                    inputs = take_inputs(all, &indices)?;
+                    Add::Rows(&inputs)
+                }
+                Add::States(all) => {
+                    states = all
+                        .iter()
+                        .map(|s| take_all(s, &indices))
+                        .collect::<Result<Vec<_>>>()?;
+                    Add::States(&states)
+                }
+            };
             self.add_to_part(
                 part,
                 &pick(ends),
                 &pick(starts),
-                &take_all(&partial.keys, &indices)?,
+                &take_all(keys, &indices)?,
                 indices.len(),
-                Add::States(&states),
+                picked,
             )?;
         }
         Ok(())
