@@ -213,7 +213,7 @@ fn s3_output_is_exactly_once_when_the_job_is_killed_and_restored() {
 /// uninterrupted run; the store holds shared state files and the retained manifests only.
 #[test]
 #[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
-fn a_job_whose_checkpoint_directory_is_lost_restores_from_the_store_in_s3() {
+fn s3_checkpoint_store_restores_a_job_whose_checkpoint_directory_is_lost() {
     let uri = location(&common::unique("lost-out"));
     let store = location(&common::unique("lost-store"));
     fn stored<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
