@@ -296,25 +296,46 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `oxflow server` on 127.0.0.1:`port` with its jobs in `data`, and `extra` flags.
-pub fn spawn_server(
-    port: u16,
-    data: &std::path::Path,
-    extra: &[&std::ffi::OsStr],
-) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
-        .args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the binary runs")
+/// A child process that is killed (and waited for) when dropped, so that a test that fails
+/// half way leaves no server behind to hold its port and data directory.
+pub struct Spawned(pub std::process::Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn_server(port: u16, data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Spawned {
+    Spawned(
+        std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary runs"),
+    )
 }
 
 /// A path inside the repository, found when the test runs (cargo test sets
