@@ -156,16 +156,21 @@ impl S3Location {
         }
     }
 
-    /// The names (under the prefix) of the objects there.
-    pub fn list(&self) -> Result<Vec<String>> {
+    /// Every object under the prefix, at any depth.
+    fn list_all(&self) -> Result<Vec<object_store::ObjectMeta>> {
         use futures::TryStreamExt;
         let (store, prefix) = (self.client()?, self.prefix.clone());
-        let listed: Vec<object_store::ObjectMeta> = run(async move {
+        run(async move {
             object_store::ObjectStore::list(store.as_ref(), Some(&prefix))
                 .try_collect()
                 .await
         })
-        .map_err(|e| self.s3_error("listing", e))?;
+        .map_err(|e| self.s3_error("listing", e))
+    }
+
+    /// The names (under the prefix) of the objects there.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let listed = self.list_all()?;
         let mut names: Vec<String> = listed
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_string))
@@ -185,15 +190,8 @@ impl S3Location {
     /// The objects directly under the prefix that a file source reads: name and size, sorted
     /// by name, leaving out hidden ones (`.`, `_`: in progress, markers).
     pub fn list_files(&self) -> Result<Vec<(String, u64)>> {
-        use futures::TryStreamExt;
-        let (store, prefix) = (self.client()?, self.prefix.clone());
         let depth = self.prefix.parts().count() + 1;
-        let listed: Vec<object_store::ObjectMeta> = run(async move {
-            object_store::ObjectStore::list(store.as_ref(), Some(&prefix))
-                .try_collect()
-                .await
-        })
-        .map_err(|e| self.s3_error("listing", e))?;
+        let listed = self.list_all()?;
         let mut files: Vec<(String, u64)> = listed
             .into_iter()
             .filter(|m| m.location.parts().count() == depth)
@@ -357,14 +355,7 @@ impl CheckpointStore for S3Location {
     }
 
     fn list(&self, prefix: &str) -> RuntimeResult<Vec<String>> {
-        use futures::TryStreamExt;
-        let (store, root) = (self.client()?, self.prefix.clone());
-        let listed: Vec<object_store::ObjectMeta> = run(async move {
-            object_store::ObjectStore::list(store.as_ref(), Some(&root))
-                .try_collect()
-                .await
-        })
-        .map_err(|e| self.s3_error("listing", e))?;
+        let listed = self.list_all()?;
         let depth = self.prefix.parts().count();
         let mut keys: Vec<String> = listed
             .into_iter()
