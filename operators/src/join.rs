@@ -580,6 +580,9 @@ struct KeySlot {
     noted: Option<(u32, i64)>,
 }
 
+/// The most row entries a freed key slot keeps room for.
+const REUSED_ENTRIES: usize = 16;
+
 /// Rows by join key: a slab of keys found through a hash table of slot numbers, so a lookup
 /// takes the encoded key as a slice and the hash the exchange computed. A slot is freed when
 /// its last row leaves, which happens only as its last bucket is dropped, so no bucket lists
@@ -614,7 +617,13 @@ impl KeyTable {
                 slot.hash = hash;
                 slot.key_group = key_group;
                 slot.key.set(key);
-                slot.entries.clear();
+                // A hot key's rows (half of q4's bids go to one auction) leave a long list
+                // behind: kept for the next key, every slot would end up that size.
+                if slot.entries.capacity() > REUSED_ENTRIES {
+                    slot.entries = Vec::new();
+                } else {
+                    slot.entries.clear();
+                }
                 slot.noted = None;
                 s
             }
