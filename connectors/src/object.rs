@@ -137,14 +137,10 @@ impl S3Location {
         }
     }
 
+    /// The key of `name` under the prefix, each `/` of it starting a level (the file sink's
+    /// names have none; a checkpoint store's keys do).
     fn key(&self, name: &str) -> ObjectPath {
-        self.prefix.clone().join(name)
-    }
-
-    /// The key of `key` under the prefix, each `/` of it starting a level (as
-    /// [`S3Location::key`] would escape it into one name).
-    fn nested_key(&self, key: &str) -> ObjectPath {
-        key.split('/')
+        name.split('/')
             .filter(|p| !p.is_empty())
             .fold(self.prefix.clone(), |path, part| path.join(part))
     }
@@ -217,8 +213,8 @@ impl S3Location {
         run(async move { store.get_range(&key, range).await }).map_err(|e| self.s3_error(&what, e))
     }
 
-    /// Writes object `name` under the prefix whole, at once (for tests and tools; the file
-    /// sink uploads in parts, completed at commit).
+    /// Writes object `name` under the prefix whole, at once (for tests, tools and the
+    /// checkpoint store; the file sink uploads in parts, completed at commit).
     pub fn write_object(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let (store, key) = (self.client()?, self.key(name));
         run(async move { store.put(&key, PutPayload::from(bytes)).await })
@@ -339,14 +335,11 @@ impl CheckpointStore for S3Location {
     }
 
     fn put(&self, key: &str, bytes: Vec<u8>) -> RuntimeResult<()> {
-        let (store, path) = (self.client()?, self.nested_key(key));
-        run(async move { store.put(&path, PutPayload::from(bytes)).await })
-            .map(|_| ())
-            .map_err(|e| self.s3_error(&format!("writing {key}"), e).into())
+        Ok(self.write_object(key, bytes)?)
     }
 
     fn get(&self, key: &str) -> RuntimeResult<Option<Vec<u8>>> {
-        let (store, path) = (self.client()?, self.nested_key(key));
+        let (store, path) = (self.client()?, self.key(key));
         match run(async move { store.get(&path).await?.bytes().await }) {
             Ok(bytes) => Ok(Some(bytes.to_vec())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -374,11 +367,7 @@ impl CheckpointStore for S3Location {
     }
 
     fn delete(&self, key: &str) -> RuntimeResult<()> {
-        let (store, path) = (self.client()?, self.nested_key(key));
-        match run(async move { store.delete(&path).await }) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.s3_error(&format!("deleting {key}"), e).into()),
-        }
+        Ok(S3Location::delete(self, key)?)
     }
 }
 

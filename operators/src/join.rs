@@ -586,8 +586,9 @@ const REUSED_ENTRIES: usize = 16;
 /// Rows by join key: a slab of keys found through a hash table of slot numbers, so a lookup
 /// takes the encoded key as a slice and the hash the exchange computed. A slot is freed when
 /// its last row leaves, which happens only as its last bucket is dropped, so no bucket lists
-/// a freed slot; it keeps its key until it is reused, and its buffers after that: keys come
-/// and go with every time slice, and a reused slot costs no allocation.
+/// a freed slot; it keeps its key until it is reused, and then its buffers (the key's, and
+/// room for up to [`REUSED_ENTRIES`] rows): keys come and go with every time slice, and a
+/// reused slot seldom allocates.
 #[derive(Default)]
 struct KeyTable {
     slots: Vec<KeySlot>,

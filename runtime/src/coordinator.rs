@@ -437,9 +437,9 @@ impl Coordinator {
             let started = Instant::now();
             let bytes = upload(store.0.as_ref(), &dir, manifest, config.retained)?;
             self.uploaded_counter.set(bytes);
-            self.upload_ms_counter
-                .set(started.elapsed().as_millis() as u64);
-            tracing::info!(checkpoint = manifest.id, uploaded_bytes = bytes, upload_ms = started.elapsed().as_millis() as u64, store = ?store, "checkpoint copied to the store");
+            let upload_ms = started.elapsed().as_millis() as u64;
+            self.upload_ms_counter.set(upload_ms);
+            tracing::info!(checkpoint = manifest.id, uploaded_bytes = bytes, upload_ms, store = ?store, "checkpoint copied to the store");
         }
         self.sink.commit(manifest.id, &manifest.sink_pending)?;
         apply_retention(&config.dir, config.retained)?;

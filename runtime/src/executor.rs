@@ -31,9 +31,7 @@ use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::plan::{PhysicalPlan, TaskOutput, TaskPlan};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
-use crate::state::{
-    key_group_range, read_state, StateBackend, StateSnapshot, StateStorage, StoreUse,
-};
+use crate::state::{read_state, StateBackend, StateSnapshot, StateStorage, StoreUse};
 use crate::watermark::{
     InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkStrategy, WatermarkUpdate,
 };
@@ -525,6 +523,7 @@ impl TaskContext<'_> {
         let checkpointing = TaskCheckpointing {
             stage: s,
             info,
+            key_groups: task.key_groups.clone(),
             root: self.checkpoint_root.clone(),
             work: self.work_root.map(|w| w.join(format!("stage{s}-{index}"))),
             reports: self.reports.clone(),
@@ -726,6 +725,8 @@ struct TaskCheckpointing {
     stage: usize,
     /// The subtask (`info.index`) and its stage's shape.
     info: SubtaskInfo,
+    /// The key groups whose state it restores: its plan's.
+    key_groups: std::ops::Range<usize>,
     /// The checkpoint directory (none: checkpoints are off).
     root: Option<PathBuf>,
     /// This subtask's RocksDB working directory.
@@ -796,9 +797,8 @@ impl TaskCheckpointing {
         let info = self.info;
         let started = Instant::now();
         if !dirs.is_empty() {
-            let key_groups = key_group_range(info.index, info.parallelism, info.max_parallelism);
             let into = self.backend.as_ref().map(|b| (b, in_store));
-            let states = read_state(&dirs, chain.operators.len(), key_groups, into)?;
+            let states = read_state(&dirs, chain.operators.len(), self.key_groups.clone(), into)?;
             for (op, state) in chain.operators.iter_mut().zip(states) {
                 if !state.is_empty() {
                     op.restore_state(state)?;

@@ -112,29 +112,32 @@ impl PhysicalPlan {
         let consumers = graph.consumers();
         let mut tasks = Vec::new();
         for (s, stage) in graph.stages.iter().enumerate() {
+            // The edge this stage feeds: the next stage's tasks, the channels' first number.
+            let consumer = consumers[s].map(|(t, k)| OutputEdge {
+                partitioning: graph.stages[t].input.edges(t)[k].partitioning.clone(),
+                targets: (0..graph.stages[t].parallelism)
+                    .map(|subtask| TaskId { stage: t, subtask })
+                    .collect(),
+                channel: offsets[t][k],
+            });
             for subtask in 0..stage.parallelism {
                 let info = SubtaskInfo {
                     index: subtask,
                     parallelism: stage.parallelism,
                     max_parallelism: graph.max_parallelism,
                 };
-                let output = match consumers[s] {
+                let output = match &consumer {
                     None => TaskOutput::Sink,
-                    Some((t, k)) => {
-                        let partitioning = graph.stages[t].input.edges(t)[k].partitioning.clone();
-                        let channel = offsets[t][k]
-                            + match partitioning {
+                    Some(edge) => TaskOutput::Exchange(OutputEdge {
+                        // Subtask i sends on the edge's i-th channel (the one channel of a
+                        // forward edge).
+                        channel: edge.channel
+                            + match edge.partitioning {
                                 Partitioning::Forward => 0,
                                 _ => subtask,
-                            };
-                        TaskOutput::Exchange(OutputEdge {
-                            targets: (0..graph.stages[t].parallelism)
-                                .map(|subtask| TaskId { stage: t, subtask })
-                                .collect(),
-                            partitioning,
-                            channel,
-                        })
-                    }
+                            },
+                        ..edge.clone()
+                    }),
                 };
                 tasks.push(TaskPlan {
                     id: TaskId { stage: s, subtask },

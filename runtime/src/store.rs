@@ -80,7 +80,6 @@ fn store_ids(store: &dyn CheckpointStore) -> Result<Vec<u64>> {
         .filter_map(|d| d.strip_prefix("chk-")?.parse().ok())
         .collect();
     ids.sort_unstable_by(|a, b| b.cmp(a));
-    ids.dedup();
     Ok(ids)
 }
 
@@ -133,7 +132,7 @@ fn retain(store: &dyn CheckpointStore, retained: usize) -> Result<()> {
     let mut named = BTreeSet::new();
     for &id in kept {
         // A kept manifest that cannot be read names nothing it could still restore.
-        if let Some(manifest) = fetch_manifest(store, id).ok().flatten() {
+        if let Ok(Some((manifest, _))) = fetch_manifest(store, id) {
             named.extend(state_files(&manifest).map(file_key));
         }
     }
@@ -145,15 +144,16 @@ fn retain(store: &dyn CheckpointStore, retained: usize) -> Result<()> {
     Ok(())
 }
 
-/// Checkpoint `id`'s manifest in the store, checked as a local one is.
-fn fetch_manifest(store: &dyn CheckpointStore, id: u64) -> Result<Option<Manifest>> {
+/// Checkpoint `id`'s manifest in the store, checked as a local one is, with its bytes.
+fn fetch_manifest(store: &dyn CheckpointStore, id: u64) -> Result<Option<(Manifest, Vec<u8>)>> {
     let Some(bytes) = store.get(&manifest_key(id))? else {
         return Ok(None);
     };
-    let text = String::from_utf8(bytes)
+    let text = std::str::from_utf8(&bytes)
         .map_err(|_| store_error(store, format!("checkpoint {id}'s manifest is not text")))?;
     let name = std::path::PathBuf::from(format!("{}/chk-{id:010}", store.describe()));
-    parse_manifest(&text, &name).map(Some)
+    let manifest = parse_manifest(text, &name)?;
+    Ok(Some((manifest, bytes)))
 }
 
 /// Downloads into `root` the newest checkpoint of the store that is newer than every
@@ -185,13 +185,13 @@ pub fn fetch_latest(
 
 /// Downloads checkpoint `id` into `root`: state files first, checked, the manifest last.
 fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
-    let manifest = fetch_manifest(store, id)?
+    let (manifest, bytes) = fetch_manifest(store, id)?
         .ok_or_else(|| store_error(store, format!("checkpoint {id} has no manifest")))?;
     let dir = checkpoint_dir(root, id);
     let _ = std::fs::remove_dir_all(&dir);
     for file in state_files(&manifest) {
         let key = file_key(file);
-        let bytes = store.get(&key)?.ok_or_else(|| {
+        let file_bytes = store.get(&key)?.ok_or_else(|| {
             store_error(
                 store,
                 format!("checkpoint {id} names {key}, which is missing"),
@@ -204,14 +204,11 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
                 parent.display()
             )))?;
         }
-        std::fs::write(&path, bytes).map_err(RuntimeError::io_while(format!(
+        std::fs::write(&path, file_bytes).map_err(RuntimeError::io_while(format!(
             "writing {}",
             path.display()
         )))?;
     }
-    let bytes = store
-        .get(&manifest_key(id))?
-        .ok_or_else(|| store_error(store, format!("checkpoint {id} lost its manifest")))?;
     // Checked before the manifest makes the copy a complete checkpoint.
     let staged = dir.join(format!("{MANIFEST}.store"));
     std::fs::create_dir_all(&dir).map_err(RuntimeError::io_while(format!(

@@ -93,30 +93,35 @@ pub(super) fn combine(
     output: &SchemaRef,
 ) -> Result<RecordBatch> {
     let mut groups = Groups::try_new(&bounded_keys(key_schema), aggregates)?;
-    let mut all = vec![bound_column(ends), bound_column(starts)];
-    all.extend(keys.iter().cloned());
-    groups.update(&all, inputs, rows)?;
+    groups.update(&with_bounds(ends, starts, keys), inputs, rows)?;
     let state = groups.into_state()?;
-    let timestamp = DataType::Timestamp(TimeUnit::Millisecond, None);
-    let mut columns = vec![
-        cast(&state.keys[1], &timestamp)?,
-        cast(&state.keys[0], &timestamp)?,
-    ];
-    columns.extend(state.keys[2..].iter().cloned());
+    let mut columns = bounds_first(&state.keys)?;
     columns.extend(state.states.into_iter().flatten());
     Ok(RecordBatch::try_new(output.clone(), columns)?)
 }
 
-/// A window's bounds as a key column.
-fn bound_column(values: &[i64]) -> ArrayRef {
-    Arc::new(Int64Array::from(values.to_vec()))
+/// A table's key columns for rows of windows `[starts[i], ends[i])` with keys `keys`: the
+/// bounds as Int64, then the keys ([`bounded_keys`]).
+fn with_bounds(ends: &[i64], starts: &[i64], keys: &[ArrayRef]) -> Vec<ArrayRef> {
+    let bound = |values: &[i64]| -> ArrayRef { Arc::new(Int64Array::from(values.to_vec())) };
+    let mut all = vec![bound(ends), bound(starts)];
+    all.extend(keys.iter().cloned());
+    all
 }
 
-fn bounds_of(state: &GroupsState) -> Result<(&Int64Array, &Int64Array)> {
+/// A table's key columns laid out for output: `window_start`, `window_end` as timestamps,
+/// then the aggregate's keys.
+fn bounds_first(keys: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+    let timestamp = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let mut columns = vec![cast(&keys[1], &timestamp)?, cast(&keys[0], &timestamp)?];
+    columns.extend(keys[2..].iter().cloned());
+    Ok(columns)
+}
+
+/// The window ends and starts of a table's key columns.
+fn bounds_of(keys: &[ArrayRef]) -> Result<(&Int64Array, &Int64Array)> {
     let column = |i: usize| {
-        state
-            .keys
-            .get(i)
+        keys.get(i)
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
             .ok_or_else(|| {
                 OperatorError::State("the shared window table lost its bound columns".into())
@@ -256,8 +261,7 @@ impl SharedWindows {
         rows: usize,
         add: Add,
     ) -> Result<()> {
-        let mut all = vec![bound_column(ends), bound_column(starts)];
-        all.extend(keys.iter().cloned());
+        let all = with_bounds(ends, starts, keys);
         let (target, windows) = self.part(part)?;
         let before = target.groups.len();
         match add {
@@ -343,7 +347,7 @@ impl SharedWindows {
             // order (ids are assigned in order of arrival, so the kept groups keep their
             // relative ids and touched flags).
             let state = groups.into_state()?;
-            let (ends, _) = bounds_of(&state)?;
+            let (ends, _) = bounds_of(&state.keys)?;
             let due_mask: BooleanArray = ends.values().iter().map(|&e| Some(due(e))).collect();
             let kept_mask = not(&due_mask)?;
             let mut rest = Part {
@@ -367,16 +371,9 @@ impl SharedWindows {
     /// The final results of `groups`, sorted by window.
     fn results(&self, groups: Groups, output: &SchemaRef) -> Result<RecordBatch> {
         let (keys, aggregates) = groups.finish()?;
-        let timestamp = DataType::Timestamp(TimeUnit::Millisecond, None);
-        let mut columns = vec![cast(&keys[1], &timestamp)?, cast(&keys[0], &timestamp)?];
-        columns.extend(keys[2..].iter().cloned());
+        let mut columns = bounds_first(&keys)?;
         columns.extend(aggregates);
-        let bounds = |c: &ArrayRef| c.as_any().downcast_ref::<Int64Array>().cloned();
-        let (Some(ends), Some(starts)) = (bounds(&keys[0]), bounds(&keys[1])) else {
-            return Err(OperatorError::State(
-                "the shared window table lost its bound columns".into(),
-            ));
-        };
+        let (ends, starts) = bounds_of(&keys)?;
         let window = |g: usize| (ends.value(g), starts.value(g));
         if (1..ends.len()).any(|g| window(g - 1) > window(g)) {
             // In order of end, then start, as windows fire one by one; a window's groups
@@ -406,7 +403,7 @@ impl SharedWindows {
                 continue;
             }
             let state = part.groups.state(&self.schema, &self.aggregates)?;
-            let (ends, starts) = bounds_of(&state)?;
+            let (ends, starts) = bounds_of(&state.keys)?;
             let window = |g: usize| (ends.value(g), starts.value(g));
             let changed: BTreeSet<_> = (0..state.groups)
                 .filter(|&g| part.touched.get(g).copied().unwrap_or(true))
