@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod nexmark;
 pub mod pipeline;

@@ -62,6 +62,11 @@ impl Pipeline {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Subtasks per stage, unless a step says otherwise.
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
+    }
+
     /// Subtasks per stage (unless a stage sets its own).
     pub fn with_parallelism(mut self, parallelism: usize) -> Self {
         self.parallelism = parallelism;
@@ -635,6 +640,7 @@ impl Stream {
             savepoints: SavepointRequests::default(),
             history: CheckpointHistory::default(),
             state: StateStorage::Memory,
+            remote: None,
         })
     }
 }
@@ -1037,9 +1043,30 @@ pub struct Job {
     savepoints: SavepointRequests,
     history: CheckpointHistory,
     state: StateStorage,
+    remote: Option<Box<dyn oxflow_runtime::launcher::RemoteTasks>>,
 }
 
 impl Job {
+    /// Where the job keeps operator state while it runs.
+    pub fn state_storage(&self) -> StateStorage {
+        self.state
+    }
+
+    /// The job's graph, for a worker that runs some of its tasks.
+    pub(crate) fn into_graph(self) -> JobGraph {
+        self.graph
+    }
+
+    /// Runs the job's tasks through `remote` (a cluster's workers) instead of on threads of
+    /// this process; checkpoints are still coordinated here.
+    pub(crate) fn with_remote(
+        mut self,
+        remote: Box<dyn oxflow_runtime::launcher::RemoteTasks>,
+    ) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
     /// The job's dataflow: stages, their chained operators, parallelism and exchanges.
     pub fn plan(&self) -> PlanDescription {
         self.graph.describe()
@@ -1145,6 +1172,7 @@ impl Job {
             savepoints: self.savepoints,
             state: self.state,
             history: self.history,
+            remote: self.remote,
             ..Default::default()
         };
         match self.restore {

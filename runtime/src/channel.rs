@@ -95,7 +95,7 @@ impl Channels for LocalChannels {
     }
 }
 
-struct LocalSender(SyncSender<Envelope>);
+pub(crate) struct LocalSender(pub(crate) SyncSender<Envelope>);
 
 impl ChannelSender for LocalSender {
     fn try_send(&self, envelope: Envelope) -> Offer {

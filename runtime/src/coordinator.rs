@@ -19,39 +19,80 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What subtasks tell the coordinator.
-#[derive(Debug)]
-pub(crate) enum Report {
-    /// A subtask has taken its part of checkpoint `id`.
+/// What a subtask tells the coordinator, in its process or from a worker's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskReport {
+    /// The subtask has taken its part of checkpoint `id`.
     Ack {
+        /// The checkpoint.
         id: u64,
+        /// The subtask's stage.
         stage: usize,
+        /// The subtask's index.
         subtask: usize,
+        /// Its part.
         snapshot: TaskSnapshot,
+        /// Bytes of state files it added.
         new_bytes: u64,
-        /// How long the subtask held inputs back to align the barrier.
+        /// How long it held inputs back to align the barrier.
         alignment_ms: u64,
     },
-    /// A subtask could not take its part of checkpoint `id`; the checkpoint is abandoned.
-    Decline { id: u64, reason: String },
-    /// A subtask has ended (its inputs all ended, or its source split was read to the end)
-    /// and sent end-of-stream on. Later checkpoints take `snapshot` as its part: it holds no
-    /// state (a finished subtask's state is never read again: nothing reaches it any more,
-    /// and what it emitted is downstream, before every later barrier), only a source split's
-    /// final position, so that a restore starts that split at its end.
+    /// The subtask could not take its part of checkpoint `id`.
+    Decline {
+        /// The checkpoint.
+        id: u64,
+        /// Why, naming the subtask.
+        reason: String,
+    },
+    /// The subtask has ended (its inputs all ended, or its source split was read to the
+    /// end) and sent end-of-stream on. Later checkpoints take `snapshot` as its part: it
+    /// holds no state (a finished subtask's state is never read again: nothing reaches it
+    /// any more, and what it emitted is downstream, before every later barrier), only a
+    /// source split's final position, so that a restore starts that split at its end.
     Finished {
+        /// The subtask's stage.
         stage: usize,
+        /// The subtask's index.
         subtask: usize,
+        /// A source split's final position (no state).
         snapshot: TaskSnapshot,
-        /// A source split's reader, kept to hear of the checkpoints that complete after it
-        /// ended (a queue acknowledges what those checkpoints cover).
-        reader: Option<FinishedReader>,
+        /// Whether it read a source split (once all have ended, no checkpoint starts).
+        source: bool,
     },
     /// The sink subtask reached the end of input with this output pending.
     Final {
+        /// The sink subtask's index.
         subtask: usize,
+        /// Its output pending commit.
         pending: Option<PendingCommit>,
     },
+}
+
+/// What a subtask hands the coordinator: its report and, when a source split ends, the
+/// split's reader (which stays in the subtask's process: a worker keeps it, and tells it of
+/// later checkpoints itself).
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) task: TaskReport,
+    pub(crate) reader: Option<FinishedReader>,
+}
+
+impl From<TaskReport> for Report {
+    fn from(task: TaskReport) -> Report {
+        Report { task, reader: None }
+    }
+}
+
+/// Where the reports of tasks running elsewhere are handed to this job's coordinator.
+#[derive(Clone)]
+pub struct ReportSender(pub(crate) Sender<Report>);
+
+impl ReportSender {
+    /// Hands `report` over; false once the coordinator has ended.
+    pub fn send(&self, report: TaskReport) -> bool {
+        self.0.send(report.into()).is_ok()
+    }
 }
 
 /// The reader of a source split that has ended.
@@ -260,8 +301,9 @@ impl Coordinator {
 
     /// Takes in one subtask's report.
     fn handle(&mut self, report: Report) -> Result<()> {
-        match report {
-            Report::Ack {
+        let Report { task, reader } = report;
+        match task {
+            TaskReport::Ack {
                 id,
                 stage,
                 subtask,
@@ -285,20 +327,20 @@ impl Coordinator {
                     self.last_done = Instant::now();
                 }
             }
-            Report::Decline { id, reason } => {
+            TaskReport::Decline { id, reason } => {
                 if self.pending.as_ref().is_some_and(|p| p.id == id) {
                     tracing::warn!(checkpoint = id, %reason, "checkpoint abandoned");
                     self.abandon(&format!("checkpoint {id} was abandoned: {reason}"));
                     self.last_done = Instant::now();
                 }
             }
-            Report::Finished {
+            TaskReport::Finished {
                 stage,
                 subtask,
                 snapshot,
-                reader,
+                source,
             } => {
-                if snapshot.source.is_some() || reader.is_some() {
+                if source {
                     self.sources_finished += 1;
                 }
                 if let Some(reader) = reader {
@@ -324,7 +366,7 @@ impl Coordinator {
                     }
                 }
             }
-            Report::Final { subtask, pending } => self.finals[subtask] = pending,
+            TaskReport::Final { subtask, pending } => self.finals[subtask] = pending,
         }
         Ok(())
     }
@@ -609,7 +651,7 @@ mod tests {
     }
 
     fn aligned_ack(id: u64, subtask: usize, sink: &str, alignment_ms: u64) -> Report {
-        Report::Ack {
+        TaskReport::Ack {
             id,
             stage: 0,
             subtask,
@@ -620,6 +662,7 @@ mod tests {
             new_bytes: 0,
             alignment_ms,
         }
+        .into()
     }
 
     #[test]
@@ -632,11 +675,11 @@ mod tests {
             history.clone(),
         );
         c.start();
-        let decline = Report::Decline {
+        let decline = TaskReport::Decline {
             id: 1,
             reason: "disk full".into(),
         };
-        c.handle(decline).unwrap();
+        c.handle(decline.into()).unwrap();
         c.start();
         c.handle(aligned_ack(2, 0, "a", 7)).unwrap();
         assert_eq!(history.snapshot().len(), 1, "checkpoint 2 is still pending");
@@ -661,10 +704,13 @@ mod tests {
         // Checkpoint 1: one sink subtask pre-commits, the other declines.
         c.start();
         c.handle(ack(1, 0, "p1-a")).unwrap();
-        c.handle(Report::Decline {
-            id: 1,
-            reason: "injected".into(),
-        })
+        c.handle(
+            TaskReport::Decline {
+                id: 1,
+                reason: "injected".into(),
+            }
+            .into(),
+        )
         .unwrap();
         // Checkpoint 2 completes; the process dies after its manifest, before the commit.
         sink.fail.store(1, Ordering::SeqCst);
@@ -700,16 +746,19 @@ mod tests {
         let sink = Arc::new(RecordingSink::default());
         let mut c = two_subtasks(tmp.path(), sink.clone(), CheckpointHistory::default());
         let heard = Arc::new(Mutex::new(Vec::new()));
-        let finished = |subtask: usize, at: i64, heard: &Arc<Mutex<Vec<u64>>>| Report::Finished {
-            stage: 0,
-            subtask,
-            snapshot: TaskSnapshot {
-                source: Some(crate::checkpoint::SourceSnapshot {
-                    position: json!({ "end": at }),
-                    max_event_time: None,
-                    partition_event_times: Default::default(),
-                }),
-                ..Default::default()
+        let finished = |subtask: usize, at: i64, heard: &Arc<Mutex<Vec<u64>>>| Report {
+            task: TaskReport::Finished {
+                stage: 0,
+                subtask,
+                snapshot: TaskSnapshot {
+                    source: Some(crate::checkpoint::SourceSnapshot {
+                        position: json!({ "end": at }),
+                        max_event_time: None,
+                        partition_event_times: Default::default(),
+                    }),
+                    ..Default::default()
+                },
+                source: true,
             },
             reader: Some(FinishedReader(Box::new(HearingReader(heard.clone())))),
         };
@@ -717,11 +766,11 @@ mod tests {
         // previous barrier and its end position are its part of checkpoint 1.
         c.start();
         c.handle(ack(1, 1, "b1")).unwrap();
-        let last_output = Report::Final {
+        let last_output = TaskReport::Final {
             subtask: 0,
             pending: Some(json!("a-end")),
         };
-        c.handle(last_output).unwrap();
+        c.handle(last_output.into()).unwrap();
         c.handle(finished(0, 10, &heard)).unwrap();
         assert_eq!(c.stats.last_id, Some(1));
         let m = read_manifest(&checkpoint_dir(tmp.path(), 1)).unwrap();
@@ -751,10 +800,13 @@ mod tests {
         // output waits for the end-of-input manifest, which every ended reader hears of.
         c.start();
         c.handle(ack(3, 1, "b3")).unwrap();
-        c.handle(Report::Final {
-            subtask: 1,
-            pending: Some(json!("b-end")),
-        })
+        c.handle(
+            TaskReport::Final {
+                subtask: 1,
+                pending: Some(json!("b-end")),
+            }
+            .into(),
+        )
         .unwrap();
         c.handle(finished(1, 20, &heard)).unwrap();
         assert!(!c.sources_running());

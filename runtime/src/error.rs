@@ -60,6 +60,9 @@ pub enum RuntimeError {
     /// instance of the job is writing. Fatal: restarting would fence that one in turn.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// A worker running part of the job failed, or was lost; the message names it.
+    #[error("worker: {0}")]
+    Worker(String),
     /// Another task failed first and this one was cancelled.
     #[error("job cancelled")]
     Cancelled,

@@ -21,14 +21,15 @@ use crate::checkpoint::{
 use crate::clock::Clock;
 pub use crate::coordinator::CheckpointStats;
 use crate::coordinator::{Coordinator, FinishedReader, JobShape, Report, SavepointRequests};
+use crate::coordinator::{ReportSender, TaskReport};
 use crate::error::{Result, RuntimeError};
 use crate::exchange::Partitioner;
 use crate::graph::{JobGraph, StageInput};
-use crate::launcher::LocalLauncher;
+use crate::launcher::{LocalLauncher, RemoteRun, RemoteTasks};
 use crate::message::{EventTime, Message};
 use crate::metrics::{CheckpointHistory, Counter, JobMetrics, StageCounter};
 use crate::operator::{Operator, Output, SubtaskInfo};
-use crate::plan::{PhysicalPlan, TaskOutput, TaskPlan};
+use crate::plan::{PhysicalPlan, TaskId, TaskOutput, TaskPlan};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
 use crate::state::{read_state, StateBackend, StateSnapshot, StateStorage, StoreUse};
@@ -67,7 +68,8 @@ impl CancelHandle {
     pub fn cancel(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
-    fn is_cancelled(&self) -> bool {
+    /// Whether the job was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -106,6 +108,9 @@ pub struct ExecuteOptions {
     pub state: StateStorage,
     /// Where the coordinator records each checkpoint as it ends.
     pub history: CheckpointHistory,
+    /// Runs the tasks elsewhere (a cluster's workers) instead of on threads of this
+    /// process; the coordinator stays here.
+    pub remote: Option<Box<dyn RemoteTasks>>,
 }
 
 /// The state fingerprint of every operator, stage by stage.
@@ -260,43 +265,52 @@ pub fn execute(
     let completed = coordinator.completed.clone();
     let (report_tx, report_rx) = channel::<Report>();
 
-    // The job as tasks and channels, all run here: a thread per task, in-memory channels.
+    // The job as tasks and channels: run here (a thread per task, in-memory channels), or
+    // handed to a launcher that runs them elsewhere.
     let plan = PhysicalPlan::of(&graph);
-    let mut channels = LocalChannels::new(&plan);
-    let context = TaskContext {
-        graph: &graph,
-        schemas: &schemas,
-        metrics: &metrics,
-        clock: &clock,
-        cancel: &cancel,
-        checkpoint_root: options.checkpoints.as_ref().map(|c| c.dir.clone()),
-        work_root: work_root.as_ref(),
-        storage: options.state,
-        restore: restore.as_ref(),
-        reports: &report_tx,
-        trigger: &trigger,
-        completed: &completed,
-    };
-    let mut launcher = LocalLauncher::new(cancel.clone());
     let sink_rows = metrics.counter(&format!(
         "stage{}.{}.records_out",
         n - 1,
         graph.stages[n - 1].name
     ));
-    let launched = plan.tasks.iter().try_for_each(|task| {
-        let body = context.task_body(task, &mut channels)?;
-        launcher.spawn(&task.name, body)
-    });
-    if let Err(e) = launched {
-        // The tasks already running stop, and are waited for, before the error is told.
-        cancel.cancel();
-        drop(channels);
-        launcher.join();
-        return Err(e);
-    }
-    // The executor's own copies must go, or the first stage's inboxes would never close and
-    // the coordinator would wait forever.
-    drop(channels);
+    let running = match options.remote {
+        Some(mut remote) => {
+            let run = RemoteRun {
+                plan,
+                reports: ReportSender(report_tx.clone()),
+                trigger: trigger.clone(),
+                completed: completed.clone(),
+                cancel: cancel.clone(),
+                restore: restore.as_ref().map(|r| r.dir.clone()),
+            };
+            if let Err(e) = remote.start(run) {
+                cancel.cancel();
+                remote.join();
+                return Err(e);
+            }
+            Running::Remote(remote)
+        }
+        None => {
+            let channels = LocalChannels::new(&plan);
+            let context = TaskContext {
+                graph: &graph,
+                schemas: &schemas,
+                metrics: &metrics,
+                clock: &clock,
+                cancel: &cancel,
+                checkpoint_root: options.checkpoints.as_ref().map(|c| c.dir.clone()),
+                work_root: work_root.as_ref(),
+                storage: options.state,
+                restore: restore.as_ref(),
+                reports: &report_tx,
+                trigger: &trigger,
+                completed: &completed,
+            };
+            let ids: Vec<TaskId> = plan.tasks.iter().map(|t| t.id).collect();
+            Running::Local(context.launch(&plan, &ids, channels)?)
+        }
+    };
+    // The executor's own report sender must go, or the coordinator would wait forever.
     drop(report_tx);
     let coordinator_cancel = cancel.clone();
     let coordinator_thread = std::thread::Builder::new()
@@ -310,7 +324,10 @@ pub fn execute(
         })
         .map_err(|e| RuntimeError::io("spawning the checkpoint coordinator", e))?;
 
-    let first_error = launcher.join();
+    let first_error = match running {
+        Running::Local(launcher) => launcher.join(),
+        Running::Remote(mut remote) => remote.join(),
+    };
     let (mut coordinator, coordinated) =
         coordinator_thread.join().map_err(|_| RuntimeError::Panic {
             task: "checkpoint-coordinator".into(),
@@ -334,6 +351,121 @@ pub fn execute(
             })
         }
     }
+}
+
+/// How a worker runs its part of a job for a coordinator elsewhere.
+pub struct TaskGroupOptions {
+    /// The job's checkpoint directory, shared with its coordinator (none: checkpoints off).
+    pub checkpoint_root: Option<PathBuf>,
+    /// Where the group's tasks keep their working state; cleared first, as a crashed
+    /// attempt's working state counts for nothing.
+    pub work_root: Option<PathBuf>,
+    /// Where operators keep state while running.
+    pub state: StateStorage,
+    /// The checkpoint the tasks start from.
+    pub restore: Option<Restored>,
+}
+
+/// A worker's part of a job, running: its tasks, and a thread handing their reports on.
+pub struct TaskGroup {
+    /// The checkpoint whose barrier the group's sources are to inject: raised when the
+    /// coordinator triggers one.
+    pub trigger: Arc<AtomicU64>,
+    /// The last checkpoint completed: raised when the coordinator says so.
+    pub completed: Arc<AtomicU64>,
+    launcher: LocalLauncher,
+    forwarder: std::thread::JoinHandle<()>,
+}
+
+impl TaskGroup {
+    /// Waits for every task of the group; the first real failure, if any.
+    pub fn join(self) -> Option<RuntimeError> {
+        let error = self.launcher.join();
+        let _ = self.forwarder.join();
+        error
+    }
+}
+
+/// Starts the tasks `ids` of `graph`'s plan on threads of this process, wired by `channels`
+/// (local ones to tasks here, remote ones to tasks elsewhere): a worker's part of a job whose
+/// coordinator runs in another process. Their reports go to `forward` as they come; an
+/// ended source split's reader stays here and hears of the checkpoints completed after it.
+#[allow(clippy::too_many_arguments)]
+pub fn run_tasks(
+    graph: &JobGraph,
+    ids: &[TaskId],
+    channels: impl Channels,
+    metrics: &JobMetrics,
+    clock: Arc<dyn Clock>,
+    cancel: CancelHandle,
+    options: TaskGroupOptions,
+    mut forward: impl FnMut(TaskReport) + Send + 'static,
+) -> Result<TaskGroup> {
+    graph.validate()?;
+    let schemas = graph.output_schemas()?;
+    let restore = options.restore.map(Arc::new);
+    if let Some(r) = &restore {
+        check_compatible(graph, r)?;
+    }
+    if let Some(work) = &options.work_root {
+        if work.exists() {
+            std::fs::remove_dir_all(work)
+                .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
+        }
+    }
+    let trigger = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let (report_tx, report_rx) = channel::<Report>();
+    let plan = PhysicalPlan::of(graph);
+    let context = TaskContext {
+        graph,
+        schemas: &schemas,
+        metrics,
+        clock: &clock,
+        cancel: &cancel,
+        checkpoint_root: options.checkpoint_root.clone(),
+        work_root: options.work_root.as_ref(),
+        storage: options.state,
+        restore: restore.as_ref(),
+        reports: &report_tx,
+        trigger: &trigger,
+        completed: &completed,
+    };
+    let launcher = context.launch(&plan, ids, channels)?;
+    drop(report_tx);
+    let heard_of = completed.clone();
+    let forwarder = std::thread::Builder::new()
+        .name("task-reports".into())
+        .spawn(move || {
+            let mut readers = Vec::new();
+            let mut heard = heard_of.load(Ordering::SeqCst);
+            loop {
+                match report_rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(Report { task, reader }) => {
+                        readers.extend(reader.map(|r| r.0));
+                        forward(task);
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                let done = heard_of.load(Ordering::SeqCst);
+                if done > heard {
+                    heard = done;
+                    for reader in &mut readers {
+                        if let Err(e) = reader.checkpoint_complete(done) {
+                            tracing::warn!(checkpoint = done, error = %e, "an ended source split could not act on a completed checkpoint");
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| RuntimeError::io("spawning the report forwarder", e))?;
+    Ok(TaskGroup {
+        trigger,
+        completed,
+        launcher,
+        forwarder,
+    })
 }
 
 enum Downstream {
@@ -450,7 +582,43 @@ struct TaskContext<'a> {
 /// A task ready to run on a thread of its own.
 type TaskBody = Box<dyn FnOnce() -> Result<()> + Send>;
 
+/// Where a job's tasks run.
+enum Running {
+    Local(LocalLauncher),
+    Remote(Box<dyn RemoteTasks>),
+}
+
 impl TaskContext<'_> {
+    /// Builds the tasks `ids` of `plan` and starts each on a thread of this process. If one
+    /// cannot be built, those already started are cancelled and waited for. `channels` goes
+    /// once every task has its own senders, or the inboxes they feed would never close.
+    fn launch(
+        &self,
+        plan: &PhysicalPlan,
+        ids: &[TaskId],
+        mut channels: impl Channels,
+    ) -> Result<LocalLauncher> {
+        let mut launcher = LocalLauncher::new(self.cancel.clone());
+        let launched = ids.iter().try_for_each(|&id| {
+            let task = plan.task(id).ok_or_else(|| {
+                RuntimeError::InvalidJob(format!(
+                    "the plan has no subtask {} of stage {}",
+                    id.subtask, id.stage
+                ))
+            })?;
+            let body = self.task_body(task, &mut channels)?;
+            launcher.spawn(&task.name, body)
+        });
+        drop(channels);
+        if let Err(e) = launched {
+            // The tasks already running stop, and are waited for, before the error is told.
+            self.cancel.cancel();
+            launcher.join();
+            return Err(e);
+        }
+        Ok(launcher)
+    }
+
     /// Builds task `task`: its operators, its downstream (the sink, or senders to the next
     /// stage's tasks), its checkpointing, and its loop (reading a source split, or its inbox).
     fn task_body(&self, task: &TaskPlan, channels: &mut dyn Channels) -> Result<TaskBody> {
@@ -696,7 +864,7 @@ impl Chain {
         checkpointing.wait_for_background()?;
         if let Downstream::Sink(writer) = &mut self.downstream {
             let pending = writer.finish()?;
-            checkpointing.report(Report::Final {
+            checkpointing.report(TaskReport::Final {
                 subtask: checkpointing.info.index,
                 pending,
             });
@@ -743,9 +911,9 @@ struct TaskCheckpointing {
 }
 
 impl TaskCheckpointing {
-    fn report(&self, report: Report) {
+    fn report(&self, report: impl Into<Report>) {
         // The coordinator only goes away when the job does.
-        let _ = self.reports.send(report);
+        let _ = self.reports.send(report.into());
     }
 
     fn wait_for_background(&mut self) -> Result<()> {
@@ -861,7 +1029,7 @@ impl TaskCheckpointing {
         };
         let (stage, subtask) = (self.stage, self.info.index);
         let Some(mut backend) = self.backend.take() else {
-            self.report(Report::Ack {
+            self.report(TaskReport::Ack {
                 id,
                 stage,
                 subtask,
@@ -890,7 +1058,7 @@ impl TaskCheckpointing {
                     Ok(files) => {
                         snapshot.state_dir = Some(relative);
                         snapshot.files = files.files;
-                        Report::Ack {
+                        TaskReport::Ack {
                             id,
                             stage,
                             subtask,
@@ -899,12 +1067,12 @@ impl TaskCheckpointing {
                             alignment_ms,
                         }
                     }
-                    Err(e) => Report::Decline {
+                    Err(e) => TaskReport::Decline {
                         id,
                         reason: format!("stage {stage} subtask {subtask}: {e}"),
                     },
                 };
-                let _ = reports.send(report);
+                let _ = reports.send(report.into());
                 backend
             })
             .map_err(|e| RuntimeError::io("spawning a snapshot thread", e))?;
@@ -1032,12 +1200,15 @@ fn run_source(mut t: SourceTask) -> Result<()> {
                 t.chain.end(&mut t.checkpointing)?;
                 let source = t.reader.position().map(|position| t.snapshot(position));
                 let (stage, subtask) = (t.checkpointing.stage, t.checkpointing.info.index);
-                t.checkpointing.report(Report::Finished {
-                    stage,
-                    subtask,
-                    snapshot: TaskSnapshot {
-                        source,
-                        ..Default::default()
+                t.checkpointing.report(Report {
+                    task: TaskReport::Finished {
+                        stage,
+                        subtask,
+                        snapshot: TaskSnapshot {
+                            source,
+                            ..Default::default()
+                        },
+                        source: true,
                     },
                     reader: Some(FinishedReader(t.reader)),
                 });
@@ -1192,11 +1363,11 @@ fn run_exchange_input(
         }
         if watermarks.all_ended() && replay.is_empty() {
             chain.end(&mut checkpointing)?;
-            checkpointing.report(Report::Finished {
+            checkpointing.report(TaskReport::Finished {
                 stage: checkpointing.stage,
                 subtask: checkpointing.info.index,
                 snapshot: TaskSnapshot::default(),
-                reader: None,
+                source: false,
             });
             return Ok(());
         }

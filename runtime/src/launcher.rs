@@ -1,13 +1,45 @@
-//! Runs tasks in this process: a thread per task.
+//! Launchers: [`LocalLauncher`] runs tasks in this process, a thread per task; a
+//! [`RemoteTasks`] runs them elsewhere (a cluster's workers), driven by this process's
+//! checkpoint coordinator through a [`RemoteRun`].
 //!
 //! Threads rather than async tasks: every task is CPU-bound on Arrow kernels, and a thread of
 //! its own lets sources and sinks block (files, stdout, librdkafka) without starving anyone.
 //! A task that fails or panics cancels the others; the job's error is the first real one
 //! (not a cancellation it caused).
 
+use crate::coordinator::ReportSender;
 use crate::error::{Result, RuntimeError};
 use crate::executor::CancelHandle;
+use crate::plan::PhysicalPlan;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// What a job's coordinator hands a launcher that runs the tasks elsewhere.
+pub struct RemoteRun {
+    /// Every task of the job, to place.
+    pub plan: PhysicalPlan,
+    /// Where the tasks' reports go (acknowledgements, ends, pending output).
+    pub reports: ReportSender,
+    /// The checkpoint the sources are asked to inject a barrier for (raised by the
+    /// coordinator; the tasks' own copy must follow it).
+    pub trigger: Arc<AtomicU64>,
+    /// The last checkpoint completed (the tasks' sources hear of it).
+    pub completed: Arc<AtomicU64>,
+    /// Cancelled when the job is to stop; the launcher cancels it when a task fails.
+    pub cancel: CancelHandle,
+    /// The checkpoint directory the tasks restore from.
+    pub restore: Option<PathBuf>,
+}
+
+/// Runs a job's tasks outside this process.
+pub trait RemoteTasks: Send {
+    /// Places and starts every task of `run.plan`.
+    fn start(&mut self, run: RemoteRun) -> Result<()>;
+    /// Waits until every task has ended; the first real failure, if any.
+    fn join(&mut self) -> Option<RuntimeError>;
+}
 
 /// Runs tasks on threads of this process and collects how they ended.
 pub struct LocalLauncher {

@@ -2,8 +2,10 @@
 //!
 //! This crate owns how records move: the [`Message`]s on a stream (Arrow batches with
 //! watermarks in band), the [`Operator`] contract, sources and sinks as traits, the job graph
-//! of chained stages, hash exchanges through key groups, bounded channels (backpressure), the
-//! executor that runs every subtask of a job on its own thread, and checkpoints: barriers and
+//! of chained stages, hash exchanges through key groups, bounded channels (backpressure) in
+//! memory or between processes over Arrow Flight ([`flight`]), the physical plan ([`plan`]),
+//! the executor that runs every subtask of a job on its own thread (all of a job's here, or a
+//! worker's share of one whose coordinator runs elsewhere, [`launcher`]), and checkpoints: barriers and
 //! their alignment, the coordinator, operator state in RocksDB by key group, the manifest, and
 //! restore at any parallelism ([`checkpoint`], [`coordinator`], [`state`]).
 //!
@@ -24,6 +26,7 @@ pub mod coordinator;
 pub mod error;
 pub mod exchange;
 pub mod executor;
+pub mod flight;
 pub mod graph;
 pub mod launcher;
 pub mod message;

@@ -45,6 +45,9 @@ enum Command {
     },
     /// Runs the runtime server: jobs submitted as JSON specs over REST (docs/server.md).
     Server(ServerArgs),
+    /// Runs a worker: registers with a server and runs the tasks of jobs it is given, which
+    /// exchange records with other workers over Arrow Flight (docs/design/cluster.md).
+    Worker(WorkerArgs),
     /// Prints the server's API as OpenAPI (what docs/openapi.yaml holds).
     Openapi,
     /// Submits a job spec (JSON) to a server; prints the job's id.
@@ -90,6 +93,25 @@ enum Command {
         #[command(flatten)]
         server: ServerOptions,
     },
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// Where the worker keeps its tasks' working state.
+    #[arg(long, default_value = "oxflow-worker")]
+    data_dir: PathBuf,
+    /// Where its Flight service listens for other workers' streams (loopback by default;
+    /// port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// The address other workers reach it at, if not --listen's.
+    #[arg(long)]
+    advertise: Option<std::net::SocketAddr>,
+    /// How many tasks it offers.
+    #[arg(long, default_value_t = 4)]
+    slots: usize,
+    #[command(flatten)]
+    server: ServerOptions,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +168,10 @@ struct ServerArgs {
     /// How long a request may take (a savepoint waits for its checkpoint within it).
     #[arg(long, default_value_t = Limits::default().request_timeout.as_millis() as u64)]
     request_timeout_ms: u64,
+    /// A worker not heard from for this long is lost: the attempts it ran restart from
+    /// their latest checkpoint on the workers left.
+    #[arg(long, default_value_t = 5000)]
+    worker_timeout_ms: u64,
 }
 
 impl ServerArgs {
@@ -312,15 +338,22 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Option<String>> {
     .transpose()
 }
 
-fn client(options: &ServerOptions) -> anyhow::Result<oxflow::client::Client> {
-    let token = match read_token(options.token_file.as_deref())? {
+/// The token of `--token-file`, else of `$OXFLOW_TOKEN`, else none.
+fn token_of(options: &ServerOptions) -> anyhow::Result<Option<String>> {
+    Ok(match read_token(options.token_file.as_deref())? {
         Some(t) => Some(t),
         None => std::env::var("OXFLOW_TOKEN")
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty()),
-    };
-    Ok(oxflow::client::Client::new(&options.server, token)?)
+    })
+}
+
+fn client(options: &ServerOptions) -> anyhow::Result<oxflow::client::Client> {
+    Ok(oxflow::client::Client::new(
+        &options.server,
+        token_of(options)?,
+    )?)
 }
 
 /// Runs `request`, showing on stderr how long it has been in flight (savepoints and stops
@@ -361,6 +394,7 @@ fn serve(args: &ServerArgs) -> anyhow::Result<()> {
     config.no_auth = args.no_auth;
     config.allowed_paths = args.allow_paths.clone();
     config.limits = args.limits();
+    config.worker_timeout = std::time::Duration::from_millis(args.worker_timeout_ms.max(100));
     if let Some(uri) = &args.checkpoint_store {
         config.checkpoint_store = Some(oxflow::connectors::object::checkpoint_store(uri)?);
     }
@@ -380,6 +414,26 @@ fn serve(args: &ServerArgs) -> anyhow::Result<()> {
         server.wait().await?;
         Ok(())
     })
+}
+
+fn work(args: &WorkerArgs) -> anyhow::Result<()> {
+    let token = token_of(&args.server)?;
+    if args.slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    let config = oxflow::cluster::WorkerConfig {
+        server: args.server.server.clone(),
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        advertise: args.advertise,
+        slots: args.slots,
+        token,
+    };
+    runtime()?.block_on(oxflow::cluster::run_worker(
+        config,
+        oxflow::spec::Registry::new(),
+    ))?;
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
@@ -783,6 +837,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run_spec(&args),
         Command::Validate { spec } => validate(&spec),
         Command::Server(args) => serve(&args),
+        Command::Worker(args) => work(&args),
         Command::Openapi => emit(oxflow::server::openapi_text().trim_end()),
         Command::Submit {
             spec,

@@ -24,6 +24,7 @@
 // real time; jobs themselves run on the runtime's clock.
 #![allow(clippy::disallowed_methods)]
 
+mod cluster;
 mod metrics;
 mod openapi;
 mod policy;
@@ -77,6 +78,9 @@ pub struct ServerConfig {
     /// Where every job's completed checkpoints are also kept, under `jobs/<id>/`, so that a
     /// job survives the loss of this machine's data directory ([`oxflow_runtime::store`]).
     pub checkpoint_store: Option<StoreRef>,
+    /// A worker not heard from for this long is lost, and the attempts it ran fail
+    /// (default 5 s).
+    pub worker_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -91,6 +95,7 @@ impl ServerConfig {
             allowed_paths: Vec::new(),
             limits: Limits::default(),
             checkpoint_store: None,
+            worker_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -246,6 +251,8 @@ struct JobEntry {
     history: CheckpointHistory,
     /// The job's dataflow, as its spec last built it.
     plan: Mutex<Option<PlanDescription>>,
+    /// Where the current attempt's tasks run, on a cluster (empty: in this process).
+    placement: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl JobEntry {
@@ -311,6 +318,8 @@ struct Manager {
     jobs_dir: PathBuf,
     jobs: Mutex<BTreeMap<String, Arc<JobEntry>>>,
     next: AtomicU64,
+    /// The workers jobs run on (none registered: jobs run in this process).
+    cluster: Arc<cluster::Cluster>,
 }
 
 impl Manager {
@@ -403,6 +412,7 @@ impl Manager {
             dir,
             history: CheckpointHistory::default(),
             plan: Mutex::new(None),
+            placement: Arc::default(),
         });
         self.jobs
             .lock()
@@ -475,6 +485,9 @@ impl Manager {
     fn run_attempts(&self, entry: &JobEntry, resumed: bool) {
         let span = tracing::info_span!("job", id = %entry.record().id);
         let _guard = span.enter();
+        if resumed {
+            self.cluster.await_workers();
+        }
         let mut first = !resumed;
         loop {
             let record = entry.record();
@@ -565,6 +578,24 @@ impl Manager {
                 oxflow_runtime::checkpoint::latest(&checkpoints),
                 Ok((Some(_), _))
             );
+        entry.placement.lock().expect("placement lock").clear();
+        if self.cluster.has_workers() {
+            // The workers build the same graph from the spec: its parallelism is fixed
+            // here, not left to each machine's core count.
+            let mut spec = record.spec.clone();
+            spec.parallelism
+                .get_or_insert(self.pipeline().parallelism());
+            let metrics = job.metrics();
+            job = job.with_remote(Box::new(cluster::ClusterTasks::new(
+                self.cluster.clone(),
+                record.id.clone(),
+                spec,
+                checkpoints.clone(),
+                self.policy.limits.max_line_bytes,
+                metrics,
+                entry.placement.clone(),
+            )));
+        }
         job = match &record.restore_from {
             _ if own_checkpoint => job.restore_from(RestoreFrom::Latest),
             Some(path) => job.restore_from(RestoreFrom::Path(path.clone())),
@@ -790,6 +821,10 @@ impl Server {
             jobs_dir: config.data_dir.join("jobs"),
             jobs: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(0),
+            cluster: Arc::new(cluster::Cluster::new(
+                config.worker_timeout,
+                config.data_dir.join("workers-seen"),
+            )),
         });
         manager.load()?;
         let state = AppState {
@@ -833,6 +868,9 @@ fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/savepoints", post(savepoint))
         .route("/v1/jobs/{id}/stop", post(stop))
         .route("/v1/jobs/{id}/resume", post(resume))
+        .route("/v1/workers", post(cluster::register).get(cluster::list))
+        .route("/v1/workers/{id}/poll", post(cluster::poll))
+        .route("/v1/workers/{id}/reports", post(cluster::reports))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -1162,6 +1200,7 @@ fn job_status(entry: &JobEntry) -> serde_json::Value {
         "operators": operators,
         "checkpoint": checkpoint,
         "checkpoint_history": entry.history.snapshot(),
+        "tasks": entry.placement.lock().expect("placement lock").clone(),
         "spec": redacted(&r.spec),
     })
 }

@@ -155,6 +155,10 @@ pub fn openapi() -> Value {
             "plan": {"nullable": true, "allOf": [{"$ref": "#/components/schemas/Plan"}]},
             "operators": {"type": "array", "items": {"$ref": "#/components/schemas/Stage"}},
             "checkpoint_history": {"type": "array", "description": "The last 100 checkpoints of every attempt, oldest first.", "items": {"$ref": "#/components/schemas/Checkpoint"}},
+            "tasks": {"type": "array", "description": "On a cluster, the worker of each subtask of the current (or last) attempt; empty when the job runs in the server.", "items": {"type": "object", "properties": {
+                "stage": {"type": "integer"}, "subtask": {"type": "integer"}, "name": {"type": "string"},
+                "worker": {"type": "string"}, "address": {"type": "string"}
+            }}},
             "checkpoint": {"type": "object", "nullable": true, "properties": {
                 "completed": {"type": "integer", "nullable": true},
                 "last_id": {"type": "integer", "nullable": true},
@@ -297,6 +301,85 @@ pub fn openapi() -> Value {
                             ("413", "A body larger than --max-body-bytes."),
                             ("415", "A body that is not application/json."),
                             ("429", "The server already runs --max-running-jobs jobs."),
+                        ]
+                    )
+                }
+            },
+            "/v1/workers": {
+                "post": {
+                    "operationId": "registerWorker",
+                    "summary": "Register a worker (`oxflow worker` does this): its Flight address and slots. The answer's id names it in its polls and reports.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false, "required": ["address", "slots"],
+                        "properties": {
+                            "address": {"type": "string", "description": "host:port other workers stream to"},
+                            "slots": {"type": "integer", "minimum": 1, "maximum": 4096}
+                        }
+                    }}}},
+                    "responses": responses(
+                        ("201", json_ok("The worker's id and the server's worker timeout.", json!({"type": "object", "properties": {"id": {"type": "string"}, "timeout_ms": {"type": "integer"}}}))),
+                        &[
+                            ("400", "A malformed body, or slots outside 1 to 4096."),
+                            ("413", "A body larger than --max-body-bytes."),
+                            ("415", "A body that is not application/json."),
+                            ("429", "The server already has 1024 workers."),
+                        ]
+                    )
+                },
+                "get": {
+                    "operationId": "listWorkers",
+                    "summary": "Every worker: id, address, slots, state (ALIVE or LOST), last heartbeat, attempts it runs.",
+                    "responses": responses(("200", json_ok("{\"workers\": [...], \"timeout_ms\": 5000}", json!({"type": "object", "properties": {
+                        "workers": {"type": "array", "items": {"type": "object", "properties": {
+                            "id": {"type": "string"}, "address": {"type": "string"}, "slots": {"type": "integer"},
+                            "state": {"type": "string", "enum": ["ALIVE", "LOST"]},
+                            "registered_at_ms": {"type": "integer"}, "last_heartbeat_ms": {"type": "integer"},
+                            "attempts": {"type": "integer"}
+                        }}},
+                        "timeout_ms": {"type": "integer"}
+                    }}))), &[])
+                }
+            },
+            "/v1/workers/{id}/poll": {
+                "parameters": id.clone(),
+                "post": {
+                    "operationId": "pollWorker",
+                    "summary": "A worker's heartbeat, with its tasks' counters; answered with its commands (deploy, trigger, complete, cancel) at once, or after 1 s with none.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false,
+                        "properties": {"metrics": {"type": "array", "items": {"type": "object"}}}
+                    }}}},
+                    "responses": responses(
+                        ("200", json_ok("The commands.", json!({"type": "object", "properties": {"commands": {"type": "array", "items": {"type": "object"}}}}))),
+                        &[
+                            ("400", "A malformed body."),
+                            ("404", "No worker of this id: register again."),
+                            ("413", "A body larger than --max-body-bytes."),
+                            ("415", "A body that is not application/json."),
+                        ]
+                    )
+                }
+            },
+            "/v1/workers/{id}/reports": {
+                "parameters": id.clone(),
+                "post": {
+                    "operationId": "workerReports",
+                    "summary": "Reports of an attempt's tasks on a worker (checkpoint acknowledgements, ends, output pending commit), and the attempt's end there. Reports of an attempt the server does not run count for nothing.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": false, "required": ["job", "attempt"],
+                        "properties": {
+                            "job": {"type": "string"},
+                            "attempt": {"type": "integer", "minimum": 0},
+                            "reports": {"type": "array", "items": {"type": "object"}},
+                            "ended": {"nullable": true}
+                        }
+                    }}}},
+                    "responses": responses(
+                        ("200", json_ok("Taken.", json!({"type": "object"}))),
+                        &[
+                            ("400", "A malformed body."),
+                            ("413", "A body larger than --max-body-bytes."),
+                            ("415", "A body that is not application/json."),
                         ]
                     )
                 }
