@@ -27,7 +27,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
 bin=$CARGO_TARGET_DIR/release/oxflow
-export RUST_LOG=${RUST_LOG:-warn,oxflow::server=info}
+export RUST_LOG=${RUST_LOG:-warn,oxflow::server=info,oxflow::cluster=info}
 
 work=$(mktemp -d)
 pids=()
@@ -37,6 +37,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+[ -n "${KEEP_WORK:-}" ] && trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
 # shellcheck source=scripts/cluster-lib.sh

@@ -329,7 +329,8 @@ async fn register(client: &Client, address: SocketAddr, slots: usize) -> String 
 }
 
 fn cancel_all(groups: &Groups) {
-    for g in groups.lock().expect("groups lock").values() {
+    for ((job, attempt), g) in groups.lock().expect("groups lock").iter() {
+        tracing::info!(job = %job, attempt, "cancelling an attempt's tasks: the server is gone");
         g.cancel.cancel();
     }
 }
@@ -418,9 +419,31 @@ fn handle(
         } => raise(&job, attempt, &|g| {
             g.completed.fetch_max(checkpoint, Ordering::SeqCst);
         }),
-        Command::Cancel { job, attempt } => raise(&job, attempt, &|g| g.cancel.cancel()),
+        Command::Cancel { job, attempt } => {
+            tracing::info!(job = %job, attempt, "cancelling an attempt's tasks");
+            let known = groups
+                .lock()
+                .expect("groups lock")
+                .get(&(job.clone(), attempt))
+                .map(|g| g.cancel.cancel())
+                .is_some();
+            if !known {
+                // Never deployed here (or already ended): say so, or the coordinator would
+                // wait for this worker's part forever.
+                let _ = reports.send(Reports {
+                    job,
+                    attempt,
+                    reports: Vec::new(),
+                    ended: Some(AttemptEnd {
+                        failure: Some("not running on this worker".into()),
+                        counters: Vec::new(),
+                    }),
+                });
+            }
+        }
         Command::Deploy(d) => {
             let (job, attempt) = (d.job.clone(), d.attempt);
+            tracing::info!(job = %job, attempt, tasks = d.tasks.len(), "deploying tasks");
             if let Err(e) = deploy(*d, groups, inboxes, registry, config, reports) {
                 tracing::error!(job = %job, attempt, error = %e, "deploying tasks failed");
                 inboxes.remove_attempt(&job, attempt);
@@ -533,6 +556,7 @@ fn deploy(
                 (Some(oxflow_runtime::RuntimeError::Cancelled), Some(why)) => Some(why),
                 (Some(e), _) => Some(e.to_string()),
             };
+            tracing::info!(job = %key.0, attempt = key.1, failure = ?failure, "an attempt's tasks ended");
             let _ = reports.send(Reports {
                 job: key.0,
                 attempt: key.1,

@@ -161,7 +161,14 @@ impl Cluster {
                 format!("this server already has {MAX_WORKERS} workers"),
             ));
         }
-        let id = format!("w{}", self.next_worker.fetch_add(1, Ordering::Relaxed));
+        // Numbered, and random: a worker of a previous run of this server (which did not
+        // hear of the restart yet) must not poll as a new one.
+        let id = format!(
+            "w{}-{}",
+            self.next_worker.fetch_add(1, Ordering::Relaxed),
+            &secret()
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?[..8]
+        );
         workers.insert(
             id.clone(),
             Worker {
@@ -247,10 +254,13 @@ impl Cluster {
                 .lock()
                 .expect("metrics lock")
                 .insert(worker.to_string(), ended.counters);
+            // The first end counts (a cancel that reached a worker whose part had just
+            // ended gets a second).
             run.ended
                 .lock()
                 .expect("ended lock")
-                .insert(worker.to_string(), ended.failure);
+                .entry(worker.to_string())
+                .or_insert(ended.failure);
         }
     }
 
@@ -504,6 +514,7 @@ impl Driver {
             }
             let cancelled_first = self.cancel.is_cancelled() && failure.is_none();
             if failure.is_some() && !self.cancel.is_cancelled() {
+                tracing::warn!(job = %job, attempt, failure = ?failure, "an attempt failed on the workers; cancelling it everywhere");
                 self.cancel.cancel();
             }
             if self.cancel.is_cancelled() && !cancel_sent {
@@ -523,6 +534,7 @@ impl Driver {
                 .iter()
                 .all(|w| ended.contains_key(w) || lost.contains(w));
             if all_ended {
+                tracing::info!(job = %job, attempt, lost = lost.len(), "an attempt ended on every worker");
                 self.sum_metrics();
                 self.cluster
                     .runs
