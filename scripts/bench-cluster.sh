@@ -6,14 +6,19 @@
 # so short runs are rounded up). The specs are the same text; only the placement differs.
 #
 #   scripts/bench-cluster.sh [EVENTS] (default 5000000)   QUERIES="q5 q11 q3" RUNS=1
+#   OXFLOW_BIN=path: another build of oxflow (to compare two builds in one sitting)
 set -euo pipefail
 events=${1:-5000000}
 queries=${QUERIES:-q5 q11 q3}
 runs=${RUNS:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
-bin=$CARGO_TARGET_DIR/release/oxflow
+if [ -n "${OXFLOW_BIN:-}" ]; then
+  bin=$OXFLOW_BIN
+else
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
+  bin=$CARGO_TARGET_DIR/release/oxflow
+fi
 export RUST_LOG=${RUST_LOG:-warn}
 work=$(mktemp -d)
 pids=()

@@ -32,11 +32,13 @@ use arrow_flight::{
 };
 use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::{
     DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
 };
 use datafusion::arrow::ipc::{reader, root_as_message};
+use datafusion::arrow::record_batch::RecordBatch;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -588,25 +590,83 @@ async fn stream_to(
         FlightDescriptor::new_cmd(serde_json::to_vec(&key).map_err(|e| e.to_string())?);
     let first = FlightData::new().with_descriptor(descriptor);
     let encoder = Arc::new(Mutex::new(EnvelopeEncoder::default()));
-    let body = tokio_stream_of(receiver).flat_map(move |envelope| {
-        let mut out = Vec::new();
-        let encoded = encoder
-            .lock()
-            .expect("encoder lock")
-            .encode(envelope, &mut out)
-            .map(|_| out)
-            .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
-        futures::stream::iter(match encoded {
-            Ok(out) => out.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
-        })
-    });
+    // Whatever has queued up while the last messages went out is sent together, consecutive
+    // batches as one: a hash exchange cuts each batch into a piece per target, and a message
+    // per piece cost more in framing, wake-ups and decoding than the copy that joins them.
+    let body = tokio_stream_of(receiver)
+        .ready_chunks(COALESCE_ENVELOPES)
+        .flat_map(move |envelopes| {
+            let mut out = Vec::new();
+            let encoded = coalesce(envelopes).and_then(|envelopes| {
+                let mut encoder = encoder.lock().expect("encoder lock");
+                envelopes
+                    .into_iter()
+                    .try_for_each(|e| encoder.encode(e, &mut out))
+            });
+            futures::stream::iter(match encoded {
+                Ok(()) => out.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(arrow_flight::error::FlightError::ExternalError(
+                    Box::new(e),
+                ))],
+            })
+        });
     let messages = futures::stream::once(async move { Ok(first) }).chain(body);
     let mut responses = client.do_put(messages).await.map_err(|e| e.to_string())?;
     while let Some(r) = responses.next().await {
         r.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The most queued envelopes a stream takes at once.
+const COALESCE_ENVELOPES: usize = 64;
+
+/// The most rows of a batch made by joining queued ones.
+const COALESCE_ROWS: usize = 8192;
+
+/// `envelopes` in order, with each run of consecutive batches of one channel and schema
+/// joined into batches of up to [`COALESCE_ROWS`] rows (control messages stay between them,
+/// where they were).
+fn coalesce(envelopes: Vec<Envelope>) -> Result<Vec<Envelope>> {
+    let mut out: Vec<Envelope> = Vec::with_capacity(envelopes.len());
+    let mut run: Vec<RecordBatch> = Vec::new();
+    let mut run_channel = 0;
+    let flush = |run: &mut Vec<RecordBatch>, channel: usize, out: &mut Vec<Envelope>| {
+        let batch = match run.len() {
+            0 => return Ok(()),
+            1 => run.pop().expect("one batch"),
+            _ => {
+                let joined = concat_batches(&run[0].schema(), run.iter())?;
+                run.clear();
+                joined
+            }
+        };
+        out.push((channel, Message::Data(batch)));
+        Ok::<(), RuntimeError>(())
+    };
+    for (channel, message) in envelopes {
+        match message {
+            Message::Data(batch) => {
+                let fits = run.first().is_some_and(|first| {
+                    channel == run_channel
+                        && first.schema() == batch.schema()
+                        && run.iter().map(|b| b.num_rows()).sum::<usize>() + batch.num_rows()
+                            <= COALESCE_ROWS
+                });
+                if !fits {
+                    flush(&mut run, run_channel, &mut out)?;
+                }
+                run_channel = channel;
+                run.push(batch);
+            }
+            control => {
+                flush(&mut run, run_channel, &mut out)?;
+                out.push((channel, control));
+            }
+        }
+    }
+    flush(&mut run, run_channel, &mut out)?;
+    Ok(out)
 }
 
 /// The envelopes of `receiver` as a stream, ending when every sender is gone.
@@ -776,7 +836,6 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{DictionaryArray, Int64Array, StringArray};
     use datafusion::arrow::datatypes::Int32Type;
-    use datafusion::arrow::record_batch::RecordBatch;
 
     fn batch(values: &[i64], tags: &[&str]) -> RecordBatch {
         let tags: DictionaryArray<Int32Type> = tags.iter().copied().collect();
@@ -823,6 +882,49 @@ mod tests {
                 (a, b) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
             }
         }
+    }
+
+    /// Queued batches are joined between control messages, in order, up to the row cap.
+    #[test]
+    fn queued_batches_are_joined_between_control_messages() {
+        let big = COALESCE_ROWS - 1;
+        let queued = vec![
+            (1, Message::Data(batch(&[1, 2], &["a", "b"]))),
+            (1, Message::Data(batch(&[3], &["c"]))),
+            (1, Message::Watermark(9)),
+            (1, Message::Data(batch(&[4], &["d"]))),
+            (1, Message::Data(batch(&vec![5; big], &vec!["e"; big]))),
+            (1, Message::Data(batch(&[6], &["f"]))),
+            (1, Message::EndOfStream),
+        ];
+        let got = coalesce(queued).unwrap();
+        let shape: Vec<String> = got
+            .iter()
+            .map(|(_, m)| match m {
+                Message::Data(b) => format!("{}", b.num_rows()),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                "3".to_string(),
+                "Watermark(9)".into(),
+                // 1 + big is the cap; one more row starts a new batch.
+                format!("{COALESCE_ROWS}"),
+                "1".into(),
+                "EndOfStream".into()
+            ]
+        );
+        let Message::Data(first) = &got[0].1 else {
+            panic!("a batch first")
+        };
+        let values = first
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(values.values().to_vec(), vec![1, 2, 3]);
     }
 
     /// Malformed messages are errors that say what was wrong, never panics.
@@ -987,6 +1089,7 @@ mod tests {
                     break;
                 }
             }
+            // Batches may arrive joined, never reordered.
             let values: Vec<i64> = got
                 .iter()
                 .filter_map(|m| match m {
@@ -995,13 +1098,17 @@ mod tests {
                             .as_any()
                             .downcast_ref::<Int64Array>()
                             .unwrap()
-                            .value(0),
+                            .values()
+                            .to_vec(),
                     ),
                     _ => None,
                 })
+                .flatten()
                 .collect();
-            assert_eq!(values, (0..200).collect::<Vec<_>>());
-            assert!(matches!(got[200], Message::Barrier(3)));
+            let sent: Vec<i64> = (0..200).flat_map(|i| [i; 1000]).collect();
+            assert!(values == sent, "the records arrived out of order");
+            assert!(matches!(got.last(), Some(Message::EndOfStream)));
+            assert!(matches!(got[got.len() - 2], Message::Barrier(3)));
             h.join().unwrap()
         });
         assert_eq!(producer.0, 202);
