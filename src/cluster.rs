@@ -172,6 +172,24 @@ pub struct AttemptEnd {
     pub counters: Vec<(String, u64)>,
 }
 
+impl Reports {
+    /// The end of an attempt's tasks on a worker: `failure` if one failed, and their last
+    /// counters.
+    fn ended(
+        job: String,
+        attempt: u64,
+        failure: Option<String>,
+        counters: Vec<(String, u64)>,
+    ) -> Reports {
+        Reports {
+            job,
+            attempt,
+            reports: Vec::new(),
+            ended: Some(AttemptEnd { failure, counters }),
+        }
+    }
+}
+
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -260,6 +278,12 @@ pub async fn run_worker(config: WorkerConfig, registry: Registry) -> Result<()> 
                     }
                 };
                 for command in commands.commands {
+                    if !matches!(command, Command::Deploy(_)) {
+                        // Raising a trigger or a cancel is instant: no thread hop before a
+                        // checkpoint's barrier.
+                        handle(command, &groups, &inboxes, &registry, &config, &report_tx);
+                        continue;
+                    }
                     // Building a job may block (listing files, asking a broker): off the
                     // async threads, one command at a time, in order.
                     let (groups, inboxes, registry, config, report_tx) = (
@@ -395,50 +419,41 @@ fn handle(
     config: &WorkerConfig,
     reports: &tokio::sync::mpsc::UnboundedSender<Reports>,
 ) {
+    // Applies `f` to the attempt's group here; false if it has none.
     let raise = |job: &str, attempt: u64, f: &dyn Fn(&Group)| {
-        if let Some(g) = groups
+        groups
             .lock()
             .expect("groups lock")
             .get(&(job.to_string(), attempt))
-        {
-            f(g);
-        }
+            .map(f)
+            .is_some()
     };
     match command {
         Command::Trigger {
             job,
             attempt,
             checkpoint,
-        } => raise(&job, attempt, &|g| {
-            g.trigger.fetch_max(checkpoint, Ordering::SeqCst);
-        }),
+        } => {
+            raise(&job, attempt, &|g| {
+                g.trigger.fetch_max(checkpoint, Ordering::SeqCst);
+            });
+        }
         Command::Complete {
             job,
             attempt,
             checkpoint,
-        } => raise(&job, attempt, &|g| {
-            g.completed.fetch_max(checkpoint, Ordering::SeqCst);
-        }),
+        } => {
+            raise(&job, attempt, &|g| {
+                g.completed.fetch_max(checkpoint, Ordering::SeqCst);
+            });
+        }
         Command::Cancel { job, attempt } => {
             tracing::info!(job = %job, attempt, "cancelling an attempt's tasks");
-            let known = groups
-                .lock()
-                .expect("groups lock")
-                .get(&(job.clone(), attempt))
-                .map(|g| g.cancel.cancel())
-                .is_some();
-            if !known {
+            if !raise(&job, attempt, &|g| g.cancel.cancel()) {
                 // Never deployed here (or already ended): say so, or the coordinator would
                 // wait for this worker's part forever.
-                let _ = reports.send(Reports {
-                    job,
-                    attempt,
-                    reports: Vec::new(),
-                    ended: Some(AttemptEnd {
-                        failure: Some("not running on this worker".into()),
-                        counters: Vec::new(),
-                    }),
-                });
+                let why = Some("not running on this worker".into());
+                let _ = reports.send(Reports::ended(job, attempt, why, Vec::new()));
             }
         }
         Command::Deploy(d) => {
@@ -447,15 +462,8 @@ fn handle(
             if let Err(e) = deploy(*d, groups, inboxes, registry, config, reports) {
                 tracing::error!(job = %job, attempt, error = %e, "deploying tasks failed");
                 inboxes.remove_attempt(&job, attempt);
-                let _ = reports.send(Reports {
-                    job,
-                    attempt,
-                    reports: Vec::new(),
-                    ended: Some(AttemptEnd {
-                        failure: Some(e.to_string()),
-                        counters: Vec::new(),
-                    }),
-                });
+                let why = Some(e.to_string());
+                let _ = reports.send(Reports::ended(job, attempt, why, Vec::new()));
             }
         }
     }
@@ -557,12 +565,7 @@ fn deploy(
                 (Some(e), _) => Some(e.to_string()),
             };
             tracing::info!(job = %key.0, attempt = key.1, failure = ?failure, "an attempt's tasks ended");
-            let _ = reports.send(Reports {
-                job: key.0,
-                attempt: key.1,
-                reports: Vec::new(),
-                ended: Some(AttemptEnd { failure, counters }),
-            });
+            let _ = reports.send(Reports::ended(key.0, key.1, failure, counters));
         })
         .map_err(|e| OxflowError::Server(format!("starting the attempt's watcher: {e}")))?;
     Ok(())

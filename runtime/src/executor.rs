@@ -166,6 +166,16 @@ pub fn commit_restored(sink: &dyn crate::sink::Sink, manifest: &Manifest) -> Res
     sink.roll_back_after(manifest.id)
 }
 
+/// Removes the working state an earlier (crashed) run left in `work`: its checkpoints hold
+/// all that counts.
+fn clear_work(work: &std::path::Path) -> Result<()> {
+    if work.exists() {
+        std::fs::remove_dir_all(work)
+            .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Runs `graph` to completion on the calling thread (subtasks on their own threads).
 pub fn execute(
     graph: JobGraph,
@@ -224,11 +234,7 @@ pub fn execute(
         None => scratch.clone(),
     };
     if let Some(work) = &work_root {
-        // Working state of an earlier (crashed) run: its checkpoints hold all that counts.
-        if work.exists() {
-            std::fs::remove_dir_all(work)
-                .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
-        }
+        clear_work(work)?;
     }
     let _scratch = ScratchDir(scratch);
     let shape = JobShape {
@@ -408,10 +414,7 @@ pub fn run_tasks(
         check_compatible(graph, r)?;
     }
     if let Some(work) = &options.work_root {
-        if work.exists() {
-            std::fs::remove_dir_all(work)
-                .map_err(|e| RuntimeError::io(format!("clearing {}", work.display()), e))?;
-        }
+        clear_work(work)?;
     }
     let trigger = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));

@@ -717,7 +717,8 @@ impl Inbox for WatchedInbox {
 /// streams to tasks on other workers. Its tasks' inboxes are registered for the streams
 /// other workers open to them, until the attempt is removed from the registry.
 pub struct ClusterChannels {
-    key: StreamKey,
+    job: String,
+    attempt: u64,
     here: BTreeMap<TaskId, SyncSender<Envelope>>,
     inboxes: BTreeMap<TaskId, Receiver<Envelope>>,
     placement: BTreeMap<TaskId, SocketAddr>,
@@ -775,14 +776,8 @@ impl ClusterChannels {
             inboxes.insert(task.id, rx);
         }
         ClusterChannels {
-            key: StreamKey {
-                job: wiring.job,
-                attempt: wiring.attempt,
-                task: TaskId {
-                    stage: 0,
-                    subtask: 0,
-                },
-            },
+            job: wiring.job,
+            attempt: wiring.attempt,
             here: senders,
             inboxes,
             placement: wiring.placement,
@@ -820,8 +815,9 @@ impl Channels for ClusterChannels {
             &self.runtime,
             address,
             StreamKey {
+                job: self.job.clone(),
+                attempt: self.attempt,
                 task: id,
-                ..self.key.clone()
             },
             &self.secret,
             self.capacity,

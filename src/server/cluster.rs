@@ -464,7 +464,11 @@ impl Driver {
         let mut cancel_sent = false;
         let mut lost = BTreeSet::new();
         let mut last_sum = Instant::now();
+        // Cancelled (by the job's owner or its coordinator) before any worker failed: the
+        // workers' parts then end as cancelled, which is no failure of theirs.
+        let mut cancelled_first = false;
         loop {
+            cancelled_first |= failure.is_none() && self.cancel.is_cancelled();
             let ended = self.run.ended.lock().expect("ended lock").clone();
             let t = self.trigger.load(Ordering::SeqCst);
             if t > triggered {
@@ -507,12 +511,9 @@ impl Driver {
             }
             for (w, why) in &ended {
                 if let Some(why) = why {
-                    if !self.cancel.is_cancelled() || failure.is_none() {
-                        failure.get_or_insert_with(|| format!("worker {w}: {why}"));
-                    }
+                    failure.get_or_insert_with(|| format!("worker {w}: {why}"));
                 }
             }
-            let cancelled_first = self.cancel.is_cancelled() && failure.is_none();
             if failure.is_some() && !self.cancel.is_cancelled() {
                 tracing::warn!(job = %job, attempt, failure = ?failure, "an attempt failed on the workers; cancelling it everywhere");
                 self.cancel.cancel();
