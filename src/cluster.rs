@@ -30,6 +30,7 @@ use oxflow_runtime::flight::{
 };
 use oxflow_runtime::metrics::JobMetrics;
 use oxflow_runtime::plan::TaskId;
+use oxflow_runtime::store::{PrefixedStore, StoreRef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -77,10 +78,26 @@ pub struct Deployment {
     pub secret: String,
     /// The job's checkpoint directory, shared with the server (none: checkpoints off).
     pub checkpoint_dir: Option<PathBuf>,
-    /// The checkpoint the tasks start from.
+    /// The checkpoint the tasks start from, in the shared checkpoint directory.
     pub restore: Option<PathBuf>,
+    /// With a checkpoint store: the tasks cut checkpoints in the worker's data directory,
+    /// upload their state files to the store, and restore from it.
+    #[serde(default)]
+    pub stored: Option<StoredCheckpoints>,
     /// The longest line a file source reads (the server's limit).
     pub max_line_bytes: usize,
+}
+
+/// A job's checkpoints in the server's checkpoint store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredCheckpoints {
+    /// The store, as the server names it (`s3://bucket/prefix`): the worker's own
+    /// `--checkpoint-store` must be the same.
+    pub store: String,
+    /// The job's part of the store.
+    pub prefix: String,
+    /// The checkpoint to restore (its state files are in the store).
+    pub restore: Option<oxflow_runtime::checkpoint::Manifest>,
 }
 
 /// What the server asks of a worker.
@@ -206,6 +223,9 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// The server's token.
     pub token: Option<String>,
+    /// The checkpoint store, the same as the server's (`--checkpoint-store`): needed for jobs
+    /// whose server keeps checkpoints in one.
+    pub checkpoint_store: Option<StoreRef>,
 }
 
 /// A running attempt's tasks on this worker.
@@ -469,6 +489,27 @@ fn handle(
     }
 }
 
+/// The job's part of this worker's checkpoint store, which must be the server's.
+fn job_store(config: &WorkerConfig, stored: &StoredCheckpoints) -> Result<StoreRef> {
+    let Some(store) = &config.checkpoint_store else {
+        return Err(OxflowError::Server(format!(
+            "the server keeps this job's checkpoints in {}, and this worker has no checkpoint store: start it with --checkpoint-store {}",
+            stored.store, stored.store
+        )));
+    };
+    if store.0.describe() != stored.store {
+        return Err(OxflowError::Server(format!(
+            "the server keeps this job's checkpoints in {}, this worker's --checkpoint-store is {}",
+            stored.store,
+            store.0.describe()
+        )));
+    }
+    Ok(StoreRef(Arc::new(PrefixedStore::new(
+        store.0.clone(),
+        &stored.prefix,
+    )?)))
+}
+
 /// Starts a deployment's tasks, and a thread that reports their end.
 fn deploy(
     d: Deployment,
@@ -499,15 +540,56 @@ fn deploy(
         cancel.clone(),
         failure.clone(),
     );
-    let restore = d
-        .restore
-        .as_deref()
-        .map(oxflow_runtime::checkpoint::load)
-        .transpose()?;
-    let work = config
-        .data_dir
-        .join("work")
-        .join(format!("{}-{}", d.job, d.attempt));
+    let attempt_dir = |what: &str| {
+        config
+            .data_dir
+            .join(what)
+            .join(format!("{}-{}", d.job, d.attempt))
+    };
+    let work = attempt_dir("work");
+    // Removed with the work directory when the attempt ends.
+    let (local_checkpoints, fetched) = (attempt_dir("checkpoints"), attempt_dir("restore"));
+    let (checkpoint_root, store, restore) = match &d.stored {
+        None => (
+            d.checkpoint_dir.clone(),
+            None,
+            d.restore
+                .as_deref()
+                .map(oxflow_runtime::checkpoint::load)
+                .transpose()?,
+        ),
+        Some(stored) => {
+            let store = job_store(config, stored)?;
+            let restore = match &stored.restore {
+                None => None,
+                Some(manifest) => {
+                    // Only the old subtasks whose state this worker's tasks take.
+                    let wanted = |stage: usize, old: usize, parallelism: usize| {
+                        d.tasks.iter().any(|&id| {
+                            id.stage == stage
+                                && plan
+                                    .task(id)
+                                    .is_some_and(|t| t.restores_from(parallelism).contains(&old))
+                        })
+                    };
+                    let started = Instant::now();
+                    let (restored, bytes) = oxflow_runtime::store::fetch_state(
+                        store.0.as_ref(),
+                        &fetched,
+                        manifest.clone(),
+                        wanted,
+                    )?;
+                    tracing::info!(job = %d.job, attempt = d.attempt, checkpoint = manifest.id, bytes, ms = started.elapsed().as_millis() as u64, "state downloaded from the checkpoint store");
+                    Some(restored)
+                }
+            };
+            (
+                d.checkpoint_dir.as_ref().map(|_| local_checkpoints.clone()),
+                Some(store),
+                restore,
+            )
+        }
+    };
     let metrics = JobMetrics::default();
     let forward = {
         let (job, attempt, reports) = (d.job.clone(), d.attempt, reports.clone());
@@ -528,10 +610,11 @@ fn deploy(
         Arc::new(oxflow_runtime::clock::SystemClock::new()),
         cancel.clone(),
         TaskGroupOptions {
-            checkpoint_root: d.checkpoint_dir.clone(),
+            checkpoint_root,
             work_root: Some(work.clone()),
             state,
             restore,
+            store,
         },
         forward,
     )?;
@@ -557,7 +640,9 @@ fn deploy(
                 .remove(&key)
                 .map(|g| g.metrics.snapshot())
                 .unwrap_or_default();
-            let _ = std::fs::remove_dir_all(&work);
+            for dir in [&work, &local_checkpoints, &fetched] {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             // A broken stream says why; the tasks it cancelled only say "cancelled".
             let failure = match (error, failure.get()) {
                 (None, _) => None,

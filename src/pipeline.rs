@@ -1187,16 +1187,26 @@ impl Job {
                         ))
                     }
                 };
-                if let Some(store) = options.checkpoints.as_ref().and_then(|c| c.store.clone()) {
-                    // A newer checkpoint in the store (this machine's were lost, or another
-                    // ran the job last) is downloaded first; the local ones decide otherwise.
-                    let (fetched, passed_over) =
-                        oxflow_runtime::store::fetch_latest(store.0.as_ref(), &dir)?;
-                    if let Some(id) = fetched {
-                        tracing::info!(checkpoint = id, store = ?store, passed_over = passed_over.len(), "restoring a checkpoint from the store");
+                let store = options.checkpoints.as_ref().and_then(|c| c.store.clone());
+                let (found, skipped) = match store {
+                    // Tasks on workers upload their state to the store and download their
+                    // part of it: here, only the manifest counts.
+                    Some(store) if options.remote.is_some() => {
+                        oxflow_runtime::store::latest_manifest(store.0.as_ref(), &dir)?
                     }
-                }
-                let (found, skipped) = checkpoint::latest(&dir)?;
+                    Some(store) => {
+                        // A newer checkpoint in the store (this machine's were lost, or
+                        // another ran the job last) is downloaded first; the local ones
+                        // decide otherwise.
+                        let (fetched, passed_over) =
+                            oxflow_runtime::store::fetch_latest(store.0.as_ref(), &dir)?;
+                        if let Some(id) = fetched {
+                            tracing::info!(checkpoint = id, store = ?store, passed_over = passed_over.len(), "restoring a checkpoint from the store");
+                        }
+                        checkpoint::latest(&dir)?
+                    }
+                    None => checkpoint::latest(&dir)?,
+                };
                 if found.is_none() {
                     tracing::warn!(
                         dir = %dir.display(),

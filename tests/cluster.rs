@@ -15,13 +15,14 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn spawn_worker(url: &str, token_file: &Path, data: &Path) -> Spawned {
+fn spawn_worker(url: &str, token_file: &Path, data: &Path, extra: &[String]) -> Spawned {
     Spawned(
         std::process::Command::new(env!("CARGO_BIN_EXE_oxflow"))
             .args(["worker", "--server", url, "--slots", "8", "--token-file"])
             .arg(token_file)
             .arg("--data-dir")
             .arg(data)
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -38,22 +39,27 @@ struct Cluster {
     url: String,
     token_file: std::path::PathBuf,
     root: std::path::PathBuf,
+    /// Arguments every process of the cluster takes (`--checkpoint-store`).
+    shared: Vec<String>,
 }
 
 impl Cluster {
     async fn start(root: &Path, workers: usize) -> Cluster {
+        Cluster::start_with(root, workers, Vec::new()).await
+    }
+
+    /// A cluster whose server and workers all take `shared` too.
+    async fn start_with(root: &Path, workers: usize, shared: Vec<String>) -> Cluster {
         let port = free_port();
         let data = root.join("server");
-        let server = spawn_server(
-            port,
-            &data,
-            &[
-                "--allow-path".as_ref(),
-                root.as_os_str(),
-                "--worker-timeout-ms".as_ref(),
-                "3000".as_ref(),
-            ],
-        );
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--allow-path".as_ref(),
+            root.as_os_str(),
+            "--worker-timeout-ms".as_ref(),
+            "3000".as_ref(),
+        ];
+        args.extend(shared.iter().map(|a| std::ffi::OsStr::new(a.as_str())));
+        let server = spawn_server(port, &data, &args);
         let url = format!("http://127.0.0.1:{port}");
         let anonymous = Client::new(&url, None).unwrap();
         let started = Instant::now();
@@ -75,6 +81,7 @@ impl Cluster {
             url,
             token_file,
             root: root.to_path_buf(),
+            shared,
         };
         for _ in 0..workers {
             cluster.add_worker();
@@ -85,8 +92,12 @@ impl Cluster {
 
     fn add_worker(&mut self) {
         let dir = self.root.join(format!("worker-{}", self.workers.len()));
-        self.workers
-            .push(spawn_worker(&self.url, &self.token_file, &dir));
+        self.workers.push(spawn_worker(
+            &self.url,
+            &self.token_file,
+            &dir,
+            &self.shared,
+        ));
     }
 
     async fn workers(&self) -> Vec<Value> {
@@ -112,6 +123,23 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Kills worker `index` with SIGKILL, starts a replacement, and waits for job `id` to
+    /// end, which it must after at least one restart: its last status.
+    async fn kill_and_replace(&mut self, index: usize, id: &str) -> Value {
+        let victim = &mut self.workers[index];
+        victim.kill().unwrap(); // SIGKILL
+        victim.wait().unwrap();
+        self.add_worker();
+        let status = self
+            .wait_for(id, "the job after the kill", |s| {
+                state(s) != "RUNNING" && state(s) != "RESTARTING"
+            })
+            .await;
+        assert_eq!(state(&status), "FINISHED", "{status}");
+        assert!(status["restarts"].as_u64().unwrap_or(0) >= 1, "{status}");
+        status
     }
 
     async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -310,17 +338,7 @@ async fn a_killed_worker_is_replaced_and_the_output_is_exactly_once() {
         })
         .unwrap_or(0);
     assert!(records > 0, "{running}");
-    let victim = &mut cluster.workers[1];
-    victim.kill().unwrap(); // SIGKILL
-    victim.wait().unwrap();
-    cluster.add_worker();
-    let status = cluster
-        .wait_for(&id, "the job after the kill", |s| {
-            state(s) != "RUNNING" && state(s) != "RESTARTING"
-        })
-        .await;
-    assert_eq!(state(&status), "FINISHED", "{status}");
-    assert!(status["restarts"].as_u64().unwrap_or(0) >= 1, "{status}");
+    let status = cluster.kill_and_replace(1, &id).await;
     let failures = status["failures"].to_string();
     assert!(failures.contains("worker"), "{failures}");
     let expected = in_one_process(&spec, tmp.path());
@@ -328,5 +346,116 @@ async fn a_killed_worker_is_replaced_and_the_output_is_exactly_once() {
     assert!(
         committed_lines(&out) == expected,
         "the output after the kill differs"
+    );
+}
+
+/// Every file under `dir` whose name ends in `.sst` (RocksDB's state files).
+fn state_files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(state_files_under(&path));
+        } else if path.extension().is_some_and(|e| e == "sst") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// With a checkpoint store, the workers (each with a data directory of its own) upload
+/// their subtasks' state there and restore from it: a worker killed mid-job is replaced and
+/// the output is exact, with no state file in the server's checkpoint directory. Then a
+/// stop with a savepoint, resubmitted at another parallelism, goes on from the savepoint:
+/// each subtask downloads only the old subtasks' state overlapping its key groups, and the
+/// output is that of one uninterrupted run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_keep_state_in_the_checkpoint_store_and_rescale_from_a_savepoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", tmp.path().join("store").display());
+    state_through_the_store(tmp.path(), store).await;
+    // Stored by content, not as RocksDB's files.
+    let stored = state_files_under(&tmp.path().join("store"));
+    assert!(stored.is_empty(), "{stored:?}");
+    let jobs = std::fs::read_dir(tmp.path().join("store/jobs")).unwrap();
+    for job in jobs {
+        let files = job.unwrap().path().join("files");
+        assert!(std::fs::read_dir(&files).unwrap().count() > 0, "{files:?}");
+    }
+}
+
+/// The same through a real S3-protocol server (`scripts/s3.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an S3 server: scripts/s3.sh start, and the variables of scripts/s3.sh env"]
+async fn s3_workers_keep_state_in_an_s3_checkpoint_store() {
+    let need =
+        |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("needs {v}: scripts/s3.sh env"));
+    let store = format!(
+        "s3://{}/{}?endpoint={}",
+        need("OXFLOW_S3_BUCKET"),
+        common::unique("cluster"),
+        need("OXFLOW_S3_ENDPOINT")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    state_through_the_store(tmp.path(), store).await;
+}
+
+async fn state_through_the_store(root: &Path, store: String) {
+    let tmp = root;
+    let mut cluster = Cluster::start_with(tmp, 3, vec!["--checkpoint-store".into(), store]).await;
+    let out = tmp.join("out");
+    let q5 = spec(query("q5", 400_000, Some(50_000.0)), &out, 5);
+    let id = cluster.client.submit(&q5, None).await.unwrap();
+    cluster
+        .wait_for(&id, "checkpoints before the kill", |s| {
+            s["checkpoint"]["completed"].as_u64().unwrap_or(0) >= 3
+        })
+        .await;
+    cluster.kill_and_replace(0, &id).await;
+    let expected = in_one_process(&q5, &tmp.join("reference"));
+    assert!(!expected.is_empty());
+    assert!(
+        committed_lines(&out) == expected,
+        "the output after the kill differs"
+    );
+    // The state went through the store, not through the server's directory.
+    let server_files = state_files_under(&tmp.join("server"));
+    assert!(server_files.is_empty(), "{server_files:?}");
+
+    // Stop with a savepoint at parallelism 3, go on at 2.
+    let out = tmp.join("rescaled");
+    let mut first = spec(query("q7", 400_000, Some(50_000.0)), &out, 5);
+    first.parallelism = Some(3);
+    let id = cluster.client.submit(&first, None).await.unwrap();
+    cluster
+        .wait_for(&id, "checkpoints before the stop", |s| {
+            s["checkpoint"]["completed"].as_u64().unwrap_or(0) >= 3
+        })
+        .await;
+    let savepoint = cluster.client.stop(&id).await.unwrap();
+    let sst = state_files_under(Path::new(&savepoint));
+    assert!(
+        !sst.is_empty(),
+        "the savepoint holds the state: {savepoint}"
+    );
+    let mut second = first.clone();
+    second.parallelism = Some(2);
+    let id = cluster
+        .client
+        .submit(&second, Some(Path::new(&savepoint)))
+        .await
+        .unwrap();
+    let status = cluster
+        .wait_for(&id, "the rescaled job", |s| state(s) != "RUNNING")
+        .await;
+    assert_eq!(state(&status), "FINISHED", "{status}");
+    let expected = in_one_process(&first, &tmp.join("reference-q7"));
+    assert!(!expected.is_empty());
+    assert!(
+        committed_lines(&out) == expected,
+        "the rescaled output differs"
     );
 }

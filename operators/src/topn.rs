@@ -89,6 +89,11 @@ impl WindowTopN {
 }
 
 impl OperatorFactory for WindowTopN {
+    /// Without keys, it is the local phase of a top-N over the whole stream, ahead of its
+    /// own exchange: its rows may be of any key group.
+    fn state_in_own_key_groups(&self) -> bool {
+        !self.settings.keys.is_empty() || self.settings.window == WindowSpec::Inherited
+    }
     fn name(&self) -> String {
         "window-top-n".into()
     }

@@ -595,6 +595,11 @@ impl WindowAggregate {
 }
 
 impl OperatorFactory for WindowAggregate {
+    /// A local phase pre-aggregates ahead of its own exchange: its partials may be of any
+    /// key group.
+    fn state_in_own_key_groups(&self) -> bool {
+        self.phase != Phase::Local && !self.settings.keys.is_empty()
+    }
     fn name(&self) -> String {
         match self.phase {
             Phase::Single => "window-aggregate",

@@ -131,6 +131,7 @@ mod tests {
                 max_parallelism: 128,
             },
             key_groups: 0..128,
+            keyed: false,
             reads_source,
             inbound: if reads_source { vec![] } else { vec![0] },
             output: TaskOutput::Sink,

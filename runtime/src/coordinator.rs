@@ -12,7 +12,7 @@ use crate::error::{Result, RuntimeError};
 use crate::metrics::{CheckpointHistory, CheckpointRecord, CheckpointStatus, Counter, JobMetrics};
 use crate::sink::{PendingCommit, SinkRef};
 use crate::source::SourceReader;
-use crate::store::upload;
+use crate::store::{save_checkpoint, upload};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -222,6 +222,9 @@ pub(crate) struct Coordinator {
     last_trigger: Instant,
     /// When a checkpoint last ended (completed or abandoned), for the minimum pause.
     last_done: Instant,
+    /// Whether the tasks upload their state files to the store themselves (they run on
+    /// workers): the checkpoint directory then holds manifests only.
+    pub(crate) state_in_store: bool,
 }
 
 impl Coordinator {
@@ -264,6 +267,7 @@ impl Coordinator {
             pending: None,
             last_trigger: Instant::now(),
             last_done: Instant::now(),
+            state_in_store: false,
         }
     }
 
@@ -546,10 +550,17 @@ impl Coordinator {
             new_state_bytes = manifest.new_state_bytes,
             "checkpoint completed"
         );
-        let root = &self.config.as_ref().expect("checkpoints are on").dir;
+        let config = self.config.as_ref().expect("checkpoints are on");
         for (name, reply) in p.savepoints {
-            let target = root.join("savepoints").join(&name);
-            let _ = reply.send(copy_checkpoint(&dir, &target).map(|_| target));
+            let target = config.dir.join("savepoints").join(&name);
+            let saved = match &config.store {
+                // The state files are in the store, not here.
+                Some(store) if self.state_in_store => {
+                    save_checkpoint(store.0.as_ref(), &manifest, &target)
+                }
+                _ => copy_checkpoint(&dir, &target),
+            };
+            let _ = reply.send(saved.map(|_| target));
         }
         Ok(())
     }

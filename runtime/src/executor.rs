@@ -32,13 +32,16 @@ use crate::operator::{Operator, Output, SubtaskInfo};
 use crate::plan::{PhysicalPlan, TaskId, TaskOutput, TaskPlan};
 use crate::sink::SinkWriter;
 use crate::source::SourcePoll;
-use crate::state::{read_state, StateBackend, StateSnapshot, StateStorage, StoreUse};
+use crate::state::{
+    read_state, restore_sources, StateBackend, StateSnapshot, StateStorage, StoreUse,
+};
+use crate::store::{upload_files, StoreRef};
 use crate::watermark::{
     InputWatermarks, PartitionWatermarks, WatermarkGenerator, WatermarkStrategy, WatermarkUpdate,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
@@ -267,6 +270,11 @@ pub fn execute(
         &metrics,
         options.history.clone(),
     );
+    coordinator.state_in_store = options.remote.is_some()
+        && options
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| c.store.is_some());
     let trigger = coordinator.trigger.clone();
     let completed = coordinator.completed.clone();
     let (report_tx, report_rx) = channel::<Report>();
@@ -287,7 +295,7 @@ pub fn execute(
                 trigger: trigger.clone(),
                 completed: completed.clone(),
                 cancel: cancel.clone(),
-                restore: restore.as_ref().map(|r| r.dir.clone()),
+                restore: restore.as_deref().cloned(),
             };
             if let Err(e) = remote.start(run) {
                 cancel.cancel();
@@ -308,6 +316,8 @@ pub fn execute(
                 work_root: work_root.as_ref(),
                 storage: options.state,
                 restore: restore.as_ref(),
+                // The coordinator copies completed checkpoints to the store itself.
+                store: None,
                 reports: &report_tx,
                 trigger: &trigger,
                 completed: &completed,
@@ -370,6 +380,9 @@ pub struct TaskGroupOptions {
     pub state: StateStorage,
     /// The checkpoint the tasks start from.
     pub restore: Option<Restored>,
+    /// Where each subtask uploads the state files of its checkpoints before acknowledging
+    /// them (none: they stay in `checkpoint_root`, which the coordinator reads).
+    pub store: Option<StoreRef>,
 }
 
 /// A worker's part of a job, running: its tasks, and a thread handing their reports on.
@@ -430,6 +443,7 @@ pub fn run_tasks(
         work_root: options.work_root.as_ref(),
         storage: options.state,
         restore: restore.as_ref(),
+        store: options.store.as_ref(),
         reports: &report_tx,
         trigger: &trigger,
         completed: &completed,
@@ -577,6 +591,7 @@ struct TaskContext<'a> {
     work_root: Option<&'a PathBuf>,
     storage: StateStorage,
     restore: Option<&'a Arc<Restored>>,
+    store: Option<&'a StoreRef>,
     reports: &'a Sender<Report>,
     trigger: &'a Arc<AtomicU64>,
     completed: &'a Arc<AtomicU64>,
@@ -695,7 +710,10 @@ impl TaskContext<'_> {
             stage: s,
             info,
             key_groups: task.key_groups.clone(),
+            keyed: task.keyed,
             root: self.checkpoint_root.clone(),
+            store: self.store.cloned(),
+            uploaded: BTreeSet::new(),
             work: self.work_root.map(|w| w.join(format!("stage{s}-{index}"))),
             reports: self.reports.clone(),
             storage: self.storage,
@@ -898,8 +916,14 @@ struct TaskCheckpointing {
     info: SubtaskInfo,
     /// The key groups whose state it restores: its plan's.
     key_groups: std::ops::Range<usize>,
+    /// Whether its state lies in its key groups only (its plan's).
+    keyed: bool,
     /// The checkpoint directory (none: checkpoints are off).
     root: Option<PathBuf>,
+    /// Where it uploads its checkpoints' state files (a worker's subtask), and the keys it
+    /// uploaded so far in this attempt: a checkpoint uploads only the files that are new.
+    store: Option<StoreRef>,
+    uploaded: BTreeSet<String>,
     /// This subtask's RocksDB working directory.
     work: Option<PathBuf>,
     reports: Sender<Report>,
@@ -907,7 +931,7 @@ struct TaskCheckpointing {
     /// Opened at the first snapshot that holds state (at the start with state in RocksDB).
     backend: Option<StateBackend>,
     /// The slow part of the previous snapshot (RocksDB checkpoint, checksums).
-    background: Option<std::thread::JoinHandle<StateBackend>>,
+    background: Option<std::thread::JoinHandle<(StateBackend, BTreeSet<String>)>>,
     restore: Option<Arc<Restored>>,
     /// The longest any subtask took to load its state (a gauge).
     restore_ms: Counter,
@@ -921,7 +945,7 @@ impl TaskCheckpointing {
 
     fn wait_for_background(&mut self) -> Result<()> {
         if let Some(handle) = self.background.take() {
-            let backend = handle.join().map_err(|_| RuntimeError::Panic {
+            let (backend, uploaded) = handle.join().map_err(|_| RuntimeError::Panic {
                 task: format!(
                     "checkpoint of stage {} subtask {}",
                     self.stage, self.info.index
@@ -929,6 +953,7 @@ impl TaskCheckpointing {
                 message: "thread panicked".into(),
             })?;
             self.backend = Some(backend);
+            self.uploaded = uploaded;
         }
         Ok(())
     }
@@ -961,9 +986,15 @@ impl TaskCheckpointing {
             return Ok(());
         };
         let old = &r.manifest.stages[self.stage].subtasks;
-        let dirs: Vec<PathBuf> = old
-            .iter()
-            .filter_map(|t| t.state_dir.as_ref().map(|d| r.dir.join(d)))
+        let sources = restore_sources(
+            self.keyed,
+            &self.key_groups,
+            old.len(),
+            self.info.max_parallelism,
+        );
+        let dirs: Vec<PathBuf> = sources
+            .into_iter()
+            .filter_map(|j| old[j].state_dir.as_ref().map(|d| r.dir.join(d)))
             .collect();
         let info = self.info;
         let started = Instant::now();
@@ -1047,6 +1078,8 @@ impl TaskCheckpointing {
             .clone()
             .expect("a backend exists only with checkpoints on");
         let reports = self.reports.clone();
+        let store = self.store.clone();
+        let mut uploaded = std::mem::take(&mut self.uploaded);
         // Operators keeping state in the store write nothing until the copy is cut.
         backend.freeze();
         let handle = std::thread::Builder::new()
@@ -1056,7 +1089,20 @@ impl TaskCheckpointing {
                 let relative = format!("stage{stage}-{subtask}");
                 let result = std::fs::create_dir_all(&dir)
                     .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))
-                    .and_then(|_| backend.checkpoint(&dir.join(&relative), &dir));
+                    .and_then(|_| backend.checkpoint(&dir.join(&relative), &dir))
+                    .and_then(|mut files| {
+                        let Some(store) = &store else {
+                            return Ok(files);
+                        };
+                        // In the store before the acknowledgement: the coordinator's
+                        // manifest only names files the store holds. The local copy (hard
+                        // links) is then of no further use.
+                        files.new_bytes =
+                            upload_files(store.0.as_ref(), &dir, &files.files, &mut uploaded)?;
+                        let _ = std::fs::remove_dir_all(dir.join(&relative));
+                        let _ = std::fs::remove_dir(&dir);
+                        Ok(files)
+                    });
                 let report = match result {
                     Ok(files) => {
                         snapshot.state_dir = Some(relative);
@@ -1076,7 +1122,7 @@ impl TaskCheckpointing {
                     },
                 };
                 let _ = reports.send(report.into());
-                backend
+                (backend, uploaded)
             })
             .map_err(|e| RuntimeError::io("spawning a snapshot thread", e))?;
         self.background = Some(handle);

@@ -11,7 +11,6 @@ use crate::coordinator::ReportSender;
 use crate::error::{Result, RuntimeError};
 use crate::executor::CancelHandle;
 use crate::plan::PhysicalPlan;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,8 +28,9 @@ pub struct RemoteRun {
     pub completed: Arc<AtomicU64>,
     /// Cancelled when the job is to stop; the launcher cancels it when a task fails.
     pub cancel: CancelHandle,
-    /// The checkpoint directory the tasks restore from.
-    pub restore: Option<PathBuf>,
+    /// The checkpoint the tasks restore from (its state files in its directory, or, with
+    /// a checkpoint store, in the store).
+    pub restore: Option<crate::checkpoint::Restored>,
 }
 
 /// Runs a job's tasks outside this process.

@@ -190,6 +190,13 @@ pub trait OperatorFactory: Send + Sync {
     fn state_fingerprint(&self) -> String {
         schema_fingerprint(&self.name(), &[&self.output_schema()])
     }
+    /// Whether each subtask's keyed state lies in the key groups it owns: true for an
+    /// operator keyed by the exchange into its stage. A pre-aggregate chained ahead of its
+    /// own exchange (a local phase) keeps entries of any key group and says false; a restore
+    /// of its stage then reads every old subtask, not only those of overlapping key groups.
+    fn state_in_own_key_groups(&self) -> bool {
+        true
+    }
     /// Creates the operator for one subtask.
     fn create(&self, subtask: SubtaskInfo) -> Result<Box<dyn Operator>>;
     /// Counters the operator keeps besides records in and out (e.g. late records), shared

@@ -73,12 +73,30 @@ pub struct TaskPlan {
     pub info: SubtaskInfo,
     /// The key groups whose state and keyed records it owns.
     pub key_groups: Range<usize>,
+    /// Whether every input is a hash exchange and every operator keeps its state by that
+    /// exchange's key: its state then lies in its own key groups only
+    /// ([`crate::state::restore_sources`]).
+    #[serde(default)]
+    pub keyed: bool,
     /// Whether it reads a source split (then `inbound` is empty).
     pub reads_source: bool,
     /// The stage input each channel of its inbox belongs to, by channel number.
     pub inbound: Vec<usize>,
     /// Where its output goes.
     pub output: TaskOutput,
+}
+
+impl TaskPlan {
+    /// Which subtasks of its stage in a checkpoint taken at `old_parallelism` hold state it
+    /// restores.
+    pub fn restores_from(&self, old_parallelism: usize) -> Vec<usize> {
+        crate::state::restore_sources(
+            self.keyed,
+            &self.key_groups,
+            old_parallelism,
+            self.info.max_parallelism,
+        )
+    }
 }
 
 /// Every task of a job, in order of stage, then subtask.
@@ -112,6 +130,12 @@ impl PhysicalPlan {
         let consumers = graph.consumers();
         let mut tasks = Vec::new();
         for (s, stage) in graph.stages.iter().enumerate() {
+            let edges = stage.input.edges(s);
+            let keyed = !edges.is_empty()
+                && edges
+                    .iter()
+                    .all(|e| matches!(e.partitioning, Partitioning::Hash(_)))
+                && stage.operators.iter().all(|o| o.state_in_own_key_groups());
             // The edge this stage feeds: the next stage's tasks, the channels' first number.
             let consumer = consumers[s].map(|(t, k)| OutputEdge {
                 partitioning: graph.stages[t].input.edges(t)[k].partitioning.clone(),
@@ -144,6 +168,7 @@ impl PhysicalPlan {
                     name: format!("{}[{}/{}]", stage.name, subtask + 1, stage.parallelism),
                     info,
                     key_groups: key_group_range(subtask, stage.parallelism, graph.max_parallelism),
+                    keyed,
                     reads_source: matches!(stage.input, StageInput::Source { .. }),
                     inbound: inbound[s].clone(),
                     output,

@@ -90,6 +90,33 @@ pub fn key_group_range(index: usize, parallelism: usize, max_parallelism: usize)
     start..end
 }
 
+/// Which of a stage's `old_parallelism` checkpointed subtasks hold state a subtask owning
+/// `key_groups` restores. A stage fed by hash exchanges only (`keyed`) keeps each entry in
+/// the subtask owning its key group, so only the old subtasks whose key groups overlap count
+/// (a restore, local or from a checkpoint store, reads only those); any other stage (a
+/// source's chain, a two-phase aggregate's pre-aggregate) may hold entries of any key group in
+/// any subtask, so every old subtask counts.
+///
+/// ```
+/// use oxflow_runtime::state::{key_group_range, restore_sources};
+/// // From 3 subtasks to 2: the new first (key groups 0..64) reads old 0 (0..43) and 1 (43..86).
+/// assert_eq!(restore_sources(true, &key_group_range(0, 2, 128), 3, 128), vec![0, 1]);
+/// assert_eq!(restore_sources(false, &key_group_range(0, 2, 128), 3, 128), vec![0, 1, 2]);
+/// ```
+pub fn restore_sources(
+    keyed: bool,
+    key_groups: &Range<usize>,
+    old_parallelism: usize,
+    max_parallelism: usize,
+) -> Vec<usize> {
+    (0..old_parallelism)
+        .filter(|&j| {
+            let old = key_group_range(j, old_parallelism, max_parallelism);
+            !keyed || (old.start < key_groups.end && key_groups.start < old.end)
+        })
+        .collect()
+}
+
 /// The changes one operator makes to its stored state at a checkpoint barrier.
 #[derive(Debug, Default)]
 pub struct StateSnapshot {
@@ -704,6 +731,28 @@ pub fn decode_batch(bytes: &[u8], what: &str) -> Result<RecordBatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// A keyed subtask restores from exactly the old subtasks that owned one of its key
+        /// groups (counted key group by key group); any other from all of them.
+        #[test]
+        fn restore_sources_are_the_old_owners_of_its_key_groups(
+            max in 1usize..300,
+            old in 1usize..40,
+            new in 1usize..40,
+            keyed: bool,
+        ) {
+            let (old, new) = (old.min(max), new.min(max));
+            for i in 0..new {
+                let mine = key_group_range(i, new, max);
+                let naive: Vec<usize> = (0..old)
+                    .filter(|&j| !keyed || mine.clone().any(|kg| key_group_range(j, old, max).contains(&kg)))
+                    .collect();
+                proptest::prop_assert_eq!(restore_sources(keyed, &mine, old, max), naive);
+            }
+        }
+    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]

@@ -19,7 +19,7 @@
 //! store's newest checkpoints and the files they name. Savepoints stay local.
 
 use crate::checkpoint::{
-    checkpoint_dir, checkpoint_ids, parse_manifest, verify, Manifest, MANIFEST,
+    checkpoint_dir, checkpoint_ids, parse_manifest, verify, Manifest, Restored, MANIFEST,
 };
 use crate::error::{Result, RuntimeError};
 use crate::state::FileEntry;
@@ -96,9 +96,33 @@ pub fn upload(
     manifest: &Manifest,
     retained: usize,
 ) -> Result<u64> {
-    let held: BTreeSet<String> = store.list(FILES)?.into_iter().collect();
+    let mut held: BTreeSet<String> = store.list(FILES)?.into_iter().collect();
+    let mut uploaded = upload_files(store, dir, state_files(manifest), &mut held)?;
+    let path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&path).map_err(RuntimeError::io_while(format!(
+        "reading {} to upload it",
+        path.display()
+    )))?;
+    uploaded += bytes.len() as u64;
+    store.put(&manifest_key(manifest.id), bytes)?;
+    retain(store, retained)?;
+    Ok(uploaded)
+}
+
+/// Copies the state `files` (paths relative to `dir`) that `held` lacks to the store, and
+/// adds them to it; returns the bytes uploaded. A worker's subtask calls this for its own
+/// files before it acknowledges a checkpoint, with `held` what it uploaded earlier in the
+/// attempt (content-addressed keys: a file named there is in the store until a completed
+/// checkpoint's retention drops it, and each one the subtask still has is named by the last
+/// completed checkpoint).
+pub fn upload_files<'a>(
+    store: &dyn CheckpointStore,
+    dir: &Path,
+    files: impl IntoIterator<Item = &'a FileEntry>,
+    held: &mut BTreeSet<String>,
+) -> Result<u64> {
     let mut uploaded = 0;
-    for file in state_files(manifest) {
+    for file in files {
         let key = file_key(file);
         if held.contains(&key) {
             continue;
@@ -110,15 +134,8 @@ pub fn upload(
         )))?;
         uploaded += bytes.len() as u64;
         store.put(&key, bytes)?;
+        held.insert(key);
     }
-    let path = dir.join(MANIFEST);
-    let bytes = std::fs::read(&path).map_err(RuntimeError::io_while(format!(
-        "reading {} to upload it",
-        path.display()
-    )))?;
-    uploaded += bytes.len() as u64;
-    store.put(&manifest_key(manifest.id), bytes)?;
-    retain(store, retained)?;
     Ok(uploaded)
 }
 
@@ -190,24 +207,7 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
     let dir = checkpoint_dir(root, id);
     let _ = std::fs::remove_dir_all(&dir);
     for file in state_files(&manifest) {
-        let key = file_key(file);
-        let file_bytes = store.get(&key)?.ok_or_else(|| {
-            store_error(
-                store,
-                format!("checkpoint {id} names {key}, which is missing"),
-            )
-        })?;
-        let path = dir.join(&file.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(RuntimeError::io_while(format!(
-                "creating {}",
-                parent.display()
-            )))?;
-        }
-        std::fs::write(&path, file_bytes).map_err(RuntimeError::io_while(format!(
-            "writing {}",
-            path.display()
-        )))?;
+        fetch_file(store, &dir, id, file)?;
     }
     // Checked before the manifest makes the copy a complete checkpoint.
     let staged = dir.join(format!("{MANIFEST}.store"));
@@ -225,6 +225,155 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
         staged.display()
     )))?;
     crate::checkpoint::sync_dir(&dir)
+}
+
+/// Makes sure the store holds every state file of checkpoint `restored` before a cluster's
+/// workers restore from it: those it lacks are uploaded from the checkpoint's directory (a
+/// savepoint, or a checkpoint taken in one process). Returns the bytes uploaded.
+pub fn ensure_files(store: &dyn CheckpointStore, restored: &Restored) -> Result<u64> {
+    let mut held: BTreeSet<String> = store.list(FILES)?.into_iter().collect();
+    upload_files(
+        store,
+        &restored.dir,
+        state_files(&restored.manifest),
+        &mut held,
+    )
+}
+
+/// Copies checkpoint `manifest`, whose state files are in the store, to `target` as a
+/// complete checkpoint directory (a savepoint of a job whose tasks ran on workers).
+pub fn save_checkpoint(
+    store: &dyn CheckpointStore,
+    manifest: &Manifest,
+    target: &Path,
+) -> Result<()> {
+    if target.exists() {
+        return Err(RuntimeError::Checkpoint(format!(
+            "savepoint {} already exists",
+            target.display()
+        )));
+    }
+    let staged = target.with_extension("inprogress");
+    let _ = std::fs::remove_dir_all(&staged);
+    for file in state_files(manifest) {
+        fetch_file(store, &staged, manifest.id, file)?;
+    }
+    std::fs::create_dir_all(&staged).map_err(RuntimeError::io_while(format!(
+        "creating {}",
+        staged.display()
+    )))?;
+    crate::checkpoint::write_manifest(&staged, manifest)?;
+    verify(&staged, manifest)?;
+    std::fs::rename(&staged, target).map_err(RuntimeError::io_while(format!(
+        "renaming {}",
+        staged.display()
+    )))
+}
+
+/// Downloads state file `file` of checkpoint `id` into `dir`.
+fn fetch_file(store: &dyn CheckpointStore, dir: &Path, id: u64, file: &FileEntry) -> Result<u64> {
+    let key = file_key(file);
+    let bytes = store.get(&key)?.ok_or_else(|| {
+        store_error(
+            store,
+            format!("checkpoint {id} names {key}, which is missing"),
+        )
+    })?;
+    let path = dir.join(&file.path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(RuntimeError::io_while(format!(
+            "creating {}",
+            parent.display()
+        )))?;
+    }
+    let size = bytes.len() as u64;
+    std::fs::write(&path, bytes).map_err(RuntimeError::io_while(format!(
+        "writing {}",
+        path.display()
+    )))?;
+    Ok(size)
+}
+
+/// The newest checkpoint of the store whose manifest reads and whose every state file is in
+/// the store, its manifest written into `root` (the state files stay in the store: a cluster's
+/// workers download their parts, [`fetch_state`]). Checkpoints passed over are named.
+///
+/// A checkpoint whose manifest is in `root` but not in the store counts for nothing: with a
+/// store, a checkpoint is complete once its manifest is there.
+pub fn latest_manifest(
+    store: &dyn CheckpointStore,
+    root: &Path,
+) -> Result<(Option<Restored>, Vec<String>)> {
+    let held: BTreeSet<String> = store.list(FILES)?.into_iter().collect();
+    let mut skipped = Vec::new();
+    for id in store_ids(store)? {
+        let manifest = match fetch_manifest(store, id) {
+            Ok(Some((manifest, _))) => manifest,
+            Ok(None) => continue,
+            Err(e) => {
+                skipped.push(e.to_string());
+                continue;
+            }
+        };
+        if let Some(missing) = state_files(&manifest)
+            .map(file_key)
+            .find(|k| !held.contains(k))
+        {
+            let why = store_error(
+                store,
+                format!("checkpoint {id} names {missing}, which is missing"),
+            );
+            tracing::warn!(checkpoint = id, error = %why, "skipping a checkpoint of the store");
+            skipped.push(why.to_string());
+            continue;
+        }
+        let dir = checkpoint_dir(root, id);
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io_while(format!(
+            "creating {}",
+            dir.display()
+        )))?;
+        crate::checkpoint::write_manifest(&dir, &manifest)?;
+        return Ok((Some(Restored { dir, manifest }), skipped));
+    }
+    Ok((None, skipped))
+}
+
+/// Downloads into `root` the state files of checkpoint `manifest` that the old subtasks
+/// `wanted` says (by stage, subtask and the stage's old parallelism) wrote, each checked
+/// against the manifest; returns the
+/// checkpoint, to restore those subtasks' state from, and the bytes downloaded. An object
+/// whose bytes are not what the manifest names is deleted from the store (it can never
+/// restore anything), so that the next attempt passes over its checkpoint.
+pub fn fetch_state(
+    store: &dyn CheckpointStore,
+    root: &Path,
+    manifest: Manifest,
+    wanted: impl Fn(usize, usize, usize) -> bool,
+) -> Result<(Restored, u64)> {
+    let id = manifest.id;
+    let dir = checkpoint_dir(root, id);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut bytes = 0;
+    for (s, stage) in manifest.stages.iter().enumerate() {
+        let old = stage.subtasks.len();
+        for (j, task) in stage.subtasks.iter().enumerate() {
+            if !wanted(s, j, old) {
+                continue;
+            }
+            for file in &task.files {
+                bytes += fetch_file(store, &dir, id, file)?;
+                if let Err(e) = crate::checkpoint::verify_file(&dir, file) {
+                    let key = file_key(file);
+                    store.delete(&key)?;
+                    return Err(store_error(
+                        store,
+                        format!("checkpoint {id}: {e}; {key} was deleted, the job restores from an earlier checkpoint"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok((Restored { dir, manifest }, bytes))
 }
 
 /// The part of a store under `prefix/`: one job's checkpoints in a store a server keeps for
@@ -529,5 +678,75 @@ mod tests {
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         // Keys leaving the store's directory are refused.
         assert!(store.put("../escape", Vec::new()).is_err());
+    }
+
+    /// Workers upload their subtasks' files themselves and download only the old subtasks
+    /// they restore from; the coordinator then finds the files held and sends the manifest
+    /// alone. A damaged object is deleted, so that the next look for the latest checkpoint
+    /// passes over it.
+    #[test]
+    fn workers_upload_their_own_files_and_download_only_their_part() {
+        let (local, remote) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = FileStore::new(remote.path());
+        let dir = checkpoint_dir(local.path(), 1);
+        let mut manifest = checkpoint(
+            local.path(),
+            1,
+            &[("stage0-0/1.sst", b"first"), ("stage0-1/1.sst", b"second")],
+        );
+        // Two subtasks: split the one the helper made.
+        let files = manifest.stages[0].subtasks[0].files.clone();
+        manifest.stages[0].subtasks = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| TaskSnapshot {
+                state_dir: Some(format!("stage0-{i}")),
+                files: vec![f.clone()],
+                ..TaskSnapshot::default()
+            })
+            .collect();
+        let mut held = BTreeSet::new();
+        let sent = upload_files(&store, &dir, &files[..1], &mut held).unwrap();
+        assert_eq!(sent, 5);
+        assert_eq!(
+            upload_files(&store, &dir, &files[..1], &mut held).unwrap(),
+            0
+        );
+        upload_files(&store, &dir, &files[1..], &mut BTreeSet::new()).unwrap();
+        // Everything is held: the coordinator sends the manifest alone.
+        let manifest_bytes = std::fs::metadata(dir.join(MANIFEST)).unwrap().len();
+        crate::checkpoint::write_manifest(&dir, &manifest).unwrap();
+        let sent = upload(&store, &dir, &manifest, 3).unwrap();
+        assert!(sent < manifest_bytes + 200, "{sent}");
+        // A server without the files finds the checkpoint by its manifest.
+        let server = tempfile::tempdir().unwrap();
+        let (found, skipped) = latest_manifest(&store, server.path()).unwrap();
+        let found = found.expect("a checkpoint");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(found.manifest, manifest);
+        // A worker restoring old subtask 1 only downloads its file.
+        let worker = tempfile::tempdir().unwrap();
+        let (restored, bytes) =
+            fetch_state(&store, worker.path(), manifest.clone(), |_, j, _| j == 1).unwrap();
+        assert_eq!(bytes, 6);
+        assert!(restored.dir.join("stage0-1/1.sst").exists());
+        assert!(!restored.dir.join("stage0-0/1.sst").exists());
+        // Damaged in the store: the download fails, says which, and deletes the object.
+        let key = file_key(&files[0]);
+        store.put(&key, b"xxxxx".to_vec()).unwrap();
+        let err = fetch_state(&store, worker.path(), manifest.clone(), |_, _, _| true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stage0-0/1.sst"), "{err}");
+        assert_eq!(store.get(&key).unwrap(), None);
+        let (found, skipped) = latest_manifest(&store, server.path()).unwrap();
+        assert!(found.is_none());
+        assert!(skipped[0].contains("missing"), "{skipped:?}");
+        // A savepoint taken from the store is a whole checkpoint directory.
+        upload_files(&store, &dir, &files, &mut BTreeSet::new()).unwrap();
+        let target = worker.path().join("savepoint");
+        save_checkpoint(&store, &manifest, &target).unwrap();
+        assert_eq!(crate::checkpoint::load(&target).unwrap().manifest, manifest);
+        assert!(save_checkpoint(&store, &manifest, &target).is_err());
     }
 }

@@ -110,6 +110,10 @@ struct WorkerArgs {
     /// How many tasks it offers.
     #[arg(long, default_value_t = 4)]
     slots: usize,
+    /// The server's checkpoint store (the same --checkpoint-store, credentials from this
+    /// worker's environment): its tasks upload their state there and restore from it.
+    #[arg(long)]
+    checkpoint_store: Option<String>,
     #[command(flatten)]
     server: ServerOptions,
 }
@@ -428,6 +432,11 @@ fn work(args: &WorkerArgs) -> anyhow::Result<()> {
         advertise: args.advertise,
         slots: args.slots,
         token,
+        checkpoint_store: args
+            .checkpoint_store
+            .as_deref()
+            .map(oxflow::connectors::object::checkpoint_store)
+            .transpose()?,
     };
     runtime()?.block_on(oxflow::cluster::run_worker(
         config,

@@ -8,6 +8,7 @@
 use super::{json_body, now_ms, ApiError, ApiResult, AppState};
 use crate::cluster::{
     AttemptMetrics, Command, Commands, Deployment, Poll, Registered, Registration, Reports,
+    StoredCheckpoints,
 };
 use crate::spec::JobSpec;
 use axum::extract::{Path as UrlPath, Request, State};
@@ -19,6 +20,7 @@ use oxflow_runtime::executor::CancelHandle;
 use oxflow_runtime::launcher::{RemoteRun, RemoteTasks};
 use oxflow_runtime::metrics::JobMetrics;
 use oxflow_runtime::plan::TaskId;
+use oxflow_runtime::store::StoreRef;
 use oxflow_runtime::RuntimeError;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -294,12 +296,24 @@ impl Cluster {
     }
 }
 
+/// A job's part of the server's checkpoint store.
+pub(crate) struct JobStore {
+    /// The job's prefix of the store.
+    pub(crate) own: StoreRef,
+    /// The whole store, as workers must name theirs.
+    pub(crate) describe: String,
+    /// The job's prefix.
+    pub(crate) prefix: String,
+}
+
 /// Runs an attempt's tasks on the cluster's workers (see [`RemoteTasks`]).
 pub(crate) struct ClusterTasks {
     cluster: Arc<Cluster>,
     job: String,
     spec: JobSpec,
     checkpoint_dir: PathBuf,
+    /// With a checkpoint store, workers upload and download state there.
+    store: Option<JobStore>,
     max_line_bytes: usize,
     metrics: JobMetrics,
     /// Where each task runs, for the job's status.
@@ -322,11 +336,20 @@ impl ClusterTasks {
             job,
             spec,
             checkpoint_dir,
+            store: None,
             max_line_bytes,
             metrics,
             placement,
             driver: None,
         }
+    }
+}
+
+impl ClusterTasks {
+    /// Keeps the job's state in `store` (see [`StoredCheckpoints`]).
+    pub(crate) fn with_store(mut self, store: Option<JobStore>) -> ClusterTasks {
+        self.store = store;
+        self
     }
 }
 
@@ -377,6 +400,25 @@ impl RemoteTasks for ClusterTasks {
             .insert((self.job.clone(), attempt), entry.clone());
         let secret = secret()?;
         let checkpointed = self.spec.checkpoints.is_some();
+        let stored = match &self.store {
+            Some(store) => {
+                if let Some(restored) = &run.restore {
+                    // A savepoint (or a checkpoint taken in one process) has its files
+                    // here: the workers read them from the store.
+                    let bytes =
+                        oxflow_runtime::store::ensure_files(store.own.0.as_ref(), restored)?;
+                    if bytes > 0 {
+                        tracing::info!(job = %self.job, checkpoint = restored.manifest.id, bytes, "restored state uploaded to the store for the workers");
+                    }
+                }
+                Some(StoredCheckpoints {
+                    store: store.describe.clone(),
+                    prefix: store.prefix.clone(),
+                    restore: run.restore.as_ref().map(|r| r.manifest.clone()),
+                })
+            }
+            None => None,
+        };
         for (worker, tasks) in &mine {
             let deployment = Deployment {
                 job: self.job.clone(),
@@ -386,7 +428,11 @@ impl RemoteTasks for ClusterTasks {
                 placement: placement.clone(),
                 secret: secret.clone(),
                 checkpoint_dir: checkpointed.then(|| self.checkpoint_dir.clone()),
-                restore: run.restore.clone(),
+                restore: match &stored {
+                    Some(_) => None,
+                    None => run.restore.as_ref().map(|r| r.dir.clone()),
+                },
+                stored: stored.clone(),
                 max_line_bytes: self.max_line_bytes,
             };
             self.cluster

@@ -558,43 +558,68 @@ impl Manager {
             .with_checkpoint_history(entry.history.clone());
         *entry.plan.lock().expect("plan lock") = Some(job.plan());
         let has_checkpoints = record.spec.checkpoints.is_some();
+        let on_workers = self.cluster.has_workers();
+        let prefix = format!("jobs/{}", record.id);
+        let mut own_store = None;
         if let (Some(store), true) = (&self.checkpoint_store, has_checkpoints) {
-            let own = PrefixedStore::new(store.0.clone(), &format!("jobs/{}", record.id))?;
-            if !first {
+            let own = StoreRef(Arc::new(PrefixedStore::new(store.0.clone(), &prefix)?));
+            if !first && !on_workers {
                 // This machine's copies may be gone (or older): the store's newest comes first.
-                let (fetched, _) = oxflow_runtime::store::fetch_latest(&own, &checkpoints)?;
+                let (fetched, _) =
+                    oxflow_runtime::store::fetch_latest(own.0.as_ref(), &checkpoints)?;
                 if let Some(id) = fetched {
                     tracing::info!(job = %record.id, checkpoint = id, "restoring a checkpoint from the store");
                 }
             }
-            job = job.with_checkpoint_store(StoreRef(Arc::new(own)));
+            job = job.with_checkpoint_store(own.clone());
+            own_store = Some(own);
         }
         // A later attempt (a restart, or a resume after the server died) goes on from the
         // job's own latest checkpoint; until it has one, from the savepoint it was submitted
         // with; else from the beginning (the sink then drops what earlier attempts wrote).
+        // On workers with a store, the store alone holds the state: only it can say.
         let own_checkpoint = !first
             && has_checkpoints
-            && matches!(
-                oxflow_runtime::checkpoint::latest(&checkpoints),
-                Ok((Some(_), _))
-            );
+            && match &own_store {
+                Some(own) if on_workers => matches!(
+                    oxflow_runtime::store::latest_manifest(own.0.as_ref(), &checkpoints),
+                    Ok((Some(_), _))
+                ),
+                _ => matches!(
+                    oxflow_runtime::checkpoint::latest(&checkpoints),
+                    Ok((Some(_), _))
+                ),
+            };
         entry.placement.lock().expect("placement lock").clear();
-        if self.cluster.has_workers() {
+        if on_workers {
             // The workers build the same graph from the spec: its parallelism is fixed
             // here, not left to each machine's core count.
             let mut spec = record.spec.clone();
             spec.parallelism
                 .get_or_insert(self.pipeline().parallelism());
             let metrics = job.metrics();
-            job = job.with_remote(Box::new(cluster::ClusterTasks::new(
-                self.cluster.clone(),
-                record.id.clone(),
-                spec,
-                checkpoints.clone(),
-                self.policy.limits.max_line_bytes,
-                metrics,
-                entry.placement.clone(),
-            )));
+            job = job.with_remote(Box::new(
+                cluster::ClusterTasks::new(
+                    self.cluster.clone(),
+                    record.id.clone(),
+                    spec,
+                    checkpoints.clone(),
+                    self.policy.limits.max_line_bytes,
+                    metrics,
+                    entry.placement.clone(),
+                )
+                .with_store(own_store.map(|own| {
+                    cluster::JobStore {
+                        own,
+                        describe: self
+                            .checkpoint_store
+                            .as_ref()
+                            .map(|s| s.0.describe())
+                            .unwrap_or_default(),
+                        prefix,
+                    }
+                })),
+            ));
         }
         job = match &record.restore_from {
             _ if own_checkpoint => job.restore_from(RestoreFrom::Latest),
