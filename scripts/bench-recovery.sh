@@ -75,6 +75,14 @@ while :; do
 done
 last=$(job_field "$id" "v['checkpoint']['last_duration_ms']")
 echo "state of the last checkpoint: $((bytes / 1024 / 1024)) MiB (it took $last ms)"
+echo "checkpoints so far (each subtask uploads only the files the store lacks):"
+api "$url/v1/jobs/$id" | python3 -c '
+import json, sys
+for c in json.load(sys.stdin)["checkpoint_history"]:
+    if c["status"] == "COMPLETED":
+        print("  checkpoint %(id)s: %(duration_ms)s ms, state %(s).0f MiB, uploaded %(u).0f MiB"
+              % dict(c, s=c["state_bytes"] / 2**20, u=c["new_bytes"] / 2**20))
+'
 restarts=$(job_field "$id" "v['restarts']")
 killed=$(date +%s.%N)
 kill -9 "${worker_pid[2]}"
