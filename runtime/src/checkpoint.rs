@@ -288,32 +288,27 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Result<()> {
     for stage in &manifest.stages {
         for task in &stage.subtasks {
             for file in &task.files {
-                verify_file(dir, file)?;
+                let path = dir.join(&file.path);
+                let (size, crc32) = file_crc32(&path).map_err(|e| {
+                    corrupt(dir, format!("state file {} is unreadable: {e}", file.path))
+                })?;
+                if size != file.size {
+                    return Err(corrupt(
+                        dir,
+                        format!(
+                            "state file {} has {size} bytes, the manifest says {}",
+                            file.path, file.size
+                        ),
+                    ));
+                }
+                if crc32 != file.crc32 {
+                    return Err(corrupt(
+                        dir,
+                        format!("state file {} fails its checksum", file.path),
+                    ));
+                }
             }
         }
-    }
-    Ok(())
-}
-
-/// Checks one state file of the checkpoint in `dir`: present, of its size, of its checksum.
-pub fn verify_file(dir: &Path, file: &FileEntry) -> Result<()> {
-    let path = dir.join(&file.path);
-    let (size, crc32) = file_crc32(&path)
-        .map_err(|e| corrupt(dir, format!("state file {} is unreadable: {e}", file.path)))?;
-    if size != file.size {
-        return Err(corrupt(
-            dir,
-            format!(
-                "state file {} has {size} bytes, the manifest says {}",
-                file.path, file.size
-            ),
-        ));
-    }
-    if crc32 != file.crc32 {
-        return Err(corrupt(
-            dir,
-            format!("state file {} fails its checksum", file.path),
-        ));
     }
     Ok(())
 }

@@ -19,7 +19,7 @@
 //! store's newest checkpoints and the files they name. Savepoints stay local.
 
 use crate::checkpoint::{
-    checkpoint_dir, checkpoint_ids, parse_manifest, verify, Manifest, Restored, MANIFEST,
+    checkpoint_dir, checkpoint_ids, parse_manifest, Manifest, Restored, MANIFEST,
 };
 use crate::error::{Result, RuntimeError};
 use crate::state::FileEntry;
@@ -96,8 +96,7 @@ pub fn upload(
     manifest: &Manifest,
     retained: usize,
 ) -> Result<u64> {
-    let mut held: BTreeSet<String> = store.list(FILES)?.into_iter().collect();
-    let mut uploaded = upload_files(store, dir, state_files(manifest), &mut held)?;
+    let mut uploaded = upload_missing(store, dir, manifest)?;
     let path = dir.join(MANIFEST);
     let bytes = std::fs::read(&path).map_err(RuntimeError::io_while(format!(
         "reading {} to upload it",
@@ -206,10 +205,9 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
         .ok_or_else(|| store_error(store, format!("checkpoint {id} has no manifest")))?;
     let dir = checkpoint_dir(root, id);
     let _ = std::fs::remove_dir_all(&dir);
-    for file in state_files(&manifest) {
-        fetch_file(store, &dir, id, file)?;
-    }
-    // Checked before the manifest makes the copy a complete checkpoint.
+    // Each file is checked as it comes, before the manifest makes the copy a complete
+    // checkpoint.
+    fetch_files(store, &dir, &manifest)?;
     let staged = dir.join(format!("{MANIFEST}.store"));
     std::fs::create_dir_all(&dir).map_err(RuntimeError::io_while(format!(
         "creating {}",
@@ -219,7 +217,6 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
         "writing {}",
         staged.display()
     )))?;
-    verify(&dir, &manifest)?;
     std::fs::rename(&staged, dir.join(MANIFEST)).map_err(RuntimeError::io_while(format!(
         "renaming {}",
         staged.display()
@@ -231,13 +228,13 @@ fn download(store: &dyn CheckpointStore, root: &Path, id: u64) -> Result<()> {
 /// workers restore from it: those it lacks are uploaded from the checkpoint's directory (a
 /// savepoint, or a checkpoint taken in one process). Returns the bytes uploaded.
 pub fn ensure_files(store: &dyn CheckpointStore, restored: &Restored) -> Result<u64> {
+    upload_missing(store, &restored.dir, &restored.manifest)
+}
+
+/// Uploads the state files of checkpoint `manifest` (in `dir`) that the store lacks.
+fn upload_missing(store: &dyn CheckpointStore, dir: &Path, manifest: &Manifest) -> Result<u64> {
     let mut held: BTreeSet<String> = store.list(FILES)?.into_iter().collect();
-    upload_files(
-        store,
-        &restored.dir,
-        state_files(&restored.manifest),
-        &mut held,
-    )
+    upload_files(store, dir, state_files(manifest), &mut held)
 }
 
 /// Copies checkpoint `manifest`, whose state files are in the store, to `target` as a
@@ -255,30 +252,44 @@ pub fn save_checkpoint(
     }
     let staged = target.with_extension("inprogress");
     let _ = std::fs::remove_dir_all(&staged);
-    for file in state_files(manifest) {
-        fetch_file(store, &staged, manifest.id, file)?;
-    }
+    fetch_files(store, &staged, manifest)?;
     std::fs::create_dir_all(&staged).map_err(RuntimeError::io_while(format!(
         "creating {}",
         staged.display()
     )))?;
     crate::checkpoint::write_manifest(&staged, manifest)?;
-    verify(&staged, manifest)?;
     std::fs::rename(&staged, target).map_err(RuntimeError::io_while(format!(
         "renaming {}",
         staged.display()
     )))
 }
 
-/// Downloads state file `file` of checkpoint `id` into `dir`.
-fn fetch_file(store: &dyn CheckpointStore, dir: &Path, id: u64, file: &FileEntry) -> Result<u64> {
+/// Downloads state file `file` of checkpoint `id` into `dir`, checked against the size and
+/// CRC-32 its manifest gives before it is written (so a restore reads nothing back). Returns
+/// its size, or (inside) why the object is not the file the manifest names.
+fn fetch_file(
+    store: &dyn CheckpointStore,
+    dir: &Path,
+    id: u64,
+    file: &FileEntry,
+) -> Result<std::result::Result<u64, String>> {
     let key = file_key(file);
-    let bytes = store.get(&key)?.ok_or_else(|| {
-        store_error(
-            store,
-            format!("checkpoint {id} names {key}, which is missing"),
-        )
-    })?;
+    let bytes = store
+        .get(&key)?
+        .ok_or_else(|| missing_object(store, id, &key))?;
+    let size = bytes.len() as u64;
+    if size != file.size {
+        return Ok(Err(format!(
+            "checkpoint {id}: state file {} has {size} bytes in the store, the manifest says {}",
+            file.path, file.size
+        )));
+    }
+    if crc32fast::hash(&bytes) != file.crc32 {
+        return Ok(Err(format!(
+            "checkpoint {id}: state file {} fails its checksum in the store",
+            file.path
+        )));
+    }
     let path = dir.join(&file.path);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(RuntimeError::io_while(format!(
@@ -286,12 +297,29 @@ fn fetch_file(store: &dyn CheckpointStore, dir: &Path, id: u64, file: &FileEntry
             parent.display()
         )))?;
     }
-    let size = bytes.len() as u64;
     std::fs::write(&path, bytes).map_err(RuntimeError::io_while(format!(
         "writing {}",
         path.display()
     )))?;
-    Ok(size)
+    Ok(Ok(size))
+}
+
+/// Downloads every state file of `manifest` into `dir`, each checked; returns the bytes.
+fn fetch_files(store: &dyn CheckpointStore, dir: &Path, manifest: &Manifest) -> Result<u64> {
+    let mut bytes = 0;
+    for file in state_files(manifest) {
+        bytes +=
+            fetch_file(store, dir, manifest.id, file)?.map_err(|why| store_error(store, why))?;
+    }
+    Ok(bytes)
+}
+
+/// The error of checkpoint `id` naming object `key`, which the store does not hold.
+fn missing_object(store: &dyn CheckpointStore, id: u64, key: &str) -> RuntimeError {
+    store_error(
+        store,
+        format!("checkpoint {id} names {key}, which is missing"),
+    )
 }
 
 /// The newest checkpoint of the store whose manifest reads and whose every state file is in
@@ -319,10 +347,7 @@ pub fn latest_manifest(
             .map(file_key)
             .find(|k| !held.contains(k))
         {
-            let why = store_error(
-                store,
-                format!("checkpoint {id} names {missing}, which is missing"),
-            );
+            let why = missing_object(store, id, &missing);
             tracing::warn!(checkpoint = id, error = %why, "skipping a checkpoint of the store");
             skipped.push(why.to_string());
             continue;
@@ -361,14 +386,16 @@ pub fn fetch_state(
                 continue;
             }
             for file in &task.files {
-                bytes += fetch_file(store, &dir, id, file)?;
-                if let Err(e) = crate::checkpoint::verify_file(&dir, file) {
-                    let key = file_key(file);
-                    store.delete(&key)?;
-                    return Err(store_error(
-                        store,
-                        format!("checkpoint {id}: {e}; {key} was deleted, the job restores from an earlier checkpoint"),
-                    ));
+                match fetch_file(store, &dir, id, file)? {
+                    Ok(size) => bytes += size,
+                    Err(why) => {
+                        let key = file_key(file);
+                        store.delete(&key)?;
+                        return Err(store_error(
+                            store,
+                            format!("{why}; {key} was deleted, the job restores from an earlier checkpoint"),
+                        ));
+                    }
                 }
             }
         }
