@@ -22,6 +22,10 @@ pub enum OxflowError {
     /// The job failed while running.
     #[error(transparent)]
     Runtime(Box<RuntimeError>),
+    /// A SQL statement could not be parsed or planned (the message gives its line and
+    /// column).
+    #[error("SQL: {0}")]
+    Sql(String),
     /// The runtime server refused a request, or could not be reached.
     #[error("server: {0}")]
     Server(String),

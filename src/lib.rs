@@ -61,6 +61,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod server;
 pub mod spec;
+pub mod sql;
 
 pub use error::{OxflowError, Result};
 

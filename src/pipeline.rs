@@ -234,6 +234,12 @@ impl Stream {
         self.schema.clone()
     }
 
+    /// The event-time column at this point, if the stream has one (set by watermarks or
+    /// `with_event_time`, kept by steps that pass it through unchanged).
+    pub fn time_column(&self) -> Option<&str> {
+        self.time_column.as_deref()
+    }
+
     /// Derives event time and watermarks from the source's records; call right after
     /// `source`.
     pub fn with_watermarks(mut self, strategy: WatermarkStrategy) -> Result<Self> {
@@ -398,7 +404,7 @@ impl Stream {
         }
         let exprs: Vec<Expr> = columns
             .iter()
-            .map(|c| datafusion::prelude::col(c.as_str()))
+            .map(|c| datafusion::prelude::col(datafusion::common::Column::new_unqualified(c)))
             .collect();
         let project = Project::try_new(&exprs, self.schema.clone())?;
         Ok(self.push(Arc::new(project)))

@@ -64,7 +64,11 @@ pub fn compile(expr: &Expr, schema: &SchemaRef) -> Result<CompiledExpr> {
 /// Parses a SQL expression such as `price > 1000` against `schema` (job specs use these).
 pub fn parse_sql(sql: &str, schema: &SchemaRef) -> Result<Expr> {
     let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-    SessionContext::new()
+    // String types are Utf8, as every connector reads and writes them (DataFusion would map
+    // `CAST(x AS VARCHAR)` to Utf8View).
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    SessionContext::new_with_config(config)
         .parse_sql_expr(sql, &df_schema)
         .map_err(|e| OperatorError::InvalidExpression {
             expr: sql.to_string(),

@@ -261,6 +261,36 @@ pub struct PlanDescription {
     pub max_parallelism: usize,
 }
 
+/// The plan as text, one stage per paragraph (what `EXPLAIN` prints): its subtasks, where
+/// its records come from, its chained operators and its sink.
+impl std::fmt::Display for PlanDescription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for stage in &self.stages {
+            writeln!(
+                f,
+                "stage {} {} (parallelism {})",
+                stage.index, stage.name, stage.parallelism
+            )?;
+            if let Some(source) = &stage.source {
+                match &stage.event_time {
+                    Some(t) => writeln!(f, "  source: {source}, watermarks on {t}")?,
+                    None => writeln!(f, "  source: {source}, no watermarks")?,
+                }
+            }
+            for input in &stage.inputs {
+                writeln!(f, "  input: stage {} by {}", input.from, input.exchange)?;
+            }
+            if !stage.operators.is_empty() {
+                writeln!(f, "  operators: {}", stage.operators.join(" -> "))?;
+            }
+            if let Some(sink) = &stage.sink {
+                writeln!(f, "  sink: {sink}")?;
+            }
+        }
+        write!(f, "key groups: {}", self.max_parallelism)
+    }
+}
+
 impl PlanDescription {
     /// The indexes of the stages that read a source.
     pub fn source_stages(&self) -> Vec<usize> {

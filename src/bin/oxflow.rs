@@ -37,6 +37,11 @@ enum Command {
     /// Runs a job spec (JSON, as `submit` sends) embedded, without a server, and prints the
     /// same final JSON line as `nexmark` ("job" in place of "query").
     Run(RunArgs),
+    /// Runs Flink SQL embedded, as Flink's SQL client does: CREATE TABLE, CREATE [TEMPORARY]
+    /// VIEW, SET and one INSERT INTO (docs/sql.md), from files (-f) then statements (-e);
+    /// prints each EXPLAIN's plan, then the same final JSON line as `nexmark` ("sql" in place
+    /// of "query").
+    Sql(SqlArgs),
     /// Checks a job spec without running it: prints its dataflow (stages, operators,
     /// exchanges) as JSON, or says what is wrong and where.
     Validate {
@@ -209,6 +214,84 @@ struct RunArgs {
     /// beginning if there is none yet) or the path of a checkpoint or savepoint directory.
     #[arg(long)]
     restore: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct SqlArgs {
+    /// A file of statements separated by `;` (repeatable; run in order).
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+    /// Statements given inline (repeatable; run after the files).
+    #[arg(short = 'e', long = "execute")]
+    statements: Vec<String>,
+    /// Take checkpoints (at SET 'execution.checkpointing.interval') into this directory.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Start from a checkpoint: `latest` (in --checkpoint-dir) or a checkpoint or savepoint
+    /// directory.
+    #[arg(long)]
+    restore: Option<String>,
+    /// Print the job's spec (JSON, as `oxflow submit` takes) instead of running it.
+    #[arg(long)]
+    print_spec: bool,
+}
+
+fn run_sql(args: &SqlArgs) -> anyhow::Result<()> {
+    if args.files.is_empty() && args.statements.is_empty() {
+        bail!("give statements with -f FILE or -e \"STATEMENTS\"");
+    }
+    let mut session = oxflow::sql::SqlSession::default();
+    let mut outputs = Vec::new();
+    let mut label = "sql".to_string();
+    for file in &args.files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        outputs.extend(
+            session
+                .execute(&text)
+                .with_context(|| format!("in {}", file.display()))?,
+        );
+        if let Some(stem) = file.file_stem() {
+            label = stem.to_string_lossy().into_owned();
+        }
+    }
+    for (i, text) in args.statements.iter().enumerate() {
+        outputs.extend(
+            session
+                .execute(text)
+                .with_context(|| format!("in -e statement {}", i + 1))?,
+        );
+    }
+    let mut jobs = Vec::new();
+    for output in outputs {
+        match output {
+            oxflow::sql::SqlOutput::Explain(plan) => emit(plan)?,
+            oxflow::sql::SqlOutput::Job(spec) => jobs.push(*spec),
+        }
+    }
+    let spec = match jobs.len() {
+        0 => return Ok(()),
+        1 => jobs.remove(0),
+        n => bail!("{n} INSERT INTO statements: running several as one job (a statement set) is not supported yet"),
+    };
+    if args.print_spec {
+        return print_json(&serde_json::to_value(&spec)?);
+    }
+    if spec.checkpoints.is_some() && args.checkpoint_dir.is_none() {
+        eprintln!("SET 'execution.checkpointing.interval' is given, but no --checkpoint-dir: running without checkpoints");
+    }
+    if spec.checkpoints.is_none() && args.checkpoint_dir.is_some() {
+        bail!("--checkpoint-dir is given, but the script does not SET 'execution.checkpointing.interval'");
+    }
+    let job = session.job(&spec, args.checkpoint_dir.as_deref())?;
+    let job = restore(job, args.restore.as_deref(), args.checkpoint_dir.is_some())?;
+    let workers = spec.parallelism.unwrap_or(1);
+    // The generator's events, all kinds, as `nexmark` counts them.
+    let events = match &spec.stream.source {
+        oxflow::spec::SourceSpec::Nexmark { events, .. } => *events,
+        _ => None,
+    };
+    execute_and_report(job, ("sql", &label), workers, events)
 }
 
 /// Reads and parses a spec file; errors say which file and where in it.
@@ -844,6 +927,7 @@ fn main() -> anyhow::Result<()> {
         Command::Nexmark(args) => run_nexmark(&args, &args.query),
         Command::NexmarkTables(args) => write_tables(&args),
         Command::Run(args) => run_spec(&args),
+        Command::Sql(args) => run_sql(&args),
         Command::Validate { spec } => validate(&spec),
         Command::Server(args) => serve(&args),
         Command::Worker(args) => work(&args),

@@ -754,13 +754,45 @@ impl AppState {
     }
 }
 
-/// A submission: the spec, and optionally where to start from.
+/// A submission: the spec or a Flink SQL script (exactly one), and optionally where to
+/// start from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Submit {
-    spec: JobSpec,
+    #[serde(default)]
+    spec: Option<JobSpec>,
+    #[serde(default)]
+    sql: Option<String>,
     #[serde(default)]
     restore_from: Option<PathBuf>,
+}
+
+impl Manager {
+    /// The spec a SQL script plans into. Each table's connector passes the server's policy
+    /// before planning reads anything of it; a refusal keeps its status (403 for a path).
+    fn plan_sql(self: &Arc<Self>, script: &str) -> std::result::Result<JobSpec, ApiError> {
+        let refusal: Arc<Mutex<Option<ApiError>>> = Arc::default();
+        let manager = self.clone();
+        let seen = refusal.clone();
+        let check: crate::sql::ConnectorCheck = Box::new(move |probe| {
+            let mut probe = probe.clone();
+            manager.policy.check_spec(&mut probe).map_err(|r| {
+                let error = ApiError::from(r);
+                let message = error.message.clone();
+                *seen.lock().expect("refusal lock") = Some(error);
+                OxflowError::InvalidPipeline(message)
+            })
+        });
+        let mut session = crate::sql::SqlSession::new(self.pipeline()).with_connector_check(check);
+        session.job_spec(script).map_err(|e| {
+            refusal
+                .lock()
+                .expect("refusal lock")
+                .take()
+                .map(|r| ApiError::new(r.status, e.to_string()))
+                .unwrap_or_else(|| ApiError::bad_request(e.to_string()))
+        })
+    }
 }
 
 /// The Oxflow runtime server, running the jobs it is sent with the functions of `registry`.
@@ -1037,9 +1069,20 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> std::result::Resu
 async fn submit(State(state): State<AppState>, request: Request) -> ApiResult {
     let submit: Submit = json_body(&state, request).await?;
     let manager = state.manager.clone();
-    let id = tokio::task::spawn_blocking(move || manager.submit(submit.spec, submit.restore_from))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let id = tokio::task::spawn_blocking(move || {
+        let spec = match (submit.spec, submit.sql) {
+            (Some(spec), None) => spec,
+            (None, Some(sql)) => manager.plan_sql(&sql)?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of `spec` (a job spec) and `sql` (Flink SQL statements)",
+                ))
+            }
+        };
+        manager.submit(spec, submit.restore_from)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     tracing::info!(job = %id, "job submitted");
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }

@@ -229,10 +229,11 @@ pub fn openapi() -> Value {
                     "summary": "Submit a job.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {
                         "type": "object",
-                        "required": ["spec"],
+                        "description": "Exactly one of `spec` and `sql`.",
                         "additionalProperties": false,
                         "properties": {
                             "spec": spec_schema,
+                            "sql": {"type": "string", "description": "Flink SQL statements (CREATE TABLE, CREATE VIEW, SET, one INSERT INTO), planned into a spec as `oxflow sql` plans them (docs/sql.md); each table's connector passes the same checks as a spec's."},
                             "restore_from": {"type": "string", "nullable": true, "description": "A savepoint or checkpoint directory, under the data directory or an --allow-path."}
                         }
                     }}}},

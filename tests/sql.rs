@@ -1,0 +1,416 @@
+//! Flink SQL on Oxflow: Nexmark's own DDL and queries in Flink's dialect give exactly the
+//! output of the same queries written with the Rust API, straight, checkpointed, and killed
+//! then restored at another parallelism; errors name the construct and its place.
+
+use datafusion::functions_aggregate::expr_fn::{count, max};
+use oxflow::connectors::json::encode_json_lines;
+use oxflow::prelude::*;
+use oxflow::sql::{SqlOutput, SqlSession};
+use std::time::Duration;
+mod common;
+
+/// Nexmark's DDL as examples/sql ships it, on `events` events at 100 per second of event
+/// time (2,000 events: 20 s, several windows and sessions).
+fn ddl(events: u64, rate_limit: Option<u64>) -> String {
+    let ddl = std::fs::read_to_string(common::repo_path("examples/sql/nexmark-ddl.sql")).unwrap();
+    let limit = rate_limit
+        .map(|r| format!(",\n    'rate-limit' = '{r}'"))
+        .unwrap_or_default();
+    ddl.replace(
+        "'events.num' = '10000000'",
+        &format!("'events.num' = '{events}'"),
+    )
+    .replace("'100000'", "'100'")
+    .replace(
+        "'bid.proportion' = '46'",
+        &format!("'bid.proportion' = '46'{limit}"),
+    )
+}
+
+/// The generator's tables as the Rust API reads them, with the same configuration.
+fn table(table: NexmarkTable) -> Stream {
+    let config = NexmarkConfig {
+        events: Some(EVENTS.with(|e| e.get())),
+        event_rate: 100,
+        ..Default::default()
+    };
+    Pipeline::new()
+        .with_parallelism(2)
+        .source(NexmarkSource::try_new(config, table).unwrap())
+        .with_watermarks(oxflow::nexmark::watermarks())
+        .unwrap()
+}
+
+thread_local! {
+    /// The events of the run the Rust API's reference reads (as the SQL's DDL says).
+    static EVENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(2_000) };
+}
+
+fn lines_of(batches: &[RecordBatch]) -> Vec<String> {
+    let mut bytes = Vec::new();
+    for b in batches {
+        encode_json_lines(b, &mut bytes).unwrap();
+    }
+    let mut lines: Vec<String> = String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// One case: a sink table's columns, the SQL that fills it, and the Rust API's version.
+struct Case {
+    name: &'static str,
+    columns: &'static str,
+    query: &'static str,
+    rust: fn() -> Stream,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "q0",
+            columns: "auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3), extra VARCHAR",
+            query: "SELECT auction, bidder, price, dateTime, extra FROM bid",
+            rust: || oxflow::nexmark::apply("q0", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
+        },
+        Case {
+            name: "q1",
+            columns: "auction BIGINT, bidder BIGINT, price DOUBLE, date_time TIMESTAMP(3)",
+            query: "SELECT auction, bidder, 0.908 * price as price, dateTime FROM bid",
+            rust: || oxflow::nexmark::apply("q1", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
+        },
+        Case {
+            name: "q2",
+            columns: "auction BIGINT, price BIGINT",
+            query: "SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0",
+            rust: || oxflow::nexmark::apply("q2", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
+        },
+        Case {
+            name: "q11",
+            columns: "bidder BIGINT, bid_count BIGINT, window_start TIMESTAMP(3), window_end TIMESTAMP(3)",
+            // Nexmark's q11 as published.
+            query: "SELECT B.bidder, count(*) as bid_count,
+                        SESSION_START(B.dateTime, INTERVAL '10' SECOND) as starttime,
+                        SESSION_END(B.dateTime, INTERVAL '10' SECOND) as endtime
+                    FROM bid B
+                    GROUP BY B.bidder, SESSION(B.dateTime, INTERVAL '10' SECOND)",
+            rust: || oxflow::nexmark::apply("q11", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
+        },
+        Case {
+            name: "hop window TVF",
+            columns: "window_start TIMESTAMP(3), window_end TIMESTAMP(3), auction BIGINT, num BIGINT",
+            query: "SELECT window_start, window_end, auction, COUNT(*) AS num
+                    FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+                    GROUP BY auction, window_start, window_end",
+            rust: || {
+                table(NexmarkTable::Bid)
+                    .key_by(["auction"])
+                    .window(WindowSpec::hopping(Duration::from_secs(10), Duration::from_secs(2)))
+                    .aggregate([count(col("auction")).alias("num")])
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "cascaded windows",
+            columns: "starttime TIMESTAMP(3), endtime TIMESTAMP(3), maxn BIGINT",
+            // The inner half of Nexmark's q5: per window, the most bids on one auction.
+            query: "SELECT CountBids.starttime, CountBids.endtime, MAX(CountBids.num) AS maxn
+                    FROM (
+                      SELECT COUNT(*) AS num, window_start AS starttime, window_end AS endtime
+                      FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
+                      GROUP BY auction, window_start, window_end
+                    ) AS CountBids
+                    GROUP BY CountBids.starttime, CountBids.endtime",
+            rust: || {
+                table(NexmarkTable::Bid)
+                    .key_by(["auction"])
+                    .window(WindowSpec::hopping(Duration::from_secs(10), Duration::from_secs(2)))
+                    .aggregate([count(col("auction")).alias("num")])
+                    .unwrap()
+                    .window_all(WindowSpec::Inherited)
+                    .aggregate([max(col("num")).alias("maxn")])
+                    .unwrap()
+                    .select([
+                        col("window_start").alias("starttime"),
+                        col("window_end").alias("endtime"),
+                        col("maxn"),
+                    ])
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "legacy tumble with HAVING",
+            columns: "ws TIMESTAMP(3), top BIGINT, bids BIGINT",
+            query: "SELECT TUMBLE_START(dateTime, INTERVAL '10' SECOND) AS ws, MAX(price) AS top, COUNT(*) AS bids
+                    FROM bid WHERE price > 1000
+                    GROUP BY TUMBLE(dateTime, INTERVAL '10' SECOND)
+                    HAVING COUNT(*) > 10",
+            rust: || {
+                table(NexmarkTable::Bid)
+                    .filter(col("price").gt(lit(1000)))
+                    .unwrap()
+                    .window_all(WindowSpec::tumbling(Duration::from_secs(10)))
+                    .aggregate([max(col("price")).alias("top"), count(col("price")).alias("bids")])
+                    .unwrap()
+                    .filter(col("bids").gt(lit(10)))
+                    .unwrap()
+                    .select([col("window_start").alias("ws"), col("top"), col("bids")])
+                    .unwrap()
+            },
+        },
+        Case {
+            name: "union all of people and sellers",
+            columns: "id BIGINT, city VARCHAR",
+            query: "SELECT id, city FROM person WHERE state = 'OR'
+                    UNION ALL
+                    SELECT seller, CAST(category AS VARCHAR) FROM auction WHERE category = 10",
+            rust: || {
+                let people = table(NexmarkTable::Person)
+                    .filter(col("state").eq(lit("OR")))
+                    .unwrap()
+                    .select([col("id"), col("city")])
+                    .unwrap();
+                let sellers = table(NexmarkTable::Auction)
+                    .filter(col("category").eq(lit(10)))
+                    .unwrap()
+                    .select([
+                        col("seller").alias("id"),
+                        datafusion::prelude::cast(col("category"), datafusion::arrow::datatypes::DataType::Utf8).alias("city"),
+                    ])
+                    .unwrap();
+                people.union(sellers).unwrap()
+            },
+        },
+    ]
+}
+
+/// The script of `case` writing into JSON files under `out`.
+fn script(
+    case: &Case,
+    out: &std::path::Path,
+    settings: &str,
+    (events, rate_limit): (u64, Option<u64>),
+) -> String {
+    format!(
+        "{}\n{settings}\nCREATE TABLE sink ({}) WITH ('connector' = 'filesystem', 'path' = 'file://{}', 'format' = 'json');\nINSERT INTO sink {};",
+        ddl(events, rate_limit),
+        case.columns,
+        out.display(),
+        case.query
+    )
+}
+
+#[test]
+fn nexmark_sql_equals_the_rust_api() {
+    for case in cases() {
+        let expected = lines_of(&common::collect((case.rust)()));
+        assert!(!expected.is_empty(), "{}: no output to compare", case.name);
+        for parallelism in [1, 3] {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("out");
+            let settings = format!("SET 'parallelism.default' = '{parallelism}';");
+            let job = Pipeline::new()
+                .sql(&script(&case, &out, &settings, (2_000, None)), None)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            job.execute_blocking().unwrap();
+            assert_eq!(
+                common::committed_lines(&out),
+                expected,
+                "{} at parallelism {parallelism}",
+                case.name
+            );
+        }
+    }
+}
+
+/// Runs `job` until `checkpoints` checkpoints have completed, then cancels it (an in-process
+/// crash: nothing is flushed or committed).
+fn run_until_checkpoints(job: Job, checkpoints: u64) {
+    let completed = job.metrics().counter("checkpoints.completed");
+    let cancel = job.cancel_handle();
+    let runner = std::thread::spawn(move || job.execute_blocking());
+    while !runner.is_finished() && completed.get() < checkpoints {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cancel.cancel();
+    let _ = runner.join().unwrap();
+}
+
+#[test]
+fn nexmark_sql_checkpointed_and_killed_then_restored_at_another_parallelism() {
+    // 40,000 events over a second of wall time, in the generator's chunks of 8,192 events:
+    // checkpoints every 20 ms fall between them.
+    EVENTS.with(|e| e.set(40_000));
+    for case in cases() {
+        let expected = lines_of(&common::collect((case.rust)()));
+        let tmp = tempfile::tempdir().unwrap();
+        let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
+        // Killed after 2 checkpoints at parallelism 2, then after 1 more at 3, then run to the
+        // end at 1; each attempt restores the latest checkpoint.
+        for (parallelism, wait) in [(2, 2), (3, 1), (1, u64::MAX)] {
+            let settings = format!(
+                "SET 'parallelism.default' = '{parallelism}';\nSET 'execution.checkpointing.interval' = '20 ms';"
+            );
+            let job = Pipeline::new()
+                .sql(
+                    &script(&case, &out, &settings, (40_000, Some(40_000))),
+                    Some(&checkpoints),
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+                .restore_from(RestoreFrom::Latest);
+            if wait == u64::MAX {
+                let report = job.execute_blocking().unwrap();
+                assert!(
+                    report.restored_from.is_some(),
+                    "{}: the last attempt restored nothing",
+                    case.name
+                );
+            } else {
+                run_until_checkpoints(job, wait);
+            }
+        }
+        assert_eq!(
+            common::committed_lines(&out),
+            expected,
+            "{} killed and restored",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn explain_prints_stages_exchanges_and_state() {
+    let mut session = SqlSession::default();
+    let out = session
+        .execute(&format!(
+            "{}\nEXPLAIN SELECT bidder, COUNT(*) AS n, SESSION_END(dateTime, INTERVAL '10' SECOND) AS e
+             FROM bid GROUP BY bidder, SESSION(dateTime, INTERVAL '10' SECOND);",
+            ddl(2_000, None)
+        ))
+        .unwrap();
+    let [SqlOutput::Explain(plan)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert!(plan.contains("source: nexmark"), "{plan}");
+    assert!(plan.contains("watermarks on date_time"), "{plan}");
+    assert!(plan.contains("by hash(bidder)"), "{plan}");
+    assert!(plan.contains("window-aggregate"), "{plan}");
+    assert!(plan.contains("sink: stdout"), "{plan}");
+}
+
+#[test]
+fn the_spec_of_a_sql_job_runs_as_any_spec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = &cases()[3];
+    let mut session = SqlSession::default();
+    let spec = session
+        .job_spec(&script(case, &tmp.path().join("out"), "", (2_000, None)))
+        .unwrap();
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: oxflow::spec::JobSpec = serde_json::from_str(&json).unwrap();
+    Pipeline::from_spec(&back, &oxflow::spec::Registry::new(), None)
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    assert_eq!(
+        common::committed_lines(&tmp.path().join("out")),
+        lines_of(&common::collect((case.rust)()))
+    );
+}
+
+/// Each bad script fails with these words in its message.
+#[test]
+fn errors_name_the_construct_and_its_place() {
+    let ddl = ddl(2_000, None);
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            "CREATE TABLE t (a INT) WITH ('connector' = 'kafka', 'topc' = 'x', 'format' = 'json')".into(),
+            vec!["line 1, column 53", "unknown option 'topc'", "did you mean 'topic'?"],
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH ('connector' = 'filesystm')".into(),
+            vec!["connector 'filesystm' is not supported, did you mean 'filesystem'?"],
+        ),
+        (
+            format!("{ddl}\nSELECT bidder, COUNT(*) FROM bid GROUP BY bidder;"),
+            vec!["GROUP BY without a window produces an updating result"],
+        ),
+        (
+            format!("{ddl}\nSELECT prize FROM bid;"),
+            vec!["column `prize` not found, did you mean 'price'?"],
+        ),
+        (
+            format!("{ddl}\nSELECT datetime FROM bid;"),
+            vec!["names are case-sensitive: `dateTime`"],
+        ),
+        (
+            format!("{ddl}\nSELECT * FROM datagen;"),
+            vec!["read one kind of event at a time", "WHERE event_type = 0"],
+        ),
+        (
+            format!("{ddl}\nSELECT B.price FROM bid B JOIN person P ON B.bidder = P.id;"),
+            vec!["joins are not supported yet"],
+        ),
+        (
+            format!("{ddl}\nSELECT window_start FROM TABLE(CUMULATE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND));"),
+            vec!["CUMULATE windows are not supported yet"],
+        ),
+        (
+            format!("{ddl}\nSELECT COUNT(*) FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(extra), INTERVAL '2' SECOND)) GROUP BY window_start, window_end;"),
+            vec!["`extra` is not the time attribute here"],
+        ),
+        (
+            "SET 'paralelism.default' = '2'".into(),
+            vec!["setting 'paralelism.default' is not supported, did you mean 'parallelism.default'?"],
+        ),
+        (
+            format!("{ddl}\nCREATE TABLE s (a BIGINT) WITH ('connector' = 'blackhole');\nINSERT INTO s SELECT auction, price FROM bid;"),
+            vec!["the query gives 2 columns (auction, price) and `s` takes 1 (a)"],
+        ),
+        (
+            "CREATE TABLE t (a INT,\n  WATERMARK FOR b AS b) WITH ('connector' = 'print')".into(),
+            vec!["line 2, column 17", "has no such column"],
+        ),
+        (
+            "SELECT 1; DELETE FROM t".into(),
+            vec!["line 1, column 11", "not supported"],
+        ),
+    ];
+    for (script, words) in cases {
+        let err = match SqlSession::default().execute(&script) {
+            Ok(out) => panic!("accepted {script}: {out:?}"),
+            Err(e) => e.to_string(),
+        };
+        for w in words {
+            assert!(err.contains(w), "`{w}` not in: {err}");
+        }
+    }
+}
+
+#[test]
+fn the_cli_runs_sql_files_and_prints_the_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job.sql");
+    let out = tmp.path().join("out");
+    std::fs::write(&job, script(&cases()[2], &out, "", (2_000, None))).unwrap();
+    let summary = common::summary(&common::oxflow(&[
+        "sql",
+        "-f",
+        job.to_str().unwrap(),
+        "-e",
+        "EXPLAIN INSERT INTO sink SELECT auction, price FROM bid WHERE price > 10",
+    ]));
+    assert_eq!(summary["sql"], "job");
+    assert_eq!(summary["events"], 2000);
+    assert_eq!(
+        summary["output_rows"].as_u64().unwrap() as usize,
+        common::committed_lines(&out).len()
+    );
+    let bad = common::oxflow(&["sql", "-e", "SELECT FROM WHERE"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("in -e statement 1"), "{err}");
+}
