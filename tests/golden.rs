@@ -2,7 +2,6 @@
 //! expected output kept in `tests/golden/<query>.jsonl` (sorted JSON lines, as the file sink
 //! writes them). Set `OXFLOW_UPDATE_GOLDEN=1` to rewrite the files after an intended change.
 
-use oxflow::connectors::json::encode_json_lines;
 use oxflow::nexmark::{job, QUERIES};
 use oxflow::prelude::*;
 mod common;
@@ -29,17 +28,7 @@ fn run(query: &str, workers: usize, batch_size: usize) -> Vec<String> {
     .unwrap()
     .execute_blocking()
     .unwrap();
-    let mut bytes = Vec::new();
-    for b in out.batches() {
-        encode_json_lines(&b, &mut bytes).unwrap();
-    }
-    let mut lines: Vec<String> = String::from_utf8(bytes)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
+    common::json_lines(&out.batches())
 }
 
 #[test]

@@ -661,14 +661,7 @@ async fn a_sql_script_is_submitted_planned_and_run() {
         "{ddl}\nCREATE TABLE sink (auction BIGINT, price BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');\nINSERT INTO sink SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0;",
         out.display()
     );
-    let (status, body) = client
-        .send(
-            hyper::Method::POST,
-            "/v1/jobs",
-            Some(&serde_json::json!({ "sql": script })),
-        )
-        .await
-        .unwrap();
+    let (status, body) = post(&client, serde_json::json!({ "sql": script }).to_string()).await;
     assert_eq!(status, 201, "{body}");
     let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
         .as_str()
@@ -688,16 +681,7 @@ async fn a_sql_script_is_submitted_planned_and_run() {
         .unwrap()
         .execute_blocking()
         .unwrap();
-    let mut bytes = Vec::new();
-    for b in results.batches() {
-        oxflow::connectors::json::encode_json_lines(&b, &mut bytes).unwrap();
-    }
-    let mut expected: Vec<String> = String::from_utf8(bytes)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    expected.sort();
+    let expected = json_lines(&results.batches());
     assert!(!expected.is_empty());
     assert_eq!(committed_lines(&out), expected);
 
@@ -707,14 +691,7 @@ async fn a_sql_script_is_submitted_planned_and_run() {
         "{ddl}\nCREATE TABLE sink (auction BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');\nINSERT INTO sink SELECT auction FROM bid;",
         forbidden.display()
     );
-    let (status, body) = client
-        .send(
-            hyper::Method::POST,
-            "/v1/jobs",
-            Some(&serde_json::json!({ "sql": script })),
-        )
-        .await
-        .unwrap();
+    let (status, body) = post(&client, serde_json::json!({ "sql": script }).to_string()).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("table `sink`"), "{body}");
     assert!(!forbidden.exists(), "planning made {}", forbidden.display());

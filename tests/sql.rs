@@ -3,7 +3,6 @@
 //! then restored at another parallelism; errors name the construct and its place.
 
 use datafusion::functions_aggregate::expr_fn::{count, max};
-use oxflow::connectors::json::encode_json_lines;
 use oxflow::prelude::*;
 use oxflow::sql::{SqlOutput, SqlSession};
 use std::time::Duration;
@@ -46,18 +45,16 @@ thread_local! {
     static EVENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(2_000) };
 }
 
-fn lines_of(batches: &[RecordBatch]) -> Vec<String> {
-    let mut bytes = Vec::new();
-    for b in batches {
-        encode_json_lines(b, &mut bytes).unwrap();
-    }
-    let mut lines: Vec<String> = String::from_utf8(bytes)
+/// Bids per auction per hopping window of 10 s every 2 s (the inner part of q5).
+fn hop_counts() -> Stream {
+    table(NexmarkTable::Bid)
+        .key_by(["auction"])
+        .window(WindowSpec::hopping(
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        ))
+        .aggregate([count(col("auction")).alias("num")])
         .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
 }
 
 /// One case: a sink table's columns, the SQL that fills it, and the Rust API's version.
@@ -106,11 +103,7 @@ fn cases() -> Vec<Case> {
                     FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
                     GROUP BY auction, window_start, window_end",
             rust: || {
-                table(NexmarkTable::Bid)
-                    .key_by(["auction"])
-                    .window(WindowSpec::hopping(Duration::from_secs(10), Duration::from_secs(2)))
-                    .aggregate([count(col("auction")).alias("num")])
-                    .unwrap()
+                hop_counts()
             },
         },
         Case {
@@ -125,11 +118,7 @@ fn cases() -> Vec<Case> {
                     ) AS CountBids
                     GROUP BY CountBids.starttime, CountBids.endtime",
             rust: || {
-                table(NexmarkTable::Bid)
-                    .key_by(["auction"])
-                    .window(WindowSpec::hopping(Duration::from_secs(10), Duration::from_secs(2)))
-                    .aggregate([count(col("auction")).alias("num")])
-                    .unwrap()
+                hop_counts()
                     .window_all(WindowSpec::Inherited)
                     .aggregate([max(col("num")).alias("maxn")])
                     .unwrap()
@@ -206,7 +195,7 @@ fn script(
 #[test]
 fn nexmark_sql_equals_the_rust_api() {
     for case in cases() {
-        let expected = lines_of(&common::collect((case.rust)()));
+        let expected = common::json_lines(&common::collect((case.rust)()));
         assert!(!expected.is_empty(), "{}: no output to compare", case.name);
         for parallelism in [1, 3] {
             let tmp = tempfile::tempdir().unwrap();
@@ -245,7 +234,7 @@ fn nexmark_sql_checkpointed_and_killed_then_restored_at_another_parallelism() {
     // checkpoints every 20 ms fall between them.
     EVENTS.with(|e| e.set(40_000));
     for case in cases() {
-        let expected = lines_of(&common::collect((case.rust)()));
+        let expected = common::json_lines(&common::collect((case.rust)()));
         let tmp = tempfile::tempdir().unwrap();
         let (out, checkpoints) = (tmp.path().join("out"), tmp.path().join("chk"));
         // Killed after 2 checkpoints at parallelism 2, then after 1 more at 3, then run to the
@@ -317,7 +306,7 @@ fn the_spec_of_a_sql_job_runs_as_any_spec() {
         .unwrap();
     assert_eq!(
         common::committed_lines(&tmp.path().join("out")),
-        lines_of(&common::collect((case.rust)()))
+        common::json_lines(&common::collect((case.rust)()))
     );
 }
 
@@ -413,4 +402,37 @@ fn the_cli_runs_sql_files_and_prints_the_summary() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("in -e statement 1"), "{err}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 400, ..Default::default() })]
+
+    /// A script with a character deleted, replaced or inserted anywhere is planned or refused
+    /// with an error; it never panics.
+    #[test]
+    fn a_damaged_script_is_refused_not_a_panic(
+        at in 0usize..10_000,
+        edit in 0u8..3,
+        c in proptest::prelude::any::<char>(),
+    ) {
+        let script = format!(
+            "{}\nCREATE TABLE s (a BIGINT, n BIGINT) WITH ('connector' = 'blackhole');\nINSERT INTO s SELECT bidder, COUNT(*) FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) WHERE price > 10 GROUP BY bidder, window_start, window_end HAVING COUNT(*) > 1;",
+            ddl(2_000, None)
+        );
+        let mut chars: Vec<char> = script.chars().collect();
+        let i = at % chars.len();
+        match edit {
+            0 => { chars.remove(i); }
+            1 => chars[i] = c,
+            _ => chars.insert(i, c),
+        }
+        let damaged: String = chars.into_iter().collect();
+        let _ = SqlSession::default().execute(&damaged);
+    }
+
+    /// Arbitrary text is refused or planned, never a panic.
+    #[test]
+    fn arbitrary_text_is_refused_not_a_panic(text in "\\PC{0,200}") {
+        let _ = SqlSession::default().execute(&text);
+    }
 }

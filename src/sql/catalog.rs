@@ -127,18 +127,25 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Milliseconds of a Flink duration: `10 s`, `500ms`, `1 min`, `2 h`, `1 d`, or a bare
-/// number of milliseconds.
-pub(crate) fn duration_ms(text: &str) -> std::result::Result<u64, String> {
+/// The leading whole number of `text`, its unit (lower case, trimmed) and the trimmed text;
+/// the error says `text` is not `what`.
+fn number_and_unit(text: &str, what: &str) -> std::result::Result<(u64, String, String), String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
+    let n = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as '10 s' or '500 ms'"))?;
-    let unit_ms: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        .map_err(|_| format!("`{text}` is not {what}"))?;
+    Ok((n, unit.trim().to_ascii_lowercase(), text.to_string()))
+}
+
+/// Milliseconds of a Flink duration: `10 s`, `500ms`, `1 min`, `2 h`, `1 d`, or a bare
+/// number of milliseconds.
+pub(crate) fn duration_ms(text: &str) -> std::result::Result<u64, String> {
+    let (n, unit, text) = number_and_unit(text, "a duration such as '10 s' or '500 ms'")?;
+    let unit_ms: u64 = match unit.as_str() {
         "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1,
         "s" | "sec" | "secs" | "second" | "seconds" => 1_000,
         "min" | "mins" | "minute" | "minutes" => 60_000,
@@ -152,15 +159,8 @@ pub(crate) fn duration_ms(text: &str) -> std::result::Result<u64, String> {
 
 /// MiB of a Flink memory size (`128MB`, `1 gb`, `512kb`), rounded up.
 fn memory_mb(text: &str) -> std::result::Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as '128MB'"))?;
-    let bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit, text) = number_and_unit(text, "a size such as '128MB'")?;
+    let bytes: u64 = match unit.as_str() {
         "" | "b" | "bytes" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,

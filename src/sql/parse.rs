@@ -215,6 +215,15 @@ fn object_name(p: &mut Parser) -> Result<Located<String>> {
     Ok(Located::new(last, start))
 }
 
+/// `a, b, c)`: names up to the closing parenthesis (the opening one is read).
+fn identifiers(p: &mut Parser) -> Result<Vec<Ident>> {
+    let names = p
+        .parse_comma_separated(|p| p.parse_identifier())
+        .map_err(parser_error)?;
+    expect(p, Token::RParen)?;
+    Ok(names)
+}
+
 fn string_literal(p: &mut Parser) -> Result<String> {
     p.parse_literal_string().map_err(parser_error)
 }
@@ -244,7 +253,8 @@ fn statement(p: &mut Parser) -> Result<Statement> {
         };
     }
     if parse_word(p, "CREATE") {
-        let temporary = parse_word(p, "TEMPORARY");
+        // A temporary view or table lives as long as the session, as every one does here.
+        parse_word(p, "TEMPORARY");
         if parse_word(p, "TABLE") {
             return create_table(p).map(|t| Statement::CreateTable(Box::new(t)));
         }
@@ -257,11 +267,7 @@ fn statement(p: &mut Parser) -> Result<Statement> {
             }
             let name = object_name(p)?;
             let columns = if p.consume_token(&Token::LParen) {
-                let c = p
-                    .parse_comma_separated(|p| p.parse_identifier())
-                    .map_err(parser_error)?;
-                expect(p, Token::RParen)?;
-                c
+                identifiers(p)?
             } else {
                 Vec::new()
             };
@@ -276,7 +282,6 @@ fn statement(p: &mut Parser) -> Result<Statement> {
                 query,
             });
         }
-        let _ = temporary;
         return unsupported("this CREATE statement");
     }
     if parse_word(p, "SET") {
@@ -299,11 +304,7 @@ fn statement(p: &mut Parser) -> Result<Statement> {
             && !matches!(p.peek_nth_token(1).token, Token::Word(ref w) if w.keyword == Keyword::SELECT || w.keyword == Keyword::WITH)
         {
             p.next_token();
-            let c = p
-                .parse_comma_separated(|p| p.parse_identifier())
-                .map_err(parser_error)?;
-            expect(p, Token::RParen)?;
-            c
+            identifiers(p)?
         } else {
             Vec::new()
         };
@@ -430,10 +431,7 @@ fn table_element(p: &mut Parser, def: &mut TableDef) -> Result<()> {
     }
     if p.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
         expect(p, Token::LParen)?;
-        let keys = p
-            .parse_comma_separated(|p| p.parse_identifier())
-            .map_err(parser_error)?;
-        expect(p, Token::RParen)?;
+        let keys = identifiers(p)?;
         not_enforced(p)?;
         def.primary_key = keys.into_iter().map(|k| k.value).collect();
         return Ok(());

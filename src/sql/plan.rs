@@ -133,6 +133,16 @@ struct Scope {
     renamed: HashMap<String, String>,
 }
 
+/// The names of `stream`'s columns, in order.
+fn column_names(stream: &Stream) -> Vec<String> {
+    stream
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// Parses one SQL expression the planner writes itself.
 fn ast(sql: &str) -> Result<Expr> {
     Parser::new(&GenericDialect {})
@@ -305,13 +315,7 @@ fn group_window_bounds(expr: &mut Expr) -> Result<()> {
 impl Scope {
     fn of(rel: &Rel) -> Scope {
         Scope {
-            columns: rel
-                .stream
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect(),
+            columns: column_names(&rel.stream),
             qualifiers: rel.qualifiers.clone(),
             ..Scope::default()
         }
@@ -606,13 +610,7 @@ impl<'a> Planner<'a> {
             } => {
                 let left = self.set_expr(left, depth + 1, None)?;
                 let right = self.set_expr(right, depth + 1, None)?;
-                let names: Vec<String> = left
-                    .stream
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect();
+                let names: Vec<String> = column_names(&left.stream);
                 let right_schema = right.stream.schema();
                 if right_schema.fields().len() != names.len() {
                     return Err(sql_error(format!(
@@ -864,10 +862,7 @@ impl<'a> Planner<'a> {
                     format!("WATERMARK FOR `{}`: a computed time column is supported on the nexmark connector only; declare the watermark on a column the connector reads", w.column.value),
                 ));
             }
-            let delay = watermark_delay(&w.column, &w.expr)?;
-            rel.stream = rel
-                .stream
-                .with_watermarks(WatermarkStrategy::bounded(&w.column.value, delay))?;
+            rel.stream = with_watermark(rel.stream, &w.column.value, w)?;
         }
         let computed = def
             .columns
@@ -1012,10 +1007,7 @@ impl<'a> Planner<'a> {
                     format!("WATERMARK FOR `{}`: for {row} events it is `{folded}`, not one of the generator's columns", w.column.value),
                 ));
             };
-            let delay = watermark_delay(&w.column, &w.expr)?;
-            rel.stream = rel
-                .stream
-                .with_watermarks(WatermarkStrategy::bounded(&time_column.name, delay))?;
+            rel.stream = with_watermark(rel.stream, &time_column.name, w)?;
         }
         Ok((rel, scope, and_all(rest)))
     }
@@ -1218,13 +1210,7 @@ impl<'a> Planner<'a> {
                 })
                 .collect();
             rel.stream = rel.stream.select(exprs)?;
-            scope.columns = rel
-                .stream
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
+            scope.columns = column_names(&rel.stream);
             scope.renamed = renamed.clone();
         }
         // Each aggregate call of the select list and HAVING becomes a column `__aggN`.
@@ -1268,12 +1254,7 @@ impl<'a> Planner<'a> {
         };
         let stream = windowed.aggregate(exprs)?;
         let mut post = Scope {
-            columns: stream
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect(),
+            columns: column_names(&stream),
             qualifiers: rel.qualifiers.clone(),
             renamed: scope.renamed.clone(),
             ..Scope::default()
@@ -1521,6 +1502,12 @@ fn positive(ms: u64, expr: &Expr) -> Result<Duration> {
         ));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// `stream` with watermarks on `column` as `WATERMARK FOR` declares them.
+fn with_watermark(stream: Stream, column: &str, w: &super::parse::WatermarkDef) -> Result<Stream> {
+    let delay = watermark_delay(&w.column, &w.expr)?;
+    stream.with_watermarks(WatermarkStrategy::bounded(column, delay))
 }
 
 /// The delay of `WATERMARK FOR c AS c - INTERVAL 'n' UNIT` (or `AS c`: none).

@@ -90,6 +90,21 @@ pub fn summary(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
+/// Batches as JSON lines (as the file sink writes them), sorted.
+pub fn json_lines(batches: &[RecordBatch]) -> Vec<String> {
+    let mut bytes = Vec::new();
+    for b in batches {
+        oxflow::connectors::json::encode_json_lines(b, &mut bytes).unwrap();
+    }
+    let mut lines: Vec<String> = String::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// Runs `stream` to its end into an in-memory sink and returns what reached it.
 pub fn collect(stream: oxflow::Stream) -> Vec<RecordBatch> {
     let out = oxflow::connectors::sinks::CollectSink::new();
