@@ -17,7 +17,7 @@ trap 'rm -rf "$tmp"' EXIT
 sed "s/'events.num' = '10000000'/'events.num' = '$events'/" examples/sql/nexmark-ddl.sql >"$tmp/ddl.sql"
 echo "SET 'parallelism.default' = '$workers';" >>"$tmp/ddl.sql"
 printf "%-5s %5s %12s %14s %12s %14s %8s\n" query rows rust_ev/s rust_ev/cpu-s sql_ev/s sql_ev/cpu-s sql/rust
-for q in ${QUERIES:-q0 q1 q2 q11}; do
+for q in ${QUERIES:-q0 q1 q2 q3 q5 q7 q8 q11}; do
   rust=() sql=()
   for _ in $(seq "${RUNS:-3}"); do
     rust+=("$("$bin" nexmark --query "$q" --events "$events" --workers "$workers" | tail -n 1)")

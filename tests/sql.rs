@@ -45,6 +45,21 @@ thread_local! {
     static EVENTS: std::cell::Cell<u64> = const { std::cell::Cell::new(2_000) };
 }
 
+/// A Nexmark query of the Rust API on the same generator.
+fn rust_query(query: &str) -> Stream {
+    let config = NexmarkConfig {
+        events: Some(EVENTS.with(|e| e.get())),
+        event_rate: 100,
+        ..Default::default()
+    };
+    let pipeline = Pipeline::new().with_parallelism(2);
+    oxflow::nexmark::apply(
+        query,
+        oxflow::nexmark::Input::generator(pipeline, config, oxflow::nexmark::watermarks()),
+    )
+    .unwrap()
+}
+
 /// Bids per auction per hopping window of 10 s every 2 s (the inner part of q5).
 fn hop_counts() -> Stream {
     table(NexmarkTable::Bid)
@@ -95,6 +110,81 @@ fn cases() -> Vec<Case> {
                     FROM bid B
                     GROUP BY B.bidder, SESSION(B.dateTime, INTERVAL '10' SECOND)",
             rust: || oxflow::nexmark::apply("q11", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
+        },
+        Case {
+            name: "q3",
+            columns: "name VARCHAR, city VARCHAR, state VARCHAR, id BIGINT",
+            // Nexmark's q3 as published: a regular join.
+            query: "SELECT P.name, P.city, P.state, A.id
+                    FROM auction AS A INNER JOIN person AS P on A.seller = P.id
+                    WHERE A.category = 10 and (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
+            rust: || rust_query("q3"),
+        },
+        Case {
+            name: "q5",
+            columns: "window_start TIMESTAMP(3), window_end TIMESTAMP(3), auction BIGINT, num BIGINT",
+            // Nexmark's q5 as published (the hop counts joined with their windows' maximum).
+            query: "SELECT AuctionBids.starttime, AuctionBids.endtime, AuctionBids.auction, AuctionBids.num
+                    FROM (
+                      SELECT B1.auction, count(*) AS num,
+                             HOP_START(B1.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS starttime,
+                             HOP_END(B1.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS endtime
+                      FROM bid B1
+                      GROUP BY B1.auction, HOP(B1.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+                    ) AS AuctionBids
+                    JOIN (
+                      SELECT max(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime
+                      FROM (
+                        SELECT count(*) AS num,
+                               HOP_START(B2.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS starttime,
+                               HOP_END(B2.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS endtime
+                        FROM bid B2
+                        GROUP BY B2.auction, HOP(B2.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+                      ) AS CountBids
+                      GROUP BY CountBids.starttime, CountBids.endtime
+                    ) AS MaxBids
+                    ON AuctionBids.starttime = MaxBids.starttime AND
+                       AuctionBids.endtime = MaxBids.endtime AND
+                       AuctionBids.num >= MaxBids.maxn",
+            rust: || rust_query("q5"),
+        },
+        Case {
+            name: "q7",
+            columns: "window_start TIMESTAMP(3), window_end TIMESTAMP(3), auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3)",
+            // Nexmark's q7 as Oxflow's Flink comparison writes it: the window maximum joined
+            // back to the bids of its window.
+            query: "SELECT B1.window_start, B1.window_end, B.auction, B.bidder, B.price, B.dateTime
+                    FROM bid B
+                    JOIN (
+                      SELECT MAX(price) AS maxprice, window_start, window_end
+                      FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND))
+                      GROUP BY window_start, window_end
+                    ) B1
+                    ON B.price = B1.maxprice
+                    WHERE B.dateTime >= B1.window_start AND B.dateTime < B1.window_end",
+            rust: || rust_query("q7"),
+        },
+        Case {
+            name: "q8",
+            columns: "id BIGINT, name VARCHAR, window_start TIMESTAMP(3)",
+            // Nexmark's q8 as published.
+            query: "SELECT P.id, P.name, P.starttime
+                    FROM (
+                      SELECT P.id, P.name,
+                             TUMBLE_START(P.dateTime, INTERVAL '10' SECOND) AS starttime,
+                             TUMBLE_END(P.dateTime, INTERVAL '10' SECOND) AS endtime
+                      FROM person P
+                      GROUP BY P.id, P.name, TUMBLE(P.dateTime, INTERVAL '10' SECOND)
+                    ) P
+                    JOIN (
+                      SELECT A.seller,
+                             TUMBLE_START(A.dateTime, INTERVAL '10' SECOND) AS starttime,
+                             TUMBLE_END(A.dateTime, INTERVAL '10' SECOND) AS endtime
+                      FROM auction A
+                      GROUP BY A.seller, TUMBLE(A.dateTime, INTERVAL '10' SECOND)
+                    ) A
+                    ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
+            rust: || rust_query("q8"),
         },
         Case {
             name: "hop window TVF",
@@ -340,8 +430,16 @@ fn errors_name_the_construct_and_its_place() {
             vec!["read one kind of event at a time", "WHERE event_type = 0"],
         ),
         (
-            format!("{ddl}\nSELECT B.price FROM bid B JOIN person P ON B.bidder = P.id;"),
-            vec!["joins are not supported yet"],
+            format!("{ddl}\nSELECT B.price FROM bid B FULL JOIN person P ON B.bidder = P.id;"),
+            vec!["only [INNER] JOIN .. ON and LEFT [OUTER] JOIN .. ON are supported yet"],
+        ),
+        (
+            format!("{ddl}\nSELECT id FROM auction A JOIN person P ON A.seller = P.id;"),
+            vec!["column `id` is on both sides of the join: qualify it"],
+        ),
+        (
+            format!("{ddl}\nSELECT P.id FROM auction A JOIN person P ON A.seller > P.id;"),
+            vec!["a join needs an equality between a column of each side"],
         ),
         (
             format!("{ddl}\nSELECT window_start FROM TABLE(CUMULATE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND));"),

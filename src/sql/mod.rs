@@ -83,7 +83,11 @@ pub struct SqlSession {
 pub type ConnectorCheck = Box<dyn Fn(&JobSpec) -> Result<()> + Send>;
 
 /// The settings `SET` takes, with what each does.
-const SETTINGS: [(&str, &str); 6] = [
+const SETTINGS: [(&str, &str); 7] = [
+    (
+        "table.exec.state.ttl",
+        "how long a regular join keeps a row, in event time ('1 h'; default: forever)",
+    ),
     ("parallelism.default", "subtasks per stage"),
     ("pipeline.max-parallelism", "key groups"),
     (
@@ -238,6 +242,9 @@ impl SqlSession {
                     self.pipeline = self.pipeline.clone().with_max_parallelism(n);
                 }
             }
+            "table.exec.state.ttl" => {
+                catalog::duration_ms(&value).map_err(|e| bad(&e))?;
+            }
             "execution.checkpointing.interval"
                 if catalog::duration_ms(&value).map_err(|e| bad(&e))? == 0 =>
             {
@@ -264,7 +271,14 @@ impl SqlSession {
     /// Plans an `INSERT INTO` or a query into its spec. The sink is not built while
     /// planning (a file sink makes its directory): the spec names it.
     fn plan(&self, statement: &Statement) -> Result<JobSpec> {
-        let planner = plan::Planner::new(&self.catalog, self.pipeline.clone());
+        let ttl = self
+            .settings
+            .get("table.exec.state.ttl")
+            .map(|v| catalog::duration_ms(v).map_err(sql_error))
+            .transpose()?
+            .filter(|ms| *ms > 0)
+            .map(std::time::Duration::from_millis);
+        let planner = plan::Planner::new(&self.catalog, self.pipeline.clone(), ttl);
         let mut spec = match statement {
             Statement::Insert {
                 table,

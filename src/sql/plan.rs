@@ -36,35 +36,43 @@ use std::time::Duration;
 /// subquery computes only those, so that its source reads only what the query uses.
 type Needed = Option<std::collections::HashSet<String>>;
 
+/// Adds the names `expr` reads (every part of a qualified name) to `names`.
+fn names_in(expr: &Expr, names: &mut std::collections::HashSet<String>) {
+    use datafusion::sql::sqlparser::ast::visit_expressions;
+    let _ = visit_expressions(expr, |e| {
+        match e {
+            Expr::Identifier(id) => {
+                names.insert(id.value.clone());
+            }
+            Expr::CompoundIdentifier(parts) => {
+                names.extend(parts.iter().map(|p| p.value.clone()));
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// The names `select` reads from its `FROM` (`None` with a wildcard).
 fn referenced(select: &Select) -> Needed {
-    use datafusion::sql::sqlparser::ast::visit_expressions;
     let mut names = std::collections::HashSet::new();
-    let mut note = |e: &Expr| {
-        let _ = visit_expressions(e, |e| {
-            match e {
-                Expr::Identifier(id) => {
-                    names.insert(id.value.clone());
-                }
-                Expr::CompoundIdentifier(parts) => {
-                    names.extend(parts.iter().map(|p| p.value.clone()));
-                }
-                _ => {}
-            }
-            ControlFlow::<()>::Continue(())
-        });
-    };
     for item in &select.projection {
         match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => note(e),
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                names_in(e, &mut names)
+            }
             _ => return None,
         }
     }
-    select.selection.iter().for_each(&mut note);
-    if let GroupByExpr::Expressions(exprs, _) = &select.group_by {
-        exprs.iter().for_each(&mut note);
+    if let Some(e) = &select.selection {
+        names_in(e, &mut names);
     }
-    select.having.iter().for_each(&mut note);
+    if let GroupByExpr::Expressions(exprs, _) = &select.group_by {
+        exprs.iter().for_each(|e| names_in(e, &mut names));
+    }
+    if let Some(e) = &select.having {
+        names_in(e, &mut names);
+    }
     Some(names)
 }
 
@@ -103,6 +111,8 @@ pub(crate) struct Planner<'a> {
     /// Whether views and subqueries compute only what the enclosing query reads (off to
     /// report an error against every column).
     prune: std::cell::Cell<bool>,
+    /// `SET 'table.exec.state.ttl'`: how long a regular join keeps a row.
+    state_ttl: Option<Duration>,
 }
 
 /// A relation being planned.
@@ -131,6 +141,10 @@ struct Scope {
     fields: HashMap<(String, String), Expr>,
     /// Names that are another column here (a window's bounds renamed for its operator).
     renamed: HashMap<String, String>,
+    /// After a join: `(relation, column)` to the joined stream's column.
+    qualified: HashMap<(String, String), String>,
+    /// After a join: names both sides have, which must be qualified.
+    ambiguous: std::collections::HashSet<String>,
 }
 
 /// The names of `stream`'s columns, in order.
@@ -321,8 +335,58 @@ impl Scope {
         }
     }
 
+    /// The names that qualify columns here.
+    fn relations(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .qualifiers
+            .iter()
+            .cloned()
+            .chain(self.qualified.keys().map(|(q, _)| q.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Which sides of a join `expr` reads: (left, right).
+    fn sides(left: &Scope, right: &Scope, expr: &Expr) -> Result<(bool, bool)> {
+        use datafusion::sql::sqlparser::ast::visit_expressions;
+        let mut sides = (false, false);
+        let flow = visit_expressions(expr, |e| {
+            let (l, r) = match e {
+                Expr::Identifier(id) => (left.resolve(id).is_ok(), right.resolve(id).is_ok()),
+                Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                    (left.rewrite(e).is_ok(), right.rewrite(e).is_ok())
+                }
+                _ => return ControlFlow::Continue(()),
+            };
+            if l && r {
+                return ControlFlow::Break(at(
+                    expr_start(e),
+                    format!("`{e}` is on both sides of the join: qualify it"),
+                ));
+            }
+            sides.0 |= l;
+            sides.1 |= r;
+            ControlFlow::Continue(())
+        });
+        match flow {
+            ControlFlow::Break(e) => Err(e),
+            ControlFlow::Continue(()) => Ok(sides),
+        }
+    }
+
     /// The column `name` resolves to.
     fn resolve(&self, name: &Ident) -> Result<Expr> {
+        if self.ambiguous.contains(&name.value) {
+            return Err(at(
+                name.span.start,
+                format!(
+                    "column `{}` is on both sides of the join: qualify it",
+                    name.value
+                ),
+            ));
+        }
         if let Some(e) = self.substitutes.get(&name.value) {
             return Ok(Expr::Nested(Box::new(e.clone())));
         }
@@ -374,19 +438,22 @@ impl Scope {
             Expr::Identifier(id) => self.resolve(id)?,
             Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
                 let (q, name) = (&parts[0], &parts[1]);
-                if let Some(field) = self.fields.get(&(q.value.clone(), name.value.clone())) {
+                let pair = (q.value.clone(), name.value.clone());
+                if let Some(field) = self.fields.get(&pair) {
                     Expr::Nested(Box::new(field.clone()))
+                } else if let Some(actual) = self.qualified.get(&pair) {
+                    column(actual)
                 } else if self.qualifiers.contains(&q.value) {
                     self.resolve(name)?
                 } else {
                     return Err(at(
                         q.span.start,
                         format!(
-                            "`{}.{}`: `{}` names no relation here (they are: {})",
+                            "`{}.{}`: `{}` names no relation here, or no column of it (relations: {})",
                             q.value,
                             name.value,
                             q.value,
-                            self.qualifiers.join(", ")
+                            self.relations().join(", ")
                         ),
                     ));
                 }
@@ -451,11 +518,12 @@ fn datafusion_expr(stream: &Stream, expr: &Expr, alias: Option<&str>) -> Result<
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(catalog: &'a Catalog, pipeline: Pipeline) -> Self {
+    pub fn new(catalog: &'a Catalog, pipeline: Pipeline, state_ttl: Option<Duration>) -> Self {
         Planner {
             catalog,
             pipeline,
             prune: std::cell::Cell::new(true),
+            state_ttl,
         }
     }
 
@@ -662,29 +730,19 @@ impl<'a> Planner<'a> {
                 "SELECT DISTINCT is not supported yet (it produces an updating result)",
             ));
         }
-        let [from] = select.from.as_slice() else {
-            return Err(at(
-                place,
-                if select.from.is_empty() {
-                    "a streaming query reads FROM a table".to_string()
-                } else {
-                    "a FROM of several relations (a join) is not supported yet".to_string()
-                },
-            ));
+        let single = matches!(select.from.as_slice(), [one] if one.joins.is_empty());
+        let (mut rel, mut scope, selection) = if single {
+            self.relation(
+                &select.from[0].relation,
+                select.selection.as_ref(),
+                depth,
+                referenced(select),
+            )?
+        } else if select.from.is_empty() {
+            return Err(at(place, "a streaming query reads FROM a table"));
+        } else {
+            self.join(select, depth)?
         };
-        if let Some(join) = from.joins.first() {
-            use datafusion::sql::sqlparser::ast::Spanned;
-            return Err(at(
-                join.relation.span().start,
-                "joins are not supported yet",
-            ));
-        }
-        let (mut rel, mut scope, selection) = self.relation(
-            &from.relation,
-            select.selection.as_ref(),
-            depth,
-            referenced(select),
-        )?;
         if let Some(predicate) = selection {
             let resolved = scope.rewrite(&predicate)?;
             let filter = datafusion_expr(&rel.stream, &resolved, None)?;
@@ -720,6 +778,178 @@ impl<'a> Planner<'a> {
         }
         let (rel, post, calls) = self.aggregate(rel, &mut scope, select, &items, group_by)?;
         self.project(rel, &post, &items, &calls)
+    }
+
+    /// A join of two relations (`a JOIN b ON ..`, `a LEFT JOIN b ON ..` or `FROM a, b WHERE
+    /// ..`): the equalities between the two sides key it, a condition on one side alone
+    /// filters that side before the join, and the rest filters its output. It is a regular
+    /// join: every row stays in state, or for `SET 'table.exec.state.ttl'` that long of
+    /// event time. Returns the joined relation, its scope, and what of `WHERE` is left.
+    fn join(&self, select: &Select, depth: usize) -> Result<(Rel, Scope, Option<Expr>)> {
+        use datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator, Spanned};
+        let place = select.select_token.0.span.start;
+        let (left_factor, right_factor, operator) = match select.from.as_slice() {
+            [one] if one.joins.len() == 1 => (
+                &one.relation,
+                &one.joins[0].relation,
+                Some(&one.joins[0].join_operator),
+            ),
+            [a, b] if a.joins.is_empty() && b.joins.is_empty() => (&a.relation, &b.relation, None),
+            _ => {
+                return Err(at(
+                    place,
+                    "a join of more than two relations is not supported yet; join two in a subquery first",
+                ))
+            }
+        };
+        let right_place = right_factor.span().start;
+        let (on, left_outer) = match operator {
+            None => (None, false),
+            Some(JoinOperator::Join(JoinConstraint::On(e)) | JoinOperator::Inner(JoinConstraint::On(e))) => {
+                (Some(e), false)
+            }
+            Some(JoinOperator::Left(JoinConstraint::On(e)) | JoinOperator::LeftOuter(JoinConstraint::On(e))) => {
+                (Some(e), true)
+            }
+            Some(_) => {
+                return Err(at(
+                    right_place,
+                    "only [INNER] JOIN .. ON and LEFT [OUTER] JOIN .. ON are supported yet (no RIGHT, FULL, CROSS, USING, NATURAL, lookup or temporal joins)",
+                ))
+            }
+        };
+        let mut needed = referenced(select);
+        if let (Some(names), Some(on)) = (&mut needed, on) {
+            names_in(on, names);
+        }
+        let (mut left, left_scope, _) = self.relation(left_factor, None, depth, needed.clone())?;
+        let (mut right, right_scope, _) = self.relation(right_factor, None, depth, needed)?;
+        // The join's conditions: its ON, and for an inner join WHERE too.
+        let mut conditions = Vec::new();
+        if let Some(on) = on {
+            conjuncts(on, &mut conditions);
+        }
+        let mut rest = None;
+        match (&select.selection, left_outer) {
+            (Some(w), false) => conjuncts(w, &mut conditions),
+            (Some(w), true) => rest = Some(w.clone()),
+            (None, _) => {}
+        }
+        let mut keys: Vec<(String, String)> = Vec::new();
+        let mut residual = Vec::new();
+        for c in conditions {
+            if let Expr::BinaryOp {
+                left: a,
+                op: BinaryOperator::Eq,
+                right: b,
+            } = &c
+            {
+                let column_of = |scope: &Scope, e: &Expr| match scope.rewrite(e) {
+                    Ok(Expr::Identifier(id)) => Some(id.value),
+                    _ => None,
+                };
+                let pair = match (
+                    Scope::sides(&left_scope, &right_scope, a)?,
+                    Scope::sides(&left_scope, &right_scope, b)?,
+                ) {
+                    ((true, false), (false, true)) => {
+                        column_of(&left_scope, a).zip(column_of(&right_scope, b))
+                    }
+                    ((false, true), (true, false)) => {
+                        column_of(&left_scope, b).zip(column_of(&right_scope, a))
+                    }
+                    _ => None,
+                };
+                if let Some(pair) = pair {
+                    keys.push(pair);
+                    continue;
+                }
+            }
+            match Scope::sides(&left_scope, &right_scope, &c)? {
+                (true, false) if !left_outer => {
+                    let filter = datafusion_expr(&left.stream, &left_scope.rewrite(&c)?, None)?;
+                    left.stream = left.stream.filter(filter)?;
+                }
+                (false, true) => {
+                    let filter = datafusion_expr(&right.stream, &right_scope.rewrite(&c)?, None)?;
+                    right.stream = right.stream.filter(filter)?;
+                }
+                _ if left_outer => {
+                    return Err(at(
+                        expr_start(&c),
+                        format!("`{c}`: a LEFT JOIN's ON takes equalities of the two sides and conditions on the right side only, here"),
+                    ))
+                }
+                _ => residual.push(c),
+            }
+        }
+        if keys.is_empty() {
+            return Err(at(
+                right_place,
+                "a join needs an equality between a column of each side (a cross join is not supported)",
+            ));
+        }
+        // Both sides the output of window aggregates, joined on both bounds: each row can
+        // meet only rows of its own window, all of which arrive before the watermark passes
+        // the window's end. With the end as each side's event time, a state TTL of 1 ms drops
+        // a window's rows then, so state stays bounded (Flink's window join).
+        let mut ttl = self.state_ttl;
+        if let (Some((ls, le)), Some((rs, re))) = (&left.bounds, &right.bounds) {
+            let has = |l: &String, r: &String| keys.iter().any(|(a, b)| a == l && b == r);
+            if has(ls, rs) && has(le, re) {
+                left.stream = left.stream.with_event_time(le)?;
+                right.stream = right.stream.with_event_time(re)?;
+                ttl = Some(Duration::from_millis(1));
+            }
+        }
+        let left_names = column_names(&left.stream);
+        let right_names = column_names(&right.stream);
+        let (left_keys, right_keys): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+        let mut joined = left
+            .stream
+            .key_by(left_keys)
+            .join(right.stream.key_by(right_keys));
+        if left_outer {
+            joined = joined.left_outer();
+        }
+        let stream = joined.regular(ttl)?;
+        // The join's output: the left columns, then the right ones (renamed where taken).
+        let output = column_names(&stream);
+        let mut scope = Scope {
+            columns: output.clone(),
+            ..Scope::default()
+        };
+        for (i, name) in right_names.iter().enumerate() {
+            let actual = &output[left_names.len() + i];
+            for q in &right.qualifiers {
+                scope
+                    .qualified
+                    .insert((q.clone(), name.clone()), actual.clone());
+            }
+            if left_names.contains(name) {
+                scope.ambiguous.insert(name.clone());
+            } else if actual != name {
+                scope.renamed.insert(name.clone(), actual.clone());
+            }
+        }
+        for name in &left_names {
+            for q in &left.qualifiers {
+                scope
+                    .qualified
+                    .insert((q.clone(), name.clone()), name.clone());
+            }
+        }
+        let mut rel = Rel {
+            stream,
+            qualifiers: Vec::new(),
+            tvf: None,
+            bounds: left.bounds.clone(),
+        };
+        if let Some(condition) = and_all(residual) {
+            let filter = datafusion_expr(&rel.stream, &scope.rewrite(&condition)?, None)?;
+            rel.stream = rel.stream.filter(filter)?;
+        }
+        Ok((rel, scope, rest))
     }
 
     /// The relation a `FROM` names, with the scope its expressions resolve in, and what is
@@ -1237,7 +1467,9 @@ impl<'a> Planner<'a> {
             collect(h)?;
         }
         if calls.is_empty() {
-            return Err(at(place, "a GROUP BY window needs at least one aggregate here (deduplication is not supported yet)"));
+            // A window GROUP BY without aggregates gives each key once per window: the
+            // window operator counts, and the count is not selected.
+            calls.push(("COUNT(1)".to_string(), ast("COUNT(1)")?));
         }
         let exprs = calls
             .iter()
@@ -1263,6 +1495,12 @@ impl<'a> Planner<'a> {
         for (k, v) in &scope.fields {
             if matches!(v, Expr::Identifier(id) if keys.contains(&id.value)) {
                 post.fields.insert(k.clone(), v.clone());
+            }
+        }
+        // After a join, `A.key` stays reachable for the keys.
+        for (k, actual) in &scope.qualified {
+            if keys.contains(actual) {
+                post.qualified.insert(k.clone(), actual.clone());
             }
         }
         let mut rel = Rel {
