@@ -126,6 +126,8 @@ struct Rel {
     /// The columns holding the window bounds of the window aggregate it came from (start,
     /// end), by their names here: a `GROUP BY` over both aggregates the same windows again.
     bounds: Option<(String, String)>,
+    /// The length of those windows, if they all have one (tumbling, hopping).
+    window_ms: Option<u64>,
 }
 
 /// How expressions over a relation are resolved.
@@ -714,6 +716,7 @@ impl<'a> Planner<'a> {
                     qualifiers: Vec::new(),
                     tvf: None,
                     bounds: None,
+                    window_ms: None,
                 })
             }
             other => Err(sql_error(format!(
@@ -844,10 +847,6 @@ impl<'a> Planner<'a> {
                 right: b,
             } = &c
             {
-                let column_of = |scope: &Scope, e: &Expr| match scope.rewrite(e) {
-                    Ok(Expr::Identifier(id)) => Some(id.value),
-                    _ => None,
-                };
                 let pair = match (
                     Scope::sides(&left_scope, &right_scope, a)?,
                     Scope::sides(&left_scope, &right_scope, b)?,
@@ -894,12 +893,50 @@ impl<'a> Planner<'a> {
         // the window's end. With the end as each side's event time, a state TTL of 1 ms drops
         // a window's rows then, so state stays bounded (Flink's window join).
         let mut ttl = self.state_ttl;
+        let mut window_join = false;
+        let mut interval = None;
         if let (Some((ls, le)), Some((rs, re))) = (&left.bounds, &right.bounds) {
             let has = |l: &String, r: &String| keys.iter().any(|(a, b)| a == l && b == r);
             if has(ls, rs) && has(le, re) {
                 left.stream = left.stream.with_event_time(le)?;
                 right.stream = right.stream.with_event_time(re)?;
                 ttl = Some(Duration::from_millis(1));
+                window_join = true;
+            }
+        }
+        // Left rows kept to the right's windows they fall in (`l.t >= r.window_start AND
+        // l.t < r.window_end`, Nexmark's q7): a window's end is within its length after such
+        // a row's time, so with the end as the right's event time this is an interval join,
+        // whose state leaves as the watermark passes (the conditions still filter exactly).
+        if let (false, Some(time), Some((rs, re)), Some(size)) = (
+            left_outer || window_join,
+            left.stream.time_column().map(str::to_string),
+            right.bounds.clone(),
+            right.window_ms,
+        ) {
+            use BinaryOperator::{Gt, GtEq, Lt, LtEq};
+            let compares = |ops: &[BinaryOperator], mirrored: &[BinaryOperator], bound: &str| {
+                residual.iter().any(|c| {
+                    let Expr::BinaryOp {
+                        left: a,
+                        op,
+                        right: b,
+                    } = c
+                    else {
+                        return false;
+                    };
+                    let is = |scope: &Scope, e: &Expr, name: &str| {
+                        column_of(scope, e).is_some_and(|c| c == name)
+                    };
+                    (ops.contains(op) && is(&left_scope, a, &time) && is(&right_scope, b, bound))
+                        || (mirrored.contains(op)
+                            && is(&right_scope, a, bound)
+                            && is(&left_scope, b, &time))
+                })
+            };
+            if compares(&[GtEq], &[LtEq], &rs) && compares(&[Lt, LtEq], &[Gt, GtEq], &re) {
+                right.stream = right.stream.with_event_time(&re)?;
+                interval = Some((0, size as i64));
             }
         }
         let left_names = column_names(&left.stream);
@@ -912,7 +949,10 @@ impl<'a> Planner<'a> {
         if left_outer {
             joined = joined.left_outer();
         }
-        let stream = joined.regular(ttl)?;
+        let stream = match interval {
+            Some((lower, upper)) => joined.interval(lower, upper)?,
+            None => joined.regular(ttl)?,
+        };
         // The join's output: the left columns, then the right ones (renamed where taken).
         let output = column_names(&stream);
         let mut scope = Scope {
@@ -944,6 +984,7 @@ impl<'a> Planner<'a> {
             qualifiers: Vec::new(),
             tvf: None,
             bounds: left.bounds.clone(),
+            window_ms: left.window_ms,
         };
         if let Some(condition) = and_all(residual) {
             let filter = datafusion_expr(&rel.stream, &scope.rewrite(&condition)?, None)?;
@@ -1081,6 +1122,7 @@ impl<'a> Planner<'a> {
             qualifiers: vec![def.name.value.clone()],
             tvf: None,
             bounds: None,
+            window_ms: None,
         };
         if let Some(w) = &def.watermark {
             let physical = def.columns.iter().any(|c| {
@@ -1195,6 +1237,7 @@ impl<'a> Planner<'a> {
             qualifiers: qualifiers.clone(),
             tvf: None,
             bounds: None,
+            window_ms: None,
         };
         let schema = generator.schema();
         let mut scope = Scope {
@@ -1479,6 +1522,13 @@ impl<'a> Planner<'a> {
                 datafusion_expr(&rel.stream, &resolved, Some(&format!("__agg{i}")))
             })
             .collect::<Result<Vec<_>>>()?;
+        let window_ms = match &window {
+            WindowSpec::Tumbling { size } | WindowSpec::Hopping { size, .. } => {
+                Some(size.as_millis() as u64)
+            }
+            WindowSpec::Inherited => rel.window_ms,
+            WindowSpec::Session { .. } => None,
+        };
         let windowed = if keys.is_empty() {
             rel.stream.window_all(window)
         } else {
@@ -1508,6 +1558,7 @@ impl<'a> Planner<'a> {
             qualifiers: rel.qualifiers,
             tvf: None,
             bounds: Some(("window_start".into(), "window_end".into())),
+            window_ms,
         };
         if let Some(having) = &select.having {
             let replaced = replace_calls(having, &calls)?;
@@ -1633,6 +1684,14 @@ fn spec_with_sink(stream: Stream, sink: SinkSpec) -> Result<JobSpec> {
     let mut spec = stream.sink_spec(SinkSpec::Blackhole, None)?.to_spec()?;
     spec.sink = sink;
     Ok(spec)
+}
+
+/// The column `e` names in `scope`, if it is a plain column.
+fn column_of(scope: &Scope, e: &Expr) -> Option<String> {
+    match scope.rewrite(e) {
+        Ok(Expr::Identifier(id)) => Some(id.value),
+        _ => None,
+    }
 }
 
 /// Replaces aggregate calls (by their text) in `expr` with their columns.
