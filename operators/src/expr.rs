@@ -68,7 +68,11 @@ pub fn parse_sql(sql: &str, schema: &SchemaRef) -> Result<Expr> {
     // `CAST(x AS VARCHAR)` to Utf8View).
     let mut config = datafusion::prelude::SessionConfig::new();
     config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-    SessionContext::new_with_config(config)
+    let context = SessionContext::new_with_config(config);
+    for function in crate::functions::all() {
+        context.register_udf(function);
+    }
+    context
         .parse_sql_expr(sql, &df_schema)
         .map_err(|e| OperatorError::InvalidExpression {
             expr: sql.to_string(),

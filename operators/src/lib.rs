@@ -15,6 +15,7 @@
 pub mod aggregate;
 pub mod error;
 pub mod expr;
+pub mod functions;
 pub mod join;
 mod keyed;
 pub mod map;

@@ -468,6 +468,45 @@ impl Scope {
                     ),
                 ))
             }
+            Expr::Function(f) if date_part_of(&function_name(f)).is_some() => {
+                let part = date_part_of(&function_name(f)).unwrap_or("hour");
+                let args = arguments(f);
+                let [(None, arg)] = args.as_slice() else {
+                    return Err(at(
+                        expr_start(e),
+                        format!("{} takes one argument", function_name(f)),
+                    ));
+                };
+                Expr::Nested(Box::new(ast(&format!(
+                    "CAST(date_part('{part}', {arg}) AS BIGINT)"
+                ))?))
+            }
+            Expr::Function(f) if function_name(f) == "DATE_FORMAT" => {
+                let args = arguments(f);
+                let [(None, ts), (None, Expr::Value(v))] = args.as_slice() else {
+                    return Err(at(
+                        expr_start(e),
+                        "DATE_FORMAT takes a timestamp and a literal pattern here",
+                    ));
+                };
+                let Value::SingleQuotedString(pattern) = &v.value else {
+                    return Err(at(expr_start(e), "DATE_FORMAT takes a literal pattern"));
+                };
+                let chrono = java_date_pattern(pattern).map_err(|why| at(expr_start(e), why))?;
+                Expr::Nested(Box::new(ast(&format!(
+                    "to_char({ts}, '{}')",
+                    chrono.replace('\'', "''")
+                ))?))
+            }
+            Expr::Function(f) if function_name(f) == "IF" => {
+                let args = arguments(f);
+                let [(None, c), (None, a), (None, b)] = args.as_slice() else {
+                    return Err(at(expr_start(e), "IF takes a condition and two values"));
+                };
+                Expr::Nested(Box::new(ast(&format!(
+                    "CASE WHEN {c} THEN {a} ELSE {b} END"
+                ))?))
+            }
             Expr::Function(f) if function_name(f) == "MOD" => {
                 let args = arguments(f);
                 let [(None, a), (None, b)] = args.as_slice() else {
@@ -482,6 +521,80 @@ impl Scope {
             _ => return Ok(None),
         }))
     }
+}
+
+/// The `date_part` field Flink's function `name` (`HOUR`, ...) extracts.
+fn date_part_of(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "YEAR" => "year",
+        "QUARTER" => "quarter",
+        "MONTH" => "month",
+        "WEEK" => "week",
+        "DAYOFYEAR" => "doy",
+        "DAYOFMONTH" => "day",
+        "DAYOFWEEK" => "dow",
+        "HOUR" => "hour",
+        "MINUTE" => "minute",
+        "SECOND" => "second",
+        _ => return None,
+    })
+}
+
+/// A Java date pattern (`yyyy-MM-dd HH:mm:ss.SSS`, as Flink's `DATE_FORMAT` takes) as the
+/// strftime pattern of DataFusion's `to_char`.
+fn java_date_pattern(pattern: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            // Quoted literal text; '' is a quote.
+            let mut j = i + 1;
+            while j < chars.len() && chars[j] != '\'' {
+                out.push_str(&chars[j].to_string().replace('%', "%%"));
+                j += 1;
+            }
+            if j == i + 1 && j < chars.len() {
+                out.push('\'');
+            }
+            i = j + 1;
+            continue;
+        }
+        if !c.is_ascii_alphabetic() {
+            out.push_str(if c == '%' { "%%" } else { "" });
+            if c != '%' {
+                out.push(c);
+            }
+            i += 1;
+            continue;
+        }
+        let run = chars[i..].iter().take_while(|&&d| d == c).count();
+        out.push_str(match (c, run) {
+            ('y', 2) => "%y",
+            ('y', _) => "%Y",
+            ('M', 1 | 2) => "%m",
+            ('M', 3) => "%b",
+            ('M', _) => "%B",
+            ('d', _) => "%d",
+            ('H', _) => "%H",
+            ('h', _) => "%I",
+            ('m', _) => "%M",
+            ('s', _) => "%S",
+            ('S', 3) => "%3f",
+            ('a', _) => "%p",
+            ('E', 1..=3) => "%a",
+            ('E', _) => "%A",
+            _ => {
+                return Err(format!(
+                    "DATE_FORMAT pattern `{pattern}`: `{}` is not supported (yyyy, yy, MM, MMM, dd, HH, hh, mm, ss, SSS, a, E are)",
+                    chars[i..i + run].iter().collect::<String>()
+                ))
+            }
+        });
+        i += run;
+    }
+    Ok(out)
 }
 
 /// The name Flink gives select item `index` without an alias.
