@@ -122,6 +122,10 @@ pub enum SourceSpec {
     File {
         /// The file or directory.
         path: PathBuf,
+        /// Of a directory, read the files whose whole path matches this regular expression
+        /// (names starting with `.` or `_` never), in place of its `part-*` files.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_regex: Option<String>,
         /// `json`, `csv` (with a header line) or `parquet`; default: `parquet` when every file
         /// ends in `.parquet`, else `json`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -619,10 +623,14 @@ pub(crate) fn build_source(
         }
         SourceSpec::File {
             path,
+            path_regex,
             format,
             columns,
         } => {
-            let files = crate::nexmark::part_files(path)?;
+            let files = match path_regex {
+                Some(regex) => matching_files(path, regex)?,
+                None => crate::nexmark::part_files(path)?,
+            };
             let what = format!("file source {}", path.display());
             let kind = file_kind(&what, format, &files)?;
             let schema = columns.as_deref().map(schema_of).transpose()?;
@@ -687,6 +695,35 @@ pub(crate) fn build_source(
             Arc::new(RabbitMqSource::try_new(config)?)
         }
     })
+}
+
+/// The files directly in directory `dir` whose whole path matches `regex` (Flink's
+/// `source.path.regex-pattern`), but hidden ones (`.` or `_` first), sorted.
+fn matching_files(dir: &std::path::Path, regex: &str) -> Result<Vec<PathBuf>> {
+    let bad =
+        |why: String| OxflowError::InvalidPipeline(format!("file source {}: {why}", dir.display()));
+    let regex = regex::Regex::new(&format!("^(?:{regex})$"))
+        .map_err(|e| bad(format!("path_regex is not a regular expression: {e}")))?;
+    let listing = std::fs::read_dir(dir).map_err(|e| bad(format!("cannot list it: {e}")))?;
+    let mut files: Vec<PathBuf> = listing
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    !n.starts_with('.') && !n.starts_with('_')
+                })
+                && regex.is_match(&p.to_string_lossy())
+        })
+        .collect();
+    if files.is_empty() {
+        return Err(bad(format!(
+            "no file matches path_regex `{}`",
+            regex.as_str()
+        )));
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// How a file source's files are read: lines of JSON or CSV, or Parquet (`None`).

@@ -199,6 +199,7 @@ fn the_example_specs_build_and_q5_equals_the_built_in_query() {
         stream: StreamSpec {
             source: SourceSpec::File {
                 path: tmp.path().join("parquet"),
+                path_regex: None,
                 format: None,
                 columns: None,
             },

@@ -666,3 +666,44 @@ fn flink_functions_match_a_reference_computed_in_rust() {
     assert!(!expected.is_empty());
     assert_eq!(got, expected, "q21");
 }
+
+/// A filesystem table reads the files its `source.path.regex-pattern` matches (and never
+/// hidden ones), and a bad pattern is refused where it is declared.
+#[test]
+fn a_filesystem_table_reads_the_files_its_pattern_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("part-0.jsonl"), "{\"a\":1}\n{\"a\":2}\n").unwrap();
+    std::fs::write(dir.join("part-1.jsonl"), "{\"a\":3}\n").unwrap();
+    std::fs::write(dir.join("other.jsonl"), "{\"a\":100}\n").unwrap();
+    std::fs::write(dir.join(".part-2.jsonl"), "{\"a\":1000}\n").unwrap();
+    let out = tmp.path().join("out");
+    let script = |pattern: &str| {
+        format!(
+            "SET 'parallelism.default' = '1';
+             CREATE TABLE t (a BIGINT) WITH ('connector' = 'filesystem', 'path' = 'file://{}', 'format' = 'json', 'source.path.regex-pattern' = '{pattern}');
+             CREATE TABLE s (a BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+             INSERT INTO s SELECT a FROM t;",
+            dir.display(),
+            out.display()
+        )
+    };
+    Pipeline::new()
+        .sql(&script(".*/part-[^/]*"), None)
+        .unwrap()
+        .execute_blocking()
+        .unwrap();
+    assert_eq!(
+        common::committed_lines(&out),
+        ["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]
+    );
+    let Err(err) = Pipeline::new().sql(&script("part-("), None) else {
+        panic!("a bad pattern was accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("option 'source.path.regex-pattern': not a regular expression"),
+        "{err}"
+    );
+}

@@ -1,19 +1,26 @@
 """Compares Oxflow's and Flink's results of one query as multisets of rows.
 
-    python compare.py OXFLOW_DIR FLINK_JSON_LINES
+    python compare.py OXFLOW_OUTPUT FLINK_JSON_LINES
     python compare.py --changelog KEY VALUE OXFLOW_DIR FLINK_JSON_LINES
+
+OXFLOW_OUTPUT is a file sink's directory (its part-* files) or a file of JSON lines (what
+`oxflow sql` prints for a query alone).
 
 The second form is for a query whose result both systems emit as a changelog per KEY (q4):
 Flink's final VALUE of each key (its last row for that key) must be among Oxflow's rows of
 that key (to a relative 1e-9: the two sum in different orders), and the keys the same.
 
 Timestamps are compared as milliseconds since the epoch (Oxflow writes RFC 3339, Flink's
-collected rows print Python datetimes); numbers as numbers. Exits 1 on any difference.
+collected rows print Python datetimes); numbers as numbers to 12 significant digits, also
+where Flink prints a DECIMAL as text (Oxflow computes `0.908 * price` in DOUBLE). Exits 1 on
+any difference.
 """
 import collections
 import datetime
 import glob
 import json
+import os
+import re
 import sys
 
 
@@ -27,8 +34,22 @@ def millis(text):
     return text
 
 
+def value(v):
+    if isinstance(v, str):
+        t = millis(v)
+        if t != v:
+            return t
+        # A DECIMAL printed as text; not any word float() takes (`nan`, `inf`).
+        if not re.fullmatch(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?", v):
+            return v
+        v = float(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(f"{v:.12g}")
+    return v
+
+
 def row(obj):
-    return tuple(sorted((k, millis(v) if isinstance(v, str) else v) for k, v in obj.items()))
+    return tuple(sorted((k, value(v)) for k, v in obj.items() if v is not None and v != "None"))
 
 
 def load(lines):
@@ -59,7 +80,10 @@ def changelog(key, value, ours_dir, theirs_file):
 def main():
     if sys.argv[1] == "--changelog":
         return changelog(*sys.argv[2:6])
-    ours = load(l for f in sorted(glob.glob(f"{sys.argv[1]}/part-*")) for l in open(f))
+    if os.path.isdir(sys.argv[1]):
+        ours = load(l for f in sorted(glob.glob(f"{sys.argv[1]}/part-*")) for l in open(f))
+    else:
+        ours = load(open(sys.argv[1]))
     theirs = load(open(sys.argv[2]))
     if ours == theirs:
         print(f"equal: {sum(ours.values())} rows")

@@ -8,6 +8,10 @@ date_time) and the same parallelism.
 
     python nexmark.py --input DIR --query q5 --parallelism 2 [--collect]
 
+With --print-sql it prints, instead of running anything, the statements it would run (the
+tables' DDL and the query, separated by `;`): `oxflow sql -e` runs the very same text
+(scripts/compare-flink-sql.sh).
+
 Prints one JSON line: query, records, seconds (execution only, after the job is planned),
 records_per_sec, and the CPU seconds and peak RSS of the JVM Flink ran in. With --collect the results are printed too, as JSON lines (for comparing
 with Oxflow's on small input); otherwise they go to a blackhole sink.
@@ -15,6 +19,7 @@ with Oxflow's on small input); otherwise they go to a blackhole sink.
 import argparse
 import json
 import os
+import sys
 import time
 
 from pyflink.java_gateway import get_gateway
@@ -101,22 +106,26 @@ QUERIES = {
 }
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--input", required=True)
-    p.add_argument("--query", required=True, choices=sorted(QUERIES))
-    p.add_argument("--parallelism", type=int, default=2)
-    p.add_argument("--records", type=int, default=0, help="records in the input, for the rate")
-    p.add_argument("--collect", action="store_true")
-    args = p.parse_args()
+def collect(env, query, out):
+    """Runs `query` to its end and writes its rows to `out` as JSON lines."""
+    # Timestamps as text: PyFlink cannot turn every timestamp column into a Python value.
+    schema = env.sql_query(query).get_schema()
+    columns = ", ".join(
+        f"CAST(`{n}` AS STRING) AS `{n}`" if "TIMESTAMP" in str(t).upper() else f"`{n}`"
+        for n, t in zip(schema.get_field_names(), schema.get_field_data_types())
+    )
+    result = env.execute_sql(f"SELECT {columns} FROM ({query})")
+    names = result.get_table_schema().get_field_names()
+    with result.collect() as rows:
+        for row in rows:
+            out.write(json.dumps({n: str(v) if not isinstance(v, (int, float)) else v
+                                  for n, v in zip(names, row)}) + "\n")
 
-    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
-    config = env.get_config()
-    config.set("parallelism.default", str(args.parallelism))
-    config.set("table.local-time-zone", "UTC")
-    # Files are read once (a bounded source): the job ends at the end of input, which fires
-    # every window, as Oxflow's bounded runs do.
-    tables = os.path.isdir(os.path.join(args.input, "bid"))
+
+def ddl(input_dir):
+    """The CREATE TABLE statements of the tables under input_dir: every table of a directory
+    written by `oxflow nexmark-tables`, else bids alone."""
+    tables = os.path.isdir(os.path.join(input_dir, "bid"))
     columns = {
         "bid": "auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP_LTZ(3), extra STRING",
         "person": "id BIGINT, name STRING, email_address STRING, credit_card STRING, city STRING, "
@@ -125,33 +134,56 @@ def main():
                    "reserve BIGINT, date_time TIMESTAMP_LTZ(3), expires TIMESTAMP_LTZ(3), "
                    "seller BIGINT, category BIGINT, extra STRING",
     }
+    statements = []
     for name in (columns if tables else ["bid"]):
-        path = os.path.join(args.input, name) if tables else args.input
-        env.execute_sql(f"""
-            CREATE TABLE {name} (
+        path = os.path.join(input_dir, name) if tables else input_dir
+        statements.append(f"""CREATE TABLE {name} (
               {columns[name]},
               WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND
             ) WITH (
               'connector' = 'filesystem', 'path' = 'file://{path}', 'format' = 'json',
               'json.timestamp-format.standard' = 'ISO-8601', 'source.path.regex-pattern' = '.*/part-[^/]*'
-            )
-        """)
-    query = QUERIES[args.query]
-    table = env.sql_query(query)
+            )""")
+    return statements
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--input", required=True)
+    p.add_argument("--query", required=True,
+                   help=f"one of {sorted(QUERIES)}; with --collect-dir, several, comma-separated")
+    p.add_argument("--parallelism", type=int, default=2)
+    p.add_argument("--records", type=int, default=0, help="records in the input, for the rate")
+    p.add_argument("--collect", action="store_true")
+    p.add_argument("--print-sql", action="store_true")
+    p.add_argument("--collect-dir", help="collect each query's rows into DIR/<query>.flink")
+    args = p.parse_args()
+    unknown = [q for q in args.query.split(",") if q not in QUERIES]
+    if unknown or ("," in args.query and not args.collect_dir):
+        p.error(f"--query: {args.query} (queries: {sorted(QUERIES)}; several only with --collect-dir)")
+    if args.print_sql:
+        print(";\n".join(ddl(args.input) + [QUERIES[args.query].strip()]) + ";")
+        return
+
+    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    config = env.get_config()
+    config.set("parallelism.default", str(args.parallelism))
+    config.set("table.local-time-zone", "UTC")
+    # Files are read once (a bounded source): the job ends at the end of input, which fires
+    # every window, as Oxflow's bounded runs do.
+    for statement in ddl(args.input):
+        env.execute_sql(statement)
+    query = QUERIES.get(args.query)
+    table = env.sql_query(query) if query else None
+    if args.collect_dir:
+        # Every query in this one JVM (its start-up is most of a small run's time).
+        for name in args.query.split(","):
+            with open(os.path.join(args.collect_dir, f"{name}.flink"), "w") as out:
+                collect(env, QUERIES[name], out)
+        return
     if args.collect:
-        # Timestamps as text: PyFlink cannot turn every timestamp column into a Python value.
-        schema = table.get_schema()
-        columns = ", ".join(
-            f"CAST(`{n}` AS STRING) AS `{n}`" if "TIMESTAMP" in str(t).upper() else f"`{n}`"
-            for n, t in zip(schema.get_field_names(), schema.get_field_data_types())
-        )
-        result = env.execute_sql(f"SELECT {columns} FROM ({query})")
-        names = result.get_table_schema().get_field_names()
         start = time.time()
-        with result.collect() as rows:
-            for row in rows:
-                print(json.dumps({n: str(v) if not isinstance(v, (int, float)) else v
-                                  for n, v in zip(names, row)}))
+        collect(env, query, sys.stdout)
         seconds = time.time() - start
     else:
         sink_schema = Schema.new_builder().from_row_data_type(

@@ -47,6 +47,7 @@ pub(crate) enum Connector {
     /// Files: a source reads a file or a directory's `part-*` files, a sink writes them.
     Filesystem {
         path: String,
+        path_regex: Option<String>,
         format: String,
         max_file_mb: Option<u64>,
         rollover_ms: Option<u64>,
@@ -79,6 +80,7 @@ const CONNECTORS: [(&str, &[&str]); 5] = [
             "path",
             "format",
             "json.timestamp-format.standard",
+            "source.path.regex-pattern",
             "sink.rolling-policy.file-size",
             "sink.rolling-policy.rollover-interval",
         ],
@@ -406,8 +408,18 @@ fn connector(def: &TableDef) -> Result<Connector> {
                 .get(interval_key)
                 .map(|v| duration_ms(v).map_err(|e| o.bad(interval_key, e)))
                 .transpose()?;
+            let path_regex = o.get("source.path.regex-pattern").map(str::to_string);
+            if let Some(r) = &path_regex {
+                regex::Regex::new(r).map_err(|e| {
+                    o.bad(
+                        "source.path.regex-pattern",
+                        format!("not a regular expression: {e}"),
+                    )
+                })?;
+            }
             Connector::Filesystem {
                 path: o.required("path")?.to_string(),
+                path_regex,
                 format,
                 max_file_mb,
                 rollover_ms,
@@ -567,8 +579,19 @@ impl Table {
             })
             .collect::<Result<Vec<_>>>()?;
         match &self.connector {
-            Connector::Filesystem { path, format, .. } => {
+            Connector::Filesystem {
+                path,
+                path_regex,
+                format,
+                ..
+            } => {
                 if path.starts_with("s3://") {
+                    if path_regex.is_some() {
+                        return Err(at(
+                            name.at,
+                            format!("table `{}`: 'source.path.regex-pattern' is supported on local paths only", name.value),
+                        ));
+                    }
                     return Ok(SourceSpec::S3 {
                         uri: path.clone(),
                         format: Some(format.clone()),
@@ -577,6 +600,7 @@ impl Table {
                 }
                 Ok(SourceSpec::File {
                     path: local_path(path),
+                    path_regex: path_regex.clone(),
                     format: Some(format.clone()),
                     columns: Some(columns),
                 })
@@ -608,6 +632,7 @@ impl Table {
                 format,
                 max_file_mb,
                 rollover_ms,
+                ..
             } => {
                 let format = match format.as_str() {
                     "csv" => {
