@@ -284,13 +284,14 @@ fn is_aggregate(expr: &Expr) -> bool {
 }
 
 fn contains_aggregate(expr: &Expr) -> bool {
-    let mut expr = expr.clone();
-    let mut found = false;
-    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(&mut expr, |e| {
-        found |= is_aggregate(e);
-        ControlFlow::<()>::Continue(())
+    let found = datafusion::sql::sqlparser::ast::visit_expressions(expr, |e| {
+        if is_aggregate(e) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     });
-    found
+    found.is_break()
 }
 
 /// Replaces Flink's group-window functions in a select item (`TUMBLE_START(ts, ...)`) by
@@ -1139,7 +1140,7 @@ impl<'a> Planner<'a> {
                     if let Connector::Nexmark { .. } = table.connector {
                         return self.nexmark_scan(table, qualifiers, selection, place);
                     }
-                    let mut rel = self.scan(table, place)?;
+                    let mut rel = self.scan(table)?;
                     rel.qualifiers = qualifiers;
                     let scope = Scope::of(&rel);
                     return Ok((rel, scope, selection.cloned()));
@@ -1194,7 +1195,7 @@ impl<'a> Planner<'a> {
             if let Connector::Nexmark { .. } = table.connector {
                 return Err(at(place, format!("the nexmark table `{name}` is read through a view that selects one kind of event (`WHERE event_type = 2`)")));
             }
-            return self.scan(table, place);
+            return self.scan(table);
         }
         let Some(view) = self.catalog.views.get(name) else {
             let known: Vec<&str> = self
@@ -1227,7 +1228,7 @@ impl<'a> Planner<'a> {
     }
 
     /// A table read by its connector, with its watermarks and computed columns.
-    fn scan(&self, table: &Table, place: Location) -> Result<Rel> {
+    fn scan(&self, table: &Table) -> Result<Rel> {
         let def = &table.def;
         let stream = self.pipeline.clone().source_spec(table.source()?)?;
         let mut rel = Rel {
@@ -1268,7 +1269,6 @@ impl<'a> Planner<'a> {
                 .collect::<Result<Vec<_>>>()?;
             rel.stream = rel.stream.select(exprs)?;
         }
-        let _ = place;
         Ok(rel)
     }
 
@@ -1560,25 +1560,23 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        if let Some((spec, tvf_at)) = rel.tvf.take() {
-            if seen_bounds != (true, true) {
+        let window = match (rel.tvf.take(), window, seen_bounds) {
+            (Some((spec, _)), _, (true, true)) => spec,
+            (Some((_, tvf_at)), _, _) => {
                 return Err(at(
                     tvf_at,
                     "a window table function is aggregated with GROUP BY window_start, window_end (and any keys)",
-                ));
+                ))
             }
-            window = Some(spec);
-        } else if window.is_none() {
-            if seen_bounds == (true, true) {
-                window = Some(WindowSpec::Inherited);
-            } else {
+            (None, Some(group_window), _) => group_window,
+            (None, None, (true, true)) => WindowSpec::Inherited,
+            (None, None, _) => {
                 return Err(at(
                     place,
                     "GROUP BY without a window produces an updating result, which Oxflow SQL does not support yet; group by a window (TUMBLE, HOP, SESSION) instead",
-                ));
+                ))
             }
-        }
-        let window = window.expect("a window was found above");
+        };
         // An upstream window's bounds go by their operator's names.
         if !renamed.is_empty() {
             let schema = rel.stream.schema();
@@ -1601,9 +1599,8 @@ impl<'a> Planner<'a> {
         }
         // Each aggregate call of the select list and HAVING becomes a column `__aggN`.
         let mut calls: Vec<(String, Expr)> = Vec::new();
-        let mut collect = |expr: &Expr| -> Result<()> {
-            let mut expr = expr.clone();
-            let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(&mut expr, |e| {
+        let mut collect = |expr: &Expr| {
+            let _ = datafusion::sql::sqlparser::ast::visit_expressions(expr, |e| {
                 if is_aggregate(e) {
                     let text = e.to_string();
                     if !calls.iter().any(|(t, _)| *t == text) {
@@ -1612,15 +1609,14 @@ impl<'a> Planner<'a> {
                 }
                 ControlFlow::<()>::Continue(())
             });
-            Ok(())
         };
         for item in items {
             if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
-                collect(e)?;
+                collect(e);
             }
         }
         if let Some(h) = &select.having {
-            collect(h)?;
+            collect(h);
         }
         if calls.is_empty() {
             // A window GROUP BY without aggregates gives each key once per window: the
