@@ -76,8 +76,21 @@ fn hop_counts() -> Stream {
 struct Case {
     name: &'static str,
     columns: &'static str,
-    query: &'static str,
+    query: String,
     rust: fn() -> Stream,
+}
+
+/// The query of `examples/sql/<name>.sql` (what follows its `INSERT INTO table`), so that the
+/// examples are what these tests run.
+fn example(name: &str) -> String {
+    let path = common::repo_path(&format!("examples/sql/{name}.sql"));
+    let text = std::fs::read_to_string(path).unwrap();
+    let insert = text.find("INSERT INTO").expect("an INSERT INTO") + "INSERT INTO".len();
+    let rest = text[insert..].trim_start();
+    let after_table = rest
+        .find(char::is_whitespace)
+        .expect("a query after the table");
+    rest[after_table..].trim().trim_end_matches(';').to_string()
 }
 
 fn cases() -> Vec<Case> {
@@ -85,105 +98,54 @@ fn cases() -> Vec<Case> {
         Case {
             name: "q0",
             columns: "auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3), extra VARCHAR",
-            query: "SELECT auction, bidder, price, dateTime, extra FROM bid",
+            query: example("q0"),
             rust: || oxflow::nexmark::apply("q0", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
         },
         Case {
             name: "q1",
             columns: "auction BIGINT, bidder BIGINT, price DOUBLE, date_time TIMESTAMP(3)",
-            query: "SELECT auction, bidder, 0.908 * price as price, dateTime FROM bid",
+            query: example("q1"),
             rust: || oxflow::nexmark::apply("q1", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
         },
         Case {
             name: "q2",
             columns: "auction BIGINT, price BIGINT",
-            query: "SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0",
+            query: example("q2"),
             rust: || oxflow::nexmark::apply("q2", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
         },
         Case {
             name: "q11",
             columns: "bidder BIGINT, bid_count BIGINT, window_start TIMESTAMP(3), window_end TIMESTAMP(3)",
             // Nexmark's q11 as published.
-            query: "SELECT B.bidder, count(*) as bid_count,
-                        SESSION_START(B.dateTime, INTERVAL '10' SECOND) as starttime,
-                        SESSION_END(B.dateTime, INTERVAL '10' SECOND) as endtime
-                    FROM bid B
-                    GROUP BY B.bidder, SESSION(B.dateTime, INTERVAL '10' SECOND)",
+            query: example("q11"),
             rust: || oxflow::nexmark::apply("q11", oxflow::nexmark::Input::bids(table(NexmarkTable::Bid))).unwrap(),
         },
         Case {
             name: "q3",
             columns: "name VARCHAR, city VARCHAR, state VARCHAR, id BIGINT",
             // Nexmark's q3 as published: a regular join.
-            query: "SELECT P.name, P.city, P.state, A.id
-                    FROM auction AS A INNER JOIN person AS P on A.seller = P.id
-                    WHERE A.category = 10 and (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
+            query: example("q3"),
             rust: || rust_query("q3"),
         },
         Case {
             name: "q5",
             columns: "window_start TIMESTAMP(3), window_end TIMESTAMP(3), auction BIGINT, num BIGINT",
             // Nexmark's q5 as published (the hop counts joined with their windows' maximum).
-            query: "SELECT AuctionBids.starttime, AuctionBids.endtime, AuctionBids.auction, AuctionBids.num
-                    FROM (
-                      SELECT B1.auction, count(*) AS num,
-                             HOP_START(B1.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS starttime,
-                             HOP_END(B1.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS endtime
-                      FROM bid B1
-                      GROUP BY B1.auction, HOP(B1.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
-                    ) AS AuctionBids
-                    JOIN (
-                      SELECT max(CountBids.num) AS maxn, CountBids.starttime, CountBids.endtime
-                      FROM (
-                        SELECT count(*) AS num,
-                               HOP_START(B2.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS starttime,
-                               HOP_END(B2.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS endtime
-                        FROM bid B2
-                        GROUP BY B2.auction, HOP(B2.dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
-                      ) AS CountBids
-                      GROUP BY CountBids.starttime, CountBids.endtime
-                    ) AS MaxBids
-                    ON AuctionBids.starttime = MaxBids.starttime AND
-                       AuctionBids.endtime = MaxBids.endtime AND
-                       AuctionBids.num >= MaxBids.maxn",
+            query: example("q5"),
             rust: || rust_query("q5"),
         },
         Case {
             name: "q7",
             columns: "window_start TIMESTAMP(3), window_end TIMESTAMP(3), auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3)",
-            // Nexmark's q7 as Oxflow's Flink comparison writes it: the window maximum joined
-            // back to the bids of its window.
-            query: "SELECT B1.window_start, B1.window_end, B.auction, B.bidder, B.price, B.dateTime
-                    FROM bid B
-                    JOIN (
-                      SELECT MAX(price) AS maxprice, window_start, window_end
-                      FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '10' SECOND))
-                      GROUP BY window_start, window_end
-                    ) B1
-                    ON B.price = B1.maxprice
-                    WHERE B.dateTime >= B1.window_start AND B.dateTime < B1.window_end",
+            // The window maximum joined back to the bids of its window.
+            query: example("q7"),
             rust: || rust_query("q7"),
         },
         Case {
             name: "q8",
             columns: "id BIGINT, name VARCHAR, window_start TIMESTAMP(3)",
             // Nexmark's q8 as published.
-            query: "SELECT P.id, P.name, P.starttime
-                    FROM (
-                      SELECT P.id, P.name,
-                             TUMBLE_START(P.dateTime, INTERVAL '10' SECOND) AS starttime,
-                             TUMBLE_END(P.dateTime, INTERVAL '10' SECOND) AS endtime
-                      FROM person P
-                      GROUP BY P.id, P.name, TUMBLE(P.dateTime, INTERVAL '10' SECOND)
-                    ) P
-                    JOIN (
-                      SELECT A.seller,
-                             TUMBLE_START(A.dateTime, INTERVAL '10' SECOND) AS starttime,
-                             TUMBLE_END(A.dateTime, INTERVAL '10' SECOND) AS endtime
-                      FROM auction A
-                      GROUP BY A.seller, TUMBLE(A.dateTime, INTERVAL '10' SECOND)
-                    ) A
-                    ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
+            query: example("q8"),
             rust: || rust_query("q8"),
         },
         Case {
@@ -191,7 +153,7 @@ fn cases() -> Vec<Case> {
             columns: "window_start TIMESTAMP(3), window_end TIMESTAMP(3), auction BIGINT, num BIGINT",
             query: "SELECT window_start, window_end, auction, COUNT(*) AS num
                     FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
-                    GROUP BY auction, window_start, window_end",
+                    GROUP BY auction, window_start, window_end".to_string(),
             rust: || {
                 hop_counts()
             },
@@ -206,7 +168,7 @@ fn cases() -> Vec<Case> {
                       FROM TABLE(HOP(TABLE bid, DESCRIPTOR(dateTime), INTERVAL '2' SECOND, INTERVAL '10' SECOND))
                       GROUP BY auction, window_start, window_end
                     ) AS CountBids
-                    GROUP BY CountBids.starttime, CountBids.endtime",
+                    GROUP BY CountBids.starttime, CountBids.endtime".to_string(),
             rust: || {
                 hop_counts()
                     .window_all(WindowSpec::Inherited)
@@ -226,7 +188,7 @@ fn cases() -> Vec<Case> {
             query: "SELECT TUMBLE_START(dateTime, INTERVAL '10' SECOND) AS ws, MAX(price) AS top, COUNT(*) AS bids
                     FROM bid WHERE price > 1000
                     GROUP BY TUMBLE(dateTime, INTERVAL '10' SECOND)
-                    HAVING COUNT(*) > 10",
+                    HAVING COUNT(*) > 10".to_string(),
             rust: || {
                 table(NexmarkTable::Bid)
                     .filter(col("price").gt(lit(1000)))
@@ -245,7 +207,7 @@ fn cases() -> Vec<Case> {
             columns: "id BIGINT, city VARCHAR",
             query: "SELECT id, city FROM person WHERE state = 'OR'
                     UNION ALL
-                    SELECT seller, CAST(category AS VARCHAR) FROM auction WHERE category = 10",
+                    SELECT seller, CAST(category AS VARCHAR) FROM auction WHERE category = 10".to_string(),
             rust: || {
                 let people = table(NexmarkTable::Person)
                     .filter(col("state").eq(lit("OR")))
@@ -563,7 +525,7 @@ fn flink_functions_match_a_reference_computed_in_rust() {
         let case = Case {
             name: "functions",
             columns,
-            query,
+            query: query.to_string(),
             rust: || unreachable!("not compared with a Rust query"),
         };
         Pipeline::new()
