@@ -13,12 +13,9 @@ queries=${QUERIES:-q5 q11 q3}
 runs=${RUNS:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
-if [ -n "${OXFLOW_BIN:-}" ]; then
-  bin=$OXFLOW_BIN
-else
-  cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
-  bin=$CARGO_TARGET_DIR/release/oxflow
-fi
+# shellcheck source=scripts/cluster-lib.sh
+source "$root/scripts/cluster-lib.sh"
+bin=$(oxflow_bin)
 export RUST_LOG=${RUST_LOG:-warn}
 work=$(mktemp -d)
 pids=()

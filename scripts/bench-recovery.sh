@@ -16,12 +16,9 @@ set -euo pipefail
 state_mb=${1:-1024}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
-if [ -n "${OXFLOW_BIN:-}" ]; then
-  bin=$OXFLOW_BIN
-else
-  cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
-  bin=$CARGO_TARGET_DIR/release/oxflow
-fi
+# shellcheck source=scripts/cluster-lib.sh
+source "$root/scripts/cluster-lib.sh"
+bin=$(oxflow_bin)
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -29,8 +26,6 @@ store=${STORE:-file://$work/store}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
 events=0
-# shellcheck source=scripts/cluster-lib.sh
-source "$root/scripts/cluster-lib.sh"
 
 RUST_LOG=warn "$bin" server --listen "127.0.0.1:$port" --data-dir "$work/server" \
   --allow-path "$work" --checkpoint-store "$store" > "$work/server.log" 2>&1 &

@@ -2,6 +2,17 @@
 # work (a scratch directory), url (the server's) and events, and starts the server with its
 # data directory in $work/server.
 
+# oxflow_bin: the oxflow binary to run, $OXFLOW_BIN (another build, to compare two builds in
+# one sitting), else this checkout's release build, built first. Needs root.
+oxflow_bin() {
+  if [ -n "${OXFLOW_BIN:-}" ]; then
+    echo "$OXFLOW_BIN"
+  else
+    cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow >&2
+    echo "$CARGO_TARGET_DIR/release/oxflow"
+  fi
+}
+
 # q5_spec OUT [RATE]: Nexmark q5 (hopping windows, then the top auction per window) on
 # $events generated bids, into files under OUT with checkpoints every 200 ms, at parallelism 3,
 # restarted up to 50 times: the spec every cluster script runs.

@@ -17,16 +17,11 @@ events=${1:-100000}
 parallelism=${2:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/oxflow-target}
-venv=${OXFLOW_FLINK_VENV:-$HOME/.cache/oxflow-flink-venv}
-flink_version=${FLINK_VERSION:-2.3.0}
-if ! "$venv/bin/python" -c "import pyflink" 2>/dev/null; then
-  echo "compare-flink-sql: installing apache-flink==$flink_version into $venv" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "apache-flink==$flink_version"
-fi
+# shellcheck source=scripts/flink-lib.sh
+source "$root/scripts/flink-lib.sh"
+py=$(flink_python)
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin oxflow
 bin=$CARGO_TARGET_DIR/release/oxflow
-py=$venv/bin/python
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

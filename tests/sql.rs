@@ -504,7 +504,14 @@ fn flink_functions_match_a_reference_computed_in_rust() {
     use serde_json::{json, Map, Value};
     let bids: Vec<Value> = common::json_lines(&common::collect(
         table(NexmarkTable::Bid)
-            .select([col("auction"), col("channel"), col("url"), col("date_time")])
+            .select([
+                col("auction"),
+                col("bidder"),
+                col("price"),
+                col("channel"),
+                col("url"),
+                col("date_time"),
+            ])
             .unwrap(),
     ))
     .iter()
@@ -519,7 +526,7 @@ fn flink_functions_match_a_reference_computed_in_rust() {
             .collect();
         Value::Object(map)
     };
-    let run = |columns: &'static str, query: &'static str| -> Vec<Value> {
+    let run = |columns: &'static str, query: &str| -> Vec<Value> {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
         let case = Case {
@@ -580,20 +587,11 @@ fn flink_functions_match_a_reference_computed_in_rust() {
     assert!(!expected.is_empty());
     assert_eq!(got, expected, "q22 and q10's columns");
 
-    // q21 as published.
+    // q21 as published (examples/sql/q21.sql).
+    let q21 = example("q21");
     let got = run(
-        "auction BIGINT, channel VARCHAR, channel_id VARCHAR",
-        "SELECT auction, channel,
-             CASE
-                 WHEN lower(channel) = 'apple' THEN '0'
-                 WHEN lower(channel) = 'google' THEN '1'
-                 WHEN lower(channel) = 'facebook' THEN '2'
-                 WHEN lower(channel) = 'baidu' THEN '3'
-                 ELSE REGEXP_EXTRACT(url, '(&|^)channel_id=([^&]*)', 2)
-             END AS channel_id
-         FROM bid
-         WHERE REGEXP_EXTRACT(url, '(&|^)channel_id=([^&]*)', 2) is not null or
-               lower(channel) in ('apple', 'google', 'facebook', 'baidu')",
+        "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, channel_id VARCHAR",
+        &q21,
     );
     let expected = sorted(
         bids.iter()
@@ -618,6 +616,8 @@ fn flink_functions_match_a_reference_computed_in_rust() {
                 (hot || extracted.is_some()).then(|| {
                     object(vec![
                         ("auction", Some(b["auction"].clone())),
+                        ("bidder", Some(b["bidder"].clone())),
+                        ("price", Some(b["price"].clone())),
                         ("channel", Some(b["channel"].clone())),
                         ("channel_id", id.map(|i| json!(i))),
                     ])
